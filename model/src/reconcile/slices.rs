@@ -1,0 +1,75 @@
+//! The EndpointSlice controller's write plan (EPS-9, EPS-11): from the
+//! oracle's desired endpoints and the slices that exist, the fewest writes.
+//! An endpoint that stays never moves to another slice; one endpoint change
+//! rewrites one slice.
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::net::IpAddr;
+
+use crate::cluster::{Endpoint, EndpointSlice, ObjectKey};
+use crate::spec::{MAX_ENDPOINTS_PER_SLICE, SliceShape};
+
+/// One write to the API server.
+#[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub enum SliceWrite {
+    /// Create a slice (the API server names it with `generateName`).
+    Create {
+        /// Family and ports.
+        shape: SliceShape,
+        /// Endpoints.
+        endpoints: Vec<Endpoint>,
+    },
+    /// Replace an existing slice (optimistic concurrency on its resourceVersion).
+    Update(EndpointSlice),
+    /// Delete a slice.
+    Delete(ObjectKey),
+}
+
+/// Plans the writes that make `existing` (the Service's slices) hold exactly
+/// `desired`. Deterministic: existing slices are visited in key order.
+pub fn plan_slices(
+    desired: &BTreeMap<SliceShape, BTreeSet<Endpoint>>,
+    existing: &[&EndpointSlice],
+) -> Vec<SliceWrite> {
+    let mut want: BTreeMap<&SliceShape, BTreeMap<IpAddr, &Endpoint>> =
+        desired.iter().map(|(s, eps)| (s, eps.iter().map(|e| (e.address, e)).collect())).collect();
+    let mut existing: Vec<&EndpointSlice> = existing.to_vec();
+    existing.sort_by(|a, b| a.key.cmp(&b.key));
+
+    let mut writes = Vec::new();
+    // Slices kept, per shape: (new content, changed?).
+    let mut kept: BTreeMap<SliceShape, Vec<(EndpointSlice, bool)>> = BTreeMap::new();
+    for slice in existing {
+        let shape = SliceShape { family: slice.family, ports: slice.ports.clone() };
+        let Some(wanted) = want.get_mut(&shape) else {
+            writes.push(SliceWrite::Delete(slice.key.clone()));
+            continue;
+        };
+        let endpoints: Vec<Endpoint> =
+            slice.endpoints.iter().filter_map(|ep| wanted.remove(&ep.address).cloned()).collect();
+        let changed = endpoints != slice.endpoints;
+        let mut next = slice.clone();
+        next.endpoints = endpoints;
+        kept.entry(shape).or_default().push((next, changed));
+    }
+    for (shape, wanted) in want {
+        let mut rest: Vec<Endpoint> = wanted.into_values().cloned().collect();
+        for (slice, changed) in kept.entry(shape.clone()).or_default() {
+            while slice.endpoints.len() < MAX_ENDPOINTS_PER_SLICE && !rest.is_empty() {
+                slice.endpoints.push(rest.remove(0));
+                *changed = true;
+            }
+        }
+        for chunk in rest.chunks(MAX_ENDPOINTS_PER_SLICE) {
+            writes.push(SliceWrite::Create { shape: shape.clone(), endpoints: chunk.to_vec() });
+        }
+    }
+    for (slice, changed) in kept.into_values().flatten() {
+        if slice.endpoints.is_empty() {
+            writes.push(SliceWrite::Delete(slice.key));
+        } else if changed {
+            writes.push(SliceWrite::Update(slice));
+        }
+    }
+    writes
+}

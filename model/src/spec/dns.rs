@@ -1,0 +1,331 @@
+//! DNS: what the cluster DNS answers for a question, given the Services,
+//! EndpointSlices, Pods and namespaces it has seen (Kubernetes DNS-Based
+//! Service Discovery 1.1.0, plus CoreDNS behaviour where that is silent).
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
+
+use crate::cluster::{
+    ClusterIps, DnsOutcome, Endpoint, EndpointSlice, Pod, Question, RData, RType, Rcode, Record,
+    Service,
+};
+
+/// DNS-11: the schema version served at `dns-version.<zone>`.
+pub const DNS_SCHEMA_VERSION: &str = "1.1.0";
+
+/// DNS-15: how `<dashed-ip>.<ns>.pod.<zone>` is answered.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Default)]
+pub enum PodsMode {
+    /// No pod records: NXDOMAIN.
+    #[default]
+    Disabled,
+    /// Any well-formed dashed IP answers with itself.
+    Insecure,
+    /// Only IPs of Pods in that namespace answer.
+    Verified,
+}
+
+/// Everything the cluster DNS knows.
+#[derive(Debug, Clone)]
+pub struct DnsSnapshot<'a> {
+    /// The cluster zone, lower-case without trailing dot (`cluster.local`).
+    pub zone: &'a str,
+    /// DNS-19: false until the first full list of every watched kind.
+    pub synced: bool,
+    /// Services.
+    pub services: Vec<&'a Service>,
+    /// EndpointSlices.
+    pub slices: Vec<&'a EndpointSlice>,
+    /// Pods (for verified pod records).
+    pub pods: Vec<&'a Pod>,
+    /// Namespaces known to exist (besides those holding Services).
+    pub namespaces: BTreeSet<&'a str>,
+    /// Pod record mode.
+    pub pods_mode: PodsMode,
+}
+
+/// DNS-6: the DNS label of an endpoint: its hostname, else its address with
+/// `.` or `:` replaced by `-`.
+pub fn endpoint_dns_name(ep: &Endpoint) -> String {
+    match &ep.hostname {
+        Some(h) => h.to_ascii_lowercase(),
+        None => ep.address.to_string().replace(['.', ':'], "-"),
+    }
+}
+
+enum Node {
+    /// Not in the cluster zone or a reverse zone we hold data for.
+    NotOurs,
+    /// No such name (NXDOMAIN).
+    Missing,
+    /// The name exists with these records (maybe none: an empty non-terminal).
+    Exists(Vec<RData>),
+}
+
+fn addr(ip: IpAddr) -> RData {
+    match ip {
+        IpAddr::V4(v4) => RData::A(v4),
+        IpAddr::V6(v6) => RData::Aaaa(v6),
+    }
+}
+
+impl<'a> DnsSnapshot<'a> {
+    fn namespace_exists(&self, ns: &str) -> bool {
+        self.namespaces.contains(ns) || self.services.iter().any(|s| s.key.namespace == ns)
+    }
+
+    fn service(&self, ns: &str, name: &str) -> Option<&'a Service> {
+        self.services.iter().copied().find(|s| s.key.namespace == ns && s.key.name == name)
+    }
+
+    /// Ready endpoints of a Service with the slice each came from, deduplicated by address.
+    fn ready_endpoints(&self, svc: &Service) -> BTreeMap<IpAddr, (&'a Endpoint, &'a EndpointSlice)> {
+        let mut out = BTreeMap::new();
+        for slice in &self.slices {
+            if slice.key.namespace != svc.key.namespace || slice.service != svc.key.name {
+                continue;
+            }
+            for ep in slice.endpoints.iter().filter(|e| e.ready) {
+                out.entry(ep.address).or_insert((ep, *slice));
+            }
+        }
+        out
+    }
+
+    fn fqdn(&self, svc: &Service) -> String {
+        format!("{}.{}.svc.{}", svc.key.name, svc.key.namespace, self.zone)
+    }
+
+    /// DNS-2..DNS-5: the records at `<svc>.<ns>.svc.<zone>`.
+    fn service_node(&self, svc: &Service) -> Node {
+        if let Some(target) = svc.external_name() {
+            return Node::Exists(vec![RData::Cname(target.to_owned())]);
+        }
+        match &svc.cluster_ips {
+            ClusterIps::Ips(ips) => Node::Exists(ips.iter().copied().map(addr).collect()),
+            ClusterIps::Headless => {
+                let eps = self.ready_endpoints(svc);
+                if eps.is_empty() {
+                    // DNS-5: a headless Service with no ready endpoints does not exist.
+                    Node::Missing
+                } else {
+                    Node::Exists(eps.keys().copied().map(addr).collect())
+                }
+            }
+            ClusterIps::Unset => Node::Missing,
+        }
+    }
+
+    /// DNS-6: `<endpoint>.<svc>.<ns>.svc.<zone>`.
+    fn endpoint_node(&self, svc: &Service, label: &str) -> Node {
+        let ips: Vec<RData> = self
+            .ready_endpoints(svc)
+            .into_values()
+            .filter(|(ep, _)| endpoint_dns_name(ep) == label)
+            .map(|(ep, _)| addr(ep.address))
+            .collect();
+        if ips.is_empty() { Node::Missing } else { Node::Exists(ips) }
+    }
+
+    /// DNS-7, DNS-8: `_<port>._<proto>.<svc>.<ns>.svc.<zone>`.
+    fn srv_node(&self, svc: &Service, port: &str, proto: &str) -> Node {
+        let Some(sp) = svc.ports.iter().find(|p| !p.name.is_empty() && p.name == port && p.protocol.as_lower() == proto)
+        else {
+            return Node::Missing;
+        };
+        let mut targets: Vec<(u16, String)> = Vec::new();
+        match &svc.cluster_ips {
+            ClusterIps::Ips(_) => targets.push((sp.port, self.fqdn(svc))),
+            ClusterIps::Headless => {
+                for (ep, slice) in self.ready_endpoints(svc).into_values() {
+                    if let Some(p) = slice.ports.iter().find(|p| p.name == sp.name && p.protocol == sp.protocol) {
+                        targets.push((p.port, format!("{}.{}", endpoint_dns_name(ep), self.fqdn(svc))));
+                    }
+                }
+            }
+            ClusterIps::Unset => {}
+        }
+        if targets.is_empty() {
+            return Node::Missing;
+        }
+        // DNS-8: priority 0, weights sharing 100 equally.
+        let weight = u16::try_from(100 / targets.len()).unwrap_or(0);
+        Node::Exists(
+            targets
+                .into_iter()
+                .map(|(port, target)| RData::Srv { priority: 0, weight, port, target })
+                .collect(),
+        )
+    }
+
+    /// DNS-15: `<dashed-ip>.<ns>.pod.<zone>`.
+    fn pod_node(&self, ns: &str, label: &str) -> Node {
+        if !self.namespace_exists(ns) {
+            return Node::Missing;
+        }
+        let text = label.replace('-', if label.matches('-').count() == 3 { "." } else { ":" });
+        let Ok(ip) = text.parse::<IpAddr>() else { return Node::Missing };
+        let known = || self.pods.iter().any(|p| p.key.namespace == ns && p.ips.contains(&ip));
+        match self.pods_mode {
+            PodsMode::Disabled => Node::Missing,
+            PodsMode::Insecure => Node::Exists(vec![addr(ip)]),
+            PodsMode::Verified if known() => Node::Exists(vec![addr(ip)]),
+            PodsMode::Verified => Node::Missing,
+        }
+    }
+
+    /// DNS-9: PTR for ClusterIPs and ready endpoint addresses.
+    fn reverse_node(&self, ip: IpAddr) -> Node {
+        if let Some(svc) = self.services.iter().find(|s| s.cluster_ips.ips().contains(&ip)) {
+            return Node::Exists(vec![RData::Ptr(self.fqdn(svc))]);
+        }
+        let mut ptrs = BTreeSet::new();
+        for svc in &self.services {
+            if let Some((ep, _)) = self.ready_endpoints(svc).get(&ip) {
+                ptrs.insert(RData::Ptr(format!("{}.{}", endpoint_dns_name(ep), self.fqdn(svc))));
+            }
+        }
+        if ptrs.is_empty() { Node::NotOurs } else { Node::Exists(ptrs.into_iter().collect()) }
+    }
+
+    fn zone_node(&self, rest: &[&str]) -> Node {
+        match rest {
+            [] | ["svc"] | ["pod"] => Node::Exists(Vec::new()),
+            ["dns-version"] => Node::Exists(vec![RData::Txt(DNS_SCHEMA_VERSION.to_owned())]),
+            ["svc", ns] | ["pod", ns] => {
+                if self.namespace_exists(ns) { Node::Exists(Vec::new()) } else { Node::Missing }
+            }
+            ["svc", ns, name] => match self.service(ns, name) {
+                Some(svc) => self.service_node(svc),
+                None => Node::Missing,
+            },
+            ["svc", ns, name, label] => match self.service(ns, name) {
+                None => Node::Missing,
+                // DNS-7: `_<port>` under a Service is an empty non-terminal when that named port exists.
+                Some(svc) if label.starts_with('_') => {
+                    let port = &label[1..];
+                    if svc.ports.iter().any(|p| !p.name.is_empty() && p.name == port) {
+                        Node::Exists(Vec::new())
+                    } else {
+                        Node::Missing
+                    }
+                }
+                Some(svc) => self.endpoint_node(svc, label),
+            },
+            ["svc", ns, name, port, proto] if port.starts_with('_') && proto.starts_with('_') => {
+                match self.service(ns, name) {
+                    Some(svc) => self.srv_node(svc, &port[1..], &proto[1..]),
+                    None => Node::Missing,
+                }
+            }
+            ["pod", ns, label] => self.pod_node(ns, label),
+            _ => Node::Missing,
+        }
+    }
+
+    fn node(&self, name: &str) -> Node {
+        if let Some(ip) = parse_reverse(name) {
+            return self.reverse_node(ip);
+        }
+        let rest = if name == self.zone {
+            ""
+        } else if let Some(r) = name.strip_suffix(self.zone).and_then(|r| r.strip_suffix('.')) {
+            r
+        } else {
+            return Node::NotOurs;
+        };
+        let mut labels: Vec<&str> = if rest.is_empty() { Vec::new() } else { rest.split('.').collect() };
+        labels.reverse();
+        self.zone_node(&labels)
+    }
+}
+
+/// Parses a full reverse-lookup name (`4.3.2.1.in-addr.arpa`, 32 nibbles of `ip6.arpa`).
+fn parse_reverse(name: &str) -> Option<IpAddr> {
+    if let Some(rest) = name.strip_suffix(".in-addr.arpa") {
+        let mut octets: Vec<u8> = rest.split('.').map(|l| l.parse().ok()).collect::<Option<_>>()?;
+        if octets.len() != 4 {
+            return None;
+        }
+        octets.reverse();
+        return Some(IpAddr::V4(Ipv4Addr::new(octets[0], octets[1], octets[2], octets[3])));
+    }
+    let rest = name.strip_suffix(".ip6.arpa")?;
+    let nibbles: Vec<u8> = rest
+        .split('.')
+        .map(|l| if l.len() == 1 { u8::from_str_radix(l, 16).ok() } else { None })
+        .collect::<Option<_>>()?;
+    if nibbles.len() != 32 {
+        return None;
+    }
+    let mut bytes = [0u8; 16];
+    for (i, pair) in nibbles.rchunks(2).enumerate() {
+        // rchunks walks from the end: the last two labels are the first byte.
+        bytes[i] = (pair[1] << 4) | pair[0];
+    }
+    Some(IpAddr::V6(Ipv6Addr::from(bytes)))
+}
+
+/// The DNS oracle: the outcome of one question (DNS-1..DNS-20).
+pub fn dns_answer(snap: &DnsSnapshot<'_>, question: &Question) -> DnsOutcome {
+    let name = question.normalized_name();
+    let node = snap.node(&name);
+    if matches!(node, Node::NotOurs) {
+        return DnsOutcome::Forward;
+    }
+    // DNS-19: nothing authoritative before the first full sync.
+    if !snap.synced {
+        return DnsOutcome::rcode(Rcode::ServFail);
+    }
+    // DNS-18: zone transfers are refused.
+    if matches!(question.rtype, RType::Other(251 | 252)) {
+        return DnsOutcome::rcode(Rcode::Refused);
+    }
+    let rdatas = match node {
+        Node::Missing => return DnsOutcome::rcode(Rcode::NxDomain),
+        Node::Exists(r) => r,
+        Node::NotOurs => unreachable!("handled above"),
+    };
+    let record = |data: RData| Record { name: name.clone(), data };
+    let cname = rdatas.iter().find(|d| matches!(d, RData::Cname(_)));
+    let records: BTreeSet<Record> = match (question.rtype, cname) {
+        // DNS-10: an alias answers every type with the CNAME.
+        (t, Some(c)) if t != RType::Cname => [record(c.clone())].into(),
+        (RType::Any, _) => rdatas.into_iter().map(record).collect(),
+        (t, _) => rdatas.into_iter().filter(|d| d.rtype() == t).map(record).collect(),
+    };
+    // DNS-13: an existing name without records of the type is NODATA, never NXDOMAIN.
+    DnsOutcome::records(records)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn reverse_names_parse() {
+        assert_eq!(parse_reverse("10.0.96.10.in-addr.arpa"), Some("10.96.0.10".parse().unwrap()));
+        let v6: IpAddr = "fd00::1".parse().unwrap();
+        let IpAddr::V6(v6a) = v6 else { unreachable!() };
+        let mut labels: Vec<String> = v6a.octets().iter().flat_map(|b| [b >> 4, b & 15]).map(|n| format!("{n:x}")).collect();
+        labels.reverse();
+        assert_eq!(parse_reverse(&format!("{}.ip6.arpa", labels.join("."))), Some(v6));
+        assert_eq!(parse_reverse("0.96.10.in-addr.arpa"), None);
+        assert_eq!(parse_reverse("x.0.96.10.in-addr.arpa"), None);
+    }
+
+    #[test]
+    fn endpoint_names_dash_addresses() {
+        let ep = Endpoint {
+            address: "fd00::1".parse().unwrap(),
+            ready: true,
+            serving: true,
+            terminating: false,
+            hostname: None,
+            node: None,
+            zone: None,
+            pod: None,
+        };
+        assert_eq!(endpoint_dns_name(&ep), "fd00--1");
+    }
+}

@@ -1,0 +1,13 @@
+//! The oracle: the spec of `spec/` as slow, obviously-correct functions, one
+//! per section. Each cites the rule IDs it implements; a test checks that
+//! every cited ID exists in `spec/` and every rule is traced somewhere.
+
+mod dns;
+mod endpoints;
+mod proxy;
+mod resolve;
+
+pub use dns::{DNS_SCHEMA_VERSION, DnsSnapshot, PodsMode, dns_answer, endpoint_dns_name};
+pub use endpoints::{MAX_ENDPOINTS_PER_SLICE, SliceShape, endpoints_for, pod_in_endpoints};
+pub use proxy::{proxy_table, usable_endpoints};
+pub use resolve::{Lookup, Resolution, candidates, classify, resolve};
