@@ -121,7 +121,7 @@ pub enum DnsOutcome {
         /// Answer section, as a set.
         records: BTreeSet<Record>,
     },
-    /// Not ours: forwarded to the upstream resolvers (DNS-20).
+    /// Not ours: forwarded to the upstream resolvers (DNS-19).
     Forward,
 }
 

@@ -19,7 +19,7 @@ use super::{
     TargetPort, TrafficPolicy,
 };
 
-/// The label naming an EndpointSlice's Service.
+/// EPS-13: the label naming an EndpointSlice's Service.
 pub const SERVICE_NAME_LABEL: &str = "kubernetes.io/service-name";
 
 fn key_of(kind: &str, meta: &ObjectMeta) -> Result<(ObjectKey, String)> {
@@ -100,6 +100,7 @@ impl TryFrom<&core::Service> for Service {
             (_, Some(ip)) if !ip.is_empty() => vec![ip.clone()],
             _ => Vec::new(),
         };
+        // REG-6: a Service changed to ExternalName has no ClusterIP, even if the field lingers.
         let cluster_ips = if matches!(kind, ServiceKind::ExternalName(_)) {
             ClusterIps::Unset
         } else if ip_texts.first().map(String::as_str) == Some("None") {

@@ -3,6 +3,7 @@
 
 use std::collections::BTreeSet;
 use std::net::IpAddr;
+use std::sync::Arc;
 
 use crate::cluster::{ObjectKey, Question, RType};
 use crate::reconcile::{SliceWrite, WatchEvent, apply_ops, plan, plan_slices};
@@ -19,6 +20,7 @@ fn subscribed(w: Watcher, ev: &Ev) -> bool {
 /// PROTO-1: a write is queued, in resourceVersion order, on every live watch
 /// of that kind. Broken and crashed watches miss it.
 fn emit(s: &mut State, ev: Ev) {
+    let ev = Arc::new(ev);
     for w in s.watchers().collect::<Vec<_>>() {
         let watch = s.watch_mut(w);
         if watch.status == WatchStatus::Live && subscribed(w, &ev) {
@@ -48,53 +50,53 @@ impl Cfg {
         }
         let Some(ip) = self.free_ip(s) else { return false };
         let svc = catalog::service(index, ip);
-        let rv = next_rv(&mut s.api);
-        s.api.services.insert(name.to_owned(), (svc.clone(), rv));
-        s.history.allocated.insert((name.to_owned(), ip));
+        let rv = next_rv(s.api_mut());
+        s.api_mut().services.insert(name.to_owned(), (svc.clone(), rv));
+        s.history_mut().allocated.insert((name.to_owned(), ip));
         emit(s, Ev::Svc(WatchEvent::Applied(svc, rv)));
         true
     }
 
-    /// User: DELETE a Service. Its slices go with it (owner references), its
+    /// User: DELETE a Service. Its slices go with it (EPS-13, owner references), its
     /// ClusterIP is released — into quarantine when the mitigation is on.
     pub(crate) fn delete_service(&self, s: &mut State, index: usize) -> bool {
         let name = catalog::SERVICES[index].0;
-        let Some((svc, _)) = s.api.services.remove(name) else { return false };
-        let rv = next_rv(&mut s.api);
+        let Some((svc, _)) = s.api_mut().services.remove(name) else { return false };
+        let rv = next_rv(s.api_mut());
         emit(s, Ev::Svc(WatchEvent::Deleted(svc.key.clone(), rv)));
         let owned: Vec<String> = s.api.slices.iter().filter(|(_, (sl, _))| sl.service == name).map(|(k, _)| k.clone()).collect();
         for slice in owned {
-            s.api.slices.remove(&slice);
-            let rv = next_rv(&mut s.api);
+            s.api_mut().slices.remove(&slice);
+            let rv = next_rv(s.api_mut());
             emit(s, Ev::Slice(WatchEvent::Deleted(ObjectKey::new(NAMESPACE, slice), rv)));
         }
         if self.quarantine {
-            s.api.quarantined.extend(svc.cluster_ips.ips().iter().copied());
+            s.api_mut().quarantined.extend(svc.cluster_ips.ips().iter().copied());
         }
         true
     }
 
     /// User or kubelet: write a Pod (create, readiness, deletionTimestamp).
     pub(crate) fn put_pod(&self, s: &mut State, pod: crate::cluster::Pod) {
-        let rv = next_rv(&mut s.api);
-        s.api.pods.insert(pod.key.name.clone(), (pod.clone(), rv));
+        let rv = next_rv(s.api_mut());
+        s.api_mut().pods.insert(pod.key.name.clone(), (pod.clone(), rv));
         emit(s, Ev::Pod(WatchEvent::Applied(pod, rv)));
     }
 
     /// Kubelet: the Pod is gone.
     pub(crate) fn delete_pod(&self, s: &mut State, index: usize) -> bool {
         let name = catalog::PODS[index].0;
-        if s.api.pods.remove(name).is_none() {
+        if s.api_mut().pods.remove(name).is_none() {
             return false;
         }
-        let rv = next_rv(&mut s.api);
+        let rv = next_rv(s.api_mut());
         emit(s, Ev::Pod(WatchEvent::Deleted(ObjectKey::new(NAMESPACE, name), rv)));
         true
     }
 
     /// The EndpointSlice controller reconciles Services from its cache and
-    /// writes the plan. Its cache takes its own writes at once (as the
-    /// write's response), so the later echo is recognised as stale.
+    /// writes the plan. PROTO-4: its cache takes its own writes at once (as
+    /// the write's response), so the later echo is recognised as stale.
     fn eps_reconcile(&self, s: &mut State, names: Vec<String>) {
         for name in names {
             let key = ObjectKey::new(NAMESPACE, name.clone());
@@ -127,32 +129,32 @@ impl Cfg {
                     ports: shape.ports,
                     endpoints,
                 };
-                let rv = next_rv(&mut s.api);
-                s.api.slices.insert(name, (slice.clone(), rv));
+                let rv = next_rv(s.api_mut());
+                s.api_mut().slices.insert(name, (slice.clone(), rv));
                 (WatchEvent::Applied(slice.clone(), rv), Some(slice))
             }
             SliceWrite::Update(slice) => {
                 if !s.api.slices.contains_key(&slice.key.name) {
                     return;
                 }
-                let rv = next_rv(&mut s.api);
-                s.api.slices.insert(slice.key.name.clone(), (slice.clone(), rv));
+                let rv = next_rv(s.api_mut());
+                s.api_mut().slices.insert(slice.key.name.clone(), (slice.clone(), rv));
                 (WatchEvent::Applied(slice.clone(), rv), Some(slice))
             }
             SliceWrite::Delete(key) => {
-                if s.api.slices.remove(&key.name).is_none() {
+                if s.api_mut().slices.remove(&key.name).is_none() {
                     return;
                 }
-                let rv = next_rv(&mut s.api);
+                let rv = next_rv(s.api_mut());
                 (WatchEvent::Deleted(key, rv), None)
             }
         };
         if let Some(slice) = slice_for_history {
             for ep in &slice.endpoints {
-                s.history.published.insert((service.to_owned(), ep.address));
+                s.history_mut().published.insert((service.to_owned(), ep.address));
             }
         }
-        s.eps.slices.apply(ev.clone());
+        s.eps_mut().slices.apply(ev.clone());
         emit(s, Ev::Slice(ev));
     }
 
@@ -160,7 +162,7 @@ impl Cfg {
     /// against what the kernel holds, apply.
     fn proxy_sync(&self, s: &mut State, i: usize) {
         let node = catalog::node(i);
-        let p = &mut s.proxies[i];
+        let p = s.proxy_mut(i);
         let slices: Vec<_> = p.slices.objects().collect();
         let desired = proxy_table(p.services.objects(), &slices, &node);
         let ops = plan(&desired, &p.kernel);
@@ -170,6 +172,7 @@ impl Cfg {
     /// Delivers the oldest queued event to a watcher and lets it react.
     pub(crate) fn deliver(&self, s: &mut State, w: Watcher) -> bool {
         let Some(ev) = s.watch_mut(w).queue.pop_front() else { return false };
+        let ev = Arc::unwrap_or_clone(ev);
         match w {
             Watcher::Eps => {
                 let names: Vec<String> = match ev {
@@ -179,17 +182,17 @@ impl Cfg {
                             WatchEvent::Deleted(k, _) => k.name.clone(),
                             WatchEvent::Relisted(_) => String::new(),
                         };
-                        if s.eps.services.apply(e) { vec![name] } else { Vec::new() }
+                        if s.eps_mut().services.apply(e) { vec![name] } else { Vec::new() }
                     }
                     Ev::Pod(e) => {
-                        if s.eps.pods.apply(e) {
+                        if s.eps_mut().pods.apply(e) {
                             s.eps.services.objects().map(|svc| svc.key.name.clone()).collect()
                         } else {
                             Vec::new()
                         }
                     }
                     Ev::Slice(e) => {
-                        s.eps.slices.apply(e);
+                        s.eps_mut().slices.apply(e);
                         Vec::new()
                     }
                 };
@@ -198,18 +201,18 @@ impl Cfg {
             Watcher::Dns => match ev {
                 Ev::Svc(WatchEvent::Deleted(..)) if self.bug == Bug::DnsIgnoresDeletes => {}
                 Ev::Svc(e) => {
-                    s.dns.services.apply(e);
+                    s.dns_mut().services.apply(e);
                 }
                 Ev::Slice(e) => {
-                    s.dns.slices.apply(e);
+                    s.dns_mut().slices.apply(e);
                 }
                 Ev::Pod(_) => {}
             },
             Watcher::Proxy(i) => {
                 let i = usize::from(i);
                 let changed = match ev {
-                    Ev::Svc(e) => s.proxies[i].services.apply(e),
-                    Ev::Slice(e) => s.proxies[i].slices.apply(e),
+                    Ev::Svc(e) => s.proxy_mut(i).services.apply(e),
+                    Ev::Slice(e) => s.proxy_mut(i).slices.apply(e),
                     Ev::Pod(_) => false,
                 };
                 if changed {
@@ -229,21 +232,22 @@ impl Cfg {
         s.watch_mut(w).queue.clear();
         match w {
             Watcher::Eps => {
-                s.eps.services.apply(WatchEvent::Relisted(services));
-                s.eps.pods.apply(WatchEvent::Relisted(Api::list(&s.api.pods)));
-                s.eps.slices.apply(WatchEvent::Relisted(slices));
+                s.eps_mut().services.apply(WatchEvent::Relisted(services));
+                let pods = Api::list(&s.api.pods);
+                s.eps_mut().pods.apply(WatchEvent::Relisted(pods));
+                s.eps_mut().slices.apply(WatchEvent::Relisted(slices));
                 let names = s.eps.services.objects().map(|svc| svc.key.name.clone()).collect();
                 self.eps_reconcile(s, names);
             }
             Watcher::Dns => {
-                s.dns.services.apply(WatchEvent::Relisted(services));
-                s.dns.slices.apply(WatchEvent::Relisted(slices));
+                s.dns_mut().services.apply(WatchEvent::Relisted(services));
+                s.dns_mut().slices.apply(WatchEvent::Relisted(slices));
             }
             Watcher::Proxy(i) => {
                 let i = usize::from(i);
                 if !(restart && self.bug == Bug::ProxyNoRelistOnRestart) {
-                    s.proxies[i].services.apply(WatchEvent::Relisted(services));
-                    s.proxies[i].slices.apply(WatchEvent::Relisted(slices));
+                    s.proxy_mut(i).services.apply(WatchEvent::Relisted(services));
+                    s.proxy_mut(i).slices.apply(WatchEvent::Relisted(slices));
                 }
                 self.proxy_sync(s, i);
             }
@@ -256,18 +260,10 @@ impl Cfg {
         watch.status = WatchStatus::Down;
         watch.queue.clear();
         match w {
-            Watcher::Eps => {
-                let watch = std::mem::take(&mut s.eps.watch);
-                s.eps = Default::default();
-                s.eps.watch = watch;
-            }
-            Watcher::Dns => {
-                let watch = std::mem::take(&mut s.dns.watch);
-                s.dns = Default::default();
-                s.dns.watch = watch;
-            }
+            Watcher::Eps => s.eps = Default::default(),
+            Watcher::Dns => s.dns = Default::default(),
             Watcher::Proxy(i) => {
-                let p = &mut s.proxies[usize::from(i)];
+                let p = s.proxy_mut(usize::from(i));
                 p.services = Default::default();
                 p.slices = Default::default();
             }
@@ -277,7 +273,7 @@ impl Cfg {
     /// The client resolves its target's short name through the cluster DNS
     /// with its kubelet-written resolv.conf (glibc) and keeps the first address.
     pub(crate) fn client_resolve(&self, s: &mut State) -> bool {
-        let snap = s.dns.snapshot();
+        let snap = s.dns_snapshot();
         let name = catalog::CLIENT.1;
         let res = resolve(&catalog::client_resolv_conf(), name, crate::cluster::ResolverLib::Glibc, |n| {
             classify(&dns_answer(&snap, &Question::new(n, RType::A)))

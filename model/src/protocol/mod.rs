@@ -6,7 +6,7 @@
 
 mod actors;
 pub mod catalog;
-mod properties;
+pub mod properties;
 mod state;
 
 use std::net::IpAddr;
@@ -130,13 +130,14 @@ impl ProtocolModel {
     pub fn initial_state(&self) -> State {
         let cfg = &self.cfg;
         let mut s = State {
-            api: Api::default(),
-            eps: EpsController::default(),
-            dns: DnsServer::default(),
-            proxies: vec![ProxyNode::default(); usize::from(cfg.nodes)],
+            api: Default::default(),
+            eps: Default::default(),
+            dns: Default::default(),
+            proxies: vec![Default::default(); usize::from(cfg.nodes)],
+            watches: vec![Watch::default(); 2 + usize::from(cfg.nodes)],
             client: None,
             used: Used::default(),
-            history: History::default(),
+            history: Default::default(),
         };
         for i in 0..usize::from(cfg.pods) {
             cfg.put_pod(&mut s, catalog::pod(i, true, cfg.nodes));
@@ -167,6 +168,42 @@ impl ProtocolModel {
                 return;
             }
         }
+    }
+
+    /// The shortest path (breadth-first, deterministic) from the initial
+    /// state to a state violating the `always` property `name`, as actions.
+    /// stateright's own discoveries are not minimal (later finds overwrite
+    /// earlier ones), so traces for people come from here.
+    pub fn shortest_counterexample(&self, name: &str) -> Option<Vec<Action>> {
+        use std::collections::{HashMap, VecDeque};
+        let property = self.properties().into_iter().find(|p| p.name == name)?;
+        let init = self.initial_state();
+        let mut parent: HashMap<State, Option<(State, Action)>> = HashMap::from([(init.clone(), None)]);
+        let mut queue = VecDeque::from([init]);
+        let mut actions = Vec::new();
+        while let Some(s) = queue.pop_front() {
+            if !(property.condition)(self, &s) {
+                let mut path = Vec::new();
+                let mut cur = s;
+                while let Some(Some((prev, action))) = parent.get(&cur).cloned() {
+                    path.push(action);
+                    cur = prev;
+                }
+                path.reverse();
+                return Some(path);
+            }
+            actions.clear();
+            self.actions(&s, &mut actions);
+            for a in actions.drain(..) {
+                if let Some(next) = self.step(&s, a.clone()) {
+                    if !parent.contains_key(&next) {
+                        parent.insert(next.clone(), Some((s.clone(), a)));
+                        queue.push_back(next);
+                    }
+                }
+            }
+        }
+        None
     }
 
     /// Takes one step; `None` when the action is not enabled.
@@ -256,7 +293,7 @@ impl ProtocolModel {
                 if !cfg.may_release(&s, ip) {
                     return None;
                 }
-                s.api.quarantined.remove(&ip);
+                s.api_mut().quarantined.remove(&ip);
             }
             Action::Resolve => {
                 if s.client.is_some() || !cfg.client_resolve(&mut s) {

@@ -13,7 +13,7 @@ use super::catalog::{self, NAMESPACE, SERVICE_PORT, ZONE};
 use super::state::{State, WatchStatus, Watcher};
 use super::ProtocolModel;
 
-/// Every property name, in the order [`all`] returns them.
+/// Every property name, in the order the model lists them.
 pub const PROPERTIES: &[&str] = &[
     REG_UNIQUE,
     EPS_SELECTED,
@@ -36,25 +36,44 @@ pub const PROPERTIES: &[&str] = &[
     V_MISSED,
 ];
 
-const REG_UNIQUE: &str = "REG-3 ClusterIPs are unique among live Services";
-const EPS_SELECTED: &str = "EPS-12 slices only name Pods the selector matched";
-const EPS_SLICE_SIZE: &str = "EPS-9 no slice holds more than 100 endpoints";
-const PXY_PUBLISHED: &str = "PXY-9 proxies forward only to endpoints published for the Service";
-const DNS_ALLOCATED: &str = "DNS-22 DNS answers carry only ClusterIPs allocated to that name";
-const RES_INTENDED: &str = "RES-5 a connection lands on the Service the client named";
-const EPS_CONVERGE: &str = "EPS-11 at quiescence slices equal the oracle";
-const DNS_CONVERGE: &str = "DNS-21 at quiescence DNS answers equal the oracle";
-const PXY_CONVERGE: &str = "PXY-10 at quiescence every proxy table equals the oracle";
-const RES_REACH: &str = "RES-6 at quiescence a client reaches a ready Pod";
-const V_QUIESCENT: &str = "vacuity: quiescent after user changes";
-const V_DNS_LAGS: &str = "vacuity: the DNS lags the store";
-const V_TERMINATING: &str = "vacuity: a proxy falls back to a terminating endpoint";
-const V_REJECT: &str = "vacuity: a ClusterIP port rejects for lack of endpoints";
-const V_REUSED: &str = "vacuity: a released ClusterIP is reused by another Service";
-const V_CLIENT: &str = "vacuity: the client holds an answer";
-const V_CRASH: &str = "vacuity: converged after a crash and restart";
-const V_DROP: &str = "vacuity: converged after a dropped watch and relist";
-const V_MISSED: &str = "vacuity: a broken watch misses a change";
+/// Property name.
+pub const REG_UNIQUE: &str = "REG-3 ClusterIPs are unique among live Services";
+/// Property name.
+pub const EPS_SELECTED: &str = "EPS-12 slices only name Pods the selector matched";
+/// Property name.
+pub const EPS_SLICE_SIZE: &str = "EPS-9 no slice holds more than 100 endpoints";
+/// Property name.
+pub const PXY_PUBLISHED: &str = "PXY-9 proxies forward only to endpoints published for the Service";
+/// Property name.
+pub const DNS_ALLOCATED: &str = "DNS-21 DNS answers carry only ClusterIPs allocated to that name";
+/// Property name.
+pub const RES_INTENDED: &str = "RES-5 a connection lands on the Service the client named";
+/// Property name.
+pub const EPS_CONVERGE: &str = "EPS-11 at quiescence slices equal the oracle";
+/// Property name.
+pub const DNS_CONVERGE: &str = "DNS-20 at quiescence DNS answers equal the oracle";
+/// Property name.
+pub const PXY_CONVERGE: &str = "PXY-10 at quiescence every proxy table equals the oracle";
+/// Property name.
+pub const RES_REACH: &str = "RES-6 at quiescence a client reaches a ready Pod";
+/// Property name.
+pub const V_QUIESCENT: &str = "vacuity: quiescent after user changes";
+/// Property name.
+pub const V_DNS_LAGS: &str = "vacuity: the DNS lags the store";
+/// Property name.
+pub const V_TERMINATING: &str = "vacuity: a proxy falls back to a terminating endpoint";
+/// Property name.
+pub const V_REJECT: &str = "vacuity: a ClusterIP port rejects for lack of endpoints";
+/// Property name.
+pub const V_REUSED: &str = "vacuity: a released ClusterIP is reused by another Service";
+/// Property name.
+pub const V_CLIENT: &str = "vacuity: the client holds an answer";
+/// Property name.
+pub const V_CRASH: &str = "vacuity: converged after a crash and restart";
+/// Property name.
+pub const V_DROP: &str = "vacuity: converged after a dropped watch and relist";
+/// Property name.
+pub const V_MISSED: &str = "vacuity: a broken watch misses a change";
 
 /// Quiescent: every watch live with nothing queued.
 pub fn is_quiescent(s: &State) -> bool {
@@ -168,7 +187,7 @@ fn store_snapshot(s: &State) -> DnsSnapshot<'_> {
 }
 
 fn dns_converged(s: &State) -> bool {
-    let served = s.dns.snapshot();
+    let served = s.dns_snapshot();
     let truth = store_snapshot(s);
     catalog::SERVICES.iter().all(|(name, _)| {
         let fqdn = format!("{name}.{NAMESPACE}.svc.{ZONE}");
@@ -188,7 +207,7 @@ fn proxies_converged(s: &State) -> bool {
 /// to its ClusterIP, and the client's node forwards it only to Pods the
 /// Service selects: ready ones when any is ready.
 fn client_reaches_ready_pod(m: &ProtocolModel, s: &State) -> bool {
-    let served = s.dns.snapshot();
+    let served = s.dns_snapshot();
     let conf = catalog::client_resolv_conf();
     let kernel = &s.proxies[client_node(m)].kernel;
     s.api.service_list().iter().all(|svc| {

@@ -4,6 +4,7 @@
 
 use std::collections::{BTreeMap, BTreeSet, VecDeque};
 use std::net::IpAddr;
+use std::sync::Arc;
 
 use crate::cluster::{EndpointSlice, Pod, ProxyTable, Service};
 use crate::reconcile::{WatchCache, WatchEvent};
@@ -47,8 +48,8 @@ pub enum WatchStatus {
 /// A watch: its queue and status.
 #[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord, Hash)]
 pub struct Watch {
-    /// Pending events, oldest first.
-    pub queue: VecDeque<Ev>,
+    /// Pending events, oldest first (shared between watchers' queues).
+    pub queue: VecDeque<Arc<Ev>>,
     /// Status.
     pub status: WatchStatus,
 }
@@ -99,8 +100,6 @@ impl Api {
 /// The EndpointSlice controller.
 #[derive(Debug, Clone, PartialEq, Eq, Hash, Default)]
 pub struct EpsController {
-    /// Its watch.
-    pub watch: Watch,
     /// Cached Services.
     pub services: WatchCache<Service>,
     /// Cached Pods.
@@ -112,8 +111,6 @@ pub struct EpsController {
 /// The cluster DNS.
 #[derive(Debug, Clone, PartialEq, Eq, Hash, Default)]
 pub struct DnsServer {
-    /// Its watch.
-    pub watch: Watch,
     /// Cached Services.
     pub services: WatchCache<Service>,
     /// Cached slices.
@@ -121,11 +118,11 @@ pub struct DnsServer {
 }
 
 impl DnsServer {
-    /// What the server answers from: its caches (DNS-19: not synced while down).
-    pub fn snapshot(&self) -> DnsSnapshot<'_> {
+    /// What the server answers from: its caches (DNS-18: not synced while down).
+    pub fn snapshot(&self, synced: bool) -> DnsSnapshot<'_> {
         DnsSnapshot {
             zone: ZONE,
-            synced: self.watch.status != WatchStatus::Down,
+            synced,
             services: self.services.objects().collect(),
             slices: self.slices.objects().collect(),
             pods: Vec::new(),
@@ -138,8 +135,6 @@ impl DnsServer {
 /// A node's proxy and its kernel.
 #[derive(Debug, Clone, PartialEq, Eq, Hash, Default)]
 pub struct ProxyNode {
-    /// Its watch.
-    pub watch: Watch,
     /// Cached Services.
     pub services: WatchCache<Service>,
     /// Cached slices.
@@ -168,42 +163,71 @@ pub struct Used {
     pub drops: u8,
 }
 
-/// The whole model state.
+/// The whole model state. Components sit behind `Arc` and are copied on
+/// write, so the states the checker keeps share what a step did not touch.
 #[derive(Debug, Clone, PartialEq, Eq, Hash)]
 pub struct State {
     /// The API server.
-    pub api: Api,
+    pub api: Arc<Api>,
     /// The EndpointSlice controller.
-    pub eps: EpsController,
+    pub eps: Arc<EpsController>,
     /// The cluster DNS.
-    pub dns: DnsServer,
+    pub dns: Arc<DnsServer>,
     /// One proxy per node.
-    pub proxies: Vec<ProxyNode>,
+    pub proxies: Vec<Arc<ProxyNode>>,
+    /// Watches: EndpointSlice controller, DNS, then one per proxy.
+    pub watches: Vec<Watch>,
     /// The client's cached answer: the name it resolved and the address.
     pub client: Option<(String, IpAddr)>,
     /// Budget used.
     pub used: Used,
     /// History for safety properties.
-    pub history: History,
+    pub history: Arc<History>,
 }
 
 impl State {
+    fn watch_index(w: Watcher) -> usize {
+        match w {
+            Watcher::Eps => 0,
+            Watcher::Dns => 1,
+            Watcher::Proxy(i) => 2 + usize::from(i),
+        }
+    }
+
     /// The watch of a watcher.
     pub fn watch(&self, w: Watcher) -> &Watch {
-        match w {
-            Watcher::Eps => &self.eps.watch,
-            Watcher::Dns => &self.dns.watch,
-            Watcher::Proxy(i) => &self.proxies[usize::from(i)].watch,
-        }
+        &self.watches[Self::watch_index(w)]
     }
 
     /// The watch of a watcher, mutably.
     pub fn watch_mut(&mut self, w: Watcher) -> &mut Watch {
-        match w {
-            Watcher::Eps => &mut self.eps.watch,
-            Watcher::Dns => &mut self.dns.watch,
-            Watcher::Proxy(i) => &mut self.proxies[usize::from(i)].watch,
-        }
+        &mut self.watches[Self::watch_index(w)]
+    }
+
+    /// What the DNS serves from now.
+    pub fn dns_snapshot(&self) -> DnsSnapshot<'_> {
+        self.dns.snapshot(self.watch(Watcher::Dns).status != WatchStatus::Down)
+    }
+
+    /// The API server, for writing.
+    pub fn api_mut(&mut self) -> &mut Api {
+        Arc::make_mut(&mut self.api)
+    }
+    /// The EndpointSlice controller, for writing.
+    pub fn eps_mut(&mut self) -> &mut EpsController {
+        Arc::make_mut(&mut self.eps)
+    }
+    /// The DNS, for writing.
+    pub fn dns_mut(&mut self) -> &mut DnsServer {
+        Arc::make_mut(&mut self.dns)
+    }
+    /// Proxy `i`, for writing.
+    pub fn proxy_mut(&mut self, i: usize) -> &mut ProxyNode {
+        Arc::make_mut(&mut self.proxies[i])
+    }
+    /// The history, for writing.
+    pub fn history_mut(&mut self) -> &mut History {
+        Arc::make_mut(&mut self.history)
     }
 
     /// All watchers.

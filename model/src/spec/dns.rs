@@ -13,6 +13,9 @@ use crate::cluster::{
 /// DNS-11: the schema version served at `dns-version.<zone>`.
 pub const DNS_SCHEMA_VERSION: &str = "1.1.0";
 
+/// DNS-16: the TTL of cluster records unless configured otherwise.
+pub const DEFAULT_TTL_SECS: u32 = 5;
+
 /// DNS-15: how `<dashed-ip>.<ns>.pod.<zone>` is answered.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Default)]
 pub enum PodsMode {
@@ -30,7 +33,7 @@ pub enum PodsMode {
 pub struct DnsSnapshot<'a> {
     /// The cluster zone, lower-case without trailing dot (`cluster.local`).
     pub zone: &'a str,
-    /// DNS-19: false until the first full list of every watched kind.
+    /// DNS-18: false until the first full list of every watched kind.
     pub synced: bool,
     /// Services.
     pub services: Vec<&'a Service>,
@@ -70,6 +73,7 @@ fn addr(ip: IpAddr) -> RData {
 }
 
 impl<'a> DnsSnapshot<'a> {
+    /// DNS-14: a namespace exists if it is known or holds a Service.
     fn namespace_exists(&self, ns: &str) -> bool {
         self.namespaces.contains(ns) || self.services.iter().any(|s| s.key.namespace == ns)
     }
@@ -78,7 +82,8 @@ impl<'a> DnsSnapshot<'a> {
         self.services.iter().copied().find(|s| s.key.namespace == ns && s.key.name == name)
     }
 
-    /// Ready endpoints of a Service with the slice each came from, deduplicated by address.
+    /// DNS-4: ready endpoints of a Service (never not-ready ones) with the
+    /// slice each came from, deduplicated by address.
     fn ready_endpoints(&self, svc: &Service) -> BTreeMap<IpAddr, (&'a Endpoint, &'a EndpointSlice)> {
         let mut out = BTreeMap::new();
         for slice in &self.slices {
@@ -103,6 +108,7 @@ impl<'a> DnsSnapshot<'a> {
         }
         match &svc.cluster_ips {
             ClusterIps::Ips(ips) => Node::Exists(ips.iter().copied().map(addr).collect()),
+            // DNS-3: a headless Service answers with its ready endpoints.
             ClusterIps::Headless => {
                 let eps = self.ready_endpoints(svc);
                 if eps.is_empty() {
@@ -266,18 +272,19 @@ fn parse_reverse(name: &str) -> Option<IpAddr> {
     Some(IpAddr::V6(Ipv6Addr::from(bytes)))
 }
 
-/// The DNS oracle: the outcome of one question (DNS-1..DNS-20).
+/// The DNS oracle: the outcome of one question (DNS-1: authoritative for the
+/// cluster zone and for reverse names of addresses it knows; DNS-2..DNS-19).
 pub fn dns_answer(snap: &DnsSnapshot<'_>, question: &Question) -> DnsOutcome {
     let name = question.normalized_name();
     let node = snap.node(&name);
     if matches!(node, Node::NotOurs) {
         return DnsOutcome::Forward;
     }
-    // DNS-19: nothing authoritative before the first full sync.
+    // DNS-18: nothing authoritative before the first full sync.
     if !snap.synced {
         return DnsOutcome::rcode(Rcode::ServFail);
     }
-    // DNS-18: zone transfers are refused.
+    // DNS-17: zone transfers are refused.
     if matches!(question.rtype, RType::Other(251 | 252)) {
         return DnsOutcome::rcode(Rcode::Refused);
     }

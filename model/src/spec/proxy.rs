@@ -53,6 +53,10 @@ pub fn proxy_table<'a>(
     node: &Node,
 ) -> ProxyTable {
     let mut table = ProxyTable::new();
+    // Services in key order, so that even a (never admitted) NodePort clash
+    // resolves the same way whatever the input order.
+    let mut services: Vec<&Service> = services.into_iter().collect();
+    services.sort_by(|a, b| a.key.cmp(&b.key));
     for svc in services {
         if matches!(svc.kind, ServiceKind::ExternalName(_)) {
             continue;
@@ -69,7 +73,10 @@ pub fn proxy_table<'a>(
                     let backends = usable_endpoints(svc, port, family, slices.iter().copied(), &node.name, false);
                     for addr in node.addresses.iter().filter(|a| AddressFamily::of(a) == family) {
                         let key = VirtualKey { ip: *addr, protocol: port.protocol, port: node_port };
-                        table.insert(key, VirtualService { backends: backends.clone(), affinity_timeout: svc.affinity_timeout });
+                        table.entry(key).or_insert_with(|| VirtualService {
+                            backends: backends.clone(),
+                            affinity_timeout: svc.affinity_timeout,
+                        });
                     }
                 }
             }
