@@ -86,6 +86,10 @@ impl SignpostWorld {
             Err(_) | Ok("model") => Box::new(ModelCluster::new()),
             Ok(other) => return Err(UnknownWorld(other.to_owned())),
         };
-        Ok(SignpostWorld { cluster, resolved: None, connected: None })
+        Ok(SignpostWorld {
+            cluster,
+            resolved: None,
+            connected: None,
+        })
     }
 }

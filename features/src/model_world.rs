@@ -40,7 +40,9 @@ impl ModelCluster {
         .into_model();
         let mut state = model.initial_state();
         for i in 0..4 {
-            state = model.step(&state, Action::DeletePod(i)).expect("catalog Pods start present");
+            state = model
+                .step(&state, Action::DeletePod(i))
+                .expect("catalog Pods start present");
         }
         model.settle(&mut state);
         ModelCluster { model, state }
@@ -59,7 +61,12 @@ impl ModelCluster {
     fn pod_index(name: &str) -> Result<u8, String> {
         catalog::pod_index(name)
             .and_then(|i| u8::try_from(i).ok())
-            .ok_or_else(|| format!("the model world has no Pod {name:?} (it knows {:?})", PODS.map(|p| p.0)))
+            .ok_or_else(|| {
+                format!(
+                    "the model world has no Pod {name:?} (it knows {:?})",
+                    PODS.map(|p| p.0)
+                )
+            })
     }
 }
 
@@ -75,13 +82,21 @@ impl Cluster for ModelCluster {
             .filter(|i| SERVICES[*i].1 == app)
             .ok_or_else(|| format!("the model world has no Service {name:?} selecting app={app} (it knows {SERVICES:?})"))?;
         let i = u8::try_from(i).map_err(|e| e.to_string())?;
-        if self.act(Action::CreateService(i)) { Ok(()) } else { Err(format!("Service {name} was not admitted")) }
+        if self.act(Action::CreateService(i)) {
+            Ok(())
+        } else {
+            Err(format!("Service {name} was not admitted"))
+        }
     }
 
     fn delete_service(&mut self, name: &str) -> Result<(), String> {
         let i = catalog::service_index(name).ok_or(format!("no Service {name:?}"))?;
         let i = u8::try_from(i).map_err(|e| e.to_string())?;
-        if self.act(Action::DeleteService(i)) { Ok(()) } else { Err(format!("Service {name} does not exist")) }
+        if self.act(Action::DeleteService(i)) {
+            Ok(())
+        } else {
+            Err(format!("Service {name} does not exist"))
+        }
     }
 
     fn start_pod(&mut self, name: &str, app: &str, node: &str) -> Result<(), String> {
@@ -89,9 +104,15 @@ impl Cluster for ModelCluster {
         let (_, want_app, want_node, _) = PODS[usize::from(i)];
         let want_node = NODES[want_node % usize::from(NODE_COUNT)].0;
         if want_app != app || want_node != node {
-            return Err(format!("in the model {name} has app={want_app} and runs on {want_node}"));
+            return Err(format!(
+                "in the model {name} has app={want_app} and runs on {want_node}"
+            ));
         }
-        if self.act(Action::CreatePod(i)) { Ok(()) } else { Err(format!("Pod {name} already exists")) }
+        if self.act(Action::CreatePod(i)) {
+            Ok(())
+        } else {
+            Err(format!("Pod {name} already exists"))
+        }
     }
 
     fn set_ready(&mut self, pod: &str, ready: bool) -> Result<(), String> {
@@ -102,12 +123,20 @@ impl Cluster for ModelCluster {
 
     fn terminate(&mut self, pod: &str) -> Result<(), String> {
         let i = Self::pod_index(pod)?;
-        if self.act(Action::Terminate(i)) { Ok(()) } else { Err(format!("Pod {pod} is absent or already terminating")) }
+        if self.act(Action::Terminate(i)) {
+            Ok(())
+        } else {
+            Err(format!("Pod {pod} is absent or already terminating"))
+        }
     }
 
     fn delete_pod(&mut self, pod: &str) -> Result<(), String> {
         let i = Self::pod_index(pod)?;
-        if self.act(Action::DeletePod(i)) { Ok(()) } else { Err(format!("Pod {pod} does not exist")) }
+        if self.act(Action::DeletePod(i)) {
+            Ok(())
+        } else {
+            Err(format!("Pod {pod} does not exist"))
+        }
     }
 
     fn settle(&mut self) -> Result<(), String> {
@@ -116,32 +145,52 @@ impl Cluster for ModelCluster {
     }
 
     fn cluster_ip(&self, service: &str) -> Option<IpAddr> {
-        self.state.api.services.get(service).and_then(|(s, _)| s.cluster_ips.ips().first().copied())
+        self.state
+            .api
+            .services
+            .get(service)
+            .and_then(|(s, _)| s.cluster_ips.ips().first().copied())
     }
 
     fn resolve(&mut self, pod: &str, name: &str) -> Result<Vec<IpAddr>, String> {
         Self::pod_index(pod)?;
-        let conf = ResolvConf::kubelet(catalog::NAMESPACE, ZONE, DNS_IP.parse().map_err(|_| "bad DNS IP")?);
+        let conf = ResolvConf::kubelet(
+            catalog::NAMESPACE,
+            ZONE,
+            DNS_IP.parse().map_err(|_| "bad DNS IP")?,
+        );
         let snap = self.state.dns_snapshot();
-        let res = resolve(&conf, name, ResolverLib::Glibc, |n| classify(&dns_answer(&snap, &Question::new(n, RType::A))));
-        res.result.map_err(|e| format!("{name}: {e:?} after trying {:?}", res.tried))
+        let res = resolve(&conf, name, ResolverLib::Glibc, |n| {
+            classify(&dns_answer(&snap, &Question::new(n, RType::A)))
+        });
+        res.result
+            .map_err(|e| format!("{name}: {e:?} after trying {:?}", res.tried))
     }
 
     fn connect(&mut self, pod: &str, ip: IpAddr, port: u16) -> Result<Connect, String> {
         let i = usize::from(Self::pod_index(pod)?);
         let node = PODS[i].2 % usize::from(NODE_COUNT);
         let kernel = &self.state.proxies[node].kernel;
-        Ok(match kernel.get(&VirtualKey { ip, protocol: Protocol::Tcp, port }) {
-            Some(vs) if vs.rejects() => Connect::Refused,
-            Some(vs) => Connect::Reached(
-                vs.backends
-                    .iter()
-                    .map(|b| catalog::pod_by_ip(b.ip()).map_or_else(|| b.to_string(), |p| PODS[p].0.to_owned()))
-                    .collect(),
-            ),
-            None if kernel.keys().any(|k| k.ip == ip) => Connect::Refused,
-            None => Connect::NoRoute,
-        })
+        Ok(
+            match kernel.get(&VirtualKey {
+                ip,
+                protocol: Protocol::Tcp,
+                port,
+            }) {
+                Some(vs) if vs.rejects() => Connect::Refused,
+                Some(vs) => Connect::Reached(
+                    vs.backends
+                        .iter()
+                        .map(|b| {
+                            catalog::pod_by_ip(b.ip())
+                                .map_or_else(|| b.to_string(), |p| PODS[p].0.to_owned())
+                        })
+                        .collect(),
+                ),
+                None if kernel.keys().any(|k| k.ip == ip) => Connect::Refused,
+                None => Connect::NoRoute,
+            },
+        )
     }
 
     fn endpoints(&self, service: &str) -> BTreeSet<EndpointView> {
@@ -151,7 +200,11 @@ impl Cluster for ModelCluster {
             .into_iter()
             .filter(|s| s.service == service)
             .flat_map(|s| s.endpoints.iter())
-            .map(|e| EndpointView { pod: e.pod.clone().unwrap_or_default(), ready: e.ready, terminating: e.terminating })
+            .map(|e| EndpointView {
+                pod: e.pod.clone().unwrap_or_default(),
+                ready: e.ready,
+                terminating: e.terminating,
+            })
             .collect()
     }
 }

@@ -8,7 +8,10 @@ use cucumber::{given, then, when};
 use crate::{Connect, EndpointView, SignpostWorld};
 
 fn list(text: &str) -> BTreeSet<String> {
-    text.split(',').map(|s| s.trim().trim_matches('"').to_owned()).filter(|s| !s.is_empty()).collect()
+    text.split(',')
+        .map(|s| s.trim().trim_matches('"').to_owned())
+        .filter(|s| !s.is_empty())
+        .collect()
 }
 
 #[given(expr = "a Service {string} selecting app={word}")]
@@ -68,7 +71,10 @@ fn connects(w: &mut SignpostWorld, pod: String, name: String, port: u16) -> Resu
 
 #[then(expr = "the answer is the ClusterIP of {string}")]
 fn answer_is_cluster_ip(w: &mut SignpostWorld, service: String) -> Result<(), String> {
-    let want = w.cluster.cluster_ip(&service).ok_or(format!("{service} has no ClusterIP"))?;
+    let want = w
+        .cluster
+        .cluster_ip(&service)
+        .ok_or(format!("{service} has no ClusterIP"))?;
     match &w.resolved {
         Some(Ok(ips)) if ips == &vec![want] => Ok(()),
         other => Err(format!("expected [{want}], resolved {other:?}")),
@@ -97,7 +103,9 @@ fn reaches_exactly(w: &mut SignpostWorld, pods: String) -> Result<(), String> {
     let want = list(&pods);
     match &w.connected {
         Some(Connect::Reached(got)) if *got == want => Ok(()),
-        other => Err(format!("expected the backends to be exactly {want:?}, got {other:?}")),
+        other => Err(format!(
+            "expected the backends to be exactly {want:?}, got {other:?}"
+        )),
     }
 }
 
@@ -117,16 +125,26 @@ fn endpoints(w: &mut SignpostWorld, service: String, spec: String) -> Result<(),
         .map(str::trim)
         .filter(|s| !s.is_empty())
         .map(|item| {
-            let (pod, state) = item.split_once(' ').ok_or(format!("bad endpoint spec {item:?}"))?;
+            let (pod, state) = item
+                .split_once(' ')
+                .ok_or(format!("bad endpoint spec {item:?}"))?;
             let (ready, terminating) = match state {
                 "ready" => (true, false),
                 "unready" => (false, false),
                 "terminating" => (false, true),
                 other => return Err(format!("unknown endpoint state {other:?}")),
             };
-            Ok(EndpointView { pod: pod.to_owned(), ready, terminating })
+            Ok(EndpointView {
+                pod: pod.to_owned(),
+                ready,
+                terminating,
+            })
         })
         .collect::<Result<_, String>>()?;
     let got = w.cluster.endpoints(&service);
-    if got == want { Ok(()) } else { Err(format!("expected {want:?}, got {got:?}")) }
+    if got == want {
+        Ok(())
+    } else {
+        Err(format!("expected {want:?}, got {got:?}"))
+    }
 }

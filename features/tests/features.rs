@@ -6,5 +6,9 @@ use signpost_features::SignpostWorld;
 
 fn main() {
     let dir = env!("CARGO_MANIFEST_DIR");
-    futures::executor::block_on(SignpostWorld::cucumber().fail_on_skipped().run_and_exit(dir));
+    futures::executor::block_on(
+        SignpostWorld::cucumber()
+            .fail_on_skipped()
+            .run_and_exit(dir),
+    );
 }

@@ -10,7 +10,10 @@ use stateright::report::{ReportData, ReportDiscovery, Reporter};
 use stateright::{Checker, Model};
 
 #[derive(Parser)]
-#[command(name = "signpost-model", about = "Model-check Signpost's registration and discovery protocol")]
+#[command(
+    name = "signpost-model",
+    about = "Model-check Signpost's registration and discovery protocol"
+)]
 struct Cli {
     #[command(subcommand)]
     command: Command,
@@ -71,7 +74,8 @@ struct Progress {
 impl Reporter<ProtocolModel> for Progress {
     fn report_checking(&mut self, d: ReportData) {
         let now = Instant::now();
-        let rate = (d.unique_states - self.last.1) as f64 / now.duration_since(self.last.0).as_secs_f64().max(1e-3);
+        let rate = (d.unique_states - self.last.1) as f64
+            / now.duration_since(self.last.0).as_secs_f64().max(1e-3);
         self.last = (now, d.unique_states);
         let overall = d.unique_states as f64 / self.start.elapsed().as_secs_f64().max(1e-3);
         eprintln!(
@@ -82,7 +86,11 @@ impl Reporter<ProtocolModel> for Progress {
             d.max_depth,
             overall,
             rate,
-            if d.done { format!("  in {:.1}s", d.duration.as_secs_f64()) } else { String::new() }
+            if d.done {
+                format!("  in {:.1}s", d.duration.as_secs_f64())
+            } else {
+                String::new()
+            }
         );
     }
 
@@ -98,12 +106,25 @@ impl Reporter<ProtocolModel> for Progress {
                     let _ = writeln!(out, "{:<9} {name}", format!("{}", d.classification));
                     if d.classification.to_string() == "counterexample" {
                         for (i, action) in d.path.clone().into_actions().iter().enumerate() {
-                            let _ = writeln!(out, "            {:>2}. {}", i + 1, model.format_action(action));
+                            let _ = writeln!(
+                                out,
+                                "            {:>2}. {}",
+                                i + 1,
+                                model.format_action(action)
+                            );
                         }
                     }
                 }
                 None => {
-                    let _ = writeln!(out, "{:<9} {name}", if name.starts_with("vacuity") { "MISSING" } else { "holds" });
+                    let _ = writeln!(
+                        out,
+                        "{:<9} {name}",
+                        if name.starts_with("vacuity") {
+                            "MISSING"
+                        } else {
+                            "holds"
+                        }
+                    );
                 }
             }
         }
@@ -115,8 +136,22 @@ impl Reporter<ProtocolModel> for Progress {
 }
 
 fn main() -> anyhow::Result<()> {
-    let Cli { command: Command::Check { nodes, pods, services, service_ips, changes, crashes, drops, no_quarantine, bug, threads, explore } } =
-        Cli::parse();
+    let Cli {
+        command:
+            Command::Check {
+                nodes,
+                pods,
+                services,
+                service_ips,
+                changes,
+                crashes,
+                drops,
+                no_quarantine,
+                bug,
+                threads,
+                explore,
+            },
+    } = Cli::parse();
     let cfg = Cfg {
         nodes,
         pods,
@@ -141,10 +176,24 @@ fn main() -> anyhow::Result<()> {
         return Ok(());
     }
     let start = Instant::now();
-    let mut progress = Progress { start, last: (start, 0) };
-    let checker = model.checker().threads(threads).spawn_bfs().join_and_report(&mut progress);
-    let failed = checker.discoveries().keys().filter(|n| !n.starts_with("vacuity")).count()
-        + PROPERTIES.iter().filter(|n| n.starts_with("vacuity") && checker.discovery(n).is_none()).count();
+    let mut progress = Progress {
+        start,
+        last: (start, 0),
+    };
+    let checker = model
+        .checker()
+        .threads(threads)
+        .spawn_bfs()
+        .join_and_report(&mut progress);
+    let failed = checker
+        .discoveries()
+        .keys()
+        .filter(|n| !n.starts_with("vacuity"))
+        .count()
+        + PROPERTIES
+            .iter()
+            .filter(|n| n.starts_with("vacuity") && checker.discovery(n).is_none())
+            .count();
     let secs = start.elapsed().as_secs_f64();
     println!(
         "unique states {}, total {}, depth {}, {:.1}s, {:.0} unique states/s",

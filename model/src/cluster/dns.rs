@@ -90,7 +90,10 @@ pub struct Question {
 impl Question {
     /// A question.
     pub fn new(name: impl Into<String>, rtype: RType) -> Self {
-        Question { name: name.into(), rtype }
+        Question {
+            name: name.into(),
+            rtype,
+        }
     }
     /// DNS-12: the name, case-folded and without trailing dot.
     pub fn normalized_name(&self) -> String {
@@ -128,11 +131,17 @@ pub enum DnsOutcome {
 impl DnsOutcome {
     /// An answer with records (NoError).
     pub fn records(records: BTreeSet<Record>) -> Self {
-        DnsOutcome::Answer { rcode: Rcode::NoError, records }
+        DnsOutcome::Answer {
+            rcode: Rcode::NoError,
+            records,
+        }
     }
     /// A bare response code.
     pub fn rcode(rcode: Rcode) -> Self {
-        DnsOutcome::Answer { rcode, records: BTreeSet::new() }
+        DnsOutcome::Answer {
+            rcode,
+            records: BTreeSet::new(),
+        }
     }
     /// The response code, if answered.
     pub fn code(&self) -> Option<Rcode> {

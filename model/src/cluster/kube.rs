@@ -27,7 +27,10 @@ fn key_of(kind: &str, meta: &ObjectMeta) -> Result<(ObjectKey, String)> {
         object: format!("{kind}/<unnamed>"),
         field: "metadata.name",
     })?;
-    let namespace = meta.namespace.clone().unwrap_or_else(|| "default".to_owned());
+    let namespace = meta
+        .namespace
+        .clone()
+        .unwrap_or_else(|| "default".to_owned());
     validate_dns1123_label("namespace", &namespace)?;
     let key = ObjectKey::new(namespace, name);
     let object = format!("{kind} {key}");
@@ -35,7 +38,11 @@ fn key_of(kind: &str, meta: &ObjectMeta) -> Result<(ObjectKey, String)> {
 }
 
 fn parse_ip(object: &str, field: &'static str, value: &str) -> Result<IpAddr> {
-    value.parse().map_err(|_| Error::BadIp { object: object.to_owned(), field, value: value.to_owned() })
+    value.parse().map_err(|_| Error::BadIp {
+        object: object.to_owned(),
+        field,
+        value: value.to_owned(),
+    })
 }
 
 fn protocol(object: &str, value: Option<&str>) -> Result<Protocol> {
@@ -43,7 +50,10 @@ fn protocol(object: &str, value: Option<&str>) -> Result<Protocol> {
         "TCP" => Ok(Protocol::Tcp),
         "UDP" => Ok(Protocol::Udp),
         "SCTP" => Ok(Protocol::Sctp),
-        other => Err(Error::UnknownProtocol { object: object.to_owned(), value: other.to_owned() }),
+        other => Err(Error::UnknownProtocol {
+            object: object.to_owned(),
+            value: other.to_owned(),
+        }),
     }
 }
 
@@ -51,7 +61,11 @@ fn port(object: &str, field: &'static str, value: i32) -> Result<u16> {
     u16::try_from(value)
         .ok()
         .filter(|p| *p != 0)
-        .ok_or(Error::BadPort { object: object.to_owned(), field, value: value.into() })
+        .ok_or(Error::BadPort {
+            object: object.to_owned(),
+            field,
+            value: value.into(),
+        })
 }
 
 fn labels(map: &Option<BTreeMap<String, String>>) -> Result<BTreeMap<String, String>> {
@@ -67,7 +81,11 @@ fn family(object: &str, field: &'static str, value: &str) -> Result<AddressFamil
     match value {
         "IPv4" => Ok(AddressFamily::V4),
         "IPv6" => Ok(AddressFamily::V6),
-        other => Err(Error::Unsupported { object: object.to_owned(), field, value: other.to_owned() }),
+        other => Err(Error::Unsupported {
+            object: object.to_owned(),
+            field,
+            value: other.to_owned(),
+        }),
     }
 }
 
@@ -83,16 +101,23 @@ impl TryFrom<&core::Service> for Service {
             "NodePort" => ServiceKind::NodePort,
             "LoadBalancer" => ServiceKind::LoadBalancer,
             "ExternalName" => {
-                let target = spec.external_name.clone().ok_or_else(|| Error::MissingField {
-                    object: object.clone(),
-                    field: "spec.externalName",
-                })?;
+                let target = spec
+                    .external_name
+                    .clone()
+                    .ok_or_else(|| Error::MissingField {
+                        object: object.clone(),
+                        field: "spec.externalName",
+                    })?;
                 let target = target.trim_end_matches('.').to_ascii_lowercase();
                 validate_dns1123_subdomain("externalName", &target)?;
                 ServiceKind::ExternalName(target)
             }
             other => {
-                return Err(Error::Unsupported { object, field: "spec.type", value: other.to_owned() });
+                return Err(Error::Unsupported {
+                    object,
+                    field: "spec.type",
+                    value: other.to_owned(),
+                });
             }
         };
         let ip_texts: Vec<String> = match (&spec.cluster_ips, &spec.cluster_ip) {
@@ -115,7 +140,10 @@ impl TryFrom<&core::Service> for Service {
             ClusterIps::Ips(ips)
         };
         let mut families = match &spec.ip_families {
-            Some(f) => f.iter().map(|f| family(&object, "spec.ipFamilies", f)).collect::<Result<Vec<_>>>()?,
+            Some(f) => f
+                .iter()
+                .map(|f| family(&object, "spec.ipFamilies", f))
+                .collect::<Result<Vec<_>>>()?,
             None => cluster_ips.ips().iter().map(AddressFamily::of).collect(),
         };
         if families.is_empty() && !matches!(kind, ServiceKind::ExternalName(_)) {
@@ -131,7 +159,9 @@ impl TryFrom<&core::Service> for Service {
             let target_port = match &p.target_port {
                 None => TargetPort::Number(number),
                 Some(IntOrString::Int(0)) => TargetPort::Number(number),
-                Some(IntOrString::Int(n)) => TargetPort::Number(port(&object, "spec.ports[].targetPort", *n)?),
+                Some(IntOrString::Int(n)) => {
+                    TargetPort::Number(port(&object, "spec.ports[].targetPort", *n)?)
+                }
                 Some(IntOrString::String(s)) => match s.parse::<i32>() {
                     Ok(n) => TargetPort::Number(port(&object, "spec.ports[].targetPort", n)?),
                     Err(_) => {
@@ -164,15 +194,24 @@ impl TryFrom<&core::Service> for Service {
                     .and_then(|c| c.client_ip.as_ref())
                     .and_then(|c| c.timeout_seconds)
                     .unwrap_or(10_800);
-                Some(u32::try_from(t).ok().filter(|t| (1..=86_400).contains(t)).ok_or(Error::Unsupported {
-                    object: object.clone(),
-                    field: "spec.sessionAffinityConfig.clientIP.timeoutSeconds",
-                    value: t.to_string(),
-                })?)
+                Some(
+                    u32::try_from(t)
+                        .ok()
+                        .filter(|t| (1..=86_400).contains(t))
+                        .ok_or(Error::Unsupported {
+                            object: object.clone(),
+                            field: "spec.sessionAffinityConfig.clientIP.timeoutSeconds",
+                            value: t.to_string(),
+                        })?,
+                )
             }
             None | Some("None") => None,
             Some(other) => {
-                return Err(Error::Unsupported { object, field: "spec.sessionAffinity", value: other.to_owned() });
+                return Err(Error::Unsupported {
+                    object,
+                    field: "spec.sessionAffinity",
+                    value: other.to_owned(),
+                });
             }
         };
         let internal_traffic_policy = match spec.internal_traffic_policy.as_deref() {
@@ -233,7 +272,11 @@ impl TryFrom<&core::Pod> for Pod {
             for p in c.ports.iter().flatten() {
                 ports.push(ContainerPort {
                     name: p.name.clone().unwrap_or_default(),
-                    port: port(&object, "spec.containers[].ports[].containerPort", p.container_port)?,
+                    port: port(
+                        &object,
+                        "spec.containers[].ports[].containerPort",
+                        p.container_port,
+                    )?,
                     protocol: protocol(&object, p.protocol.as_deref())?,
                 });
             }
@@ -267,7 +310,10 @@ impl TryFrom<&discovery::EndpointSlice> for EndpointSlice {
             .as_ref()
             .and_then(|l| l.get(SERVICE_NAME_LABEL))
             .cloned()
-            .ok_or(Error::MissingField { object: object.clone(), field: "metadata.labels[kubernetes.io/service-name]" })?;
+            .ok_or(Error::MissingField {
+                object: object.clone(),
+                field: "metadata.labels[kubernetes.io/service-name]",
+            })?;
         let family = family(&object, "addressType", &slice.address_type)?;
         let mut ports = Vec::new();
         for p in slice.ports.iter().flatten() {
@@ -285,7 +331,11 @@ impl TryFrom<&discovery::EndpointSlice> for EndpointSlice {
             })?;
             let address = parse_ip(&object, "endpoints[].addresses", text)?;
             if AddressFamily::of(&address) != family {
-                return Err(Error::BadIp { object, field: "endpoints[].addresses", value: text.clone() });
+                return Err(Error::BadIp {
+                    object,
+                    field: "endpoints[].addresses",
+                    value: text.clone(),
+                });
             }
             let c = ep.conditions.clone().unwrap_or_default();
             // Per the EndpointSlice API, a nil ready/serving means true.
@@ -301,7 +351,13 @@ impl TryFrom<&discovery::EndpointSlice> for EndpointSlice {
                 pod: ep.target_ref.as_ref().and_then(|r| r.name.clone()),
             });
         }
-        Ok(EndpointSlice { key, service, family, ports, endpoints })
+        Ok(EndpointSlice {
+            key,
+            service,
+            family,
+            ports,
+            endpoints,
+        })
     }
 }
 
@@ -315,13 +371,26 @@ impl TryFrom<&core::Node> for Node {
         })?;
         let object = format!("Node {name}");
         let mut addresses = Vec::new();
-        for a in node.status.iter().flat_map(|s| s.addresses.iter().flatten()) {
+        for a in node
+            .status
+            .iter()
+            .flat_map(|s| s.addresses.iter().flatten())
+        {
             if a.type_ == "InternalIP" {
                 addresses.push(parse_ip(&object, "status.addresses", &a.address)?);
             }
         }
-        let zone = node.metadata.labels.as_ref().and_then(|l| l.get("topology.kubernetes.io/zone")).cloned();
-        Ok(Node { name, addresses, zone })
+        let zone = node
+            .metadata
+            .labels
+            .as_ref()
+            .and_then(|l| l.get("topology.kubernetes.io/zone"))
+            .cloned();
+        Ok(Node {
+            name,
+            addresses,
+            zone,
+        })
     }
 }
 
@@ -331,15 +400,27 @@ mod tests {
     use k8s_openapi::api::core::v1::{PodIP, PodSpec, PodStatus, ServiceSpec};
 
     fn meta(name: &str) -> ObjectMeta {
-        ObjectMeta { name: Some(name.into()), namespace: Some("default".into()), ..Default::default() }
+        ObjectMeta {
+            name: Some(name.into()),
+            namespace: Some("default".into()),
+            ..Default::default()
+        }
     }
 
     fn svc(spec: ServiceSpec) -> core::Service {
-        core::Service { metadata: meta("voy"), spec: Some(spec), ..Default::default() }
+        core::Service {
+            metadata: meta("voy"),
+            spec: Some(spec),
+            ..Default::default()
+        }
     }
 
     fn port(n: i32, proto: Option<&str>) -> core::ServicePort {
-        core::ServicePort { port: n, protocol: proto.map(Into::into), ..Default::default() }
+        core::ServicePort {
+            port: n,
+            protocol: proto.map(Into::into),
+            ..Default::default()
+        }
     }
 
     #[test]
@@ -351,7 +432,10 @@ mod tests {
             ..Default::default()
         }))
         .unwrap();
-        assert_eq!(s.cluster_ips, ClusterIps::Ips(vec!["10.96.0.10".parse().unwrap()]));
+        assert_eq!(
+            s.cluster_ips,
+            ClusterIps::Ips(vec!["10.96.0.10".parse().unwrap()])
+        );
         assert_eq!(s.ports[0].target_port, TargetPort::Number(80));
         assert_eq!(s.families, vec![AddressFamily::V4]);
         assert!(s.selector.is_some());
@@ -359,30 +443,55 @@ mod tests {
 
     #[test]
     fn bad_services_are_typed_errors() {
-        let bad_ip = Service::try_from(&svc(ServiceSpec { cluster_ip: Some("10.96.0.300".into()), ..Default::default() }));
+        let bad_ip = Service::try_from(&svc(ServiceSpec {
+            cluster_ip: Some("10.96.0.300".into()),
+            ..Default::default()
+        }));
         assert!(bad_ip.unwrap_err().is_bad_ip());
-        let bad_proto = Service::try_from(&svc(ServiceSpec { ports: Some(vec![port(80, Some("ICMP"))]), ..Default::default() }));
+        let bad_proto = Service::try_from(&svc(ServiceSpec {
+            ports: Some(vec![port(80, Some("ICMP"))]),
+            ..Default::default()
+        }));
         assert!(matches!(bad_proto, Err(Error::UnknownProtocol { .. })));
-        let bad_port = Service::try_from(&svc(ServiceSpec { ports: Some(vec![port(70_000, None)]), ..Default::default() }));
+        let bad_port = Service::try_from(&svc(ServiceSpec {
+            ports: Some(vec![port(70_000, None)]),
+            ..Default::default()
+        }));
         assert!(matches!(bad_port, Err(Error::BadPort { .. })));
         let mut long = svc(ServiceSpec::default());
         long.metadata.name = Some("x".repeat(64));
         assert!(Service::try_from(&long).unwrap_err().is_invalid_name());
         let mut unnamed = svc(ServiceSpec::default());
         unnamed.metadata.name = None;
-        assert!(matches!(Service::try_from(&unnamed), Err(Error::MissingField { .. })));
+        assert!(matches!(
+            Service::try_from(&unnamed),
+            Err(Error::MissingField { .. })
+        ));
         let bad_label = Service::try_from(&svc(ServiceSpec {
             selector: Some([("app".to_owned(), "-bad".to_owned())].into()),
             ..Default::default()
         }));
         assert!(bad_label.unwrap_err().is_invalid_name());
-        let no_target = Service::try_from(&svc(ServiceSpec { type_: Some("ExternalName".into()), ..Default::default() }));
-        assert!(matches!(no_target, Err(Error::MissingField { field: "spec.externalName", .. })));
+        let no_target = Service::try_from(&svc(ServiceSpec {
+            type_: Some("ExternalName".into()),
+            ..Default::default()
+        }));
+        assert!(matches!(
+            no_target,
+            Err(Error::MissingField {
+                field: "spec.externalName",
+                ..
+            })
+        ));
     }
 
     #[test]
     fn headless_and_external_name() {
-        let h = Service::try_from(&svc(ServiceSpec { cluster_ip: Some("None".into()), ..Default::default() })).unwrap();
+        let h = Service::try_from(&svc(ServiceSpec {
+            cluster_ip: Some("None".into()),
+            ..Default::default()
+        }))
+        .unwrap();
         assert!(h.is_headless());
         let e = Service::try_from(&svc(ServiceSpec {
             type_: Some("ExternalName".into()),
@@ -398,9 +507,14 @@ mod tests {
     fn pods_convert_and_reject_bad_ips() {
         let mut pod = core::Pod {
             metadata: meta("voyager-0"),
-            spec: Some(PodSpec { node_name: Some("node-a".into()), ..Default::default() }),
+            spec: Some(PodSpec {
+                node_name: Some("node-a".into()),
+                ..Default::default()
+            }),
             status: Some(PodStatus {
-                pod_ips: Some(vec![PodIP { ip: "10.244.0.5".into() }]),
+                pod_ips: Some(vec![PodIP {
+                    ip: "10.244.0.5".into(),
+                }]),
                 phase: Some("Running".into()),
                 ..Default::default()
             }),
@@ -408,7 +522,9 @@ mod tests {
         let p = Pod::try_from(&pod).unwrap();
         assert_eq!(p.ips, vec!["10.244.0.5".parse::<IpAddr>().unwrap()]);
         assert!(!p.ready);
-        pod.status.as_mut().unwrap().pod_ips = Some(vec![PodIP { ip: "banana".into() }]);
+        pod.status.as_mut().unwrap().pod_ips = Some(vec![PodIP {
+            ip: "banana".into(),
+        }]);
         assert!(Pod::try_from(&pod).unwrap_err().is_bad_ip());
     }
 
@@ -420,14 +536,20 @@ mod tests {
                 ..meta("voy-abc")
             },
             address_type: "IPv4".into(),
-            endpoints: Some(vec![discovery::Endpoint { addresses: vec!["10.244.0.5".into()], ..Default::default() }]),
+            endpoints: Some(vec![discovery::Endpoint {
+                addresses: vec!["10.244.0.5".into()],
+                ..Default::default()
+            }]),
             ports: None,
         };
         let s = EndpointSlice::try_from(&slice).unwrap();
         assert!(s.endpoints[0].ready && s.endpoints[0].serving && !s.endpoints[0].terminating);
         let mut wrong = slice.clone();
         wrong.address_type = "FQDN".into();
-        assert!(matches!(EndpointSlice::try_from(&wrong), Err(Error::Unsupported { .. })));
+        assert!(matches!(
+            EndpointSlice::try_from(&wrong),
+            Err(Error::Unsupported { .. })
+        ));
         let mut mixed = slice;
         mixed.endpoints.as_mut().unwrap()[0].addresses = vec!["fd00::1".into()];
         assert!(EndpointSlice::try_from(&mixed).unwrap_err().is_bad_ip());

@@ -5,7 +5,11 @@ use super::{Error, Result};
 
 fn invalid(what: &'static str, value: &str, reason: &'static str) -> Error {
     let value: String = value.chars().take(80).collect();
-    Error::InvalidName { what, value, reason }
+    Error::InvalidName {
+        what,
+        value,
+        reason,
+    }
 }
 
 fn is_lower_alnum(c: char) -> bool {
@@ -22,10 +26,18 @@ pub fn validate_dns1123_label(what: &'static str, value: &str) -> Result<()> {
         return Err(invalid(what, value, "must be at most 63 characters"));
     }
     if !value.chars().all(|c| is_lower_alnum(c) || c == '-') {
-        return Err(invalid(what, value, "must consist of lower-case alphanumerics and '-'"));
+        return Err(invalid(
+            what,
+            value,
+            "must consist of lower-case alphanumerics and '-'",
+        ));
     }
     if !value.starts_with(is_lower_alnum) || !value.ends_with(is_lower_alnum) {
-        return Err(invalid(what, value, "must start and end with an alphanumeric"));
+        return Err(invalid(
+            what,
+            value,
+            "must start and end with an alphanumeric",
+        ));
     }
     Ok(())
 }
@@ -57,12 +69,20 @@ fn validate_qualified_part(what: &'static str, value: &str) -> Result<()> {
     }
     let ok = |c: char| c.is_ascii_alphanumeric() || matches!(c, '-' | '_' | '.');
     if !value.chars().all(ok) {
-        return Err(invalid(what, value, "must consist of alphanumerics, '-', '_' or '.'"));
+        return Err(invalid(
+            what,
+            value,
+            "must consist of alphanumerics, '-', '_' or '.'",
+        ));
     }
     if !value.starts_with(|c: char| c.is_ascii_alphanumeric())
         || !value.ends_with(|c: char| c.is_ascii_alphanumeric())
     {
-        return Err(invalid(what, value, "must start and end with an alphanumeric"));
+        return Err(invalid(
+            what,
+            value,
+            "must start and end with an alphanumeric",
+        ));
     }
     Ok(())
 }

@@ -17,7 +17,10 @@ pub struct ObjectKey {
 impl ObjectKey {
     /// A key from namespace and name.
     pub fn new(namespace: impl Into<String>, name: impl Into<String>) -> Self {
-        ObjectKey { namespace: namespace.into(), name: name.into() }
+        ObjectKey {
+            namespace: namespace.into(),
+            name: name.into(),
+        }
     }
 }
 
@@ -61,7 +64,11 @@ pub enum AddressFamily {
 impl AddressFamily {
     /// The family of an address.
     pub fn of(ip: &IpAddr) -> Self {
-        if ip.is_ipv4() { AddressFamily::V4 } else { AddressFamily::V6 }
+        if ip.is_ipv4() {
+            AddressFamily::V4
+        } else {
+            AddressFamily::V6
+        }
     }
 }
 
@@ -140,7 +147,12 @@ pub struct Selector(pub BTreeMap<String, String>);
 impl Selector {
     /// A selector from pairs.
     pub fn from_pairs<'a>(pairs: impl IntoIterator<Item = (&'a str, &'a str)>) -> Self {
-        Selector(pairs.into_iter().map(|(k, v)| (k.to_owned(), v.to_owned())).collect())
+        Selector(
+            pairs
+                .into_iter()
+                .map(|(k, v)| (k.to_owned(), v.to_owned()))
+                .collect(),
+        )
     }
     /// EPS-2: every pair of the selector is among the labels. An empty
     /// selector is treated as "no selector" by the caller, never as match-all.

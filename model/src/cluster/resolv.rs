@@ -27,7 +27,11 @@ impl ResolvConf {
     pub fn kubelet(namespace: &str, zone: &str, dns: IpAddr) -> Self {
         ResolvConf {
             nameservers: vec![dns],
-            search: vec![format!("{namespace}.svc.{zone}"), format!("svc.{zone}"), zone.to_owned()],
+            search: vec![
+                format!("{namespace}.svc.{zone}"),
+                format!("svc.{zone}"),
+                zone.to_owned(),
+            ],
             ndots: 5,
         }
     }

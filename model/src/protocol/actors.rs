@@ -38,8 +38,15 @@ impl Cfg {
     /// REG-2, REG-4: the lowest pool address not held by a live Service and
     /// not quarantined.
     pub(crate) fn free_ip(&self, s: &State) -> Option<IpAddr> {
-        let used: BTreeSet<IpAddr> = s.api.service_list().iter().flat_map(|svc| svc.cluster_ips.ips().to_vec()).collect();
-        (0..self.service_ips).map(catalog::service_ip).find(|ip| !used.contains(ip) && !s.api.quarantined.contains(ip))
+        let used: BTreeSet<IpAddr> = s
+            .api
+            .service_list()
+            .iter()
+            .flat_map(|svc| svc.cluster_ips.ips().to_vec())
+            .collect();
+        (0..self.service_ips)
+            .map(catalog::service_ip)
+            .find(|ip| !used.contains(ip) && !s.api.quarantined.contains(ip))
     }
 
     /// User: POST a catalog Service; it is admitted with a fresh ClusterIP.
@@ -48,10 +55,14 @@ impl Cfg {
         if s.api.services.contains_key(name) {
             return false;
         }
-        let Some(ip) = self.free_ip(s) else { return false };
+        let Some(ip) = self.free_ip(s) else {
+            return false;
+        };
         let svc = catalog::service(index, ip);
         let rv = next_rv(s.api_mut());
-        s.api_mut().services.insert(name.to_owned(), (svc.clone(), rv));
+        s.api_mut()
+            .services
+            .insert(name.to_owned(), (svc.clone(), rv));
         s.history_mut().allocated.insert((name.to_owned(), ip));
         emit(s, Ev::Svc(WatchEvent::Applied(svc, rv)));
         true
@@ -61,17 +72,30 @@ impl Cfg {
     /// ClusterIP is released — into quarantine when the mitigation is on.
     pub(crate) fn delete_service(&self, s: &mut State, index: usize) -> bool {
         let name = catalog::SERVICES[index].0;
-        let Some((svc, _)) = s.api_mut().services.remove(name) else { return false };
+        let Some((svc, _)) = s.api_mut().services.remove(name) else {
+            return false;
+        };
         let rv = next_rv(s.api_mut());
         emit(s, Ev::Svc(WatchEvent::Deleted(svc.key.clone(), rv)));
-        let owned: Vec<String> = s.api.slices.iter().filter(|(_, (sl, _))| sl.service == name).map(|(k, _)| k.clone()).collect();
+        let owned: Vec<String> = s
+            .api
+            .slices
+            .iter()
+            .filter(|(_, (sl, _))| sl.service == name)
+            .map(|(k, _)| k.clone())
+            .collect();
         for slice in owned {
             s.api_mut().slices.remove(&slice);
             let rv = next_rv(s.api_mut());
-            emit(s, Ev::Slice(WatchEvent::Deleted(ObjectKey::new(NAMESPACE, slice), rv)));
+            emit(
+                s,
+                Ev::Slice(WatchEvent::Deleted(ObjectKey::new(NAMESPACE, slice), rv)),
+            );
         }
         if self.quarantine {
-            s.api_mut().quarantined.extend(svc.cluster_ips.ips().iter().copied());
+            s.api_mut()
+                .quarantined
+                .extend(svc.cluster_ips.ips().iter().copied());
         }
         true
     }
@@ -79,7 +103,9 @@ impl Cfg {
     /// User or kubelet: write a Pod (create, readiness, deletionTimestamp).
     pub(crate) fn put_pod(&self, s: &mut State, pod: crate::cluster::Pod) {
         let rv = next_rv(s.api_mut());
-        s.api_mut().pods.insert(pod.key.name.clone(), (pod.clone(), rv));
+        s.api_mut()
+            .pods
+            .insert(pod.key.name.clone(), (pod.clone(), rv));
         emit(s, Ev::Pod(WatchEvent::Applied(pod, rv)));
     }
 
@@ -90,7 +116,10 @@ impl Cfg {
             return false;
         }
         let rv = next_rv(s.api_mut());
-        emit(s, Ev::Pod(WatchEvent::Deleted(ObjectKey::new(NAMESPACE, name), rv)));
+        emit(
+            s,
+            Ev::Pod(WatchEvent::Deleted(ObjectKey::new(NAMESPACE, name), rv)),
+        );
         true
     }
 
@@ -100,9 +129,17 @@ impl Cfg {
     fn eps_reconcile(&self, s: &mut State, names: Vec<String>) {
         for name in names {
             let key = ObjectKey::new(NAMESPACE, name.clone());
-            let Some(svc) = s.eps.services.get(&key).cloned() else { continue };
+            let Some(svc) = s.eps.services.get(&key).cloned() else {
+                continue;
+            };
             let desired = endpoints_for(&svc, s.eps.pods.objects());
-            let existing: Vec<_> = s.eps.slices.objects().filter(|sl| sl.service == name).cloned().collect();
+            let existing: Vec<_> = s
+                .eps
+                .slices
+                .objects()
+                .filter(|sl| sl.service == name)
+                .cloned()
+                .collect();
             let refs: Vec<_> = existing.iter().collect();
             for write in plan_slices(&desired, &refs) {
                 self.write_slice(s, &name, write);
@@ -138,7 +175,9 @@ impl Cfg {
                     return;
                 }
                 let rv = next_rv(s.api_mut());
-                s.api_mut().slices.insert(slice.key.name.clone(), (slice.clone(), rv));
+                s.api_mut()
+                    .slices
+                    .insert(slice.key.name.clone(), (slice.clone(), rv));
                 (WatchEvent::Applied(slice.clone(), rv), Some(slice))
             }
             SliceWrite::Delete(key) => {
@@ -151,7 +190,9 @@ impl Cfg {
         };
         if let Some(slice) = slice_for_history {
             for ep in &slice.endpoints {
-                s.history_mut().published.insert((service.to_owned(), ep.address));
+                s.history_mut()
+                    .published
+                    .insert((service.to_owned(), ep.address));
             }
         }
         s.eps_mut().slices.apply(ev.clone());
@@ -171,7 +212,9 @@ impl Cfg {
 
     /// Delivers the oldest queued event to a watcher and lets it react.
     pub(crate) fn deliver(&self, s: &mut State, w: Watcher) -> bool {
-        let Some(ev) = s.watch_mut(w).queue.pop_front() else { return false };
+        let Some(ev) = s.watch_mut(w).queue.pop_front() else {
+            return false;
+        };
         let ev = Arc::unwrap_or_clone(ev);
         match w {
             Watcher::Eps => {
@@ -182,11 +225,19 @@ impl Cfg {
                             WatchEvent::Deleted(k, _) => k.name.clone(),
                             WatchEvent::Relisted(_) => String::new(),
                         };
-                        if s.eps_mut().services.apply(e) { vec![name] } else { Vec::new() }
+                        if s.eps_mut().services.apply(e) {
+                            vec![name]
+                        } else {
+                            Vec::new()
+                        }
                     }
                     Ev::Pod(e) => {
                         if s.eps_mut().pods.apply(e) {
-                            s.eps.services.objects().map(|svc| svc.key.name.clone()).collect()
+                            s.eps
+                                .services
+                                .objects()
+                                .map(|svc| svc.key.name.clone())
+                                .collect()
                         } else {
                             Vec::new()
                         }
@@ -236,7 +287,12 @@ impl Cfg {
                 let pods = Api::list(&s.api.pods);
                 s.eps_mut().pods.apply(WatchEvent::Relisted(pods));
                 s.eps_mut().slices.apply(WatchEvent::Relisted(slices));
-                let names = s.eps.services.objects().map(|svc| svc.key.name.clone()).collect();
+                let names = s
+                    .eps
+                    .services
+                    .objects()
+                    .map(|svc| svc.key.name.clone())
+                    .collect();
                 self.eps_reconcile(s, names);
             }
             Watcher::Dns => {
@@ -246,7 +302,9 @@ impl Cfg {
             Watcher::Proxy(i) => {
                 let i = usize::from(i);
                 if !(restart && self.bug == Bug::ProxyNoRelistOnRestart) {
-                    s.proxy_mut(i).services.apply(WatchEvent::Relisted(services));
+                    s.proxy_mut(i)
+                        .services
+                        .apply(WatchEvent::Relisted(services));
                     s.proxy_mut(i).slices.apply(WatchEvent::Relisted(slices));
                 }
                 self.proxy_sync(s, i);
@@ -275,9 +333,12 @@ impl Cfg {
     pub(crate) fn client_resolve(&self, s: &mut State) -> bool {
         let snap = s.dns_snapshot();
         let name = catalog::CLIENT.1;
-        let res = resolve(&catalog::client_resolv_conf(), name, crate::cluster::ResolverLib::Glibc, |n| {
-            classify(&dns_answer(&snap, &Question::new(n, RType::A)))
-        });
+        let res = resolve(
+            &catalog::client_resolv_conf(),
+            name,
+            crate::cluster::ResolverLib::Glibc,
+            |n| classify(&dns_answer(&snap, &Question::new(n, RType::A))),
+        );
         match res.result {
             Ok(ips) => {
                 let ip = ips[0];
@@ -294,7 +355,11 @@ impl Cfg {
     /// the watch propagation bound".
     pub(crate) fn may_release(&self, s: &State, ip: IpAddr) -> bool {
         s.api.quarantined.contains(&ip)
-            && !s.dns.services.objects().any(|svc| svc.cluster_ips.ips().contains(&ip))
+            && !s
+                .dns
+                .services
+                .objects()
+                .any(|svc| svc.cluster_ips.ips().contains(&ip))
             && s.client.as_ref().is_none_or(|(_, held)| *held != ip)
     }
 }

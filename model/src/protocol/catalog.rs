@@ -74,7 +74,9 @@ pub fn pod_index(name: &str) -> Option<usize> {
 
 /// The selector label of a catalog Service name.
 pub fn selects(service: &str, pod: usize) -> bool {
-    SERVICES.iter().any(|(n, app)| *n == service && PODS[pod].1 == *app)
+    SERVICES
+        .iter()
+        .any(|(n, app)| *n == service && PODS[pod].1 == *app)
 }
 
 /// A catalog Pod, running, ready or not.
@@ -90,19 +92,28 @@ pub fn pod(index: usize, ready: bool, nodes: u8) -> Pod {
         terminating: false,
         hostname: None,
         subdomain: None,
-        ports: vec![ContainerPort { name: "http".into(), port: CONTAINER_PORT, protocol: Protocol::Tcp }],
+        ports: vec![ContainerPort {
+            name: "http".into(),
+            port: CONTAINER_PORT,
+            protocol: Protocol::Tcp,
+        }],
     }
 }
 
 /// The Pod owning an address, if any.
 pub fn pod_by_ip(ip: IpAddr) -> Option<usize> {
-    PODS.iter().position(|p| p.3.parse::<IpAddr>().ok() == Some(ip))
+    PODS.iter()
+        .position(|p| p.3.parse::<IpAddr>().ok() == Some(ip))
 }
 
 /// A catalog Node.
 pub fn node(index: usize) -> Node {
     let (name, ip) = NODES[index];
-    Node { name: name.to_owned(), addresses: vec![ip.parse().expect("catalog IP")], zone: None }
+    Node {
+        name: name.to_owned(),
+        addresses: vec![ip.parse().expect("catalog IP")],
+        zone: None,
+    }
 }
 
 /// The client's resolv.conf, as the kubelet writes it.

@@ -178,7 +178,8 @@ impl ProtocolModel {
         use std::collections::{HashMap, VecDeque};
         let property = self.properties().into_iter().find(|p| p.name == name)?;
         let init = self.initial_state();
-        let mut parent: HashMap<State, Option<(State, Action)>> = HashMap::from([(init.clone(), None)]);
+        let mut parent: HashMap<State, Option<(State, Action)>> =
+            HashMap::from([(init.clone(), None)]);
         let mut queue = VecDeque::from([init]);
         let mut actions = Vec::new();
         while let Some(s) = queue.pop_front() {
@@ -320,7 +321,10 @@ impl Model for ProtocolModel {
         let cfg = &self.cfg;
         if s.used.changes < cfg.changes {
             for i in 0..u8::try_from(catalog::SERVICES.len()).unwrap_or(0) {
-                if s.api.services.contains_key(catalog::SERVICES[usize::from(i)].0) {
+                if s.api
+                    .services
+                    .contains_key(catalog::SERVICES[usize::from(i)].0)
+                {
                     actions.push(Action::DeleteService(i));
                 } else if cfg.free_ip(s).is_some() {
                     actions.push(Action::CreateService(i));
@@ -368,7 +372,11 @@ impl Model for ProtocolModel {
             }
         }
         if cfg.client {
-            actions.push(if s.client.is_some() { Action::Expire } else { Action::Resolve });
+            actions.push(if s.client.is_some() {
+                Action::Expire
+            } else {
+                Action::Resolve
+            });
         }
     }
 
@@ -384,7 +392,11 @@ impl Model for ProtocolModel {
             Action::DeleteService(i) => format!("user deletes Service {}", svc(i)),
             Action::CreatePod(i) => format!("Pod {} is created", pod(i)),
             Action::DeletePod(i) => format!("Pod {} is deleted", pod(i)),
-            Action::SetReady(i, r) => format!("Pod {} becomes {}", pod(i), if *r { "ready" } else { "unready" }),
+            Action::SetReady(i, r) => format!(
+                "Pod {} becomes {}",
+                pod(i),
+                if *r { "ready" } else { "unready" }
+            ),
             Action::Terminate(i) => format!("Pod {} starts terminating", pod(i)),
             Action::Deliver(w) => format!("{w:?} takes its next event"),
             Action::DropWatch(w) => format!("{w:?}'s watch drops"),

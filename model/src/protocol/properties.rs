@@ -7,11 +7,13 @@ use std::collections::{BTreeMap, BTreeSet};
 use stateright::Property;
 
 use crate::cluster::{Endpoint, Question, RType, ResolverLib};
-use crate::spec::{DnsSnapshot, PodsMode, SliceShape, classify, dns_answer, endpoints_for, proxy_table, resolve};
+use crate::spec::{
+    DnsSnapshot, PodsMode, SliceShape, classify, dns_answer, endpoints_for, proxy_table, resolve,
+};
 
+use super::ProtocolModel;
 use super::catalog::{self, NAMESPACE, SERVICE_PORT, ZONE};
 use super::state::{State, WatchStatus, Watcher};
-use super::ProtocolModel;
 
 /// Every property name, in the order the model lists them.
 pub const PROPERTIES: &[&str] = &[
@@ -85,41 +87,70 @@ pub(super) fn all() -> Vec<Property<ProtocolModel>> {
         Property::always(REG_UNIQUE, |_, s: &State| cluster_ips_unique(s)),
         Property::always(EPS_SELECTED, |_, s: &State| slices_name_selected_pods(s)),
         Property::always(EPS_SLICE_SIZE, |_, s: &State| slices_within_limit(s)),
-        Property::always(PXY_PUBLISHED, |_, s: &State| proxies_forward_to_published(s)),
+        Property::always(PXY_PUBLISHED, |_, s: &State| {
+            proxies_forward_to_published(s)
+        }),
         Property::always(DNS_ALLOCATED, |_, s: &State| dns_carries_allocated(s)),
-        Property::always(RES_INTENDED, |m: &ProtocolModel, s: &State| connection_lands_on_named_service(m, s)),
-        Property::always(EPS_CONVERGE, |_, s: &State| !s.is_quiescent() || slices_converged(s)),
-        Property::always(DNS_CONVERGE, |_, s: &State| !s.is_quiescent() || dns_converged(s)),
-        Property::always(PXY_CONVERGE, |_, s: &State| !s.is_quiescent() || proxies_converged(s)),
-        Property::always(RES_REACH, |m: &ProtocolModel, s: &State| !s.is_quiescent() || client_reaches_ready_pod(m, s)),
-        Property::sometimes(V_QUIESCENT, |_, s: &State| s.is_quiescent() && s.used.changes > 0),
-        Property::sometimes(V_DNS_LAGS, |_, s: &State| dns_service_names(s) != store_service_names(s)),
+        Property::always(RES_INTENDED, |m: &ProtocolModel, s: &State| {
+            connection_lands_on_named_service(m, s)
+        }),
+        Property::always(EPS_CONVERGE, |_, s: &State| {
+            !s.is_quiescent() || slices_converged(s)
+        }),
+        Property::always(DNS_CONVERGE, |_, s: &State| {
+            !s.is_quiescent() || dns_converged(s)
+        }),
+        Property::always(PXY_CONVERGE, |_, s: &State| {
+            !s.is_quiescent() || proxies_converged(s)
+        }),
+        Property::always(RES_REACH, |m: &ProtocolModel, s: &State| {
+            !s.is_quiescent() || client_reaches_ready_pod(m, s)
+        }),
+        Property::sometimes(V_QUIESCENT, |_, s: &State| {
+            s.is_quiescent() && s.used.changes > 0
+        }),
+        Property::sometimes(V_DNS_LAGS, |_, s: &State| {
+            dns_service_names(s) != store_service_names(s)
+        }),
         Property::sometimes(V_TERMINATING, |_, s: &State| forwards_to_terminating(s)),
         Property::sometimes(V_REJECT, |_, s: &State| some_port_rejects(s)),
         Property::sometimes(V_REUSED, |_, s: &State| clusterip_reused(s)),
         Property::sometimes(V_CLIENT, |_, s: &State| s.client.is_some()),
-        Property::sometimes(V_CRASH, |_, s: &State| s.is_quiescent() && s.used.crashes > 0),
+        Property::sometimes(V_CRASH, |_, s: &State| {
+            s.is_quiescent() && s.used.crashes > 0
+        }),
         Property::sometimes(V_DROP, |_, s: &State| s.is_quiescent() && s.used.drops > 0),
         Property::sometimes(V_MISSED, |_, s: &State| broken_watch_missed_change(s)),
     ]
 }
 
 fn slices_within_limit(s: &State) -> bool {
-    s.api.slice_list().iter().all(|sl| sl.endpoints.len() <= crate::spec::MAX_ENDPOINTS_PER_SLICE)
+    s.api
+        .slice_list()
+        .iter()
+        .all(|sl| sl.endpoints.len() <= crate::spec::MAX_ENDPOINTS_PER_SLICE)
 }
 
 fn some_port_rejects(s: &State) -> bool {
-    s.proxies.iter().any(|p| p.kernel.values().any(|v| v.rejects()))
+    s.proxies
+        .iter()
+        .any(|p| p.kernel.values().any(|v| v.rejects()))
 }
 
 fn cluster_ips_unique(s: &State) -> bool {
     let mut seen = BTreeSet::new();
-    s.api.service_list().iter().flat_map(|svc| svc.cluster_ips.ips().to_vec()).all(|ip| seen.insert(ip))
+    s.api
+        .service_list()
+        .iter()
+        .flat_map(|svc| svc.cluster_ips.ips().to_vec())
+        .all(|ip| seen.insert(ip))
 }
 
 fn slices_name_selected_pods(s: &State) -> bool {
     s.api.slice_list().iter().all(|slice| {
-        slice.endpoints.iter().all(|ep| catalog::pod_by_ip(ep.address).is_some_and(|p| catalog::selects(&slice.service, p)))
+        slice.endpoints.iter().all(|ep| {
+            catalog::pod_by_ip(ep.address).is_some_and(|p| catalog::selects(&slice.service, p))
+        })
     })
 }
 
@@ -137,7 +168,10 @@ fn proxies_forward_to_published(s: &State) -> bool {
 
 fn dns_carries_allocated(s: &State) -> bool {
     s.dns.services.objects().all(|svc| {
-        svc.cluster_ips.ips().iter().all(|ip| s.history.allocated.contains(&(svc.key.name.clone(), *ip)))
+        svc.cluster_ips
+            .ips()
+            .iter()
+            .all(|ip| s.history.allocated.contains(&(svc.key.name.clone(), *ip)))
     })
 }
 
@@ -148,7 +182,9 @@ fn client_node(m: &ProtocolModel) -> usize {
 /// RES-5: if the client connected with its cached answer now, every backend
 /// the kernel could pick is a Pod of the Service it named.
 fn connection_lands_on_named_service(m: &ProtocolModel, s: &State) -> bool {
-    let Some((name, ip)) = &s.client else { return true };
+    let Some((name, ip)) = &s.client else {
+        return true;
+    };
     let kernel = &s.proxies[client_node(m)].kernel;
     kernel
         .iter()
@@ -161,14 +197,27 @@ fn slices_converged(s: &State) -> bool {
     let pods = s.api.pod_list();
     let mut actual: BTreeMap<String, BTreeMap<SliceShape, BTreeSet<Endpoint>>> = BTreeMap::new();
     for slice in s.api.slice_list() {
-        let shape = SliceShape { family: slice.family, ports: slice.ports.clone() };
-        actual.entry(slice.service.clone()).or_default().entry(shape).or_default().extend(slice.endpoints.iter().cloned());
+        let shape = SliceShape {
+            family: slice.family,
+            ports: slice.ports.clone(),
+        };
+        actual
+            .entry(slice.service.clone())
+            .or_default()
+            .entry(shape)
+            .or_default()
+            .extend(slice.endpoints.iter().cloned());
     }
     let expected: BTreeMap<String, BTreeMap<SliceShape, BTreeSet<Endpoint>>> = s
         .api
         .service_list()
         .into_iter()
-        .map(|svc| (svc.key.name.clone(), endpoints_for(svc, pods.iter().copied())))
+        .map(|svc| {
+            (
+                svc.key.name.clone(),
+                endpoints_for(svc, pods.iter().copied()),
+            )
+        })
         .filter(|(_, eps)| !eps.is_empty())
         .collect();
     actual == expected
@@ -192,15 +241,22 @@ fn dns_converged(s: &State) -> bool {
     catalog::SERVICES.iter().all(|(name, _)| {
         let fqdn = format!("{name}.{NAMESPACE}.svc.{ZONE}");
         let srv = format!("_http._tcp.{fqdn}");
-        [Question::new(&fqdn, RType::A), Question::new(&fqdn, RType::Aaaa), Question::new(srv, RType::Srv)]
-            .iter()
-            .all(|q| dns_answer(&served, q) == dns_answer(&truth, q))
+        [
+            Question::new(&fqdn, RType::A),
+            Question::new(&fqdn, RType::Aaaa),
+            Question::new(srv, RType::Srv),
+        ]
+        .iter()
+        .all(|q| dns_answer(&served, q) == dns_answer(&truth, q))
     })
 }
 
 fn proxies_converged(s: &State) -> bool {
     let slices = s.api.slice_list();
-    s.proxies.iter().enumerate().all(|(i, p)| p.kernel == proxy_table(s.api.service_list(), &slices, &catalog::node(i)))
+    s.proxies
+        .iter()
+        .enumerate()
+        .all(|(i, p)| p.kernel == proxy_table(s.api.service_list(), &slices, &catalog::node(i)))
 }
 
 /// RES-6: each live Service with a usable endpoint resolves from the client
@@ -212,27 +268,44 @@ fn client_reaches_ready_pod(m: &ProtocolModel, s: &State) -> bool {
     let kernel = &s.proxies[client_node(m)].kernel;
     s.api.service_list().iter().all(|svc| {
         let name = &svc.key.name;
-        let selected: Vec<_> = s.api.pod_list().into_iter().filter(|p| catalog::pod_index(&p.key.name).is_some_and(|i| catalog::selects(name, i))).collect();
+        let selected: Vec<_> = s
+            .api
+            .pod_list()
+            .into_iter()
+            .filter(|p| catalog::pod_index(&p.key.name).is_some_and(|i| catalog::selects(name, i)))
+            .collect();
         let any_ready = selected.iter().any(|p| p.ready && !p.terminating);
         let any_usable = any_ready || selected.iter().any(|p| p.ready && p.terminating);
         if !any_usable {
             return true;
         }
-        let res = resolve(&conf, name, ResolverLib::Glibc, |n| classify(&dns_answer(&served, &Question::new(n, RType::A))));
+        let res = resolve(&conf, name, ResolverLib::Glibc, |n| {
+            classify(&dns_answer(&served, &Question::new(n, RType::A)))
+        });
         let Ok(ips) = res.result else { return false };
         if ips != svc.cluster_ips.ips() {
             return false;
         }
-        let backends: Vec<_> = kernel.iter().filter(|(k, _)| k.ip == ips[0] && k.port == SERVICE_PORT).flat_map(|(_, v)| v.backends.iter()).collect();
+        let backends: Vec<_> = kernel
+            .iter()
+            .filter(|(k, _)| k.ip == ips[0] && k.port == SERVICE_PORT)
+            .flat_map(|(_, v)| v.backends.iter())
+            .collect();
         !backends.is_empty()
             && backends.iter().all(|b| {
-                selected.iter().any(|p| p.ips.contains(&b.ip()) && (!any_ready || (p.ready && !p.terminating)))
+                selected
+                    .iter()
+                    .any(|p| p.ips.contains(&b.ip()) && (!any_ready || (p.ready && !p.terminating)))
             })
     })
 }
 
 fn dns_service_names(s: &State) -> BTreeSet<String> {
-    s.dns.services.objects().map(|svc| svc.key.name.clone()).collect()
+    s.dns
+        .services
+        .objects()
+        .map(|svc| svc.key.name.clone())
+        .collect()
 }
 
 fn store_service_names(s: &State) -> BTreeSet<String> {
@@ -242,7 +315,10 @@ fn store_service_names(s: &State) -> BTreeSet<String> {
 fn forwards_to_terminating(s: &State) -> bool {
     s.proxies.iter().any(|p| {
         p.kernel.values().flat_map(|v| v.backends.iter()).any(|b| {
-            s.api.pod_list().iter().any(|pod| pod.terminating && pod.ips.contains(&b.ip()))
+            s.api
+                .pod_list()
+                .iter()
+                .any(|pod| pod.terminating && pod.ips.contains(&b.ip()))
         })
     })
 }
@@ -250,7 +326,10 @@ fn forwards_to_terminating(s: &State) -> bool {
 fn clusterip_reused(s: &State) -> bool {
     s.api.service_list().iter().any(|svc| {
         svc.cluster_ips.ips().iter().any(|ip| {
-            s.history.allocated.iter().any(|(other, old)| old == ip && *other != svc.key.name)
+            s.history
+                .allocated
+                .iter()
+                .any(|(other, old)| old == ip && *other != svc.key.name)
         })
     })
 }

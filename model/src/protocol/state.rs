@@ -56,7 +56,10 @@ pub struct Watch {
 
 impl Default for Watch {
     fn default() -> Self {
-        Watch { queue: VecDeque::new(), status: WatchStatus::Live }
+        Watch {
+            queue: VecDeque::new(),
+            status: WatchStatus::Live,
+        }
     }
 }
 
@@ -206,7 +209,8 @@ impl State {
 
     /// What the DNS serves from now.
     pub fn dns_snapshot(&self) -> DnsSnapshot<'_> {
-        self.dns.snapshot(self.watch(Watcher::Dns).status != WatchStatus::Down)
+        self.dns
+            .snapshot(self.watch(Watcher::Dns).status != WatchStatus::Down)
     }
 
     /// The API server, for writing.
@@ -233,7 +237,9 @@ impl State {
     /// All watchers.
     pub fn watchers(&self) -> impl Iterator<Item = Watcher> + use<> {
         let n = u8::try_from(self.proxies.len()).unwrap_or(u8::MAX);
-        [Watcher::Eps, Watcher::Dns].into_iter().chain((0..n).map(Watcher::Proxy))
+        [Watcher::Eps, Watcher::Dns]
+            .into_iter()
+            .chain((0..n).map(Watcher::Proxy))
     }
 
     /// Quiescent: every watch live with nothing left to deliver.

@@ -55,7 +55,9 @@ pub struct WatchCache<T> {
 
 impl<T> Default for WatchCache<T> {
     fn default() -> Self {
-        WatchCache { entries: BTreeMap::new() }
+        WatchCache {
+            entries: BTreeMap::new(),
+        }
     }
 }
 
@@ -71,8 +73,10 @@ impl<T: Keyed + Clone + PartialEq> WatchCache<T> {
                 let before: Vec<&T> = self.objects().collect();
                 let changed = before.len() != objs.len()
                     || before.iter().zip(&objs).any(|(a, (b, _))| *a != b);
-                self.entries =
-                    objs.into_iter().map(|(o, rv)| (o.key(), Entry { rv, obj: Some(o) })).collect();
+                self.entries = objs
+                    .into_iter()
+                    .map(|(o, rv)| (o.key(), Entry { rv, obj: Some(o) }))
+                    .collect();
                 changed
             }
         }
@@ -131,7 +135,10 @@ mod tests {
         let mut c = WatchCache::default();
         assert!(c.apply(WatchEvent::Applied(slice("a", 0), 5)));
         assert!(c.apply(WatchEvent::Deleted(ObjectKey::new("default", "a"), 7)));
-        assert!(!c.apply(WatchEvent::Applied(slice("a", 0), 6)), "older than the delete");
+        assert!(
+            !c.apply(WatchEvent::Applied(slice("a", 0), 6)),
+            "older than the delete"
+        );
         assert!(c.is_empty());
         assert!(c.apply(WatchEvent::Relisted(vec![(slice("b", 0), 9)])));
         assert_eq!(c.len(), 1);

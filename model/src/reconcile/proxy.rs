@@ -54,20 +54,32 @@ pub fn plan(desired: &ProxyTable, observed: &ProxyTable) -> Vec<ProxyOp> {
         let have = match observed.get(key) {
             Some(have) => {
                 if have.affinity_timeout != want.affinity_timeout {
-                    ops.push(ProxyOp::EditService { key: *key, affinity_timeout: want.affinity_timeout });
+                    ops.push(ProxyOp::EditService {
+                        key: *key,
+                        affinity_timeout: want.affinity_timeout,
+                    });
                 }
                 have
             }
             None => {
-                ops.push(ProxyOp::AddService { key: *key, affinity_timeout: want.affinity_timeout });
+                ops.push(ProxyOp::AddService {
+                    key: *key,
+                    affinity_timeout: want.affinity_timeout,
+                });
                 &empty
             }
         };
         for backend in have.backends.difference(&want.backends) {
-            ops.push(ProxyOp::RemoveBackend { key: *key, backend: *backend });
+            ops.push(ProxyOp::RemoveBackend {
+                key: *key,
+                backend: *backend,
+            });
         }
         for backend in want.backends.difference(&have.backends) {
-            ops.push(ProxyOp::AddBackend { key: *key, backend: *backend });
+            ops.push(ProxyOp::AddBackend {
+                key: *key,
+                backend: *backend,
+            });
         }
     }
     ops
@@ -78,7 +90,14 @@ pub fn plan(desired: &ProxyTable, observed: &ProxyTable) -> Vec<ProxyOp> {
 pub fn apply_ops(table: &mut ProxyTable, ops: &[ProxyOp]) {
     for op in ops {
         match op {
-            ProxyOp::AddService { key, affinity_timeout } | ProxyOp::EditService { key, affinity_timeout } => {
+            ProxyOp::AddService {
+                key,
+                affinity_timeout,
+            }
+            | ProxyOp::EditService {
+                key,
+                affinity_timeout,
+            } => {
                 table.entry(*key).or_default().affinity_timeout = *affinity_timeout;
             }
             ProxyOp::DeleteService { key } => {

@@ -31,8 +31,10 @@ pub fn plan_slices(
     desired: &BTreeMap<SliceShape, BTreeSet<Endpoint>>,
     existing: &[&EndpointSlice],
 ) -> Vec<SliceWrite> {
-    let mut want: BTreeMap<&SliceShape, BTreeMap<IpAddr, &Endpoint>> =
-        desired.iter().map(|(s, eps)| (s, eps.iter().map(|e| (e.address, e)).collect())).collect();
+    let mut want: BTreeMap<&SliceShape, BTreeMap<IpAddr, &Endpoint>> = desired
+        .iter()
+        .map(|(s, eps)| (s, eps.iter().map(|e| (e.address, e)).collect()))
+        .collect();
     let mut existing: Vec<&EndpointSlice> = existing.to_vec();
     existing.sort_by(|a, b| a.key.cmp(&b.key));
 
@@ -40,13 +42,19 @@ pub fn plan_slices(
     // Slices kept, per shape: (new content, changed?).
     let mut kept: BTreeMap<SliceShape, Vec<(EndpointSlice, bool)>> = BTreeMap::new();
     for slice in existing {
-        let shape = SliceShape { family: slice.family, ports: slice.ports.clone() };
+        let shape = SliceShape {
+            family: slice.family,
+            ports: slice.ports.clone(),
+        };
         let Some(wanted) = want.get_mut(&shape) else {
             writes.push(SliceWrite::Delete(slice.key.clone()));
             continue;
         };
-        let endpoints: Vec<Endpoint> =
-            slice.endpoints.iter().filter_map(|ep| wanted.remove(&ep.address).cloned()).collect();
+        let endpoints: Vec<Endpoint> = slice
+            .endpoints
+            .iter()
+            .filter_map(|ep| wanted.remove(&ep.address).cloned())
+            .collect();
         let changed = endpoints != slice.endpoints;
         let mut next = slice.clone();
         next.endpoints = endpoints;
@@ -61,7 +69,10 @@ pub fn plan_slices(
             }
         }
         for chunk in rest.chunks(MAX_ENDPOINTS_PER_SLICE) {
-            writes.push(SliceWrite::Create { shape: shape.clone(), endpoints: chunk.to_vec() });
+            writes.push(SliceWrite::Create {
+                shape: shape.clone(),
+                endpoints: chunk.to_vec(),
+            });
         }
     }
     for (slice, changed) in kept.into_values().flatten() {

@@ -79,12 +79,18 @@ impl<'a> DnsSnapshot<'a> {
     }
 
     fn service(&self, ns: &str, name: &str) -> Option<&'a Service> {
-        self.services.iter().copied().find(|s| s.key.namespace == ns && s.key.name == name)
+        self.services
+            .iter()
+            .copied()
+            .find(|s| s.key.namespace == ns && s.key.name == name)
     }
 
     /// DNS-4: ready endpoints of a Service (never not-ready ones) with the
     /// slice each came from, deduplicated by address.
-    fn ready_endpoints(&self, svc: &Service) -> BTreeMap<IpAddr, (&'a Endpoint, &'a EndpointSlice)> {
+    fn ready_endpoints(
+        &self,
+        svc: &Service,
+    ) -> BTreeMap<IpAddr, (&'a Endpoint, &'a EndpointSlice)> {
         let mut out = BTreeMap::new();
         for slice in &self.slices {
             if slice.key.namespace != svc.key.namespace || slice.service != svc.key.name {
@@ -130,12 +136,19 @@ impl<'a> DnsSnapshot<'a> {
             .filter(|(ep, _)| endpoint_dns_name(ep) == label)
             .map(|(ep, _)| addr(ep.address))
             .collect();
-        if ips.is_empty() { Node::Missing } else { Node::Exists(ips) }
+        if ips.is_empty() {
+            Node::Missing
+        } else {
+            Node::Exists(ips)
+        }
     }
 
     /// DNS-7, DNS-8: `_<port>._<proto>.<svc>.<ns>.svc.<zone>`.
     fn srv_node(&self, svc: &Service, port: &str, proto: &str) -> Node {
-        let Some(sp) = svc.ports.iter().find(|p| !p.name.is_empty() && p.name == port && p.protocol.as_lower() == proto)
+        let Some(sp) = svc
+            .ports
+            .iter()
+            .find(|p| !p.name.is_empty() && p.name == port && p.protocol.as_lower() == proto)
         else {
             return Node::Missing;
         };
@@ -144,8 +157,15 @@ impl<'a> DnsSnapshot<'a> {
             ClusterIps::Ips(_) => targets.push((sp.port, self.fqdn(svc))),
             ClusterIps::Headless => {
                 for (ep, slice) in self.ready_endpoints(svc).into_values() {
-                    if let Some(p) = slice.ports.iter().find(|p| p.name == sp.name && p.protocol == sp.protocol) {
-                        targets.push((p.port, format!("{}.{}", endpoint_dns_name(ep), self.fqdn(svc))));
+                    if let Some(p) = slice
+                        .ports
+                        .iter()
+                        .find(|p| p.name == sp.name && p.protocol == sp.protocol)
+                    {
+                        targets.push((
+                            p.port,
+                            format!("{}.{}", endpoint_dns_name(ep), self.fqdn(svc)),
+                        ));
                     }
                 }
             }
@@ -159,7 +179,12 @@ impl<'a> DnsSnapshot<'a> {
         Node::Exists(
             targets
                 .into_iter()
-                .map(|(port, target)| RData::Srv { priority: 0, weight, port, target })
+                .map(|(port, target)| RData::Srv {
+                    priority: 0,
+                    weight,
+                    port,
+                    target,
+                })
                 .collect(),
         )
     }
@@ -169,9 +194,22 @@ impl<'a> DnsSnapshot<'a> {
         if !self.namespace_exists(ns) {
             return Node::Missing;
         }
-        let text = label.replace('-', if label.matches('-').count() == 3 { "." } else { ":" });
-        let Ok(ip) = text.parse::<IpAddr>() else { return Node::Missing };
-        let known = || self.pods.iter().any(|p| p.key.namespace == ns && p.ips.contains(&ip));
+        let text = label.replace(
+            '-',
+            if label.matches('-').count() == 3 {
+                "."
+            } else {
+                ":"
+            },
+        );
+        let Ok(ip) = text.parse::<IpAddr>() else {
+            return Node::Missing;
+        };
+        let known = || {
+            self.pods
+                .iter()
+                .any(|p| p.key.namespace == ns && p.ips.contains(&ip))
+        };
         match self.pods_mode {
             PodsMode::Disabled => Node::Missing,
             PodsMode::Insecure => Node::Exists(vec![addr(ip)]),
@@ -182,16 +220,28 @@ impl<'a> DnsSnapshot<'a> {
 
     /// DNS-9: PTR for ClusterIPs and ready endpoint addresses.
     fn reverse_node(&self, ip: IpAddr) -> Node {
-        if let Some(svc) = self.services.iter().find(|s| s.cluster_ips.ips().contains(&ip)) {
+        if let Some(svc) = self
+            .services
+            .iter()
+            .find(|s| s.cluster_ips.ips().contains(&ip))
+        {
             return Node::Exists(vec![RData::Ptr(self.fqdn(svc))]);
         }
         let mut ptrs = BTreeSet::new();
         for svc in &self.services {
             if let Some((ep, _)) = self.ready_endpoints(svc).get(&ip) {
-                ptrs.insert(RData::Ptr(format!("{}.{}", endpoint_dns_name(ep), self.fqdn(svc))));
+                ptrs.insert(RData::Ptr(format!(
+                    "{}.{}",
+                    endpoint_dns_name(ep),
+                    self.fqdn(svc)
+                )));
             }
         }
-        if ptrs.is_empty() { Node::NotOurs } else { Node::Exists(ptrs.into_iter().collect()) }
+        if ptrs.is_empty() {
+            Node::NotOurs
+        } else {
+            Node::Exists(ptrs.into_iter().collect())
+        }
     }
 
     fn zone_node(&self, rest: &[&str]) -> Node {
@@ -199,7 +249,11 @@ impl<'a> DnsSnapshot<'a> {
             [] | ["svc"] | ["pod"] => Node::Exists(Vec::new()),
             ["dns-version"] => Node::Exists(vec![RData::Txt(DNS_SCHEMA_VERSION.to_owned())]),
             ["svc", ns] | ["pod", ns] => {
-                if self.namespace_exists(ns) { Node::Exists(Vec::new()) } else { Node::Missing }
+                if self.namespace_exists(ns) {
+                    Node::Exists(Vec::new())
+                } else {
+                    Node::Missing
+                }
             }
             ["svc", ns, name] => match self.service(ns, name) {
                 Some(svc) => self.service_node(svc),
@@ -210,7 +264,11 @@ impl<'a> DnsSnapshot<'a> {
                 // DNS-7: `_<port>` under a Service is an empty non-terminal when that named port exists.
                 Some(svc) if label.starts_with('_') => {
                     let port = &label[1..];
-                    if svc.ports.iter().any(|p| !p.name.is_empty() && p.name == port) {
+                    if svc
+                        .ports
+                        .iter()
+                        .any(|p| !p.name.is_empty() && p.name == port)
+                    {
                         Node::Exists(Vec::new())
                     } else {
                         Node::Missing
@@ -235,12 +293,19 @@ impl<'a> DnsSnapshot<'a> {
         }
         let rest = if name == self.zone {
             ""
-        } else if let Some(r) = name.strip_suffix(self.zone).and_then(|r| r.strip_suffix('.')) {
+        } else if let Some(r) = name
+            .strip_suffix(self.zone)
+            .and_then(|r| r.strip_suffix('.'))
+        {
             r
         } else {
             return Node::NotOurs;
         };
-        let mut labels: Vec<&str> = if rest.is_empty() { Vec::new() } else { rest.split('.').collect() };
+        let mut labels: Vec<&str> = if rest.is_empty() {
+            Vec::new()
+        } else {
+            rest.split('.').collect()
+        };
         labels.reverse();
         self.zone_node(&labels)
     }
@@ -249,17 +314,28 @@ impl<'a> DnsSnapshot<'a> {
 /// Parses a full reverse-lookup name (`4.3.2.1.in-addr.arpa`, 32 nibbles of `ip6.arpa`).
 fn parse_reverse(name: &str) -> Option<IpAddr> {
     if let Some(rest) = name.strip_suffix(".in-addr.arpa") {
-        let mut octets: Vec<u8> = rest.split('.').map(|l| l.parse().ok()).collect::<Option<_>>()?;
+        let mut octets: Vec<u8> = rest
+            .split('.')
+            .map(|l| l.parse().ok())
+            .collect::<Option<_>>()?;
         if octets.len() != 4 {
             return None;
         }
         octets.reverse();
-        return Some(IpAddr::V4(Ipv4Addr::new(octets[0], octets[1], octets[2], octets[3])));
+        return Some(IpAddr::V4(Ipv4Addr::new(
+            octets[0], octets[1], octets[2], octets[3],
+        )));
     }
     let rest = name.strip_suffix(".ip6.arpa")?;
     let nibbles: Vec<u8> = rest
         .split('.')
-        .map(|l| if l.len() == 1 { u8::from_str_radix(l, 16).ok() } else { None })
+        .map(|l| {
+            if l.len() == 1 {
+                u8::from_str_radix(l, 16).ok()
+            } else {
+                None
+            }
+        })
         .collect::<Option<_>>()?;
     if nibbles.len() != 32 {
         return None;
@@ -293,13 +369,20 @@ pub fn dns_answer(snap: &DnsSnapshot<'_>, question: &Question) -> DnsOutcome {
         Node::Exists(r) => r,
         Node::NotOurs => unreachable!("handled above"),
     };
-    let record = |data: RData| Record { name: name.clone(), data };
+    let record = |data: RData| Record {
+        name: name.clone(),
+        data,
+    };
     let cname = rdatas.iter().find(|d| matches!(d, RData::Cname(_)));
     let records: BTreeSet<Record> = match (question.rtype, cname) {
         // DNS-10: an alias answers every type with the CNAME.
         (t, Some(c)) if t != RType::Cname => [record(c.clone())].into(),
         (RType::Any, _) => rdatas.into_iter().map(record).collect(),
-        (t, _) => rdatas.into_iter().filter(|d| d.rtype() == t).map(record).collect(),
+        (t, _) => rdatas
+            .into_iter()
+            .filter(|d| d.rtype() == t)
+            .map(record)
+            .collect(),
     };
     // DNS-13: an existing name without records of the type is NODATA, never NXDOMAIN.
     DnsOutcome::records(records)
@@ -311,12 +394,23 @@ mod tests {
 
     #[test]
     fn reverse_names_parse() {
-        assert_eq!(parse_reverse("10.0.96.10.in-addr.arpa"), Some("10.96.0.10".parse().unwrap()));
+        assert_eq!(
+            parse_reverse("10.0.96.10.in-addr.arpa"),
+            Some("10.96.0.10".parse().unwrap())
+        );
         let v6: IpAddr = "fd00::1".parse().unwrap();
         let IpAddr::V6(v6a) = v6 else { unreachable!() };
-        let mut labels: Vec<String> = v6a.octets().iter().flat_map(|b| [b >> 4, b & 15]).map(|n| format!("{n:x}")).collect();
+        let mut labels: Vec<String> = v6a
+            .octets()
+            .iter()
+            .flat_map(|b| [b >> 4, b & 15])
+            .map(|n| format!("{n:x}"))
+            .collect();
         labels.reverse();
-        assert_eq!(parse_reverse(&format!("{}.ip6.arpa", labels.join("."))), Some(v6));
+        assert_eq!(
+            parse_reverse(&format!("{}.ip6.arpa", labels.join("."))),
+            Some(v6)
+        );
         assert_eq!(parse_reverse("0.96.10.in-addr.arpa"), None);
         assert_eq!(parse_reverse("x.0.96.10.in-addr.arpa"), None);
     }

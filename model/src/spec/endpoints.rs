@@ -39,7 +39,11 @@ fn resolved_ports(svc: &Service, pod: &Pod) -> Vec<EndpointPort> {
                     .find(|cp| &cp.name == name && cp.protocol == sp.protocol)
                     .map(|cp| cp.port),
             }?;
-            Some(EndpointPort { name: sp.name.clone(), port, protocol: sp.protocol })
+            Some(EndpointPort {
+                name: sp.name.clone(),
+                port,
+                protocol: sp.protocol,
+            })
         })
         .collect()
 }
@@ -76,19 +80,31 @@ pub fn endpoints_for<'a>(
     pods: impl IntoIterator<Item = &'a Pod>,
 ) -> BTreeMap<SliceShape, BTreeSet<Endpoint>> {
     let mut out: BTreeMap<SliceShape, BTreeSet<Endpoint>> = BTreeMap::new();
-    let Some(selector) = &svc.selector else { return out };
+    let Some(selector) = &svc.selector else {
+        return out;
+    };
     if matches!(svc.kind, ServiceKind::ExternalName(_)) || selector.0.is_empty() {
         return out;
     }
     for pod in pods {
-        if pod.key.namespace != svc.key.namespace || !selector.matches(&pod.labels) || !pod_in_endpoints(pod) {
+        if pod.key.namespace != svc.key.namespace
+            || !selector.matches(&pod.labels)
+            || !pod_in_endpoints(pod)
+        {
             continue;
         }
         let ports = resolved_ports(svc, pod);
         for family in &svc.families {
-            let Some(ip) = pod.ips.iter().find(|ip| AddressFamily::of(ip) == *family) else { continue };
-            let shape = SliceShape { family: *family, ports: ports.clone() };
-            out.entry(shape).or_default().insert(endpoint(svc, pod, *ip));
+            let Some(ip) = pod.ips.iter().find(|ip| AddressFamily::of(ip) == *family) else {
+                continue;
+            };
+            let shape = SliceShape {
+                family: *family,
+                ports: ports.clone(),
+            };
+            out.entry(shape)
+                .or_default()
+                .insert(endpoint(svc, pod, *ip));
         }
     }
     out
@@ -97,7 +113,9 @@ pub fn endpoints_for<'a>(
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::cluster::{ClusterIps, ContainerPort, ObjectKey, Protocol, Selector, ServicePort, TrafficPolicy};
+    use crate::cluster::{
+        ClusterIps, ContainerPort, ObjectKey, Protocol, Selector, ServicePort, TrafficPolicy,
+    };
 
     fn svc(target: TargetPort) -> Service {
         Service {
@@ -106,7 +124,13 @@ mod tests {
             kind: ServiceKind::ClusterIp,
             cluster_ips: ClusterIps::Ips(vec!["10.96.0.2".parse().unwrap()]),
             families: vec![AddressFamily::V4],
-            ports: vec![ServicePort { name: "http".into(), protocol: Protocol::Tcp, port: 80, target_port: target, node_port: None }],
+            ports: vec![ServicePort {
+                name: "http".into(),
+                protocol: Protocol::Tcp,
+                port: 80,
+                target_port: target,
+                node_port: None,
+            }],
             publish_not_ready: false,
             affinity_timeout: None,
             internal_traffic_policy: TrafficPolicy::Cluster,
@@ -124,17 +148,31 @@ mod tests {
             terminating: false,
             hostname: None,
             subdomain: None,
-            ports: port.map(|p| ContainerPort { name: "web".into(), port: p, protocol: Protocol::Tcp }).into_iter().collect(),
+            ports: port
+                .map(|p| ContainerPort {
+                    name: "web".into(),
+                    port: p,
+                    protocol: Protocol::Tcp,
+                })
+                .into_iter()
+                .collect(),
         }
     }
 
     #[test]
     fn named_ports_split_slices_per_resolution() {
         let s = svc(TargetPort::Name("web".into()));
-        let pods = [pod("a", "10.0.0.1", true, Some(8080)), pod("b", "10.0.0.2", true, Some(9090)), pod("c", "10.0.0.3", true, None)];
+        let pods = [
+            pod("a", "10.0.0.1", true, Some(8080)),
+            pod("b", "10.0.0.2", true, Some(9090)),
+            pod("c", "10.0.0.3", true, None),
+        ];
         let eps = endpoints_for(&s, &pods);
         assert_eq!(eps.len(), 3, "{eps:#?}");
-        let empty = eps.keys().find(|k| k.ports.is_empty()).expect("pod without the port has a port-less shape");
+        let empty = eps
+            .keys()
+            .find(|k| k.ports.is_empty())
+            .expect("pod without the port has a port-less shape");
         assert_eq!(eps[empty].len(), 1);
     }
 
@@ -149,7 +187,13 @@ mod tests {
         let mut pub_s = s.clone();
         pub_s.publish_not_ready = true;
         p.ready = false;
-        let ep = endpoints_for(&pub_s, [&p]).into_values().next().unwrap().into_iter().next().unwrap();
+        let ep = endpoints_for(&pub_s, [&p])
+            .into_values()
+            .next()
+            .unwrap()
+            .into_iter()
+            .next()
+            .unwrap();
         assert!(ep.ready && ep.serving);
     }
 

@@ -7,7 +7,9 @@ mod endpoints;
 mod proxy;
 mod resolve;
 
-pub use dns::{DEFAULT_TTL_SECS, DNS_SCHEMA_VERSION, DnsSnapshot, PodsMode, dns_answer, endpoint_dns_name};
+pub use dns::{
+    DEFAULT_TTL_SECS, DNS_SCHEMA_VERSION, DnsSnapshot, PodsMode, dns_answer, endpoint_dns_name,
+};
 pub use endpoints::{MAX_ENDPOINTS_PER_SLICE, SliceShape, endpoints_for, pod_in_endpoints};
 pub use proxy::{proxy_table, usable_endpoints};
 pub use resolve::{Lookup, Resolution, candidates, classify, resolve};

@@ -22,25 +22,39 @@ pub fn usable_endpoints<'a>(
     // Deduplicate by backend address across slices (EPS-8 keeps one per Pod).
     let mut all: BTreeMap<SocketAddr, &Endpoint> = BTreeMap::new();
     for slice in slices {
-        if slice.key.namespace != svc.key.namespace || slice.service != svc.key.name || slice.family != family {
+        if slice.key.namespace != svc.key.namespace
+            || slice.service != svc.key.name
+            || slice.family != family
+        {
             continue;
         }
-        let Some(ep_port) = slice.ports.iter().find(|p| p.name == port.name && p.protocol == port.protocol) else {
+        let Some(ep_port) = slice
+            .ports
+            .iter()
+            .find(|p| p.name == port.name && p.protocol == port.protocol)
+        else {
             continue;
         };
         for ep in &slice.endpoints {
             if local_only && ep.node.as_deref() != Some(node) {
                 continue;
             }
-            all.entry(SocketAddr::new(ep.address, ep_port.port)).or_insert(ep);
+            all.entry(SocketAddr::new(ep.address, ep_port.port))
+                .or_insert(ep);
         }
     }
-    let ready: std::collections::BTreeSet<SocketAddr> =
-        all.iter().filter(|(_, ep)| ep.ready).map(|(a, _)| *a).collect();
+    let ready: std::collections::BTreeSet<SocketAddr> = all
+        .iter()
+        .filter(|(_, ep)| ep.ready)
+        .map(|(a, _)| *a)
+        .collect();
     if !ready.is_empty() {
         return ready;
     }
-    all.iter().filter(|(_, ep)| ep.serving && ep.terminating).map(|(a, _)| *a).collect()
+    all.iter()
+        .filter(|(_, ep)| ep.serving && ep.terminating)
+        .map(|(a, _)| *a)
+        .collect()
 }
 
 /// The PXY oracle: the whole table of `node`. Every ClusterIP:port of every
@@ -65,14 +79,42 @@ pub fn proxy_table<'a>(
         for ip in svc.cluster_ips.ips() {
             let family = AddressFamily::of(ip);
             for port in &svc.ports {
-                let backends = usable_endpoints(svc, port, family, slices.iter().copied(), &node.name, local);
-                let vs = VirtualService { backends, affinity_timeout: svc.affinity_timeout };
-                table.insert(VirtualKey { ip: *ip, protocol: port.protocol, port: port.port }, vs);
-                if let (Some(node_port), ServiceKind::NodePort | ServiceKind::LoadBalancer) = (port.node_port, &svc.kind) {
+                let backends =
+                    usable_endpoints(svc, port, family, slices.iter().copied(), &node.name, local);
+                let vs = VirtualService {
+                    backends,
+                    affinity_timeout: svc.affinity_timeout,
+                };
+                table.insert(
+                    VirtualKey {
+                        ip: *ip,
+                        protocol: port.protocol,
+                        port: port.port,
+                    },
+                    vs,
+                );
+                if let (Some(node_port), ServiceKind::NodePort | ServiceKind::LoadBalancer) =
+                    (port.node_port, &svc.kind)
+                {
                     // NodePorts use the cluster-wide endpoints (externalTrafficPolicy: Cluster).
-                    let backends = usable_endpoints(svc, port, family, slices.iter().copied(), &node.name, false);
-                    for addr in node.addresses.iter().filter(|a| AddressFamily::of(a) == family) {
-                        let key = VirtualKey { ip: *addr, protocol: port.protocol, port: node_port };
+                    let backends = usable_endpoints(
+                        svc,
+                        port,
+                        family,
+                        slices.iter().copied(),
+                        &node.name,
+                        false,
+                    );
+                    for addr in node
+                        .addresses
+                        .iter()
+                        .filter(|a| AddressFamily::of(a) == family)
+                    {
+                        let key = VirtualKey {
+                            ip: *addr,
+                            protocol: port.protocol,
+                            port: node_port,
+                        };
                         table.entry(key).or_insert_with(|| VirtualService {
                             backends: backends.clone(),
                             affinity_timeout: svc.affinity_timeout,

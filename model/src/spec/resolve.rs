@@ -31,7 +31,10 @@ pub struct Resolution {
 /// addresses; an answer without them is NODATA.
 pub fn classify(outcome: &DnsOutcome) -> Lookup {
     match outcome {
-        DnsOutcome::Answer { rcode: Rcode::NoError, records } => {
+        DnsOutcome::Answer {
+            rcode: Rcode::NoError,
+            records,
+        } => {
             let ips: Vec<IpAddr> = records
                 .iter()
                 .filter_map(|r| match r.data {
@@ -40,9 +43,16 @@ pub fn classify(outcome: &DnsOutcome) -> Lookup {
                     _ => None,
                 })
                 .collect();
-            if ips.is_empty() { Lookup::NoData } else { Lookup::Addresses(ips) }
+            if ips.is_empty() {
+                Lookup::NoData
+            } else {
+                Lookup::Addresses(ips)
+            }
         }
-        DnsOutcome::Answer { rcode: Rcode::NxDomain, .. } => Lookup::NxDomain,
+        DnsOutcome::Answer {
+            rcode: Rcode::NxDomain,
+            ..
+        } => Lookup::NxDomain,
         DnsOutcome::Answer { .. } => Lookup::ServFail,
         // Forwarded upstream: in the model there is nothing beyond the cluster.
         DnsOutcome::Forward => Lookup::NxDomain,
@@ -86,11 +96,21 @@ pub fn resolve(
         let outcome = lookup(&candidate);
         tried.push(candidate);
         match (outcome, lib) {
-            (Lookup::Addresses(ips), _) => return Resolution { tried, result: Ok(ips) },
+            (Lookup::Addresses(ips), _) => {
+                return Resolution {
+                    tried,
+                    result: Ok(ips),
+                };
+            }
             (Lookup::NxDomain, _) => {}
             (Lookup::NoData, ResolverLib::Glibc) => saw_nodata = true,
             (Lookup::ServFail, ResolverLib::Glibc) => saw_servfail = true,
-            (other, ResolverLib::Musl) => return Resolution { tried, result: Err(other) },
+            (other, ResolverLib::Musl) => {
+                return Resolution {
+                    tried,
+                    result: Err(other),
+                };
+            }
         }
     }
     let err = if saw_nodata {
@@ -100,7 +120,10 @@ pub fn resolve(
     } else {
         Lookup::NxDomain
     };
-    Resolution { tried, result: Err(err) }
+    Resolution {
+        tried,
+        result: Err(err),
+    }
 }
 
 #[cfg(test)]
@@ -115,15 +138,27 @@ mod tests {
     fn short_names_walk_the_search_list_first() {
         assert_eq!(
             candidates(&conf(), "voy", ResolverLib::Glibc),
-            ["voy.default.svc.cluster.local", "voy.svc.cluster.local", "voy.cluster.local", "voy"]
+            [
+                "voy.default.svc.cluster.local",
+                "voy.svc.cluster.local",
+                "voy.cluster.local",
+                "voy"
+            ]
         );
-        assert_eq!(candidates(&conf(), "voy", ResolverLib::Musl), candidates(&conf(), "voy", ResolverLib::Glibc));
+        assert_eq!(
+            candidates(&conf(), "voy", ResolverLib::Musl),
+            candidates(&conf(), "voy", ResolverLib::Glibc)
+        );
     }
 
     #[test]
     fn long_names_go_absolute_first_and_musl_stops_there() {
         let name = "voy.default.svc.cluster.local";
-        assert_eq!(candidates(&conf(), name, ResolverLib::Glibc).len(), 1 + 3, "4 dots < ndots 5");
+        assert_eq!(
+            candidates(&conf(), name, ResolverLib::Glibc).len(),
+            1 + 3,
+            "4 dots < ndots 5"
+        );
         let long = "a.b.c.d.e.f";
         assert_eq!(candidates(&conf(), long, ResolverLib::Glibc)[0], long);
         assert_eq!(candidates(&conf(), long, ResolverLib::Glibc).len(), 4);
@@ -138,7 +173,11 @@ mod tests {
             "voy.svc.cluster.local" => Lookup::Addresses(vec!["10.0.0.1".parse().unwrap()]),
             _ => Lookup::NxDomain,
         };
-        assert!(resolve(&conf(), "voy", ResolverLib::Glibc, lookup).result.is_ok());
+        assert!(
+            resolve(&conf(), "voy", ResolverLib::Glibc, lookup)
+                .result
+                .is_ok()
+        );
         let musl = resolve(&conf(), "voy", ResolverLib::Musl, lookup);
         assert_eq!(musl.result, Err(Lookup::NoData));
         assert_eq!(musl.tried.len(), 1);

@@ -12,7 +12,13 @@ const DEFAULT_UNIQUE_STATES: usize = 2_331_970;
 #[test]
 fn default_bound_holds_every_property() {
     let cfg = Cfg::default();
-    assert!(cfg.initial_services >= 2 && cfg.pods >= 3 && cfg.nodes >= 2 && cfg.crashes >= 1 && cfg.drops >= 1);
+    assert!(
+        cfg.initial_services >= 2
+            && cfg.pods >= 3
+            && cfg.nodes >= 2
+            && cfg.crashes >= 1
+            && cfg.drops >= 1
+    );
     let started = std::time::Instant::now();
     let checker = cfg.into_model().checker().threads(2).spawn_bfs().join();
     let secs = started.elapsed().as_secs_f64();
@@ -36,28 +42,52 @@ fn default_bound_holds_every_property() {
 fn counterexample(cfg: Cfg, property: &'static str) -> Vec<String> {
     let model = cfg.into_model();
     let checker = model.clone().checker().threads(2).spawn_bfs().join();
-    assert!(checker.discovery(property).is_some(), "the checker reports {property:?}");
-    let path = model.shortest_counterexample(property).expect("a shortest trace");
+    assert!(
+        checker.discovery(property).is_some(),
+        "the checker reports {property:?}"
+    );
+    let path = model
+        .shortest_counterexample(property)
+        .expect("a shortest trace");
     let trace: Vec<String> = path.iter().map(|a| model.format_action(a)).collect();
     eprintln!("{property}:\n  {}", trace.join("\n  "));
     trace
 }
 
 fn small(bug: Bug) -> Cfg {
-    Cfg { changes: 1, bug, ..Cfg::default() }
+    Cfg {
+        changes: 1,
+        bug,
+        ..Cfg::default()
+    }
 }
 
 #[test]
 fn a_dns_that_ignores_deletes_is_caught() {
     let trace = counterexample(small(Bug::DnsIgnoresDeletes), DNS_CONVERGE);
-    assert!(trace.iter().any(|s| s.starts_with("user deletes Service")), "{trace:#?}");
-    assert!(trace.iter().any(|s| s.contains("Dns takes its next event")), "{trace:#?}");
+    assert!(
+        trace.iter().any(|s| s.starts_with("user deletes Service")),
+        "{trace:#?}"
+    );
+    assert!(
+        trace.iter().any(|s| s.contains("Dns takes its next event")),
+        "{trace:#?}"
+    );
 }
 
 #[test]
 fn a_proxy_that_does_not_relist_after_restart_is_caught() {
-    let trace =
-        counterexample(small(Bug::ProxyNoRelistOnRestart), PXY_CONVERGE);
-    assert!(trace.iter().any(|s| s.starts_with("Proxy") && s.ends_with("crashes")), "{trace:#?}");
-    assert!(trace.iter().any(|s| s.starts_with("Proxy") && s.ends_with("restarts and lists")), "{trace:#?}");
+    let trace = counterexample(small(Bug::ProxyNoRelistOnRestart), PXY_CONVERGE);
+    assert!(
+        trace
+            .iter()
+            .any(|s| s.starts_with("Proxy") && s.ends_with("crashes")),
+        "{trace:#?}"
+    );
+    assert!(
+        trace
+            .iter()
+            .any(|s| s.starts_with("Proxy") && s.ends_with("restarts and lists")),
+        "{trace:#?}"
+    );
 }

@@ -5,54 +5,87 @@ use std::net::{IpAddr, SocketAddr};
 
 use proptest::prelude::*;
 use signpost_model::cluster::{
-    AddressFamily, ClusterIps, ContainerPort, EndpointSlice, Node, ObjectKey, Pod, PodPhase, Protocol,
-    ProxyTable, Question, RType, Rcode, ResolvConf, ResolverLib, Selector, Service, ServiceKind, ServicePort,
-    TargetPort, TrafficPolicy, VirtualKey, VirtualService,
+    AddressFamily, ClusterIps, ContainerPort, EndpointSlice, Node, ObjectKey, Pod, PodPhase,
+    Protocol, ProxyTable, Question, RType, Rcode, ResolvConf, ResolverLib, Selector, Service,
+    ServiceKind, ServicePort, TargetPort, TrafficPolicy, VirtualKey, VirtualService,
 };
 use signpost_model::reconcile::{SliceWrite, apply_ops, plan, plan_slices};
 use signpost_model::spec::{
-    DnsSnapshot, Lookup, PodsMode, SliceShape, candidates, dns_answer, endpoint_dns_name, endpoints_for, proxy_table,
-    resolve,
+    DnsSnapshot, Lookup, PodsMode, SliceShape, candidates, dns_answer, endpoint_dns_name,
+    endpoints_for, proxy_table, resolve,
 };
 
 const APPS: [&str; 3] = ["a", "b", "c"];
 const NAMESPACES: [&str; 2] = ["default", "prod"];
 
 fn arb_pod(i: usize) -> impl Strategy<Value = Pod> {
-    (0..2usize, 0..3usize, any::<bool>(), any::<bool>(), any::<bool>(), 0..4u8, proptest::option::of(0..2usize), any::<bool>())
-        .prop_map(move |(ns, app, ready, terminating, v6, phase, host, named)| Pod {
-            key: ObjectKey::new(NAMESPACES[ns], format!("pod-{i}")),
-            labels: BTreeMap::from([("app".to_owned(), APPS[app].to_owned())]),
-            ips: {
-                let v4: IpAddr = IpAddr::from([10, 244, 0, u8::try_from(i).unwrap() + 1]);
-                let v6a: IpAddr = format!("fd00::{:x}", i + 1).parse().unwrap();
-                if v6 { vec![v4, v6a] } else { vec![v4] }
+    (
+        0..2usize,
+        0..3usize,
+        any::<bool>(),
+        any::<bool>(),
+        any::<bool>(),
+        0..4u8,
+        proptest::option::of(0..2usize),
+        any::<bool>(),
+    )
+        .prop_map(
+            move |(ns, app, ready, terminating, v6, phase, host, named)| Pod {
+                key: ObjectKey::new(NAMESPACES[ns], format!("pod-{i}")),
+                labels: BTreeMap::from([("app".to_owned(), APPS[app].to_owned())]),
+                ips: {
+                    let v4: IpAddr = IpAddr::from([10, 244, 0, u8::try_from(i).unwrap() + 1]);
+                    let v6a: IpAddr = format!("fd00::{:x}", i + 1).parse().unwrap();
+                    if v6 { vec![v4, v6a] } else { vec![v4] }
+                },
+                node: Some(format!("node-{}", i % 2)),
+                phase: [
+                    PodPhase::Running,
+                    PodPhase::Running,
+                    PodPhase::Pending,
+                    PodPhase::Succeeded,
+                ][usize::from(phase)],
+                ready,
+                terminating,
+                hostname: host.map(|h| format!("host-{h}")),
+                subdomain: host.map(|_| APPS[app].to_owned()),
+                ports: if named {
+                    vec![ContainerPort {
+                        name: "http".into(),
+                        port: 8000 + u16::try_from(i).unwrap(),
+                        protocol: Protocol::Tcp,
+                    }]
+                } else {
+                    Vec::new()
+                },
             },
-            node: Some(format!("node-{}", i % 2)),
-            phase: [PodPhase::Running, PodPhase::Running, PodPhase::Pending, PodPhase::Succeeded][usize::from(phase)],
-            ready,
-            terminating,
-            hostname: host.map(|h| format!("host-{h}")),
-            subdomain: host.map(|_| APPS[app].to_owned()),
-            ports: if named {
-                vec![ContainerPort { name: "http".into(), port: 8000 + u16::try_from(i).unwrap(), protocol: Protocol::Tcp }]
-            } else {
-                Vec::new()
-            },
-        })
+        )
 }
 
 fn arb_service(i: usize) -> impl Strategy<Value = Service> {
-    (0..2usize, 0..4u8, any::<bool>(), any::<bool>(), any::<bool>(), any::<bool>()).prop_map(
-        move |(ns, kind, dual, named_target, publish, local)| {
+    (
+        0..2usize,
+        0..4u8,
+        any::<bool>(),
+        any::<bool>(),
+        any::<bool>(),
+        any::<bool>(),
+    )
+        .prop_map(move |(ns, kind, dual, named_target, publish, local)| {
             let name = APPS[i];
             let v4: IpAddr = IpAddr::from([10, 96, 0, u8::try_from(i).unwrap() + 1]);
             let v6: IpAddr = format!("fd00:96::{:x}", i + 1).parse().unwrap();
             let (svc_kind, cluster_ips) = match kind {
-                0 => (ServiceKind::ClusterIp, ClusterIps::Ips(if dual { vec![v4, v6] } else { vec![v4] })),
+                0 => (
+                    ServiceKind::ClusterIp,
+                    ClusterIps::Ips(if dual { vec![v4, v6] } else { vec![v4] }),
+                ),
                 1 => (ServiceKind::NodePort, ClusterIps::Ips(vec![v4])),
                 2 => (ServiceKind::ClusterIp, ClusterIps::Headless),
-                _ => (ServiceKind::ExternalName("example.com".into()), ClusterIps::Unset),
+                _ => (
+                    ServiceKind::ExternalName("example.com".into()),
+                    ClusterIps::Unset,
+                ),
             };
             let families = if dual || matches!(cluster_ips, ClusterIps::Headless) && dual {
                 vec![AddressFamily::V4, AddressFamily::V6]
@@ -70,7 +103,11 @@ fn arb_service(i: usize) -> impl Strategy<Value = Service> {
                         name: "http".into(),
                         protocol: Protocol::Tcp,
                         port: 80,
-                        target_port: if named_target { TargetPort::Name("http".into()) } else { TargetPort::Number(8080) },
+                        target_port: if named_target {
+                            TargetPort::Name("http".into())
+                        } else {
+                            TargetPort::Number(8080)
+                        },
                         node_port: (kind == 1).then_some(30080 + u16::try_from(i).unwrap()),
                     },
                     ServicePort {
@@ -83,10 +120,13 @@ fn arb_service(i: usize) -> impl Strategy<Value = Service> {
                 ],
                 publish_not_ready: publish,
                 affinity_timeout: local.then_some(60),
-                internal_traffic_policy: if local { TrafficPolicy::Local } else { TrafficPolicy::Cluster },
+                internal_traffic_policy: if local {
+                    TrafficPolicy::Local
+                } else {
+                    TrafficPolicy::Cluster
+                },
             }
-        },
-    )
+        })
 }
 
 #[derive(Debug, Clone)]
@@ -102,7 +142,9 @@ impl World {
         for svc in &self.services {
             let desired = endpoints_for(svc, &self.pods);
             for (n, write) in plan_slices(&desired, &[]).into_iter().enumerate() {
-                let SliceWrite::Create { shape, endpoints } = write else { panic!("only creates from nothing") };
+                let SliceWrite::Create { shape, endpoints } = write else {
+                    panic!("only creates from nothing")
+                };
                 out.push(EndpointSlice {
                     key: ObjectKey::new(svc.key.namespace.clone(), format!("{}-{n}", svc.key.name)),
                     service: svc.key.name.clone(),
@@ -117,11 +159,15 @@ impl World {
 }
 
 fn arb_world() -> impl Strategy<Value = World> {
-    let services = (arb_service(0), arb_service(1), arb_service(2)).prop_map(|(a, b, c)| vec![a, b, c]);
+    let services =
+        (arb_service(0), arb_service(1), arb_service(2)).prop_map(|(a, b, c)| vec![a, b, c]);
     let pods = (0..6usize).map(arb_pod).collect::<Vec<_>>();
     (services, pods, any::<proptest::sample::Index>()).prop_map(|(services, pods, keep)| {
         let n = 1 + keep.index(services.len());
-        World { services: services.into_iter().take(n).collect(), pods }
+        World {
+            services: services.into_iter().take(n).collect(),
+            pods,
+        }
     })
 }
 
@@ -162,7 +208,12 @@ fn names(w: &World, slices: &[EndpointSlice]) -> Vec<String> {
     }
     for s in slices {
         for ep in &s.endpoints {
-            out.push(format!("{}.{}.{}.svc.cluster.local", endpoint_dns_name(ep), s.service, s.key.namespace));
+            out.push(format!(
+                "{}.{}.{}.svc.cluster.local",
+                endpoint_dns_name(ep),
+                s.service,
+                s.key.namespace
+            ));
         }
     }
     out
@@ -330,10 +381,17 @@ fn arb_table() -> impl Strategy<Value = ProxyTable> {
             protocol: if p == 0 { Protocol::Tcp } else { Protocol::Udp },
             port: 80,
         }),
-        (proptest::collection::btree_set(0..6u8, 0..4), proptest::option::of(1..3u32)).prop_map(|(b, a)| VirtualService {
-            backends: b.into_iter().map(|i| SocketAddr::new(IpAddr::from([10, 244, 0, i]), 8080)).collect(),
-            affinity_timeout: a,
-        }),
+        (
+            proptest::collection::btree_set(0..6u8, 0..4),
+            proptest::option::of(1..3u32),
+        )
+            .prop_map(|(b, a)| VirtualService {
+                backends: b
+                    .into_iter()
+                    .map(|i| SocketAddr::new(IpAddr::from([10, 244, 0, i]), 8080))
+                    .collect(),
+                affinity_timeout: a,
+            }),
         0..4,
     )
 }

@@ -6,7 +6,10 @@ use std::collections::{BTreeMap, BTreeSet};
 use std::path::{Path, PathBuf};
 
 fn root() -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR")).parent().unwrap().to_path_buf()
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+        .parent()
+        .unwrap()
+        .to_path_buf()
 }
 
 /// Rule IDs in a text: `REG-1`, `PROTO-4`; not `DNS-1123` (a naming rule).
@@ -30,7 +33,9 @@ fn ids(text: &str) -> BTreeSet<String> {
 }
 
 fn files(dir: &Path, ext: &str, out: &mut Vec<PathBuf>) {
-    let Ok(entries) = std::fs::read_dir(dir) else { return };
+    let Ok(entries) = std::fs::read_dir(dir) else {
+        return;
+    };
     for e in entries.flatten() {
         let p = e.path();
         if p.is_dir() && !p.ends_with("target") {
@@ -50,7 +55,10 @@ fn defined() -> BTreeMap<String, String> {
         for line in std::fs::read_to_string(&f).unwrap().lines() {
             if let Some(rest) = line.strip_prefix("- **") {
                 if let Some((id, text)) = rest.split_once("**") {
-                    assert!(out.insert(id.to_owned(), text.trim().to_owned()).is_none(), "{id} defined twice");
+                    assert!(
+                        out.insert(id.to_owned(), text.trim().to_owned()).is_none(),
+                        "{id} defined twice"
+                    );
                 }
             }
         }
@@ -63,9 +71,16 @@ fn table() -> BTreeMap<String, [String; 3]> {
     let text = std::fs::read_to_string(root().join("spec/traceability.md")).unwrap();
     let mut out = BTreeMap::new();
     for line in text.lines().filter(|l| l.starts_with("| ")) {
-        let cells: Vec<String> = line.trim_matches('|').split('|').map(|c| c.trim().to_owned()).collect();
+        let cells: Vec<String> = line
+            .trim_matches('|')
+            .split('|')
+            .map(|c| c.trim().to_owned())
+            .collect();
         if cells.len() == 4 && ids(&cells[0]).len() == 1 {
-            out.insert(cells[0].clone(), [cells[1].clone(), cells[2].clone(), cells[3].clone()]);
+            out.insert(
+                cells[0].clone(),
+                [cells[1].clone(), cells[2].clone(), cells[3].clone()],
+            );
         }
     }
     out
@@ -91,7 +106,10 @@ fn every_cited_rule_exists_in_spec() {
     let defined = defined();
     assert!(defined.len() >= 50, "spec/ defines {} rules", defined.len());
     for (id, where_) in cited() {
-        assert!(defined.contains_key(&id), "{id} is cited in {where_:?} but not defined in spec/");
+        assert!(
+            defined.contains_key(&id),
+            "{id} is cited in {where_:?} but not defined in spec/"
+        );
     }
 }
 
@@ -101,18 +119,35 @@ fn every_rule_is_traced_and_cited() {
     let table = table();
     let cited = cited();
     for id in defined.keys() {
-        let row = table.get(id).unwrap_or_else(|| panic!("{id} has no row in spec/traceability.md"));
-        assert!(row.iter().any(|c| !c.is_empty() && c != "—"), "{id}: no oracle function, property or feature");
-        assert!(cited.contains_key(id), "{id} is defined in spec/ but cited nowhere in code or features");
+        let row = table
+            .get(id)
+            .unwrap_or_else(|| panic!("{id} has no row in spec/traceability.md"));
+        assert!(
+            row.iter().any(|c| !c.is_empty() && c != "—"),
+            "{id}: no oracle function, property or feature"
+        );
+        assert!(
+            cited.contains_key(id),
+            "{id} is defined in spec/ but cited nowhere in code or features"
+        );
     }
     for id in table.keys() {
-        assert!(defined.contains_key(id), "traceability row {id} is not a rule");
+        assert!(
+            defined.contains_key(id),
+            "traceability row {id} is not a rule"
+        );
     }
     // Properties named in the table exist in the model.
     for row in table.values() {
-        for name in row[1].split(';').map(str::trim).filter(|n| !n.is_empty() && *n != "—") {
+        for name in row[1]
+            .split(';')
+            .map(str::trim)
+            .filter(|n| !n.is_empty() && *n != "—")
+        {
             assert!(
-                signpost_model::protocol::PROPERTIES.iter().any(|p| p.starts_with(name.trim_matches('`'))),
+                signpost_model::protocol::PROPERTIES
+                    .iter()
+                    .any(|p| p.starts_with(name.trim_matches('`'))),
                 "traceability names unknown property {name}"
             );
         }
@@ -121,5 +156,8 @@ fn every_rule_is_traced_and_cited() {
 
 #[test]
 fn id_scanner_skips_naming_rules() {
-    assert_eq!(ids("DNS-1123 label, DNS-1035; see DNS-12 and PROTO-4."), BTreeSet::from(["DNS-12".to_owned(), "PROTO-4".to_owned()]));
+    assert_eq!(
+        ids("DNS-1123 label, DNS-1035; see DNS-12 and PROTO-4."),
+        BTreeSet::from(["DNS-12".to_owned(), "PROTO-4".to_owned()])
+    );
 }
