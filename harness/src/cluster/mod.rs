@@ -1,0 +1,362 @@
+//! A local control plane as a typestate fixture: `LocalCluster<Stopped>`
+//! (configured) → `LocalCluster<Running>` (etcd and kube-apiserver, and
+//! kube-controller-manager if asked, in a node namespace with no route out).
+//! Dropping it stops every process and removes every namespace, also when a
+//! test panics; the work directory (certificates, logs) is kept then and its
+//! path printed.
+
+mod workdir;
+
+use std::future::Future;
+use std::net::{IpAddr, Ipv4Addr};
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicU32, Ordering};
+use std::time::{Duration, Instant};
+
+use k8s_openapi::api::core::v1::{Namespace, Node};
+use kube::api::{Api, PostParams};
+
+use crate::netns::{NetNs, unique};
+use crate::pki::{self, Pki};
+use crate::process::Daemon;
+use crate::upstream;
+use crate::{Error, Result};
+
+pub use workdir::WorkDir;
+
+/// The ClusterIP range given to kube-apiserver.
+pub const SERVICE_CIDR: &str = "10.96.0.0/16";
+/// The node's address inside its namespace (its InternalIP).
+pub const NODE_IP: Ipv4Addr = Ipv4Addr::new(10, 0, 0, 1);
+/// The pod bridge's address; Pods get addresses from 10.244.0.0/16.
+pub const POD_GATEWAY: Ipv4Addr = Ipv4Addr::new(10, 244, 0, 1);
+/// The name of the Node object the rig registers.
+pub const NODE_NAME: &str = "node-a";
+/// The bridge Pods join inside the node namespace.
+pub const BRIDGE: &str = "spbr0";
+
+/// A configured, not yet started cluster.
+#[derive(Debug)]
+pub struct Stopped;
+
+/// A started cluster's processes. Dropped before the namespace.
+#[derive(Debug)]
+pub struct Running {
+    kcm: Option<Daemon>,
+    apiserver: Daemon,
+    etcd: Daemon,
+    pki: Pki,
+    startup: Duration,
+    next_pod: AtomicU32,
+}
+
+#[derive(Debug, Clone)]
+struct Options {
+    controller_manager: bool,
+    apiserver_args: Vec<String>,
+    echo_binary: Option<PathBuf>,
+    ready_timeout: Duration,
+}
+
+/// A local cluster. Field order is drop order: processes, then the
+/// namespace, then the work directory.
+#[derive(Debug)]
+pub struct LocalCluster<S> {
+    state: S,
+    ns: NetNs,
+    opts: Options,
+    dir: WorkDir,
+}
+
+impl LocalCluster<Stopped> {
+    /// A cluster named `name` (used in the work directory's name). Creates
+    /// the node namespace and work directory; starts nothing.
+    pub fn new(name: &str) -> Result<Self> {
+        let dir = WorkDir::create(&format!("signpost-{name}-{}", std::process::id()))?;
+        let ns = NetNs::create(unique("spn"))?;
+        Ok(LocalCluster {
+            state: Stopped,
+            ns,
+            opts: Options {
+                controller_manager: false,
+                apiserver_args: Vec::new(),
+                echo_binary: std::env::var_os("SIGNPOST_ECHO_BIN").map(PathBuf::from),
+                ready_timeout: Duration::from_secs(90),
+            },
+            dir,
+        })
+    }
+
+    /// Also run kube-controller-manager with the EndpointSlice controller only.
+    pub fn with_controller_manager(mut self) -> Self {
+        self.opts.controller_manager = true;
+        self
+    }
+
+    /// An extra kube-apiserver flag.
+    pub fn apiserver_arg(mut self, arg: impl Into<String>) -> Self {
+        self.opts.apiserver_args.push(arg.into());
+        self
+    }
+
+    /// The echo server binary Pods run (default: `$SIGNPOST_ECHO_BIN`).
+    pub fn echo_binary(mut self, path: impl Into<PathBuf>) -> Self {
+        self.opts.echo_binary = Some(path.into());
+        self
+    }
+
+    /// Starts etcd and kube-apiserver (and kube-controller-manager), waits
+    /// until the API server serves the `default` namespace, registers the Node.
+    pub fn start(self) -> Result<LocalCluster<Running>> {
+        let started = Instant::now();
+        let LocalCluster { ns, opts, dir, .. } = self;
+        let etcd_bin = upstream::binary("etcd")?;
+        let apiserver_bin = upstream::binary("kube-apiserver")?;
+        let kcm_bin = if opts.controller_manager {
+            Some(upstream::binary("kube-controller-manager")?)
+        } else {
+            None
+        };
+
+        // The node: a dummy interface with its address, and the pod bridge.
+        // Some kernels (this machine's among them) have no dummy driver: an empty bridge holds the address as well.
+        ns.ip(["link", "add", "node0", "type", "bridge"])?;
+        ns.ip(["addr", "add", &format!("{NODE_IP}/32"), "dev", "node0"])?;
+        ns.ip(["link", "set", "node0", "up"])?;
+        ns.ip(["link", "add", BRIDGE, "type", "bridge"])?;
+        ns.ip(["addr", "add", &format!("{POD_GATEWAY}/16"), "dev", BRIDGE])?;
+        ns.ip(["link", "set", BRIDGE, "up"])?;
+
+        let pki_dir = dir.path().join("pki");
+        std::fs::create_dir_all(&pki_dir).map_err(Error::io("creating pki dir"))?;
+        let ips = [
+            IpAddr::from([127, 0, 0, 1]),
+            IpAddr::V4(NODE_IP),
+            IpAddr::from([10, 96, 0, 1]),
+        ];
+        let pki = pki::generate(&pki_dir, "https://127.0.0.1:6443", &ips)?;
+        let logs = dir.logs();
+        let s = |p: &Path| p.display().to_string();
+
+        let etcd_args = vec![
+            format!("--data-dir={}", s(&dir.path().join("etcd"))),
+            "--name=default".into(),
+            "--listen-client-urls=http://127.0.0.1:2379".into(),
+            "--advertise-client-urls=http://127.0.0.1:2379".into(),
+            "--listen-peer-urls=http://127.0.0.1:2380".into(),
+            "--initial-advertise-peer-urls=http://127.0.0.1:2380".into(),
+            "--initial-cluster=default=http://127.0.0.1:2380".into(),
+            "--unsafe-no-fsync".into(),
+            "--log-level=warn".into(),
+        ];
+        let etcd = Daemon::spawn(&ns, "etcd", &etcd_bin, &etcd_args, logs.join("etcd.log"))?;
+
+        let mut api_args = vec![
+            "--etcd-servers=http://127.0.0.1:2379".into(),
+            "--bind-address=127.0.0.1".into(),
+            "--secure-port=6443".into(),
+            format!("--advertise-address={NODE_IP}"),
+            format!("--cert-dir={}", s(&dir.path().join("apiserver-certs"))),
+            format!("--tls-cert-file={}", s(&pki.server_cert)),
+            format!("--tls-private-key-file={}", s(&pki.server_key)),
+            format!("--client-ca-file={}", s(&pki.ca)),
+            "--service-account-issuer=https://kubernetes.default.svc.cluster.local".into(),
+            format!("--service-account-key-file={}", s(&pki.sa_pub)),
+            format!("--service-account-signing-key-file={}", s(&pki.sa_key)),
+            format!("--service-cluster-ip-range={SERVICE_CIDR}"),
+            "--authorization-mode=RBAC".into(),
+            // No kubelet or service-account controller runs: Pods are plain API objects.
+            "--disable-admission-plugins=ServiceAccount".into(),
+            "--enable-priority-and-fairness=false".into(),
+            "--profiling=false".into(),
+        ];
+        api_args.extend(opts.apiserver_args.iter().cloned());
+        let apiserver = Daemon::spawn(
+            &ns,
+            "kube-apiserver",
+            &apiserver_bin,
+            &api_args,
+            logs.join("kube-apiserver.log"),
+        )?;
+
+        let mut running = LocalCluster {
+            state: Running {
+                kcm: None,
+                apiserver,
+                etcd,
+                pki,
+                startup: Duration::ZERO,
+                next_pod: AtomicU32::new(0),
+            },
+            ns,
+            opts,
+            dir,
+        };
+        running.wait_ready()?;
+        running.state.startup = started.elapsed();
+        if let Some(bin) = kcm_bin {
+            let kc = s(&running.state.pki.kubeconfig);
+            let args = vec![
+                format!("--kubeconfig={kc}"),
+                format!("--authentication-kubeconfig={kc}"),
+                format!("--authorization-kubeconfig={kc}"),
+                "--controllers=endpointslice".into(),
+                "--leader-elect=false".into(),
+                "--bind-address=127.0.0.1".into(),
+                "--secure-port=10257".into(),
+                "--use-service-account-credentials=false".into(),
+            ];
+            let logs = running.dir.logs();
+            running.state.kcm = Some(Daemon::spawn(
+                &running.ns,
+                "kube-controller-manager",
+                &bin,
+                &args,
+                logs.join("kube-controller-manager.log"),
+            )?);
+        }
+        running.register_node()?;
+        Ok(running)
+    }
+}
+
+impl LocalCluster<Running> {
+    fn wait_ready(&mut self) -> Result<()> {
+        let deadline = Instant::now() + self.opts.ready_timeout;
+        loop {
+            self.state.etcd.check_running()?;
+            self.state.apiserver.check_running()?;
+            let ok = self.block_on(|client| async move {
+                let ns: Api<Namespace> = Api::all(client);
+                ns.get("default").await.is_ok()
+            });
+            if matches!(ok, Ok(true)) {
+                return Ok(());
+            }
+            if Instant::now() > deadline {
+                return Err(Error::Timeout {
+                    what: "kube-apiserver".into(),
+                    secs: self.opts.ready_timeout.as_secs(),
+                    logs: self.dir.logs(),
+                });
+            }
+            std::thread::sleep(Duration::from_millis(250));
+        }
+    }
+
+    fn register_node(&self) -> Result<()> {
+        let node: Node = serde_json::from_value(serde_json::json!({
+            "apiVersion": "v1",
+            "kind": "Node",
+            "metadata": { "name": NODE_NAME, "labels": { "kubernetes.io/hostname": NODE_NAME } },
+        }))
+        .map_err(|e| Error::Kubeconfig(e.to_string()))?;
+        let status = serde_json::json!({ "status": {
+            "addresses": [{ "type": "InternalIP", "address": NODE_IP.to_string() }],
+            "conditions": [{ "type": "Ready", "status": "True", "reason": "SignpostRig" }],
+        }});
+        self.block_on(|client| async move {
+            let nodes: Api<Node> = Api::all(client);
+            nodes.create(&PostParams::default(), &node).await?;
+            nodes
+                .patch_status(
+                    NODE_NAME,
+                    &Default::default(),
+                    &kube::api::Patch::Merge(&status),
+                )
+                .await?;
+            Ok::<_, Error>(())
+        })?
+    }
+
+    /// Runs an async function with an admin client, on a thread inside the
+    /// node namespace (where the API server listens).
+    pub fn block_on<F, Fut, R>(&self, f: F) -> Result<R>
+    where
+        F: FnOnce(kube::Client) -> Fut + Send,
+        Fut: Future<Output = R>,
+        R: Send,
+    {
+        let kubeconfig = self.state.pki.kubeconfig.clone();
+        self.ns.within(move || {
+            let rt = tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()
+                .map_err(Error::io("building a runtime"))?;
+            rt.block_on(async move {
+                let client = admin_client(&kubeconfig).await?;
+                Ok(f(client).await)
+            })
+        })?
+    }
+
+    /// The admin kubeconfig (server `https://127.0.0.1:6443`, reachable inside the node namespace).
+    pub fn kubeconfig(&self) -> &Path {
+        &self.state.pki.kubeconfig
+    }
+
+    /// The node namespace.
+    pub fn node_namespace(&self) -> &NetNs {
+        &self.ns
+    }
+
+    /// Where the processes' logs are.
+    pub fn logs(&self) -> PathBuf {
+        self.dir.logs()
+    }
+
+    /// Time from `start` to a ready API server.
+    pub fn startup_time(&self) -> Duration {
+        self.state.startup
+    }
+
+    /// PIDs of the control-plane processes.
+    pub fn pids(&self) -> Vec<u32> {
+        let mut p = vec![self.state.etcd.pid(), self.state.apiserver.pid()];
+        p.extend(self.state.kcm.as_ref().map(Daemon::pid));
+        p
+    }
+
+    /// The echo server binary for Pods.
+    pub(crate) fn echo_binary(&self) -> Result<PathBuf> {
+        self.opts
+            .echo_binary
+            .clone()
+            .filter(|p| p.is_file())
+            .ok_or_else(|| Error::MissingBinary {
+                name: "signpost-echo".into(),
+                dir: self
+                    .opts
+                    .echo_binary
+                    .clone()
+                    .unwrap_or_else(|| PathBuf::from("$SIGNPOST_ECHO_BIN (unset)")),
+            })
+    }
+
+    /// The next Pod address: 10.244.x.y, skipping the gateway.
+    pub(crate) fn next_pod_ip(&self) -> Ipv4Addr {
+        let n = self.state.next_pod.fetch_add(1, Ordering::Relaxed);
+        let host = n + 2;
+        Ipv4Addr::new(
+            10,
+            244,
+            u8::try_from(host / 250).unwrap_or(255),
+            u8::try_from(host % 250).unwrap_or(0) + 1,
+        )
+    }
+
+    /// The work directory.
+    pub(crate) fn workdir(&self) -> &WorkDir {
+        &self.dir
+    }
+}
+
+/// An admin client from a kubeconfig file.
+pub async fn admin_client(kubeconfig: &Path) -> Result<kube::Client> {
+    let kc = kube::config::Kubeconfig::read_from(kubeconfig)
+        .map_err(|e| Error::Kubeconfig(e.to_string()))?;
+    let cfg = kube::Config::from_custom_kubeconfig(kc, &Default::default())
+        .await
+        .map_err(|e| Error::Kubeconfig(e.to_string()))?;
+    Ok(kube::Client::try_from(cfg)?)
+}

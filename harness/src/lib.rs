@@ -1,0 +1,23 @@
+//! Signpost's test rig. Everything that crosses a network runs inside network
+//! namespaces this crate creates and always removes:
+//!
+//! - [`upstream`]: where the pinned upstream binaries built by `ci/upstream` live;
+//! - [`netns`] and [`process`]: namespace and process guards that clean up in `Drop`;
+//! - [`pki`]: certificates, service-account keys and an admin kubeconfig;
+//! - [`cluster`]: [`LocalCluster`], etcd + kube-apiserver (+ kube-controller-manager)
+//!   in a node namespace with no route out, as a typestate fixture;
+//! - [`fabric`]: Pods as namespaces on a bridge, each running our echo server.
+
+pub mod cluster;
+mod error;
+pub mod fabric;
+#[cfg(feature = "kind")]
+pub mod kind;
+pub mod netns;
+pub mod pki;
+pub mod process;
+pub mod upstream;
+
+pub use cluster::{LocalCluster, Running, Stopped};
+pub use error::{Error, Result};
+pub use fabric::{PodBuilder, PodHandle};

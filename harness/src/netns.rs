@@ -1,0 +1,150 @@
+//! Network namespaces as RAII guards: created with `ip netns add`, removed
+//! (with every process still inside) in `Drop`, also when a test panics.
+
+use std::ffi::OsStr;
+use std::fs::File;
+use std::process::{Command, Output};
+use std::sync::atomic::{AtomicU32, Ordering};
+
+use nix::sched::{CloneFlags, setns};
+use nix::sys::signal::{Signal, kill};
+use nix::unistd::Pid;
+
+use crate::{Error, Result};
+
+static COUNTER: AtomicU32 = AtomicU32::new(0);
+
+/// A short name unique to this process: `<prefix><pid>x<n>` (fits interface names).
+pub fn unique(prefix: &str) -> String {
+    format!(
+        "{prefix}{}x{}",
+        std::process::id() % 100_000,
+        COUNTER.fetch_add(1, Ordering::Relaxed)
+    )
+}
+
+/// Runs a command and returns its output, or an error with its stderr.
+pub fn run<I, S>(program: &str, args: I) -> Result<Output>
+where
+    I: IntoIterator<Item = S>,
+    S: AsRef<OsStr>,
+{
+    let args: Vec<_> = args.into_iter().map(|a| a.as_ref().to_owned()).collect();
+    let line = format!(
+        "{program} {}",
+        args.iter()
+            .map(|a| a.to_string_lossy())
+            .collect::<Vec<_>>()
+            .join(" ")
+    );
+    let out = Command::new(program)
+        .args(&args)
+        .output()
+        .map_err(Error::io(format!("running {line}")))?;
+    if !out.status.success() {
+        return Err(Error::Command {
+            command: line,
+            stderr: String::from_utf8_lossy(&out.stderr).trim().to_owned(),
+        });
+    }
+    Ok(out)
+}
+
+/// Names of the network namespaces that exist now.
+pub fn list() -> Result<Vec<String>> {
+    let out = run("ip", ["netns", "list"])?;
+    Ok(String::from_utf8_lossy(&out.stdout)
+        .lines()
+        .filter_map(|l| l.split_whitespace().next().map(str::to_owned))
+        .collect())
+}
+
+/// A network namespace owned by the test.
+#[derive(Debug)]
+pub struct NetNs {
+    name: String,
+}
+
+impl NetNs {
+    /// Creates a namespace with its loopback up and nothing else: no route out.
+    pub fn create(name: impl Into<String>) -> Result<Self> {
+        let name = name.into();
+        run("ip", ["netns", "add", &name])?;
+        let ns = NetNs { name };
+        ns.ip(["link", "set", "lo", "up"])?;
+        Ok(ns)
+    }
+
+    /// The namespace's name.
+    pub fn name(&self) -> &str {
+        &self.name
+    }
+
+    /// Runs `ip -n <ns> <args>`.
+    pub fn ip<I, S>(&self, args: I) -> Result<Output>
+    where
+        I: IntoIterator<Item = S>,
+        S: AsRef<OsStr>,
+    {
+        let mut all: Vec<std::ffi::OsString> = vec!["-n".into(), self.name.clone().into()];
+        all.extend(args.into_iter().map(|a| a.as_ref().to_owned()));
+        run("ip", all)
+    }
+
+    /// A command that runs `program` inside the namespace (`ip netns exec`,
+    /// which also bind-mounts `/etc/netns/<ns>/*` over `/etc`).
+    pub fn command(&self, program: impl AsRef<OsStr>) -> Command {
+        let mut c = Command::new("ip");
+        c.args(["netns", "exec", &self.name]).arg(program);
+        c
+    }
+
+    /// Runs `f` on a new thread that has joined the namespace; sockets it
+    /// opens (and threads it spawns) live in the namespace.
+    pub fn within<F, R>(&self, f: F) -> Result<R>
+    where
+        F: FnOnce() -> R + Send,
+        R: Send,
+    {
+        let path = format!("/run/netns/{}", self.name);
+        let file = File::open(&path).map_err(Error::io(format!("opening {path}")))?;
+        std::thread::scope(|s| {
+            s.spawn(move || {
+                setns(&file, CloneFlags::CLONE_NEWNET).map_err(|source| Error::Sys {
+                    context: format!("joining {path}"),
+                    source,
+                })?;
+                Ok(f())
+            })
+            .join()
+            .unwrap_or_else(|p| std::panic::resume_unwind(p))
+        })
+    }
+
+    /// PIDs of processes inside the namespace.
+    pub fn pids(&self) -> Vec<i32> {
+        run("ip", ["netns", "pids", &self.name])
+            .map(|o| {
+                String::from_utf8_lossy(&o.stdout)
+                    .lines()
+                    .filter_map(|l| l.trim().parse().ok())
+                    .collect()
+            })
+            .unwrap_or_default()
+    }
+}
+
+impl Drop for NetNs {
+    fn drop(&mut self) {
+        for pid in self.pids() {
+            let _ = kill(Pid::from_raw(pid), Signal::SIGKILL);
+        }
+        let _ = std::fs::remove_dir_all(format!("/etc/netns/{}", self.name));
+        if let Err(e) = run("ip", ["netns", "delete", &self.name]) {
+            eprintln!(
+                "signpost-harness: could not delete namespace {}: {e}",
+                self.name
+            );
+        }
+    }
+}

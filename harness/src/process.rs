@@ -1,0 +1,107 @@
+//! Long-running processes of a test (etcd, kube-apiserver, echo servers):
+//! started in a namespace with their output in a log file, stopped in `Drop`.
+
+use std::fs::File;
+use std::os::unix::process::CommandExt;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Stdio};
+use std::time::{Duration, Instant};
+
+use nix::sys::signal::{Signal, kill};
+use nix::unistd::Pid;
+
+use crate::netns::NetNs;
+use crate::{Error, Result};
+
+/// A supervised process.
+#[derive(Debug)]
+pub struct Daemon {
+    name: String,
+    child: Child,
+    log: PathBuf,
+}
+
+impl Daemon {
+    /// Starts `bin args..` inside `ns`, stdout and stderr to `log`.
+    pub fn spawn(
+        ns: &NetNs,
+        name: &str,
+        bin: &Path,
+        args: &[String],
+        log: PathBuf,
+    ) -> Result<Self> {
+        let out = File::create(&log).map_err(Error::io(format!("creating {}", log.display())))?;
+        let err = out.try_clone().map_err(Error::io("cloning log handle"))?;
+        let child = ns
+            .command(bin)
+            .args(args)
+            .stdin(Stdio::null())
+            .stdout(out)
+            .stderr(err)
+            .process_group(0)
+            .spawn()
+            .map_err(Error::io(format!("starting {name} ({})", bin.display())))?;
+        Ok(Daemon {
+            name: name.to_owned(),
+            child,
+            log,
+        })
+    }
+
+    /// The process id.
+    pub fn pid(&self) -> u32 {
+        self.child.id()
+    }
+
+    /// The log file.
+    pub fn log(&self) -> &Path {
+        &self.log
+    }
+
+    /// An error if the process has exited, naming it and its log.
+    pub fn check_running(&mut self) -> Result<()> {
+        match self.child.try_wait() {
+            Ok(None) => Ok(()),
+            Ok(Some(status)) => Err(self.exited(status.to_string())),
+            Err(e) => Err(Error::io(format!("waiting for {}", self.name))(e)),
+        }
+    }
+
+    fn exited(&self, status: String) -> Error {
+        let text = std::fs::read_to_string(&self.log).unwrap_or_default();
+        let lines: Vec<&str> = text.lines().collect();
+        let tail = lines[lines.len().saturating_sub(15)..].join("\n");
+        Error::ProcessExited {
+            name: self.name.clone(),
+            status,
+            log: self.log.clone(),
+            tail,
+        }
+    }
+
+    /// Stops the process group: SIGTERM, then SIGKILL after `grace`.
+    pub fn stop(&mut self, grace: Duration) {
+        let pgid = Pid::from_raw(-i32::try_from(self.child.id()).unwrap_or(i32::MAX));
+        let _ = kill(pgid, Signal::SIGTERM);
+        let deadline = Instant::now() + grace;
+        while Instant::now() < deadline {
+            if matches!(self.child.try_wait(), Ok(Some(_))) {
+                return;
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        let _ = kill(pgid, Signal::SIGKILL);
+        let _ = self.child.wait();
+    }
+}
+
+impl Drop for Daemon {
+    fn drop(&mut self) {
+        self.stop(Duration::from_secs(5));
+    }
+}
+
+/// True if a process with this pid exists.
+pub fn alive(pid: u32) -> bool {
+    i32::try_from(pid).is_ok_and(|p| kill(Pid::from_raw(p), None).is_ok())
+}

@@ -1,0 +1,40 @@
+//! Where the pinned upstream binaries are: `$SIGNPOST_UPSTREAM_BIN`, or the
+//! directory `ci/upstream` recorded in `$SIGNPOST_CACHE/upstream/current`
+//! (default cache `~/.cache/signpost`).
+
+use std::path::PathBuf;
+
+use crate::{Error, Result};
+
+/// The directory holding the upstream binaries.
+pub fn bin_dir() -> PathBuf {
+    if let Some(dir) = std::env::var_os("SIGNPOST_UPSTREAM_BIN") {
+        return PathBuf::from(dir);
+    }
+    let cache = std::env::var_os("SIGNPOST_CACHE")
+        .map(PathBuf::from)
+        .or_else(|| std::env::var_os("HOME").map(|h| PathBuf::from(h).join(".cache/signpost")))
+        .unwrap_or_else(|| PathBuf::from("/root/.cache/signpost"));
+    match std::fs::read_to_string(cache.join("upstream/current")) {
+        Ok(s) => PathBuf::from(s.trim()),
+        Err(_) => cache.join("upstream/not-built"),
+    }
+}
+
+/// The path of one upstream binary, or an error naming it and where it was looked for.
+pub fn binary(name: &str) -> Result<PathBuf> {
+    binary_in(&bin_dir(), name)
+}
+
+/// The path of `name` in `dir`, or an error naming both.
+pub fn binary_in(dir: &std::path::Path, name: &str) -> Result<PathBuf> {
+    let path = dir.join(name);
+    if path.is_file() {
+        Ok(path)
+    } else {
+        Err(Error::MissingBinary {
+            name: name.to_owned(),
+            dir: dir.to_owned(),
+        })
+    }
+}
