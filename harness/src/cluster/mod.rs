@@ -55,6 +55,7 @@ struct Options {
     controller_manager: bool,
     apiserver_args: Vec<String>,
     echo_binary: Option<PathBuf>,
+    upstream_dir: PathBuf,
     ready_timeout: Duration,
 }
 
@@ -81,6 +82,7 @@ impl LocalCluster<Stopped> {
                 controller_manager: false,
                 apiserver_args: Vec::new(),
                 echo_binary: std::env::var_os("SIGNPOST_ECHO_BIN").map(PathBuf::from),
+                upstream_dir: upstream::bin_dir(),
                 ready_timeout: Duration::from_secs(90),
             },
             dir,
@@ -96,6 +98,12 @@ impl LocalCluster<Stopped> {
     /// An extra kube-apiserver flag.
     pub fn apiserver_arg(mut self, arg: impl Into<String>) -> Self {
         self.opts.apiserver_args.push(arg.into());
+        self
+    }
+
+    /// Where the upstream binaries are (default: [`upstream::bin_dir`]).
+    pub fn upstream_dir(mut self, dir: impl Into<PathBuf>) -> Self {
+        self.opts.upstream_dir = dir.into();
         self
     }
 

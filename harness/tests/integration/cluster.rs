@@ -116,9 +116,13 @@ fn service_gets_a_cluster_ip_and_kcm_lists_both_pods_then_teardown_is_clean() {
 fn a_missing_binary_is_named() {
     require_rig!();
     let empty = tempfile::tempdir().unwrap();
-    // Tests run in parallel, so the lookup is given the directory rather
-    // than changing SIGNPOST_UPSTREAM_BIN for the whole process.
-    let err = signpost_harness::upstream::binary_in(empty.path(), "etcd").unwrap_err();
+    // Tests run in parallel, so the cluster is given the directory rather
+    // than SIGNPOST_UPSTREAM_BIN being changed for the whole process.
+    let err = LocalCluster::new("missing")
+        .unwrap()
+        .upstream_dir(empty.path())
+        .start()
+        .unwrap_err();
     assert!(err.is_missing_binary());
     let text = err.to_string();
     assert!(

@@ -395,3 +395,62 @@ fn arb_table() -> impl Strategy<Value = ProxyTable> {
         0..4,
     )
 }
+
+mod conversion {
+    //! EPS-10: whatever a k8s-openapi object holds, conversion returns a
+    //! value or a typed error; it never panics.
+    use k8s_openapi::api::core::v1 as core;
+    use k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta;
+    use k8s_openapi::apimachinery::pkg::util::intstr::IntOrString;
+    use proptest::prelude::*;
+    use signpost_model::cluster::{Pod, Service};
+
+    fn text() -> impl Strategy<Value = String> {
+        prop_oneof![
+            Just(String::new()),
+            Just("None".to_owned()),
+            Just("10.96.0.1".to_owned()),
+            Just("fd00::1".to_owned()),
+            Just("TCP".to_owned()),
+            Just("ExternalName".to_owned()),
+            "[a-z0-9.:-]{0,70}",
+            ".{0,300}",
+        ]
+    }
+
+    proptest! {
+        #![proptest_config(ProptestConfig { cases: 2000, ..ProptestConfig::default() })]
+        #[test]
+        fn services_and_pods_never_panic(
+            name in text(), ns in proptest::option::of(text()), ty in proptest::option::of(text()),
+            ip in proptest::option::of(text()), ips in proptest::option::of(proptest::collection::vec(text(), 0..3)),
+            port in any::<i32>(), target in proptest::option::of(prop_oneof![any::<i32>().prop_map(IntOrString::Int), text().prop_map(IntOrString::String)]),
+            proto in proptest::option::of(text()), affinity in proptest::option::of(text()), sel in proptest::option::of(text()),
+        ) {
+            let svc = core::Service {
+                metadata: ObjectMeta { name: Some(name.clone()), namespace: ns.clone(), ..Default::default() },
+                spec: Some(core::ServiceSpec {
+                    type_: ty.clone(),
+                    cluster_ip: ip.clone(),
+                    cluster_ips: ips.clone(),
+                    external_name: ip.clone(),
+                    session_affinity: affinity,
+                    selector: sel.map(|v| [("app".to_owned(), v)].into()),
+                    ports: Some(vec![core::ServicePort { port, target_port: target, protocol: proto.clone(), name: ty.clone(), ..Default::default() }]),
+                    ..Default::default()
+                }),
+                ..Default::default()
+            };
+            let _ = Service::try_from(&svc);
+            let pod = core::Pod {
+                metadata: ObjectMeta { name: Some(name), namespace: ns, ..Default::default() },
+                spec: Some(core::PodSpec { hostname: ty, containers: vec![core::Container {
+                    ports: Some(vec![core::ContainerPort { container_port: port, protocol: proto, ..Default::default() }]),
+                    ..Default::default()
+                }], ..Default::default() }),
+                status: Some(core::PodStatus { pod_ip: ip, pod_ips: ips.map(|v| v.into_iter().map(|ip| core::PodIP { ip }).collect()), ..Default::default() }),
+            };
+            let _ = Pod::try_from(&pod);
+        }
+    }
+}
