@@ -118,10 +118,11 @@ impl LocalCluster<Stopped> {
     pub fn start(self) -> Result<LocalCluster<Running>> {
         let started = Instant::now();
         let LocalCluster { ns, opts, dir, .. } = self;
-        let etcd_bin = upstream::binary("etcd")?;
-        let apiserver_bin = upstream::binary("kube-apiserver")?;
+        let bin = |name: &str| upstream::binary_in(&opts.upstream_dir, name);
+        let etcd_bin = bin("etcd")?;
+        let apiserver_bin = bin("kube-apiserver")?;
         let kcm_bin = if opts.controller_manager {
-            Some(upstream::binary("kube-controller-manager")?)
+            Some(bin("kube-controller-manager")?)
         } else {
             None
         };
