@@ -79,6 +79,13 @@ impl Daemon {
         }
     }
 
+    /// Kills the process group at once (a crash, as far as the process knows).
+    pub fn kill(&mut self) {
+        let pgid = Pid::from_raw(-i32::try_from(self.child.id()).unwrap_or(i32::MAX));
+        let _ = kill(pgid, Signal::SIGKILL);
+        let _ = self.child.wait();
+    }
+
     /// Stops the process group: SIGTERM, then SIGKILL after `grace`.
     pub fn stop(&mut self, grace: Duration) {
         let pgid = Pid::from_raw(-i32::try_from(self.child.id()).unwrap_or(i32::MAX));
@@ -104,4 +111,25 @@ impl Drop for Daemon {
 /// True if a process with this pid exists.
 pub fn alive(pid: u32) -> bool {
     i32::try_from(pid).is_ok_and(|p| kill(Pid::from_raw(p), None).is_ok())
+}
+
+/// A binary built in this workspace's target directory (next to the running
+/// test executable), for example `signpost`.
+pub fn workspace_binary(name: &str) -> Result<PathBuf> {
+    let exe = std::env::current_exe().map_err(Error::io("locating the test executable"))?;
+    for dir in exe.ancestors().skip(1).take(3) {
+        let candidate = dir.join(name);
+        if candidate.is_file() {
+            return Ok(candidate);
+        }
+    }
+    let dir = exe
+        .parent()
+        .and_then(Path::parent)
+        .map(Path::to_path_buf)
+        .unwrap_or_default();
+    Err(Error::MissingBinary {
+        name: format!("{name} (build it with `cargo build -p {name}`)"),
+        dir,
+    })
 }

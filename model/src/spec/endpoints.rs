@@ -48,11 +48,11 @@ fn resolved_ports(svc: &Service, pod: &Pod) -> Vec<EndpointPort> {
         .collect()
 }
 
-/// EPS-4, EPS-5: an endpoint's conditions. `ready` is false while
-/// terminating unless `publishNotReadyAddresses`; `serving` follows the Pod's
-/// Ready condition (or `publishNotReadyAddresses`).
+/// EPS-4, EPS-5: an endpoint's conditions. `serving` is the Pod's Ready
+/// condition; `ready` is serving and not terminating, or always true with
+/// `publishNotReadyAddresses` (which leaves `serving` alone).
 fn endpoint(svc: &Service, pod: &Pod, address: std::net::IpAddr) -> Endpoint {
-    let serving = svc.publish_not_ready || pod.ready;
+    let serving = pod.ready;
     let ready = svc.publish_not_ready || (pod.ready && !pod.terminating);
     // EPS-7: the hostname is published only when the Pod's subdomain names this Service.
     let hostname = match (&pod.hostname, &pod.subdomain) {
@@ -194,7 +194,10 @@ mod tests {
             .into_iter()
             .next()
             .unwrap();
-        assert!(ep.ready && ep.serving);
+        assert!(
+            ep.ready && !ep.serving,
+            "publishNotReadyAddresses makes it ready, not serving"
+        );
     }
 
     #[test]

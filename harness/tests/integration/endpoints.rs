@@ -1,0 +1,528 @@
+//! `signpost endpoints` against the real API server: random sequences of
+//! Service and Pod changes, after which our slices equal the oracle and
+//! kube-controller-manager's slices (in the same cluster, each controller
+//! managing its own) hold the same endpoints; and leader election.
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::sync::atomic::{AtomicU32, Ordering};
+use std::time::{Duration, Instant};
+
+use k8s_openapi::api::coordination::v1::Lease;
+use k8s_openapi::api::core::v1::{Namespace, Pod as KPod, Service as KService};
+use k8s_openapi::api::discovery::v1::EndpointSlice as KSlice;
+use kube::api::{Api, DeleteParams, ListParams, Patch, PatchParams, PostParams};
+use proptest::prelude::*;
+use proptest::test_runner::{Config as PtConfig, TestCaseError, TestRunner};
+use serde_json::json;
+use signpost_endpoints::{KCM_MANAGED_BY, MANAGED_BY};
+use signpost_harness::LocalCluster;
+use signpost_harness::process::{Daemon, workspace_binary};
+use signpost_model::cluster::{Endpoint, EndpointSlice, Pod, Service};
+use signpost_model::spec::{SliceShape, endpoints_for};
+
+use crate::require_rig;
+
+const APPS: [&str; 2] = ["voy", "ent"];
+
+#[derive(Debug, Clone)]
+enum Op {
+    Service {
+        svc: u8,
+        app: u8,
+        named_target: bool,
+        publish_not_ready: bool,
+        headless: bool,
+    },
+    DeleteService(u8),
+    Pod {
+        pod: u8,
+        app: u8,
+        ready: bool,
+        serves_http: bool,
+        hostname: bool,
+    },
+    SetReady(u8, bool),
+    Terminate(u8),
+    DeletePod(u8),
+}
+
+fn op() -> impl Strategy<Value = Op> {
+    prop_oneof![
+        (0..2u8, 0..2u8, any::<bool>(), any::<bool>(), any::<bool>()).prop_map(
+            |(svc, app, named_target, publish_not_ready, headless)| Op::Service {
+                svc,
+                app,
+                named_target,
+                publish_not_ready,
+                headless
+            }
+        ),
+        (0..2u8).prop_map(Op::DeleteService),
+        (0..4u8, 0..2u8, any::<bool>(), any::<bool>(), any::<bool>()).prop_map(
+            |(pod, app, ready, serves_http, hostname)| Op::Pod {
+                pod,
+                app,
+                ready,
+                serves_http,
+                hostname
+            }
+        ),
+        (0..4u8, any::<bool>()).prop_map(|(p, r)| Op::SetReady(p, r)),
+        (0..4u8).prop_map(Op::Terminate),
+        (0..4u8).prop_map(Op::DeletePod),
+    ]
+}
+
+fn svc_name(i: u8) -> String {
+    format!("svc-{i}")
+}
+fn pod_name(i: u8) -> String {
+    format!("pod-{i}")
+}
+
+async fn apply(client: &kube::Client, ns: &str, case: u32, op: &Op) -> Result<(), kube::Error> {
+    let services: Api<KService> = Api::namespaced(client.clone(), ns);
+    let pods: Api<KPod> = Api::namespaced(client.clone(), ns);
+    let ignore_missing = |r: Result<(), kube::Error>| match r {
+        Err(kube::Error::Api(e)) if e.code == 404 || e.code == 409 => Ok(()),
+        other => other,
+    };
+    match op {
+        Op::Service {
+            svc,
+            app,
+            named_target,
+            publish_not_ready,
+            headless,
+        } => {
+            let target = if *named_target {
+                json!("http")
+            } else {
+                json!(8080)
+            };
+            let mut spec = json!({
+                "selector": { "app": APPS[usize::from(*app)] },
+                "publishNotReadyAddresses": publish_not_ready,
+                "ports": [{ "name": "http", "port": 80, "targetPort": target }, { "name": "metrics", "port": 9090, "targetPort": 9090 }],
+            });
+            if *headless {
+                spec["clusterIP"] = json!("None");
+            }
+            let obj: KService = serde_json::from_value(
+                json!({ "metadata": { "name": svc_name(*svc) }, "spec": spec }),
+            )
+            .unwrap();
+            // Changing a Service's ClusterIP is not allowed: replace it.
+            ignore_missing(
+                services
+                    .delete(&svc_name(*svc), &DeleteParams::default())
+                    .await
+                    .map(|_| ()),
+            )?;
+            for _ in 0..50 {
+                match services.create(&PostParams::default(), &obj).await {
+                    Err(kube::Error::Api(e)) if e.code == 409 => {
+                        tokio::time::sleep(Duration::from_millis(20)).await
+                    }
+                    other => return other.map(|_| ()),
+                }
+            }
+            Ok(())
+        }
+        Op::DeleteService(svc) => ignore_missing(
+            services
+                .delete(&svc_name(*svc), &DeleteParams::default())
+                .await
+                .map(|_| ()),
+        ),
+        Op::Pod {
+            pod,
+            app,
+            ready,
+            serves_http,
+            hostname,
+        } => {
+            let ports = if *serves_http {
+                json!([{ "name": "http", "containerPort": 8000 + u16::from(*pod) }])
+            } else {
+                json!([])
+            };
+            let mut spec = json!({ "nodeName": "node-a", "containers": [{ "name": "c", "image": "x", "ports": ports }] });
+            if *hostname {
+                spec["hostname"] = json!(pod_name(*pod));
+                spec["subdomain"] = json!("svc-0");
+            }
+            let obj: KPod = serde_json::from_value(json!({
+                "metadata": { "name": pod_name(*pod), "labels": { "app": APPS[usize::from(*app)] } },
+                "spec": spec,
+            }))
+            .unwrap();
+            match pods.create(&PostParams::default(), &obj).await {
+                Err(kube::Error::Api(e)) if e.code == 409 => return Ok(()),
+                other => other?,
+            };
+            let ip = format!("10.250.{}.{}", case % 250, pod + 1);
+            let status = json!({ "status": {
+                "phase": "Running", "podIP": ip, "podIPs": [{ "ip": ip }],
+                "conditions": [{ "type": "Ready", "status": if *ready { "True" } else { "False" } }],
+            }});
+            pods.patch_status(
+                &pod_name(*pod),
+                &PatchParams::default(),
+                &Patch::Merge(&status),
+            )
+            .await
+            .map(|_| ())
+        }
+        Op::SetReady(pod, ready) => {
+            let status = json!({ "status": { "conditions": [{ "type": "Ready", "status": if *ready { "True" } else { "False" } }] } });
+            ignore_missing(
+                pods.patch_status(
+                    &pod_name(*pod),
+                    &PatchParams::default(),
+                    &Patch::Merge(&status),
+                )
+                .await
+                .map(|_| ()),
+            )
+        }
+        Op::Terminate(pod) => {
+            let dp = DeleteParams {
+                grace_period_seconds: Some(3600),
+                ..DeleteParams::default()
+            };
+            ignore_missing(pods.delete(&pod_name(*pod), &dp).await.map(|_| ()))
+        }
+        Op::DeletePod(pod) => {
+            let dp = DeleteParams {
+                grace_period_seconds: Some(0),
+                ..DeleteParams::default()
+            };
+            ignore_missing(pods.delete(&pod_name(*pod), &dp).await.map(|_| ()))
+        }
+    }
+}
+
+type View = BTreeMap<String, BTreeMap<SliceShape, BTreeSet<Endpoint>>>;
+
+/// (oracle, ours, kube-controller-manager's) for a namespace.
+async fn views(client: &kube::Client, ns: &str) -> Result<(View, View, View), kube::Error> {
+    let services = Api::<KService>::namespaced(client.clone(), ns)
+        .list(&ListParams::default())
+        .await?;
+    let pods = Api::<KPod>::namespaced(client.clone(), ns)
+        .list(&ListParams::default())
+        .await?;
+    let slices = Api::<KSlice>::namespaced(client.clone(), ns)
+        .list(&ListParams::default())
+        .await?;
+    let pods: Vec<Pod> = pods
+        .items
+        .iter()
+        .filter_map(|p| Pod::try_from(p).ok())
+        .collect();
+    let mut oracle = View::new();
+    for s in services
+        .items
+        .iter()
+        .filter_map(|s| Service::try_from(s).ok())
+    {
+        let eps = endpoints_for(&s, &pods);
+        let eps: BTreeMap<_, _> = eps.into_iter().filter(|(_, e)| !e.is_empty()).collect();
+        if !eps.is_empty() {
+            oracle.insert(s.key.name.clone(), eps);
+        }
+    }
+    let (mut ours, mut kcm) = (View::new(), View::new());
+    for k in &slices.items {
+        let manager = k
+            .metadata
+            .labels
+            .as_ref()
+            .and_then(|l| l.get("endpointslice.kubernetes.io/managed-by"))
+            .cloned()
+            .unwrap_or_default();
+        let Ok(s) = EndpointSlice::try_from(k) else {
+            continue;
+        };
+        if s.endpoints.is_empty() {
+            continue; // kube-controller-manager keeps an empty placeholder slice
+        }
+        let view = if manager == MANAGED_BY {
+            &mut ours
+        } else if manager == KCM_MANAGED_BY {
+            &mut kcm
+        } else {
+            continue;
+        };
+        let shape = SliceShape {
+            family: s.family,
+            ports: s.ports.clone(),
+        };
+        view.entry(s.service.clone())
+            .or_default()
+            .entry(shape)
+            .or_default()
+            .extend(s.endpoints);
+    }
+    Ok((oracle, ours, kcm))
+}
+
+fn start_signpost<'c>(
+    cluster: &'c LocalCluster<signpost_harness::Running>,
+    identity: &str,
+    port: u16,
+    lease_secs: u64,
+) -> Daemon {
+    let bin = workspace_binary("signpost")
+        .expect("the signpost binary (cargo builds it for its own tests)");
+    let args = vec![
+        format!("--kubeconfig={}", cluster.kubeconfig().display()),
+        "endpoints".into(),
+        format!("--identity={identity}"),
+        format!("--lease-duration={lease_secs}"),
+        format!("--metrics-addr=127.0.0.1:{port}"),
+    ];
+    Daemon::spawn(
+        cluster.node_namespace(),
+        &format!("signpost endpoints {identity}"),
+        &bin,
+        &args,
+        cluster.logs().join(format!("signpost-{identity}.log")),
+    )
+    .unwrap()
+}
+
+#[test]
+fn slices_equal_the_oracle_and_kube_controller_manager_over_generated_sequences() {
+    require_rig!();
+    let cluster = LocalCluster::new("eps-diff")
+        .unwrap()
+        .with_controller_manager()
+        .start()
+        .unwrap();
+    let _ours = start_signpost(&cluster, "a", 10281, 15);
+    let cases = AtomicU32::new(0);
+    let mut runner = TestRunner::new(PtConfig {
+        cases: 50,
+        max_shrink_iters: 16,
+        failure_persistence: None,
+        ..PtConfig::default()
+    });
+    let started = Instant::now();
+    let result = runner.run(&proptest::collection::vec(op(), 1..8), |ops| {
+        let case = cases.fetch_add(1, Ordering::Relaxed);
+        let ns = format!("seq-{case}");
+        let outcome = cluster
+            .block_on(|client| async move {
+                let nss: Api<Namespace> = Api::all(client.clone());
+                let obj: Namespace = serde_json::from_value(json!({ "metadata": { "name": ns } })).unwrap();
+                nss.create(&PostParams::default(), &obj).await.map_err(|e| e.to_string())?;
+                for op in &ops {
+                    apply(&client, &ns, case, op).await.map_err(|e| format!("{op:?}: {e}"))?;
+                }
+                let deadline = Instant::now() + Duration::from_secs(15);
+                loop {
+                    let (oracle, ours, kcm) = views(&client, &ns).await.map_err(|e| e.to_string())?;
+                    if oracle == ours && oracle == kcm {
+                        return Ok(());
+                    }
+                    if Instant::now() > deadline {
+                        return Err(format!("{ns} after {ops:?}:\n oracle {oracle:#?}\n signpost {ours:#?}\n kube-controller-manager {kcm:#?}"));
+                    }
+                    tokio::time::sleep(Duration::from_millis(100)).await;
+                }
+            })
+            .map_err(|e| TestCaseError::fail(e.to_string()))?;
+        outcome.map_err(TestCaseError::fail)
+    });
+    eprintln!(
+        "{} sequences in {:.1}s",
+        cases.load(Ordering::Relaxed),
+        started.elapsed().as_secs_f64()
+    );
+    if let Err(e) = result {
+        panic!("{e}\nlogs in {}", cluster.logs().display());
+    }
+    assert!(cases.load(Ordering::Relaxed) >= 50);
+}
+
+fn metric(cluster: &LocalCluster<signpost_harness::Running>, port: u16, name: &str) -> Option<u64> {
+    cluster
+        .node_namespace()
+        .within(move || {
+            use std::io::{Read, Write};
+            let mut s = std::net::TcpStream::connect(("127.0.0.1", port)).ok()?;
+            s.write_all(b"GET /metrics HTTP/1.1\r\nhost: x\r\n\r\n")
+                .ok()?;
+            let mut text = String::new();
+            s.read_to_string(&mut text).ok()?;
+            text.lines()
+                .find(|l| l.starts_with(name) && l[name.len()..].starts_with(' '))
+                .and_then(|l| l.split_whitespace().nth(1)?.parse().ok())
+        })
+        .ok()
+        .flatten()
+}
+
+fn holder(cluster: &LocalCluster<signpost_harness::Running>) -> Option<String> {
+    cluster
+        .block_on(|client| async move {
+            let leases: Api<Lease> = Api::namespaced(client, "kube-system");
+            leases
+                .get_opt("signpost-endpoints")
+                .await
+                .ok()
+                .flatten()
+                .and_then(|l| l.spec?.holder_identity)
+        })
+        .ok()
+        .flatten()
+}
+
+#[test]
+fn one_leader_writes_and_the_standby_takes_over_within_the_lease() {
+    require_rig!();
+    let lease = 4;
+    let cluster = LocalCluster::new("eps-lease").unwrap().start().unwrap();
+    let mut a = start_signpost(&cluster, "a", 10282, lease);
+    std::thread::sleep(Duration::from_millis(500));
+    let mut b = start_signpost(&cluster, "b", 10283, lease);
+    let deadline = Instant::now() + Duration::from_secs(20);
+    let first = loop {
+        if let Some(h) = holder(&cluster) {
+            break h;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "nobody took the lease; logs in {}",
+            cluster.logs().display()
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    };
+    let (leader_port, standby_port, standby_id) = if first == "a" {
+        (10282, 10283, "b")
+    } else {
+        (10283, 10282, "a")
+    };
+    let wait_slices = |pod: u8| {
+        let deadline = Instant::now() + Duration::from_secs(20);
+        loop {
+            let n = cluster
+                .block_on(|client| async move {
+                    let (_, ours, _) = views(&client, "default").await.unwrap();
+                    ours.values()
+                        .flat_map(|m| m.values())
+                        .flatten()
+                        .filter(|e| e.pod.as_deref() == Some(&pod_name(pod)))
+                        .count()
+                })
+                .unwrap();
+            if n > 0 {
+                return;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "no endpoint for {}; logs in {}",
+                pod_name(pod),
+                cluster.logs().display()
+            );
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    };
+    cluster
+        .block_on(|client| async move {
+            apply(
+                &client,
+                "default",
+                0,
+                &Op::Service {
+                    svc: 0,
+                    app: 0,
+                    named_target: false,
+                    publish_not_ready: false,
+                    headless: false,
+                },
+            )
+            .await
+            .unwrap();
+            apply(
+                &client,
+                "default",
+                0,
+                &Op::Pod {
+                    pod: 0,
+                    app: 0,
+                    ready: true,
+                    serves_http: true,
+                    hostname: false,
+                },
+            )
+            .await
+            .unwrap();
+        })
+        .unwrap();
+    wait_slices(0);
+    assert!(
+        metric(&cluster, leader_port, "signpost_endpoints_writes_total").unwrap() > 0,
+        "the leader wrote"
+    );
+    assert_eq!(
+        metric(&cluster, standby_port, "signpost_endpoints_writes_total"),
+        Some(0),
+        "the standby never writes"
+    );
+    assert_eq!(
+        metric(&cluster, standby_port, "signpost_endpoints_leader"),
+        Some(0)
+    );
+
+    // Crash the leader; the standby takes over within the lease time.
+    let killed = Instant::now();
+    if first == "a" {
+        a.kill()
+    } else {
+        b.kill()
+    }
+    cluster
+        .block_on(|client| async move {
+            apply(
+                &client,
+                "default",
+                0,
+                &Op::Pod {
+                    pod: 1,
+                    app: 0,
+                    ready: true,
+                    serves_http: true,
+                    hostname: false,
+                },
+            )
+            .await
+            .unwrap();
+        })
+        .unwrap();
+    let deadline = Instant::now() + Duration::from_secs(3 * lease);
+    while holder(&cluster).as_deref() != Some(standby_id) {
+        assert!(
+            Instant::now() < deadline,
+            "the standby did not take over; logs in {}",
+            cluster.logs().display()
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    let takeover = killed.elapsed();
+    wait_slices(1);
+    let serving = killed.elapsed();
+    eprintln!(
+        "lease {lease}s: standby {standby_id} took over {:.2}s after the leader was killed; new endpoint written after {:.2}s",
+        takeover.as_secs_f64(),
+        serving.as_secs_f64()
+    );
+    // Within the lease duration plus one retry period of the standby (lease/5) and scheduling slack.
+    assert!(
+        takeover <= Duration::from_secs(lease) + Duration::from_millis(lease * 200 + 500),
+        "{takeover:?}"
+    );
+    assert!(metric(&cluster, standby_port, "signpost_endpoints_writes_total").unwrap() > 0);
+}

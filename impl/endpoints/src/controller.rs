@@ -1,0 +1,515 @@
+//! The controller's I/O shell: four reflectors (Services, Pods, our
+//! EndpointSlices, Nodes) feed a queue of Service keys; each key is
+//! reconciled with the model's pure functions and the writes are applied
+//! with optimistic concurrency. A burst of events for one Service within the
+//! debounce window is reconciled once.
+
+use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use futures::{StreamExt, stream::BoxStream};
+use k8s_openapi::api::core::v1::{Node as KNode, Pod as KPod, Service as KService};
+use k8s_openapi::api::discovery::v1::EndpointSlice as KSlice;
+use kube::api::{Api, DeleteParams, PostParams, Preconditions};
+use kube::runtime::reflector::{self, ObjectRef, Store};
+use kube::runtime::{WatchStreamExt, watcher};
+use kube::{Client, ResourceExt};
+use signpost_model::cluster::{EndpointSlice, Pod, Service};
+use signpost_model::reconcile::{SliceWrite, plan_slices};
+use signpost_model::spec::endpoints_for;
+use tokio::sync::mpsc;
+use tracing::{debug, info, warn};
+
+use crate::convert::slice_object;
+use crate::lease::Elector;
+use crate::metrics::Metrics;
+use crate::{Error, MANAGED_BY, Result};
+
+/// How the controller runs.
+#[derive(Debug, Clone)]
+pub struct Config {
+    /// Namespace of the leader lease.
+    pub lease_namespace: String,
+    /// Name of the leader lease.
+    pub lease_name: String,
+    /// This replica's identity.
+    pub identity: String,
+    /// Lease duration; the leader stops writing two thirds into it without a renewal.
+    pub lease_duration: Duration,
+    /// Events for one Service within this window are reconciled once.
+    pub debounce: Duration,
+}
+
+impl Default for Config {
+    fn default() -> Self {
+        Config {
+            lease_namespace: "kube-system".into(),
+            lease_name: "signpost-endpoints".into(),
+            identity: format!("signpost-endpoints-{}", std::process::id()),
+            lease_duration: Duration::from_secs(15),
+            debounce: Duration::from_millis(20),
+        }
+    }
+}
+
+/// A Service key: namespace and name.
+type Key = (String, String);
+
+/// Which object event kinds arrive on the merged stream.
+enum Ev {
+    Keys(Vec<Key>),
+    AllServices,
+    Synced(&'static str),
+}
+
+/// Our own writes, to tell when the slice cache has caught up with them (PROTO-4).
+#[derive(Default)]
+struct Tracker {
+    written: HashMap<Key, (Key, u64)>,
+    deleted: HashMap<Key, Key>,
+}
+
+fn rv(obj: &KSlice) -> u64 {
+    obj.metadata
+        .resource_version
+        .as_deref()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(0)
+}
+
+impl Tracker {
+    /// True when the cache shows every write we made for `service`.
+    fn caught_up(&mut self, service: &Key, slices: &Store<KSlice>) -> bool {
+        let mut ok = true;
+        self.written.retain(|slice, (svc, written)| {
+            if svc != service {
+                return true;
+            }
+            let seen = slices
+                .get(&ObjectRef::new(&slice.1).within(&slice.0))
+                .map_or(0, |s| rv(&s));
+            if seen < *written {
+                ok = false;
+            }
+            seen < *written
+        });
+        self.deleted.retain(|slice, svc| {
+            if svc != service {
+                return true;
+            }
+            let present = slices
+                .get(&ObjectRef::new(&slice.1).within(&slice.0))
+                .is_some();
+            ok &= !present;
+            present
+        });
+        ok
+    }
+}
+
+struct Ctx {
+    client: Client,
+    services: Store<KService>,
+    pods: Store<KPod>,
+    slices: Store<KSlice>,
+    nodes: Store<KNode>,
+    metrics: Arc<Metrics>,
+    tracker: Tracker,
+}
+
+fn watch<K>(
+    api: Api<K>,
+    cfg: watcher::Config,
+    kind: &'static str,
+    keys: fn(&K, &Store<KService>) -> Vec<Key>,
+    services: Store<KService>,
+) -> (Store<K>, BoxStream<'static, Ev>)
+where
+    K: kube::Resource<DynamicType = ()>
+        + Clone
+        + serde::de::DeserializeOwned
+        + std::fmt::Debug
+        + Send
+        + Sync
+        + 'static,
+{
+    let (store, writer) = reflector::store();
+    let stream = reflector::reflector(writer, watcher(api, cfg).default_backoff())
+        .filter_map(move |ev| {
+            let services = services.clone();
+            async move {
+                match ev {
+                    Ok(watcher::Event::Apply(o) | watcher::Event::Delete(o)) => {
+                        Some(Ev::Keys(keys(&o, &services)))
+                    }
+                    Ok(watcher::Event::InitDone) => Some(Ev::Synced(kind)),
+                    Ok(_) => None,
+                    Err(e) => {
+                        warn!(kind, error = %e, "watch failed; retrying with backoff");
+                        None
+                    }
+                }
+            }
+        })
+        .boxed();
+    (store, stream)
+}
+
+fn services_in(ns: &str, services: &Store<KService>) -> Vec<Key> {
+    services
+        .state()
+        .iter()
+        .filter(|s| s.namespace().as_deref() == Some(ns))
+        .map(|s| (ns.to_owned(), s.name_any()))
+        .collect()
+}
+
+/// Runs the controller: waits to become leader, then reconciles until the
+/// lease is lost (an error) or the watches end.
+pub async fn run(client: Client, cfg: Config, metrics: Arc<Metrics>) -> Result<()> {
+    let elector = Elector::new(
+        Api::namespaced(client.clone(), &cfg.lease_namespace),
+        &cfg.lease_name,
+        &cfg.identity,
+        cfg.lease_duration,
+    );
+    let retry = cfg.lease_duration / 5;
+    while !elector.try_acquire_or_renew().await? {
+        tokio::time::sleep(retry).await;
+    }
+    info!(identity = %cfg.identity, lease = %cfg.lease_name, "became leader");
+    metrics
+        .leader
+        .store(1, std::sync::atomic::Ordering::Relaxed);
+    let renew = async {
+        let mut last = Instant::now();
+        loop {
+            tokio::time::sleep(retry).await;
+            match elector.try_acquire_or_renew().await {
+                Ok(true) => last = Instant::now(),
+                Ok(false) => return Err(Error::LostLease(cfg.lease_name.clone())),
+                Err(e) => warn!(error = %e, "lease renewal failed"),
+            }
+            // Stop before anyone else may take over (they wait the full duration).
+            if last.elapsed() > cfg.lease_duration * 2 / 3 {
+                return Err(Error::LostLease(cfg.lease_name.clone()));
+            }
+        }
+    };
+    let result = tokio::select! {
+        r = reconcile_loop(client, cfg.debounce, metrics.clone()) => r,
+        r = renew => r,
+    };
+    metrics
+        .leader
+        .store(0, std::sync::atomic::Ordering::Relaxed);
+    result
+}
+
+async fn reconcile_loop(client: Client, debounce: Duration, metrics: Arc<Metrics>) -> Result<()> {
+    let wc = watcher::Config::default();
+    let (services, writer) = reflector::store::<KService>();
+    let svc_stream = reflector::reflector(
+        writer,
+        watcher(Api::<KService>::all(client.clone()), wc.clone()).default_backoff(),
+    )
+    .filter_map(|ev| async move {
+        match ev {
+            Ok(watcher::Event::Apply(s) | watcher::Event::Delete(s)) => Some(Ev::Keys(vec![(
+                s.namespace().unwrap_or_default(),
+                s.name_any(),
+            )])),
+            Ok(watcher::Event::InitDone) => Some(Ev::Synced("services")),
+            Ok(_) => None,
+            Err(e) => {
+                warn!(kind = "services", error = %e, "watch failed; retrying with backoff");
+                None
+            }
+        }
+    })
+    .boxed();
+    let (pods, pod_stream) = watch(
+        Api::<KPod>::all(client.clone()),
+        wc.clone(),
+        "pods",
+        |p, s| services_in(&p.namespace().unwrap_or_default(), s),
+        services.clone(),
+    );
+    let slice_wc = wc.clone().labels(&format!(
+        "endpointslice.kubernetes.io/managed-by={MANAGED_BY}"
+    ));
+    let (slices, slice_stream) = watch(
+        Api::<KSlice>::all(client.clone()),
+        slice_wc,
+        "endpointslices",
+        |s, _| {
+            s.labels()
+                .get("kubernetes.io/service-name")
+                .map(|n| vec![(s.namespace().unwrap_or_default(), n.clone())])
+                .unwrap_or_default()
+        },
+        services.clone(),
+    );
+    let (nodes, node_stream) = watch(
+        Api::<KNode>::all(client.clone()),
+        wc,
+        "nodes",
+        |_, _| Vec::new(),
+        services.clone(),
+    );
+    let node_stream = node_stream
+        .map(|ev| {
+            if matches!(ev, Ev::Keys(_)) {
+                Ev::AllServices
+            } else {
+                ev
+            }
+        })
+        .boxed();
+
+    let (requeue_tx, requeue_rx) = mpsc::unbounded_channel::<Key>();
+    let requeue_stream = futures::stream::unfold(requeue_rx, |mut rx| async move {
+        rx.recv().await.map(|k| (Ev::Keys(vec![k]), rx))
+    })
+    .boxed();
+    let mut events = futures::stream::select_all([
+        svc_stream,
+        pod_stream,
+        slice_stream,
+        node_stream,
+        requeue_stream,
+    ]);
+
+    let mut ctx = Ctx {
+        client,
+        services,
+        pods,
+        slices,
+        nodes,
+        metrics,
+        tracker: Tracker::default(),
+    };
+    let mut synced: HashSet<&'static str> = HashSet::new();
+    let mut pending: BTreeSet<Key> = BTreeSet::new();
+    loop {
+        // Collect a batch: block for the first event, then take what arrives within the debounce window.
+        let first = events.next().await;
+        let Some(first) = first else { return Ok(()) };
+        let mut batch = vec![first];
+        let deadline = tokio::time::Instant::now() + debounce;
+        while let Ok(Some(ev)) = tokio::time::timeout_at(deadline, events.next()).await {
+            batch.push(ev);
+        }
+        for ev in batch {
+            match ev {
+                Ev::Keys(keys) => pending.extend(keys),
+                Ev::AllServices => pending.extend(
+                    ctx.services
+                        .state()
+                        .iter()
+                        .map(|s| (s.namespace().unwrap_or_default(), s.name_any())),
+                ),
+                Ev::Synced(kind) => {
+                    synced.insert(kind);
+                    pending.extend(
+                        ctx.services
+                            .state()
+                            .iter()
+                            .map(|s| (s.namespace().unwrap_or_default(), s.name_any())),
+                    );
+                }
+            }
+        }
+        // Acting on a partial list would delete endpoints of Pods not yet seen.
+        if synced.len() < 4 {
+            continue;
+        }
+        for key in std::mem::take(&mut pending) {
+            let started = Instant::now();
+            match reconcile(&mut ctx, &key).await {
+                Ok(()) => {}
+                Err(e) => {
+                    match &e {
+                        Error::Conflict(_) => ctx
+                            .metrics
+                            .conflicts
+                            .fetch_add(1, std::sync::atomic::Ordering::Relaxed),
+                        Error::StaleCache(_) => 0,
+                        _ => ctx
+                            .metrics
+                            .errors
+                            .fetch_add(1, std::sync::atomic::Ordering::Relaxed),
+                    };
+                    debug!(service = %format!("{}/{}", key.0, key.1), error = %e, "requeue");
+                    let tx = requeue_tx.clone();
+                    let delay = if matches!(e, Error::Conflict(_) | Error::StaleCache(_)) {
+                        50
+                    } else {
+                        1000
+                    };
+                    tokio::spawn(async move {
+                        tokio::time::sleep(Duration::from_millis(delay)).await;
+                        let _ = tx.send(key);
+                    });
+                }
+            }
+            ctx.metrics.observe_sync(started.elapsed());
+        }
+    }
+}
+
+/// EPS-11: make one Service's slices equal the oracle's endpoints.
+async fn reconcile(ctx: &mut Ctx, key: &Key) -> Result<()> {
+    let (ns, name) = key;
+    let Some(svc) = ctx.services.get(&ObjectRef::new(name).within(ns)) else {
+        // Deleted: its slices go with it through their owner references (EPS-13).
+        return Ok(());
+    };
+    if !ctx.tracker.caught_up(key, &ctx.slices) {
+        return Err(Error::StaleCache(format!("{ns}/{name}")));
+    }
+    let model_svc = match Service::try_from(&*svc) {
+        Ok(s) => s,
+        Err(e) => {
+            // EPS-10: log, count, skip; everything else keeps working.
+            warn!(service = %format!("{ns}/{name}"), error = %e, "skipping invalid Service");
+            ctx.metrics
+                .invalid_objects
+                .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+            return Ok(());
+        }
+    };
+    let mut pods = Vec::new();
+    for p in ctx
+        .pods
+        .state()
+        .iter()
+        .filter(|p| p.namespace().as_deref() == Some(ns))
+    {
+        match Pod::try_from(&**p) {
+            Ok(p) => pods.push(p),
+            Err(e) => {
+                warn!(pod = %p.name_any(), error = %e, "skipping invalid Pod");
+                ctx.metrics
+                    .invalid_objects
+                    .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+            }
+        }
+    }
+    let zones: BTreeMap<String, String> = ctx
+        .nodes
+        .state()
+        .iter()
+        .filter_map(|n| {
+            n.labels()
+                .get("topology.kubernetes.io/zone")
+                .map(|z| (n.name_any(), z.clone()))
+        })
+        .collect();
+    let mut desired = endpoints_for(&model_svc, &pods);
+    for eps in desired.values_mut() {
+        *eps = std::mem::take(eps)
+            .into_iter()
+            .map(|mut e| {
+                e.zone = e.node.as_ref().and_then(|n| zones.get(n).cloned());
+                e
+            })
+            .collect();
+    }
+    let mut originals: HashMap<String, Arc<KSlice>> = HashMap::new();
+    let mut existing: Vec<EndpointSlice> = Vec::new();
+    for s in ctx.slices.state().iter().filter(|s| {
+        s.namespace().as_deref() == Some(ns)
+            && s.labels().get("kubernetes.io/service-name") == Some(name)
+    }) {
+        match EndpointSlice::try_from(&**s) {
+            Ok(m) => {
+                originals.insert(s.name_any(), s.clone());
+                existing.push(m);
+            }
+            Err(e) => {
+                warn!(slice = %s.name_any(), error = %e, "deleting a malformed slice of ours");
+                delete(ctx, key, &s.name_any(), s.resource_version()).await?;
+            }
+        }
+    }
+    let refs: Vec<&EndpointSlice> = existing.iter().collect();
+    for write in plan_slices(&desired, &refs) {
+        let api: Api<KSlice> = Api::namespaced(ctx.client.clone(), ns);
+        match write {
+            SliceWrite::Create { shape, endpoints } => {
+                let obj = slice_object(&svc, None, shape.family, &shape.ports, &endpoints)?;
+                let created = api.create(&PostParams::default(), &obj).await?;
+                ctx.tracker.written.insert(
+                    (ns.clone(), created.name_any()),
+                    (key.clone(), rv(&created)),
+                );
+                ctx.metrics
+                    .writes
+                    .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+            }
+            SliceWrite::Update(slice) => {
+                let original = &originals[&slice.key.name];
+                let version = original.resource_version().unwrap_or_default();
+                let obj = slice_object(
+                    &svc,
+                    Some((&slice.key.name, &version)),
+                    slice.family,
+                    &slice.ports,
+                    &slice.endpoints,
+                )?;
+                match api
+                    .replace(&slice.key.name, &PostParams::default(), &obj)
+                    .await
+                {
+                    Ok(updated) => {
+                        ctx.tracker.written.insert(
+                            (ns.clone(), updated.name_any()),
+                            (key.clone(), rv(&updated)),
+                        );
+                        ctx.metrics
+                            .writes
+                            .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                    }
+                    Err(kube::Error::Api(e)) if e.code == 409 => {
+                        return Err(Error::Conflict(slice.key.to_string()));
+                    }
+                    Err(e) => return Err(e.into()),
+                }
+            }
+            SliceWrite::Delete(k) => {
+                let version = originals.get(&k.name).and_then(|o| o.resource_version());
+                delete(ctx, key, &k.name, version).await?;
+            }
+        }
+    }
+    Ok(())
+}
+
+async fn delete(ctx: &mut Ctx, key: &Key, slice: &str, version: Option<String>) -> Result<()> {
+    let api: Api<KSlice> = Api::namespaced(ctx.client.clone(), &key.0);
+    let dp = DeleteParams {
+        preconditions: Some(Preconditions {
+            resource_version: version,
+            uid: None,
+        }),
+        ..DeleteParams::default()
+    };
+    match api.delete(slice, &dp).await {
+        Ok(_) => {
+            ctx.tracker
+                .deleted
+                .insert((key.0.clone(), slice.to_owned()), key.clone());
+            ctx.metrics
+                .writes
+                .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+            Ok(())
+        }
+        Err(kube::Error::Api(e)) if e.code == 404 => Ok(()),
+        Err(kube::Error::Api(e)) if e.code == 409 => {
+            Err(Error::Conflict(format!("{}/{slice}", key.0)))
+        }
+        Err(e) => Err(e.into()),
+    }
+}

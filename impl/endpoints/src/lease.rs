@@ -1,0 +1,169 @@
+//! Leader election through a `coordination.k8s.io/v1` Lease, so two replicas
+//! never write at once. [`decide`] is the pure rule; [`Elector`] does the I/O
+//! with optimistic concurrency (a lost race is simply "not leader").
+
+use std::time::Duration;
+
+use k8s_openapi::api::coordination::v1::{Lease, LeaseSpec};
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::MicroTime;
+use k8s_openapi::jiff::Timestamp;
+use kube::api::{Api, PostParams};
+
+use crate::{Error, Result};
+
+/// What a candidate should do with the lease it read.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Decision {
+    /// No lease exists: create it.
+    Create,
+    /// We hold it: renew.
+    Renew,
+    /// Its holder let it expire: take it over.
+    TakeOver,
+    /// Someone else holds it.
+    Wait {
+        /// The current holder.
+        holder: String,
+    },
+}
+
+/// The rule: we may write while we hold an unexpired lease; an expired
+/// lease (renew time + duration in the past) may be taken over.
+pub fn decide(spec: Option<&LeaseSpec>, me: &str, now: Timestamp) -> Decision {
+    let Some(spec) = spec else {
+        return Decision::Create;
+    };
+    let holder = spec.holder_identity.clone().unwrap_or_default();
+    if holder == me {
+        return Decision::Renew;
+    }
+    let duration = i64::from(spec.lease_duration_seconds.unwrap_or(15));
+    let renewed = spec.renew_time.as_ref().map_or(0, |t| t.0.as_millisecond());
+    if holder.is_empty() || renewed + duration * 1000 < now.as_millisecond() {
+        Decision::TakeOver
+    } else {
+        Decision::Wait { holder }
+    }
+}
+
+/// A candidate for one lease.
+#[derive(Debug, Clone)]
+pub struct Elector {
+    api: Api<Lease>,
+    name: String,
+    identity: String,
+    duration: Duration,
+}
+
+impl Elector {
+    /// A candidate named `identity` for lease `name`.
+    pub fn new(api: Api<Lease>, name: &str, identity: &str, duration: Duration) -> Self {
+        Elector {
+            api,
+            name: name.into(),
+            identity: identity.into(),
+            duration,
+        }
+    }
+
+    /// The lease duration.
+    pub fn duration(&self) -> Duration {
+        self.duration
+    }
+
+    fn spec(&self, now: Timestamp, transitions: i32, acquired: Option<MicroTime>) -> LeaseSpec {
+        LeaseSpec {
+            holder_identity: Some(self.identity.clone()),
+            lease_duration_seconds: Some(
+                i32::try_from(self.duration.as_secs()).unwrap_or(i32::MAX),
+            ),
+            renew_time: Some(MicroTime(now)),
+            acquire_time: acquired.or(Some(MicroTime(now))),
+            lease_transitions: Some(transitions),
+            ..LeaseSpec::default()
+        }
+    }
+
+    /// One round: returns whether we hold the lease afterwards.
+    pub async fn try_acquire_or_renew(&self) -> Result<bool> {
+        let now = Timestamp::now();
+        let current = self.api.get_opt(&self.name).await?;
+        let decision = decide(
+            current.as_ref().and_then(|l| l.spec.as_ref()),
+            &self.identity,
+            now,
+        );
+        let result = match (decision, current) {
+            (Decision::Create, _) => {
+                let lease = Lease {
+                    metadata: kube::api::ObjectMeta {
+                        name: Some(self.name.clone()),
+                        ..Default::default()
+                    },
+                    spec: Some(self.spec(now, 0, None)),
+                };
+                self.api
+                    .create(&PostParams::default(), &lease)
+                    .await
+                    .map(|_| ())
+            }
+            (Decision::Renew, Some(mut lease)) => {
+                let old = lease.spec.take().unwrap_or_default();
+                lease.spec =
+                    Some(self.spec(now, old.lease_transitions.unwrap_or(0), old.acquire_time));
+                self.api
+                    .replace(&self.name, &PostParams::default(), &lease)
+                    .await
+                    .map(|_| ())
+            }
+            (Decision::TakeOver, Some(mut lease)) => {
+                let old = lease.spec.take().unwrap_or_default();
+                lease.spec = Some(self.spec(now, old.lease_transitions.unwrap_or(0) + 1, None));
+                self.api
+                    .replace(&self.name, &PostParams::default(), &lease)
+                    .await
+                    .map(|_| ())
+            }
+            (Decision::Wait { .. }, _) | (_, None) => return Ok(false),
+        };
+        match result {
+            Ok(()) => Ok(true),
+            // Lost the race (409 on create or replace): someone else wrote first.
+            Err(kube::Error::Api(e)) if e.code == 409 => Ok(false),
+            Err(e) => Err(Error::Kube(e)),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn spec(holder: &str, renewed_ms: i64) -> LeaseSpec {
+        LeaseSpec {
+            holder_identity: Some(holder.into()),
+            lease_duration_seconds: Some(10),
+            renew_time: Some(MicroTime(Timestamp::from_millisecond(renewed_ms).unwrap())),
+            ..LeaseSpec::default()
+        }
+    }
+
+    #[test]
+    fn the_rule() {
+        let now = Timestamp::from_millisecond(100_000).unwrap();
+        assert_eq!(decide(None, "a", now), Decision::Create);
+        assert_eq!(decide(Some(&spec("a", 0)), "a", now), Decision::Renew);
+        assert_eq!(
+            decide(Some(&spec("b", 95_000)), "a", now),
+            Decision::Wait { holder: "b".into() }
+        );
+        assert_eq!(
+            decide(Some(&spec("b", 89_000)), "a", now),
+            Decision::TakeOver
+        );
+        assert_eq!(
+            decide(Some(&spec("", 99_000)), "a", now),
+            Decision::TakeOver
+        );
+    }
+}

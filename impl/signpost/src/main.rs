@@ -1,0 +1,114 @@
+//! `signpost`: one binary for Signpost's cluster components. Today:
+//! `signpost endpoints`, the EndpointSlice controller.
+
+mod http;
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::Duration;
+
+use anyhow::Context;
+use clap::{Parser, Subcommand};
+use signpost_endpoints::metrics::Metrics;
+
+#[derive(Parser)]
+#[command(
+    name = "signpost",
+    version,
+    about = "Kubernetes Service registration and discovery, model-checked"
+)]
+struct Cli {
+    /// Path to a kubeconfig; without it, in-cluster configuration (or the default kubeconfig).
+    #[arg(long, global = true)]
+    kubeconfig: Option<PathBuf>,
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Run the EndpointSlice controller.
+    Endpoints {
+        /// This replica's identity in the leader lease (default: signpost-endpoints-<pid>).
+        #[arg(long)]
+        identity: Option<String>,
+        /// Namespace of the leader lease.
+        #[arg(long, default_value = "kube-system")]
+        lease_namespace: String,
+        /// Name of the leader lease.
+        #[arg(long, default_value = "signpost-endpoints")]
+        lease_name: String,
+        /// Lease duration in seconds.
+        #[arg(long, default_value_t = 15)]
+        lease_duration: u64,
+        /// Events for one Service within this many milliseconds are reconciled once.
+        #[arg(long, default_value_t = 20)]
+        debounce_ms: u64,
+        /// Address for /healthz and /metrics.
+        #[arg(long, default_value = "127.0.0.1:10280")]
+        metrics_addr: SocketAddr,
+    },
+}
+
+async fn client(kubeconfig: Option<PathBuf>) -> anyhow::Result<kube::Client> {
+    let config = match kubeconfig {
+        Some(path) => {
+            let kc = kube::config::Kubeconfig::read_from(&path)
+                .with_context(|| format!("reading {}", path.display()))?;
+            kube::Config::from_custom_kubeconfig(kc, &Default::default()).await?
+        }
+        None => kube::Config::infer().await?,
+    };
+    Ok(kube::Client::try_from(config)?)
+}
+
+#[tokio::main]
+async fn main() -> anyhow::Result<()> {
+    tracing_subscriber::fmt()
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "info".into()),
+        )
+        .init();
+    let cli = Cli::parse();
+    match cli.command {
+        Command::Endpoints {
+            identity,
+            lease_namespace,
+            lease_name,
+            lease_duration,
+            debounce_ms,
+            metrics_addr,
+        } => {
+            let client = client(cli.kubeconfig).await?;
+            let metrics = Arc::new(Metrics::default());
+            let cfg = signpost_endpoints::Config {
+                lease_namespace,
+                lease_name,
+                identity: identity
+                    .unwrap_or_else(|| format!("signpost-endpoints-{}", std::process::id())),
+                lease_duration: Duration::from_secs(lease_duration),
+                debounce: Duration::from_millis(debounce_ms),
+            };
+            let server = http::serve(metrics_addr, metrics.clone()).await?;
+            tracing::info!(%metrics_addr, identity = %cfg.identity, "signpost endpoints starting");
+            tokio::select! {
+                r = signpost_endpoints::run(client, cfg, metrics) => r.context("endpoints controller stopped")?,
+                r = server => r.context("metrics server panicked")?.context("metrics server stopped")?,
+                _ = shutdown() => tracing::info!("shutting down"),
+            }
+        }
+    }
+    Ok(())
+}
+
+async fn shutdown() {
+    let mut term = match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+        Ok(s) => s,
+        Err(_) => return std::future::pending().await,
+    };
+    tokio::select! {
+        _ = term.recv() => {}
+        _ = tokio::signal::ctrl_c() => {}
+    }
+}
