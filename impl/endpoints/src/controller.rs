@@ -37,7 +37,8 @@ pub struct Config {
     pub identity: String,
     /// Lease duration; the leader stops writing two thirds into it without a renewal.
     pub lease_duration: Duration,
-    /// Events for one Service within this window are reconciled once.
+    /// Extra time to gather events into a batch; every Service in a batch is
+    /// reconciled once, and events that queue up during a batch are coalesced.
     pub debounce: Duration,
 }
 
@@ -48,7 +49,7 @@ impl Default for Config {
             lease_name: "signpost-endpoints".into(),
             identity: format!("signpost-endpoints-{}", std::process::id()),
             lease_duration: Duration::from_secs(15),
-            debounce: Duration::from_millis(20),
+            debounce: Duration::ZERO,
         }
     }
 }

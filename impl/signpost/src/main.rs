@@ -42,8 +42,9 @@ enum Command {
         /// Lease duration in seconds.
         #[arg(long, default_value_t = 15)]
         lease_duration: u64,
-        /// Events for one Service within this many milliseconds are reconciled once.
-        #[arg(long, default_value_t = 20)]
+        /// Also wait this many milliseconds for more events before reconciling a batch
+        /// (events that queue up while a batch is reconciled are always coalesced).
+        #[arg(long, default_value_t = 0)]
         debounce_ms: u64,
         /// Address for /healthz and /metrics.
         #[arg(long, default_value = "127.0.0.1:10280")]
