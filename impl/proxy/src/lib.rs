@@ -1,0 +1,15 @@
+//! Signpost's service proxy. The desired table is the oracle's
+//! [`proxy_table`](signpost_model::spec::proxy_table) over the proxy's
+//! caches; [`nft`] turns tables and table changes into nftables JSON
+//! transactions (pure, unit-tested without root), [`tracer`] interprets
+//! exactly those transactions to answer "where does this packet go", and
+//! [`sink`] applies them to the kernel and reads them back.
+
+pub mod nft;
+pub mod sink;
+pub mod tracer;
+
+/// The table Signpost owns (family `inet`).
+pub const TABLE: &str = "signpost";
+/// The packet mark that asks for masquerade.
+pub const MASQ_MARK: u64 = 0x4000;

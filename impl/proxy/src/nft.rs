@@ -1,0 +1,414 @@
+//! The nftables data plane as data: a [`ProxyTable`] becomes one JSON
+//! transaction for `nft -j -f -`. A full sync creates the whole table; a
+//! partial sync rewrites only the virtual services whose entry changed
+//! (PXY-8): one endpoint change touches one service's chains.
+//!
+//! Layout of table `inet signpost`:
+//! - `nat-prerouting`, `nat-output` (nat hooks) jump to `services`, which
+//!   looks `daddr . l4proto . dport` up in the verdict maps `service-ips-v4`
+//!   and `service-ips-v6` and goes to the service's chain;
+//! - a service chain `s-<key>` sends ClientIP-affine clients to their
+//!   endpoint (PXY-5) and others to one endpoint chosen with
+//!   `numgen random mod n` (PXY-1);
+//! - an endpoint chain `e-<key>-<n>` marks hairpin traffic for masquerade,
+//!   records affinity and DNATs;
+//! - `filter-input`, `filter-output` reject anything still addressed to a
+//!   ClusterIP after DNAT: ports without endpoints and unknown ports (PXY-3);
+//! - `nat-postrouting` masquerades marked packets.
+
+use std::collections::BTreeSet;
+use std::net::{IpAddr, SocketAddr};
+
+use serde_json::{Value, json};
+use signpost_model::cluster::{Protocol, ProxyTable, VirtualKey, VirtualService};
+
+use crate::{MASQ_MARK, TABLE};
+
+fn proto(p: Protocol) -> &'static str {
+    p.as_lower()
+}
+
+fn hex(ip: &IpAddr) -> String {
+    match ip {
+        IpAddr::V4(v4) => v4.octets().iter().map(|b| format!("{b:02x}")).collect(),
+        IpAddr::V6(v6) => v6.octets().iter().map(|b| format!("{b:02x}")).collect(),
+    }
+}
+
+/// The service chain of a virtual address: `s-<ip hex>-<proto>-<port>`.
+pub fn service_chain(key: &VirtualKey) -> String {
+    format!("s-{}-{}-{}", hex(&key.ip), proto(key.protocol), key.port)
+}
+
+/// The endpoint chain of a backend of a virtual address.
+pub fn endpoint_chain(key: &VirtualKey, backend: &SocketAddr) -> String {
+    format!(
+        "e-{}-{}-{}-{}-{}",
+        hex(&key.ip),
+        proto(key.protocol),
+        key.port,
+        hex(&backend.ip()),
+        backend.port()
+    )
+}
+
+/// The affinity set of an endpoint chain.
+pub fn affinity_set(key: &VirtualKey, backend: &SocketAddr) -> String {
+    format!("a{}", &endpoint_chain(key, backend)[1..])
+}
+
+fn fam(ip: &IpAddr) -> &'static str {
+    if ip.is_ipv4() { "ip" } else { "ip6" }
+}
+
+fn v(ip: &IpAddr) -> &'static str {
+    if ip.is_ipv4() { "v4" } else { "v6" }
+}
+
+fn obj(kind: &str, body: Value) -> Value {
+    json!({ kind: body })
+}
+
+fn base(name: &str) -> Value {
+    json!({ "family": "inet", "table": TABLE, "name": name })
+}
+
+fn chain(name: &str) -> Value {
+    obj("chain", base(name))
+}
+
+fn hooked(name: &str, kind: &str, hook: &str, prio: i64) -> Value {
+    let mut b = base(name);
+    b["type"] = json!(kind);
+    b["hook"] = json!(hook);
+    b["prio"] = json!(prio);
+    b["policy"] = json!("accept");
+    obj("chain", b)
+}
+
+fn rule(chain: &str, expr: Vec<Value>) -> Value {
+    json!({ "rule": { "family": "inet", "table": TABLE, "chain": chain, "expr": expr } })
+}
+
+fn payload(family: &str, field: &str) -> Value {
+    json!({ "payload": { "protocol": family, "field": field } })
+}
+
+fn meta(key: &str) -> Value {
+    json!({ "meta": { "key": key } })
+}
+
+fn eq(left: Value, right: Value) -> Value {
+    json!({ "match": { "op": "==", "left": left, "right": right } })
+}
+
+fn goto(target: &str) -> Value {
+    json!({ "goto": { "target": target } })
+}
+
+fn add(v: Value) -> Value {
+    json!({ "add": v })
+}
+
+/// The map element key of a virtual address.
+fn map_key(key: &VirtualKey) -> Value {
+    json!({ "concat": [key.ip.to_string(), proto(key.protocol), key.port] })
+}
+
+fn element(set: &str, elems: Vec<Value>) -> Value {
+    obj(
+        "element",
+        json!({ "family": "inet", "table": TABLE, "name": set, "elem": elems }),
+    )
+}
+
+/// The skeleton: table, maps, sets and base chains with their fixed rules.
+fn skeleton() -> Vec<Value> {
+    let mut out = vec![add(obj(
+        "table",
+        json!({ "family": "inet", "name": TABLE }),
+    ))];
+    for (ver, addr) in [("v4", "ipv4_addr"), ("v6", "ipv6_addr")] {
+        out.push(add(obj(
+            "map",
+            json!({ "family": "inet", "table": TABLE, "name": format!("service-ips-{ver}"),
+                    "type": [addr, "inet_proto", "inet_service"], "map": "verdict" }),
+        )));
+        out.push(add(obj("set", json!({ "family": "inet", "table": TABLE, "name": format!("cluster-ips-{ver}"), "type": addr }))));
+        out.push(add(obj(
+            "set",
+            json!({ "family": "inet", "table": TABLE, "name": format!("rejecting-{ver}"), "type": [addr, "inet_proto", "inet_service"] }),
+        )));
+    }
+    out.push(add(chain("services")));
+    for (ver, fam) in [("v4", "ip"), ("v6", "ip6")] {
+        let lookup = json!({ "vmap": { "key": { "concat": [payload(fam, "daddr"), meta("l4proto"), payload("th", "dport")] }, "data": format!("@service-ips-{ver}") } });
+        out.push(add(rule(
+            "services",
+            vec![
+                eq(
+                    meta("nfproto"),
+                    json!(if ver == "v4" { "ipv4" } else { "ipv6" }),
+                ),
+                lookup,
+            ],
+        )));
+    }
+    for (name, hook) in [("nat-prerouting", "prerouting"), ("nat-output", "output")] {
+        out.push(add(hooked(name, "nat", hook, -100)));
+        out.push(add(rule(
+            name,
+            vec![json!({ "jump": { "target": "services" } })],
+        )));
+    }
+    out.push(add(hooked("nat-postrouting", "nat", "postrouting", 100)));
+    out.push(add(rule(
+        "nat-postrouting",
+        vec![
+            eq(json!({ "&": [meta("mark"), MASQ_MARK] }), json!(MASQ_MARK)),
+            json!({ "masquerade": null }),
+        ],
+    )));
+    out.push(add(chain("reject")));
+    out.push(add(rule(
+        "reject",
+        vec![
+            eq(meta("l4proto"), json!("tcp")),
+            json!({ "reject": { "type": "tcp reset" } }),
+        ],
+    )));
+    out.push(add(rule(
+        "reject",
+        vec![json!({ "reject": { "type": "icmpx", "expr": "port-unreachable" } })],
+    )));
+    for (name, hook) in [("filter-input", "input"), ("filter-output", "output")] {
+        out.push(add(hooked(name, "filter", hook, 0)));
+        for (ver, fam) in [("v4", "ip"), ("v6", "ip6")] {
+            let key = json!({ "concat": [payload(fam, "daddr"), meta("l4proto"), payload("th", "dport")] });
+            out.push(add(rule(
+                name,
+                vec![eq(key, json!(format!("@rejecting-{ver}"))), goto("reject")],
+            )));
+            out.push(add(rule(
+                name,
+                vec![
+                    eq(payload(fam, "daddr"), json!(format!("@cluster-ips-{ver}"))),
+                    goto("reject"),
+                ],
+            )));
+        }
+    }
+    out
+}
+
+/// The commands that create one virtual service (its chains and map element).
+fn add_service(key: &VirtualKey, vs: &VirtualService, out: &mut Vec<Value>) {
+    if vs.rejects() {
+        out.push(add(element(
+            &format!("rejecting-{}", v(&key.ip)),
+            vec![map_key(key)],
+        )));
+        return;
+    }
+    let svc = service_chain(key);
+    out.push(add(chain(&svc)));
+    let backends: Vec<&SocketAddr> = vs.backends.iter().collect();
+    for b in &backends {
+        let ep = endpoint_chain(key, b);
+        out.push(add(chain(&ep)));
+        let f = fam(&b.ip());
+        out.push(add(rule(
+            &ep,
+            vec![eq(payload(f, "saddr"), json!(b.ip().to_string())), json!({ "mangle": { "key": meta("mark"), "value": { "|": [meta("mark"), MASQ_MARK] } } })],
+        )));
+        if let Some(timeout) = vs.affinity_timeout {
+            let set = affinity_set(key, b);
+            let addr = if b.is_ipv4() {
+                "ipv4_addr"
+            } else {
+                "ipv6_addr"
+            };
+            out.push(add(obj("set", json!({ "family": "inet", "table": TABLE, "name": set, "type": addr, "flags": ["timeout"], "timeout": timeout }))));
+            out.push(add(rule(&ep, vec![json!({ "set": { "op": "update", "elem": payload(f, "saddr"), "set": format!("@{set}") } })])));
+            out.push(add(rule(
+                &svc,
+                vec![
+                    eq(payload(fam(&key.ip), "saddr"), json!(format!("@{set}"))),
+                    goto(&ep),
+                ],
+            )));
+        }
+        out.push(add(rule(
+            &ep,
+            vec![
+                eq(meta("l4proto"), json!(proto(key.protocol))),
+                json!({ "dnat": { "family": f, "addr": b.ip().to_string(), "port": b.port() } }),
+            ],
+        )));
+    }
+    let choices: Vec<Value> = backends
+        .iter()
+        .enumerate()
+        .map(|(i, b)| json!([i, goto(&endpoint_chain(key, b))]))
+        .collect();
+    out.push(add(rule(
+        &svc,
+        vec![json!({ "vmap": { "key": { "numgen": { "mode": "random", "mod": backends.len(), "offset": 0 } }, "data": { "set": choices } } })],
+    )));
+    out.push(add(element(
+        &format!("service-ips-{}", v(&key.ip)),
+        vec![json!([map_key(key), goto(&svc)])],
+    )));
+}
+
+/// The commands that remove one virtual service.
+fn delete_service(key: &VirtualKey, vs: &VirtualService, out: &mut Vec<Value>) {
+    if vs.rejects() {
+        out.push(
+            json!({ "delete": element(&format!("rejecting-{}", v(&key.ip)), vec![map_key(key)]) }),
+        );
+        return;
+    }
+    let svc = service_chain(key);
+    out.push(
+        json!({ "delete": element(&format!("service-ips-{}", v(&key.ip)), vec![map_key(key)]) }),
+    );
+    // Chains must be empty and unreferenced before they go: flush, then delete.
+    out.push(json!({ "flush": chain(&svc) }));
+    for b in &vs.backends {
+        out.push(json!({ "flush": chain(&endpoint_chain(key, b)) }));
+    }
+    out.push(json!({ "delete": chain(&svc) }));
+    for b in &vs.backends {
+        out.push(json!({ "delete": chain(&endpoint_chain(key, b)) }));
+        if vs.affinity_timeout.is_some() {
+            out.push(json!({ "delete": obj("set", base(&affinity_set(key, b))) }));
+        }
+    }
+}
+
+/// ClusterIPs (every virtual address but the node's own, which carry NodePorts).
+fn cluster_ips(table: &ProxyTable, node_ips: &[IpAddr]) -> BTreeSet<IpAddr> {
+    table
+        .keys()
+        .map(|k| k.ip)
+        .filter(|ip| !node_ips.contains(ip))
+        .collect()
+}
+
+fn ip_elements(ips: &BTreeSet<IpAddr>, out: &mut Vec<Value>, verb: &str) {
+    for ver in ["v4", "v6"] {
+        let elems: Vec<Value> = ips
+            .iter()
+            .filter(|ip| v(ip) == ver)
+            .map(|ip| json!(ip.to_string()))
+            .collect();
+        if !elems.is_empty() {
+            out.push(json!({ verb: element(&format!("cluster-ips-{ver}"), elems) }));
+        }
+    }
+}
+
+/// A full sync: delete whatever table exists and build `table` from scratch,
+/// in one transaction (no moment without rules).
+pub fn full(table: &ProxyTable, node_ips: &[IpAddr]) -> Value {
+    let mut out = vec![
+        add(obj("table", json!({ "family": "inet", "name": TABLE }))),
+        json!({ "delete": obj("table", json!({ "family": "inet", "name": TABLE })) }),
+    ];
+    out.extend(skeleton());
+    ip_elements(&cluster_ips(table, node_ips), &mut out, "add");
+    for (key, vs) in table {
+        add_service(key, vs, &mut out);
+    }
+    json!({ "nftables": out })
+}
+
+/// A partial sync from `old` (what the kernel holds) to `new`: only virtual
+/// services whose entry differs are rewritten. `None` when nothing changed.
+pub fn partial(old: &ProxyTable, new: &ProxyTable, node_ips: &[IpAddr]) -> Option<Value> {
+    let mut out = Vec::new();
+    for (key, vs) in old {
+        if new.get(key) != Some(vs) {
+            delete_service(key, vs, &mut out);
+        }
+    }
+    let (before, after) = (cluster_ips(old, node_ips), cluster_ips(new, node_ips));
+    ip_elements(
+        &before.difference(&after).copied().collect(),
+        &mut out,
+        "delete",
+    );
+    ip_elements(
+        &after.difference(&before).copied().collect(),
+        &mut out,
+        "add",
+    );
+    for (key, vs) in new {
+        if old.get(key) != Some(vs) {
+            add_service(key, vs, &mut out);
+        }
+    }
+    if out.is_empty() {
+        None
+    } else {
+        Some(json!({ "nftables": out }))
+    }
+}
+
+/// Removes the table (`--cleanup`).
+pub fn cleanup() -> Value {
+    json!({ "nftables": [
+        add(obj("table", json!({ "family": "inet", "name": TABLE }))),
+        { "delete": obj("table", json!({ "family": "inet", "name": TABLE })) },
+    ]})
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn key(ip: &str, port: u16) -> VirtualKey {
+        VirtualKey {
+            ip: ip.parse().unwrap(),
+            protocol: Protocol::Tcp,
+            port,
+        }
+    }
+
+    fn vs(backends: &[&str]) -> VirtualService {
+        VirtualService {
+            backends: backends.iter().map(|b| b.parse().unwrap()).collect(),
+            affinity_timeout: None,
+        }
+    }
+
+    #[test]
+    fn names_encode_the_key() {
+        let k = key("10.96.0.1", 80);
+        assert_eq!(service_chain(&k), "s-0a600001-tcp-80");
+        assert_eq!(
+            endpoint_chain(&k, &"10.244.0.2:8080".parse().unwrap()),
+            "e-0a600001-tcp-80-0af40002-8080"
+        );
+    }
+
+    #[test]
+    fn one_endpoint_change_rewrites_one_service() {
+        let mut a = ProxyTable::new();
+        for i in 1..=50u8 {
+            a.insert(
+                key(&format!("10.96.0.{i}"), 80),
+                vs(&["10.244.0.2:8080", "10.244.0.3:8080"]),
+            );
+        }
+        let mut b = a.clone();
+        b.insert(key("10.96.0.7", 80), vs(&["10.244.0.2:8080"]));
+        let tx = partial(&a, &b, &[]).unwrap().to_string();
+        assert!(tx.contains("s-0a600007-tcp-80"));
+        for other in ["s-0a600006-tcp-80", "s-0a600008-tcp-80"] {
+            assert!(!tx.contains(other), "{other} rewritten");
+        }
+        assert!(partial(&b, &b, &[]).is_none());
+    }
+}
