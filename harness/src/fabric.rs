@@ -11,7 +11,9 @@ use std::time::{Duration, Instant};
 use k8s_openapi::api::core::v1::Pod;
 use kube::api::{Api, DeleteParams, Patch, PatchParams, PostParams};
 
-use crate::cluster::{BRIDGE, LocalCluster, NODE_IP, NODE_NAME, POD_GATEWAY, Running};
+use crate::cluster::{
+    BRIDGE, LocalCluster, NODE_IP, NODE_NAME, POD_GATEWAY, POD_GATEWAY_V6, Running,
+};
 use crate::netns::{NetNs, unique};
 use crate::process::Daemon;
 use crate::{Error, Result};
@@ -111,7 +113,7 @@ impl<'c> PodBuilder<'c> {
             self = self.port("http", 8080);
         }
         let cluster = self.cluster;
-        let ip = cluster.next_pod_ip();
+        let (ip, ip6) = cluster.next_pod_ip();
         let ns = NetNs::create(unique("spp"))?;
         let host_if = unique("spv");
         let node_ns = cluster.node_namespace();
@@ -128,9 +130,36 @@ impl<'c> PodBuilder<'c> {
             ns.name(),
         ])?;
         node_ns.ip(["link", "set", &host_if, "master", BRIDGE, "up"])?;
+        // Hairpin: a Pod may reach itself through a Service.
+        node_ns.ip([
+            "link",
+            "set",
+            &host_if,
+            "type",
+            "bridge_slave",
+            "hairpin",
+            "on",
+        ])?;
         ns.ip(["addr", "add", &format!("{ip}/16"), "dev", "eth0"])?;
+        ns.ip([
+            "-6",
+            "addr",
+            "add",
+            &format!("{ip6}/64"),
+            "dev",
+            "eth0",
+            "nodad",
+        ])?;
         ns.ip(["link", "set", "eth0", "up"])?;
         ns.ip(["route", "add", "default", "via", &POD_GATEWAY.to_string()])?;
+        ns.ip([
+            "-6",
+            "route",
+            "add",
+            "default",
+            "via",
+            &POD_GATEWAY_V6.to_string(),
+        ])?;
 
         let echo_bin = cluster.echo_binary()?;
         let mut args = vec!["--name".to_owned(), self.name.clone()];
@@ -159,15 +188,16 @@ impl<'c> PodBuilder<'c> {
             name: self.name.clone(),
             namespace: self.namespace.clone(),
             ip,
+            ip6,
             cluster,
         };
         pod.wait_listening(&log)?;
-        self.create_object(ip)?;
+        self.create_object(ip, ip6)?;
         pod.set_ready(self.ready)?;
         Ok(pod)
     }
 
-    fn create_object(&self, ip: Ipv4Addr) -> Result<()> {
+    fn create_object(&self, ip: Ipv4Addr, ip6: std::net::Ipv6Addr) -> Result<()> {
         let ports: Vec<_> = self
             .ports
             .iter()
@@ -192,7 +222,7 @@ impl<'c> PodBuilder<'c> {
             "phase": "Running",
             "hostIP": NODE_IP.to_string(),
             "podIP": ip.to_string(),
-            "podIPs": [{ "ip": ip.to_string() }],
+            "podIPs": [{ "ip": ip.to_string() }, { "ip": ip6.to_string() }],
         }});
         let (name, namespace) = (self.name.clone(), self.namespace.clone());
         self.cluster.block_on(|client| async move {
@@ -214,6 +244,7 @@ pub struct PodHandle<'c> {
     name: String,
     namespace: String,
     ip: Ipv4Addr,
+    ip6: std::net::Ipv6Addr,
     cluster: &'c LocalCluster<Running>,
 }
 
@@ -240,9 +271,13 @@ impl PodHandle<'_> {
     pub fn name(&self) -> &str {
         &self.name
     }
-    /// The Pod's IP.
+    /// The Pod's IPv4 address.
     pub fn ip(&self) -> Ipv4Addr {
         self.ip
+    }
+    /// The Pod's IPv6 address.
+    pub fn ip6(&self) -> std::net::Ipv6Addr {
+        self.ip6
     }
     /// The echo server's process id.
     pub fn echo_pid(&self) -> u32 {

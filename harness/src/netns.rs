@@ -91,6 +91,23 @@ impl NetNs {
         run("ip", all)
     }
 
+    /// Sets a sysctl inside the namespace (`net.*` keys are per namespace).
+    pub fn sysctl(&self, key: &str, value: &str) -> Result<()> {
+        let path = format!("/proc/sys/{}", key.replace('.', "/"));
+        let out = self
+            .command("sh")
+            .args(["-c", &format!("echo {value} > {path}")])
+            .output()
+            .map_err(Error::io(format!("setting {key}")))?;
+        if !out.status.success() {
+            return Err(Error::Command {
+                command: format!("sysctl {key}={value}"),
+                stderr: String::from_utf8_lossy(&out.stderr).into(),
+            });
+        }
+        Ok(())
+    }
+
     /// A command that runs `program` inside the namespace (`ip netns exec`,
     /// which also bind-mounts `/etc/netns/<ns>/*` over `/etc`).
     pub fn command(&self, program: impl AsRef<OsStr>) -> Command {

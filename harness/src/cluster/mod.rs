@@ -26,6 +26,11 @@ pub use workdir::WorkDir;
 
 /// The ClusterIP range given to kube-apiserver.
 pub const SERVICE_CIDR: &str = "10.96.0.0/16";
+/// The IPv6 ClusterIP range (the cluster is dual-stack).
+pub const SERVICE_CIDR_V6: &str = "fd00:10:96::/112";
+/// The pod bridge's IPv6 address; Pods get addresses from fd00:10:244::/64.
+pub const POD_GATEWAY_V6: std::net::Ipv6Addr =
+    std::net::Ipv6Addr::new(0xfd00, 0x10, 0x244, 0, 0, 0, 0, 1);
 /// The node's address inside its namespace (its InternalIP).
 pub const NODE_IP: Ipv4Addr = Ipv4Addr::new(10, 0, 0, 1);
 /// The pod bridge's address; Pods get addresses from 10.244.0.0/16.
@@ -134,7 +139,27 @@ impl LocalCluster<Stopped> {
         ns.ip(["link", "set", "node0", "up"])?;
         ns.ip(["link", "add", BRIDGE, "type", "bridge"])?;
         ns.ip(["addr", "add", &format!("{POD_GATEWAY}/16"), "dev", BRIDGE])?;
+        ns.ip([
+            "-6",
+            "addr",
+            "add",
+            &format!("{POD_GATEWAY_V6}/64"),
+            "dev",
+            BRIDGE,
+            "nodad",
+        ])?;
         ns.ip(["link", "set", BRIDGE, "up"])?;
+        // A node routes for its Pods, and bridged Pod traffic passes the IP
+        // hooks (so a proxy's DNAT sees replies between Pods on the bridge).
+        ns.sysctl("net.ipv4.ip_forward", "1")?;
+        ns.sysctl("net.ipv6.conf.all.forwarding", "1")?;
+        ns.sysctl("net.bridge.bridge-nf-call-iptables", "1")?;
+        ns.sysctl("net.bridge.bridge-nf-call-ip6tables", "1")?;
+        // Stand-in for a node's default route: ClusterIP traffic that no
+        // proxy translated is delivered locally (and rejected by the proxy's
+        // input rules) instead of failing routing. Nothing leaves the namespace.
+        ns.ip(["route", "add", "local", SERVICE_CIDR, "dev", "lo"])?;
+        ns.ip(["-6", "route", "add", "local", SERVICE_CIDR_V6, "dev", "lo"])?;
 
         let pki_dir = dir.path().join("pki");
         std::fs::create_dir_all(&pki_dir).map_err(Error::io("creating pki dir"))?;
@@ -172,7 +197,7 @@ impl LocalCluster<Stopped> {
             "--service-account-issuer=https://kubernetes.default.svc.cluster.local".into(),
             format!("--service-account-key-file={}", s(&pki.sa_pub)),
             format!("--service-account-signing-key-file={}", s(&pki.sa_key)),
-            format!("--service-cluster-ip-range={SERVICE_CIDR}"),
+            format!("--service-cluster-ip-range={SERVICE_CIDR},{SERVICE_CIDR_V6}"),
             "--authorization-mode=RBAC".into(),
             // No kubelet or service-account controller runs: Pods are plain API objects.
             "--disable-admission-plugins=ServiceAccount".into(),
@@ -342,16 +367,27 @@ impl LocalCluster<Running> {
             })
     }
 
-    /// The next Pod address: 10.244.x.y, skipping the gateway.
-    pub(crate) fn next_pod_ip(&self) -> Ipv4Addr {
+    /// The next Pod addresses: 10.244.x.y and fd00:10:244::n, skipping the gateway.
+    pub(crate) fn next_pod_ip(&self) -> (Ipv4Addr, std::net::Ipv6Addr) {
         let n = self.state.next_pod.fetch_add(1, Ordering::Relaxed);
         let host = n + 2;
-        Ipv4Addr::new(
+        let v4 = Ipv4Addr::new(
             10,
             244,
             u8::try_from(host / 250).unwrap_or(255),
             u8::try_from(host % 250).unwrap_or(0) + 1,
-        )
+        );
+        let v6 = std::net::Ipv6Addr::new(
+            0xfd00,
+            0x10,
+            0x244,
+            0,
+            0,
+            0,
+            0,
+            u16::try_from(host).unwrap_or(u16::MAX),
+        );
+        (v4, v6)
     }
 
     /// The work directory.

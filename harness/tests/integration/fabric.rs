@@ -30,6 +30,9 @@ fn a_client_pod_reaches_a_server_pod_over_tcp_and_udp() {
     let timeout = Duration::from_secs(5);
     assert_eq!(client.tcp_request(to, timeout).unwrap(), "voyager-0");
     assert_eq!(client.udp_request(to, timeout).unwrap(), "voyager-0");
+    let to6 = SocketAddr::from((server.ip6(), 8080));
+    assert_eq!(client.tcp_request(to6, timeout).unwrap(), "voyager-0");
+    assert_eq!(client.udp_request(to6, timeout).unwrap(), "voyager-0");
     // And the other way round, so the reply is not a constant.
     let back = SocketAddr::from((client.ip(), 8080));
     assert_eq!(server.tcp_request(back, timeout).unwrap(), "enterprise-0");
