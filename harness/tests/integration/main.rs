@@ -5,6 +5,7 @@
 mod cluster;
 mod endpoints;
 mod fabric;
+mod proxy_nft;
 
 use std::path::PathBuf;
 

@@ -5,7 +5,10 @@
 //! exactly those transactions to answer "where does this packet go", and
 //! [`sink`] applies them to the kernel and reads them back.
 
+pub mod controller;
+pub mod metrics;
 pub mod nft;
+pub mod observed;
 pub mod sink;
 pub mod tracer;
 

@@ -356,6 +356,17 @@ pub fn partial(old: &ProxyTable, new: &ProxyTable, node_ips: &[IpAddr]) -> Optio
     }
 }
 
+/// The table as the data plane holds it: a rejecting entry carries no
+/// affinity (there is no backend to stick to).
+pub fn normalize(mut table: ProxyTable) -> ProxyTable {
+    for vs in table.values_mut() {
+        if vs.rejects() {
+            vs.affinity_timeout = None;
+        }
+    }
+    table
+}
+
 /// Removes the table (`--cleanup`).
 pub fn cleanup() -> Value {
     json!({ "nftables": [

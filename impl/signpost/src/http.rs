@@ -5,7 +5,6 @@
 use std::net::SocketAddr;
 use std::sync::Arc;
 
-use signpost_endpoints::metrics::Metrics;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpListener;
 use tokio::task::JoinHandle;
@@ -13,7 +12,7 @@ use tokio::task::JoinHandle;
 /// Binds and serves in the background.
 pub async fn serve(
     addr: SocketAddr,
-    metrics: Arc<Metrics>,
+    metrics: Arc<dyn Fn() -> String + Send + Sync>,
 ) -> std::io::Result<JoinHandle<std::io::Result<()>>> {
     let listener = TcpListener::bind(addr).await?;
     Ok(tokio::spawn(async move {
@@ -33,7 +32,7 @@ pub async fn serve(
                     .and_then(|l| l.split_whitespace().nth(1));
                 let (status, body) = match path {
                     Some("/healthz") | Some("/readyz") => ("200 OK", "ok\n".to_owned()),
-                    Some("/metrics") => ("200 OK", metrics.render()),
+                    Some("/metrics") => ("200 OK", metrics()),
                     Some(_) => ("404 Not Found", "not found\n".to_owned()),
                     None => ("400 Bad Request", "bad request\n".to_owned()),
                 };

@@ -1,5 +1,6 @@
-//! `signpost`: one binary for Signpost's cluster components. Today:
-//! `signpost endpoints`, the EndpointSlice controller.
+//! `signpost`: one binary for Signpost's cluster components:
+//! `signpost endpoints` (the EndpointSlice controller) and
+//! `signpost proxy --mode nftables` (the service proxy).
 
 mod http;
 
@@ -50,6 +51,30 @@ enum Command {
         #[arg(long, default_value = "127.0.0.1:10280")]
         metrics_addr: SocketAddr,
     },
+    /// Run the service proxy on this node.
+    Proxy {
+        /// The data plane.
+        #[arg(long, value_enum, default_value = "nftables")]
+        mode: ProxyMode,
+        /// This node's name (default: the hostname).
+        #[arg(long)]
+        node_name: Option<String>,
+        /// Remove everything Signpost programmed and exit.
+        #[arg(long)]
+        cleanup: bool,
+        /// Seconds between read-back-and-repair resyncs.
+        #[arg(long, default_value_t = 60)]
+        resync_secs: u64,
+        /// Address for /healthz and /metrics.
+        #[arg(long, default_value = "127.0.0.1:10281")]
+        metrics_addr: SocketAddr,
+    },
+}
+
+#[derive(Clone, Copy, clap::ValueEnum)]
+enum ProxyMode {
+    /// nftables (one `inet signpost` table).
+    Nftables,
 }
 
 async fn client(kubeconfig: Option<PathBuf>) -> anyhow::Result<kube::Client> {
@@ -91,12 +116,48 @@ async fn main() -> anyhow::Result<()> {
                 lease_duration: Duration::from_secs(lease_duration),
                 debounce: Duration::from_millis(debounce_ms),
             };
-            let server = http::serve(metrics_addr, metrics.clone()).await?;
+            let render = metrics.clone();
+            let server = http::serve(metrics_addr, Arc::new(move || render.render())).await?;
             tracing::info!(%metrics_addr, identity = %cfg.identity, "signpost endpoints starting");
             tokio::select! {
                 r = signpost_endpoints::run(client, cfg, metrics) => r.context("endpoints controller stopped")?,
                 r = server => r.context("metrics server panicked")?.context("metrics server stopped")?,
                 _ = shutdown() => tracing::info!("shutting down"),
+            }
+        }
+        Command::Proxy {
+            mode: ProxyMode::Nftables,
+            node_name,
+            cleanup,
+            resync_secs,
+            metrics_addr,
+        } => {
+            if cleanup {
+                // Removing a table that is not there is not an error.
+                if signpost_proxy::sink::list()?.is_some() {
+                    signpost_proxy::sink::apply(&signpost_proxy::nft::cleanup())?;
+                }
+                tracing::info!("removed table inet {}", signpost_proxy::TABLE);
+                return Ok(());
+            }
+            let node_name = match node_name {
+                Some(n) => n,
+                None => std::fs::read_to_string("/proc/sys/kernel/hostname")?
+                    .trim()
+                    .to_owned(),
+            };
+            let client = client(cli.kubeconfig).await?;
+            let metrics = Arc::new(signpost_proxy::metrics::Metrics::default());
+            let render = metrics.clone();
+            let server = http::serve(metrics_addr, Arc::new(move || render.render())).await?;
+            let cfg = signpost_proxy::controller::Config {
+                node_name,
+                resync: Duration::from_secs(resync_secs),
+            };
+            tokio::select! {
+                r = signpost_proxy::controller::run(client, cfg, metrics) => r.context("proxy stopped")?,
+                r = server => r.context("metrics server panicked")?.context("metrics server stopped")?,
+                _ = shutdown() => tracing::info!("shutting down; rules stay in the kernel"),
             }
         }
     }

@@ -1,0 +1,398 @@
+//! `signpost proxy --mode nftables` on this machine's kernel: real TCP and
+//! UDP connections from a client Pod through IPv4 and IPv6 ClusterIPs land
+//! only on the oracle's backends; affinity holds; ports without endpoints
+//! and unknown ports are refused; the listed ruleset equals the oracle's
+//! table; a restart keeps every connection working; `--cleanup` removes the table.
+
+use std::collections::BTreeSet;
+use std::io::ErrorKind;
+use std::net::{IpAddr, SocketAddr};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::time::{Duration, Instant};
+
+use k8s_openapi::api::core::v1::{Node as KNode, Service as KService};
+use k8s_openapi::api::discovery::v1::EndpointSlice as KSlice;
+use kube::api::{Api, ListParams, PostParams};
+use serde_json::json;
+use signpost_harness::process::{Daemon, workspace_binary};
+use signpost_harness::{Error, LocalCluster, PodHandle, Running};
+use signpost_model::cluster::{EndpointSlice, Node, ProxyTable, Service};
+use signpost_model::spec::proxy_table;
+
+use crate::{echo_bin, require_rig};
+
+fn signpost(cluster: &LocalCluster<Running>, name: &str, args: &[&str]) -> Daemon {
+    let bin = workspace_binary("signpost").expect("the signpost binary");
+    let mut all = vec![format!("--kubeconfig={}", cluster.kubeconfig().display())];
+    all.extend(args.iter().map(|a| (*a).to_owned()));
+    Daemon::spawn(
+        cluster.node_namespace(),
+        name,
+        &bin,
+        &all,
+        cluster.logs().join(format!("{name}.log")),
+    )
+    .unwrap()
+}
+
+fn create_service(
+    cluster: &LocalCluster<Running>,
+    name: &str,
+    app: &str,
+    affinity: bool,
+) -> (IpAddr, Option<IpAddr>) {
+    let mut spec = json!({
+        "selector": { "app": app },
+        "ipFamilyPolicy": "PreferDualStack",
+        "ports": [
+            { "name": "http", "port": 80, "targetPort": 8080, "protocol": "TCP" },
+            { "name": "echo-udp", "port": 53, "targetPort": 8080, "protocol": "UDP" },
+        ],
+    });
+    if affinity {
+        spec["sessionAffinity"] = json!("ClientIP");
+    }
+    let svc: KService =
+        serde_json::from_value(json!({ "metadata": { "name": name }, "spec": spec })).unwrap();
+    let ips = cluster
+        .block_on(|client| async move {
+            let api: Api<KService> = Api::namespaced(client, "default");
+            api.create(&PostParams::default(), &svc)
+                .await
+                .unwrap()
+                .spec
+                .unwrap()
+                .cluster_ips
+                .unwrap()
+        })
+        .unwrap();
+    let parsed: Vec<IpAddr> = ips.iter().map(|s| s.parse().unwrap()).collect();
+    (parsed[0], parsed.get(1).copied())
+}
+
+/// The oracle's table for node-a over what the API server holds.
+fn oracle(cluster: &LocalCluster<Running>) -> ProxyTable {
+    cluster
+        .block_on(|client| async move {
+            let svcs = Api::<KService>::all(client.clone())
+                .list(&ListParams::default())
+                .await
+                .unwrap();
+            let slices = Api::<KSlice>::all(client.clone())
+                .list(&ListParams::default())
+                .await
+                .unwrap();
+            let node = Api::<KNode>::all(client).get("node-a").await.unwrap();
+            let svcs: Vec<Service> = svcs
+                .items
+                .iter()
+                .filter_map(|s| Service::try_from(s).ok())
+                .collect();
+            let slices: Vec<EndpointSlice> = slices
+                .items
+                .iter()
+                .filter_map(|s| EndpointSlice::try_from(s).ok())
+                .collect();
+            let refs: Vec<&EndpointSlice> = slices.iter().collect();
+            signpost_proxy::nft::normalize(proxy_table(
+                &svcs,
+                &refs,
+                &Node::try_from(&node).unwrap(),
+            ))
+        })
+        .unwrap()
+}
+
+/// What the kernel holds, read back from `nft -j list`.
+fn kernel(cluster: &LocalCluster<Running>) -> Option<ProxyTable> {
+    let out = cluster
+        .node_namespace()
+        .command("nft")
+        .args(["-j", "list", "table", "inet", "signpost"])
+        .output()
+        .unwrap();
+    if !out.status.success() {
+        return None;
+    }
+    let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    Some(signpost_proxy::observed::table(Some(&v)))
+}
+
+/// Waits until the kernel holds the oracle's table and that table shows
+/// `expected` (so an intermediate state both agree on does not count).
+fn converge(cluster: &LocalCluster<Running>, expected: impl Fn(&ProxyTable) -> bool) -> ProxyTable {
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        let want = oracle(cluster);
+        let have = kernel(cluster);
+        if have.as_ref() == Some(&want) && expected(&want) {
+            return want;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "kernel {have:#?}\n!= oracle {want:#?}\nlogs in {}",
+            cluster.logs().display()
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    }
+}
+
+fn backends(t: &ProxyTable, ip: IpAddr, port: u16) -> usize {
+    t.iter()
+        .filter(|(k, _)| k.ip == ip && k.port == port)
+        .map(|(_, v)| v.backends.len())
+        .sum()
+}
+
+fn replies(from: &PodHandle<'_>, to: SocketAddr, n: usize, udp: bool) -> BTreeSet<String> {
+    (0..n)
+        .map(|_| {
+            let r = if udp {
+                from.udp_request(to, Duration::from_secs(3))
+            } else {
+                from.tcp_request(to, Duration::from_secs(3))
+            };
+            r.unwrap_or_else(|e| panic!("{to}: {e}"))
+        })
+        .collect()
+}
+
+fn refused(from: &PodHandle<'_>, to: SocketAddr) -> bool {
+    match from.tcp_request(to, Duration::from_secs(3)) {
+        Err(Error::Io { source, .. }) => source.kind() == ErrorKind::ConnectionRefused,
+        _ => false,
+    }
+}
+
+fn set(names: &[&str]) -> BTreeSet<String> {
+    names.iter().map(|s| (*s).to_owned()).collect()
+}
+
+#[test]
+fn nftables_proxy_routes_real_connections_over_ipv4_and_ipv6() {
+    require_rig!();
+    let cluster = LocalCluster::new("nft")
+        .unwrap()
+        .echo_binary(echo_bin())
+        .start()
+        .unwrap();
+    let _eps = signpost(
+        &cluster,
+        "signpost-endpoints",
+        &["endpoints", "--metrics-addr=127.0.0.1:10280"],
+    );
+    let _proxy = signpost(
+        &cluster,
+        "signpost-proxy",
+        &[
+            "proxy",
+            "--mode=nftables",
+            "--node-name=node-a",
+            "--metrics-addr=127.0.0.1:10281",
+        ],
+    );
+    let v0 = cluster
+        .pod("voyager-0")
+        .label("app", "voy")
+        .start()
+        .unwrap();
+    let v1 = cluster
+        .pod("voyager-1")
+        .label("app", "voy")
+        .start()
+        .unwrap();
+    let client = cluster
+        .pod("enterprise-0")
+        .label("app", "ent")
+        .start()
+        .unwrap();
+    let (voy4, voy6) = create_service(&cluster, "voy", "voy", false);
+    let (aff4, _) = create_service(&cluster, "aff", "voy", true);
+    let (empty4, empty6) = create_service(&cluster, "empty", "nobody", false);
+    let voy6 = voy6.expect("a dual-stack Service gets an IPv6 ClusterIP");
+    let table = converge(&cluster, |t| {
+        backends(t, voy4, 80) == 2 && backends(t, voy6, 80) == 2 && backends(t, aff4, 80) == 2
+    });
+    assert!(table.len() >= 10, "{table:#?}");
+
+    let both = set(&["voyager-0", "voyager-1"]);
+    assert_eq!(
+        replies(&client, SocketAddr::new(voy4, 80), 40, false),
+        both,
+        "TCP over IPv4"
+    );
+    assert_eq!(
+        replies(&client, SocketAddr::new(voy4, 53), 40, true),
+        both,
+        "UDP over IPv4"
+    );
+    assert_eq!(
+        replies(&client, SocketAddr::new(voy6, 80), 40, false),
+        both,
+        "TCP over IPv6"
+    );
+    assert_eq!(
+        replies(&client, SocketAddr::new(voy6, 53), 40, true),
+        both,
+        "UDP over IPv6"
+    );
+    assert_eq!(
+        replies(&client, SocketAddr::new(aff4, 80), 15, false).len(),
+        1,
+        "ClientIP affinity"
+    );
+    // Hairpin: a backend reaching its own Service.
+    assert!(replies(&v0, SocketAddr::new(voy4, 80), 20, false).is_subset(&both));
+    // No endpoints, and a port the Service does not have: refused, not dropped.
+    assert!(
+        refused(&client, SocketAddr::new(empty4, 80)),
+        "no endpoints → reject"
+    );
+    assert!(
+        refused(&client, SocketAddr::new(empty6.unwrap(), 80)),
+        "no endpoints → reject (IPv6)"
+    );
+    assert!(
+        refused(&client, SocketAddr::new(voy4, 81)),
+        "unknown port → reject"
+    );
+
+    // Steps: readiness and termination move traffic as the oracle says.
+    v0.set_ready(false).unwrap();
+    converge(&cluster, |t| backends(t, voy4, 80) == 1);
+    assert_eq!(
+        replies(&client, SocketAddr::new(voy4, 80), 20, false),
+        set(&["voyager-1"])
+    );
+    v1.terminate().unwrap();
+    let v1_ip = SocketAddr::new(IpAddr::V4(v1.ip()), 8080);
+    converge(&cluster, |t| {
+        t.iter()
+            .any(|(k, v)| k.ip == voy4 && k.port == 80 && v.backends.contains(&v1_ip))
+    });
+    assert_eq!(
+        replies(&client, SocketAddr::new(voy4, 80), 20, false),
+        set(&["voyager-1"]),
+        "serving-terminating fallback"
+    );
+    v1.set_ready(false).unwrap();
+    converge(&cluster, |t| backends(t, voy4, 80) == 0);
+    assert!(
+        refused(&client, SocketAddr::new(voy4, 80)),
+        "nothing usable → reject"
+    );
+    v0.set_ready(true).unwrap();
+    converge(&cluster, |t| backends(t, voy6, 80) == 1);
+    assert_eq!(
+        replies(&client, SocketAddr::new(voy6, 80), 20, false),
+        set(&["voyager-0"])
+    );
+}
+
+#[test]
+fn a_proxy_restart_keeps_every_connection_and_cleanup_removes_the_table() {
+    require_rig!();
+    let cluster = LocalCluster::new("nft-restart")
+        .unwrap()
+        .echo_binary(echo_bin())
+        .start()
+        .unwrap();
+    let _eps = signpost(
+        &cluster,
+        "signpost-endpoints",
+        &["endpoints", "--metrics-addr=127.0.0.1:10280"],
+    );
+    let mut proxy = signpost(
+        &cluster,
+        "signpost-proxy-1",
+        &[
+            "proxy",
+            "--mode=nftables",
+            "--node-name=node-a",
+            "--metrics-addr=127.0.0.1:10281",
+        ],
+    );
+    let _v0 = cluster
+        .pod("voyager-0")
+        .label("app", "voy")
+        .start()
+        .unwrap();
+    let _v1 = cluster
+        .pod("voyager-1")
+        .label("app", "voy")
+        .start()
+        .unwrap();
+    let client = cluster
+        .pod("enterprise-0")
+        .label("app", "ent")
+        .start()
+        .unwrap();
+    let (voy4, _) = create_service(&cluster, "voy", "voy", false);
+    let before = converge(&cluster, |t| backends(t, voy4, 80) == 2);
+
+    let t0 = Instant::now();
+    let stop = Arc::new(AtomicBool::new(false));
+    let (ok, failed) = (Arc::new(AtomicU64::new(0)), Arc::new(AtomicU64::new(0)));
+    std::thread::scope(|s| {
+        let (stop2, ok2, failed2, client) = (stop.clone(), ok.clone(), failed.clone(), &client);
+        s.spawn(move || {
+            while !stop2.load(Ordering::Relaxed) {
+                match client.tcp_request(SocketAddr::new(voy4, 80), Duration::from_secs(2)) {
+                    Ok(_) => ok2.fetch_add(1, Ordering::Relaxed),
+                    Err(e) => {
+                        eprintln!("{:.3}s connection failed: {e}", t0.elapsed().as_secs_f64());
+                        failed2.fetch_add(1, Ordering::Relaxed)
+                    }
+                };
+                std::thread::sleep(Duration::from_millis(10));
+            }
+        });
+        std::thread::sleep(Duration::from_millis(500));
+        eprintln!("{:.3}s killing the proxy", t0.elapsed().as_secs_f64());
+        proxy.kill();
+        std::thread::sleep(Duration::from_millis(1000));
+        eprintln!("{:.3}s restarting the proxy", t0.elapsed().as_secs_f64());
+        proxy = signpost(
+            &cluster,
+            "signpost-proxy-2",
+            &[
+                "proxy",
+                "--mode=nftables",
+                "--node-name=node-a",
+                "--metrics-addr=127.0.0.1:10282",
+            ],
+        );
+        std::thread::sleep(Duration::from_millis(2500));
+        stop.store(true, Ordering::Relaxed);
+    });
+    let (ok, failed) = (ok.load(Ordering::Relaxed), failed.load(Ordering::Relaxed));
+    eprintln!("across the restart: {ok} connections succeeded, {failed} failed");
+    assert!(ok > 50, "too few connections ({ok}) to mean anything");
+    assert_eq!(failed, 0, "connections failed across the restart");
+    let after = converge(&cluster, |t| backends(t, voy4, 80) == 2);
+    let voy = |t: &ProxyTable| {
+        t.iter()
+            .filter(|(k, _)| k.ip == voy4)
+            .map(|(k, v)| (*k, v.clone()))
+            .collect::<Vec<_>>()
+    };
+    assert_eq!(voy(&after), voy(&before));
+    let log = std::fs::read_to_string(cluster.logs().join("signpost-proxy-2.log")).unwrap();
+    assert!(log.contains("adopted"), "{log}");
+    drop(proxy);
+
+    let bin = workspace_binary("signpost").unwrap();
+    let out = cluster
+        .node_namespace()
+        .command(&bin)
+        .args(["proxy", "--cleanup"])
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(kernel(&cluster).is_none(), "--cleanup left the table");
+}

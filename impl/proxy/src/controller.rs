@@ -1,0 +1,218 @@
+//! The proxy's I/O shell: reflectors for Services, EndpointSlices and this
+//! Node feed one loop that computes the oracle's table for this node and
+//! applies the difference from what the kernel holds (PXY-8). At start the
+//! kernel's table is read back, so a restart rewrites nothing that is right.
+
+use std::collections::HashSet;
+use std::net::IpAddr;
+use std::sync::Arc;
+use std::sync::atomic::Ordering;
+use std::time::{Duration, Instant};
+
+use futures::StreamExt;
+use k8s_openapi::api::core::v1::{Node as KNode, Service as KService};
+use k8s_openapi::api::discovery::v1::EndpointSlice as KSlice;
+use kube::api::Api;
+use kube::runtime::reflector::{self, Store};
+use kube::runtime::{WatchStreamExt, watcher};
+use kube::{Client, ResourceExt};
+use signpost_model::cluster::{EndpointSlice, Node, ProxyTable, Service};
+use signpost_model::spec::proxy_table;
+use tracing::{info, warn};
+
+use crate::metrics::Metrics;
+use crate::{nft, observed, sink};
+
+/// How the proxy runs.
+#[derive(Debug, Clone)]
+pub struct Config {
+    /// This node's name.
+    pub node_name: String,
+    /// Period of the read-back-and-repair resync.
+    pub resync: Duration,
+}
+
+/// Errors that stop the proxy.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum Error {
+    /// A kernel transaction failed even after a full resync.
+    #[error(transparent)]
+    Sink(#[from] sink::Error),
+}
+
+fn stream<K>(
+    api: Api<K>,
+    wc: watcher::Config,
+    label: &'static str,
+) -> (Store<K>, futures::stream::BoxStream<'static, &'static str>)
+where
+    K: kube::Resource<DynamicType = ()>
+        + Clone
+        + serde::de::DeserializeOwned
+        + std::fmt::Debug
+        + Send
+        + Sync
+        + 'static,
+{
+    let (store, writer) = reflector::store();
+    let s = reflector::reflector(writer, watcher(api, wc).default_backoff())
+        .filter_map(move |ev| async move {
+            match ev {
+                Ok(watcher::Event::InitDone) => Some(label),
+                Ok(watcher::Event::Apply(_) | watcher::Event::Delete(_)) => Some("change"),
+                Ok(_) => None,
+                Err(e) => {
+                    warn!(kind = label, error = %e, "watch failed; retrying with backoff");
+                    None
+                }
+            }
+        })
+        .boxed();
+    (store, s)
+}
+
+/// The desired table from the caches (invalid objects are skipped and counted).
+fn desired(
+    services: &Store<KService>,
+    slices: &Store<KSlice>,
+    node: &Node,
+    metrics: &Metrics,
+) -> ProxyTable {
+    let mut svcs = Vec::new();
+    for s in services.state() {
+        match Service::try_from(&*s) {
+            Ok(s) => svcs.push(s),
+            Err(e) => {
+                metrics.invalid_objects.fetch_add(1, Ordering::Relaxed);
+                warn!(service = %s.name_any(), error = %e, "skipping invalid Service");
+            }
+        }
+    }
+    let mut sls = Vec::new();
+    for s in slices.state() {
+        match EndpointSlice::try_from(&*s) {
+            Ok(s) => sls.push(s),
+            Err(e) => {
+                metrics.invalid_objects.fetch_add(1, Ordering::Relaxed);
+                warn!(slice = %s.name_any(), error = %e, "skipping invalid EndpointSlice");
+            }
+        }
+    }
+    let refs: Vec<&EndpointSlice> = sls.iter().collect();
+    nft::normalize(proxy_table(&svcs, &refs, node))
+}
+
+/// Applies `want` over what the kernel holds (`have`): a partial sync, or a
+/// full one when there is no table yet or a partial sync was refused.
+pub fn sync(
+    have: &mut Option<ProxyTable>,
+    want: &ProxyTable,
+    node_ips: &[IpAddr],
+    metrics: &Metrics,
+) -> Result<(), sink::Error> {
+    let started = Instant::now();
+    let result = match have.as_ref() {
+        Some(old) => match nft::partial(old, want, node_ips) {
+            None => Ok(()),
+            Some(tx) => {
+                let changed = old.iter().filter(|(k, v)| want.get(k) != Some(v)).count()
+                    + want.keys().filter(|k| !old.contains_key(k)).count();
+                match sink::apply(&tx) {
+                    Ok(()) => {
+                        metrics.partial_syncs.fetch_add(1, Ordering::Relaxed);
+                        metrics
+                            .services_rewritten
+                            .fetch_add(u64::try_from(changed).unwrap_or(0), Ordering::Relaxed);
+                        Ok(())
+                    }
+                    Err(e) => {
+                        metrics.errors.fetch_add(1, Ordering::Relaxed);
+                        warn!(error = %e, "partial sync refused; doing a full sync");
+                        sink::apply(&nft::full(want, node_ips)).inspect(|()| {
+                            metrics.full_syncs.fetch_add(1, Ordering::Relaxed);
+                        })
+                    }
+                }
+            }
+        },
+        None => sink::apply(&nft::full(want, node_ips)).inspect(|()| {
+            metrics.full_syncs.fetch_add(1, Ordering::Relaxed);
+        }),
+    };
+    match result {
+        Ok(()) => {
+            *have = Some(want.clone());
+            metrics.observe_sync(started.elapsed());
+            Ok(())
+        }
+        Err(e) => {
+            metrics.errors.fetch_add(1, Ordering::Relaxed);
+            *have = None;
+            Err(e)
+        }
+    }
+}
+
+/// Runs the proxy until its watches end.
+pub async fn run(client: Client, cfg: Config, metrics: Arc<Metrics>) -> Result<(), Error> {
+    let wc = watcher::Config::default();
+    let (services, s1) = stream(Api::<KService>::all(client.clone()), wc.clone(), "services");
+    let (slices, s2) = stream(
+        Api::<KSlice>::all(client.clone()),
+        wc.clone(),
+        "endpointslices",
+    );
+    let (nodes, s3) = stream(
+        Api::<KNode>::all(client.clone()),
+        wc.fields(&format!("metadata.name={}", cfg.node_name)),
+        "nodes",
+    );
+    let ticks = futures::stream::unfold((), move |()| async move {
+        tokio::time::sleep(cfg.resync).await;
+        Some(("resync", ()))
+    })
+    .boxed();
+    let mut events = futures::stream::select_all([s1, s2, s3, ticks]);
+    // PROTO-3, PXY-8: adopt what the kernel holds instead of flushing it.
+    let listing = sink::list()?;
+    let mut have = listing.as_ref().map(|l| observed::table(Some(l)));
+    info!(node = %cfg.node_name, adopted = have.as_ref().map_or(0, |t| t.len()), "signpost proxy (nftables) starting");
+    let mut synced: HashSet<&'static str> = HashSet::new();
+    while let Some(first) = events.next().await {
+        let mut batch = vec![first];
+        while let Some(Some(ev)) = events.next().now_or_never() {
+            batch.push(ev);
+        }
+        for ev in &batch {
+            if matches!(*ev, "services" | "endpointslices" | "nodes") {
+                synced.insert(ev);
+            }
+            if *ev == "resync" {
+                // Repair drift: plan against what the kernel really holds.
+                have = sink::list()?.as_ref().map(|l| observed::table(Some(l)));
+            }
+        }
+        if synced.len() < 3 {
+            continue;
+        }
+        let node = nodes
+            .state()
+            .first()
+            .and_then(|n| Node::try_from(&**n).ok())
+            .unwrap_or(Node {
+                name: cfg.node_name.clone(),
+                addresses: Vec::new(),
+                zone: None,
+            });
+        let want = desired(&services, &slices, &node, &metrics);
+        if let Err(e) = sync(&mut have, &want, &node.addresses, &metrics) {
+            warn!(error = %e, "sync failed; will retry with a full sync");
+            tokio::time::sleep(Duration::from_millis(200)).await;
+            sync(&mut have, &want, &node.addresses, &metrics)?;
+        }
+    }
+    Ok(())
+}
+
+use futures::FutureExt;

@@ -1,0 +1,142 @@
+//! Reads Signpost's table back from `nft -j list table inet signpost` into a
+//! [`ProxyTable`] (PXY-8): the map elements name the virtual addresses, the
+//! service chains' numgen maps name the endpoint chains, whose DNAT rules
+//! name the backends; affinity comes from the endpoint sets' timeouts. So a
+//! restarted proxy plans against what the kernel really holds.
+
+use std::collections::BTreeMap;
+use std::net::{IpAddr, SocketAddr};
+
+use serde_json::Value;
+use signpost_model::cluster::{Protocol, ProxyTable, VirtualKey, VirtualService};
+
+fn protocol(s: &str) -> Option<Protocol> {
+    match s {
+        "tcp" => Some(Protocol::Tcp),
+        "udp" => Some(Protocol::Udp),
+        "sctp" => Some(Protocol::Sctp),
+        _ => None,
+    }
+}
+
+fn key(v: &Value) -> Option<VirtualKey> {
+    let parts = v.get("concat").and_then(Value::as_array)?;
+    let ip: IpAddr = parts.first()?.as_str()?.parse().ok()?;
+    let protocol = protocol(parts.get(1)?.as_str()?)?;
+    let port = u16::try_from(parts.get(2)?.as_u64()?).ok()?;
+    Some(VirtualKey { ip, protocol, port })
+}
+
+fn elems(obj: &Value) -> Vec<Value> {
+    obj.get("elem")
+        .and_then(Value::as_array)
+        .cloned()
+        .unwrap_or_default()
+}
+
+/// The table a listing describes; `None` for no listing (no table).
+pub fn table(listing: Option<&Value>) -> ProxyTable {
+    let mut out = ProxyTable::new();
+    let Some(items) = listing
+        .and_then(|l| l.get("nftables"))
+        .and_then(Value::as_array)
+    else {
+        return out;
+    };
+    let mut rules: BTreeMap<String, Vec<Value>> = BTreeMap::new();
+    let mut set_timeouts: BTreeMap<String, u32> = BTreeMap::new();
+    let mut service_chains: Vec<(VirtualKey, String)> = Vec::new();
+    for item in items {
+        if let Some(r) = item.get("rule") {
+            let chain = r
+                .get("chain")
+                .and_then(Value::as_str)
+                .unwrap_or_default()
+                .to_owned();
+            rules
+                .entry(chain)
+                .or_default()
+                .push(r.get("expr").cloned().unwrap_or(Value::Null));
+        } else if let Some(m) = item.get("map") {
+            if m.get("name")
+                .and_then(Value::as_str)
+                .is_some_and(|n| n.starts_with("service-ips-"))
+            {
+                for e in elems(m) {
+                    let pair = e.as_array().cloned().unwrap_or_default();
+                    if let (Some(k), Some(target)) = (
+                        pair.first().and_then(key),
+                        pair.get(1)
+                            .and_then(|v| v.pointer("/goto/target"))
+                            .and_then(Value::as_str),
+                    ) {
+                        service_chains.push((k, target.to_owned()));
+                    }
+                }
+            }
+        } else if let Some(s) = item.get("set") {
+            let name = s.get("name").and_then(Value::as_str).unwrap_or_default();
+            if name.starts_with("rejecting-") {
+                for e in elems(s) {
+                    let e = e
+                        .get("elem")
+                        .and_then(|x| x.get("val"))
+                        .unwrap_or(&e)
+                        .clone();
+                    if let Some(k) = key(&e) {
+                        out.insert(k, VirtualService::default());
+                    }
+                }
+            } else if name.starts_with("a-") {
+                if let Some(t) = s.get("timeout").and_then(Value::as_u64) {
+                    set_timeouts.insert(name.to_owned(), u32::try_from(t).unwrap_or(u32::MAX));
+                }
+            }
+        }
+    }
+    for (k, chain) in service_chains {
+        let mut vs = VirtualService::default();
+        for expr in rules.get(&chain).into_iter().flatten() {
+            let expr = expr.as_array().cloned().unwrap_or_default();
+            for e in &expr {
+                if let Some(set) = e
+                    .pointer("/match/right")
+                    .and_then(Value::as_str)
+                    .and_then(|s| s.strip_prefix('@'))
+                {
+                    vs.affinity_timeout = set_timeouts.get(set).copied().or(vs.affinity_timeout);
+                }
+                if let Some(choices) = e.pointer("/vmap/data/set").and_then(Value::as_array) {
+                    for c in choices {
+                        let Some(ep) = c
+                            .get(1)
+                            .and_then(|v| v.pointer("/goto/target"))
+                            .and_then(Value::as_str)
+                        else {
+                            continue;
+                        };
+                        for ep_expr in rules.get(ep).into_iter().flatten() {
+                            for st in ep_expr.as_array().into_iter().flatten() {
+                                if let Some(d) = st.get("dnat") {
+                                    let addr = d
+                                        .get("addr")
+                                        .and_then(Value::as_str)
+                                        .and_then(|a| a.parse::<IpAddr>().ok());
+                                    let port = d
+                                        .get("port")
+                                        .and_then(Value::as_u64)
+                                        .and_then(|p| u16::try_from(p).ok());
+                                    if let (Some(a), Some(p)) = (addr, port) {
+                                        vs.backends.insert(SocketAddr::new(a, p));
+                                    }
+                                }
+                            }
+                        }
+                    }
+                }
+            }
+        }
+        out.insert(k, vs);
+    }
+    out
+}
