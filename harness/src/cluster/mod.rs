@@ -329,6 +329,28 @@ impl LocalCluster<Running> {
         &self.state.pki.kubeconfig
     }
 
+    /// Reads one sample (`name` without labels) from the Prometheus
+    /// endpoint `127.0.0.1:<port>/metrics` inside the node namespace.
+    pub fn metric(&self, port: u16, name: &str) -> Option<f64> {
+        let name = name.to_owned();
+        self.ns
+            .within(move || {
+                use std::io::{Read, Write};
+                let mut s = std::net::TcpStream::connect(("127.0.0.1", port)).ok()?;
+                s.write_all(
+                    b"GET /metrics HTTP/1.1\r\nhost: localhost\r\nconnection: close\r\n\r\n",
+                )
+                .ok()?;
+                let mut text = String::new();
+                s.read_to_string(&mut text).ok()?;
+                text.lines()
+                    .find(|l| l.starts_with(&name) && l[name.len()..].starts_with(' '))
+                    .and_then(|l| l.split_whitespace().nth(1)?.parse().ok())
+            })
+            .ok()
+            .flatten()
+    }
+
     /// The node namespace.
     pub fn node_namespace(&self) -> &NetNs {
         &self.ns

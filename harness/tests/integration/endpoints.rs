@@ -348,21 +348,7 @@ fn slices_equal_the_oracle_and_kube_controller_manager_over_generated_sequences(
 }
 
 fn metric(cluster: &LocalCluster<signpost_harness::Running>, port: u16, name: &str) -> Option<u64> {
-    cluster
-        .node_namespace()
-        .within(move || {
-            use std::io::{Read, Write};
-            let mut s = std::net::TcpStream::connect(("127.0.0.1", port)).ok()?;
-            s.write_all(b"GET /metrics HTTP/1.1\r\nhost: x\r\n\r\n")
-                .ok()?;
-            let mut text = String::new();
-            s.read_to_string(&mut text).ok()?;
-            text.lines()
-                .find(|l| l.starts_with(name) && l[name.len()..].starts_with(' '))
-                .and_then(|l| l.split_whitespace().nth(1)?.parse().ok())
-        })
-        .ok()
-        .flatten()
+    cluster.metric(port, name).map(|v| v as u64)
 }
 
 fn holder(cluster: &LocalCluster<signpost_harness::Running>) -> Option<String> {

@@ -329,7 +329,12 @@ fn a_proxy_restart_keeps_every_connection_and_cleanup_removes_the_table() {
         .start()
         .unwrap();
     let (voy4, _) = create_service(&cluster, "voy", "voy", false);
-    let before = converge(&cluster, |t| backends(t, voy4, 80) == 2);
+    // Wait for the API server's own `kubernetes` Service too, so nothing is
+    // still arriving when the proxy is restarted.
+    let kubernetes: IpAddr = "10.96.0.1".parse().unwrap();
+    let before = converge(&cluster, |t| {
+        backends(t, voy4, 80) == 2 && backends(t, kubernetes, 443) == 1
+    });
 
     let t0 = Instant::now();
     let stop = Arc::new(AtomicBool::new(false));
@@ -380,6 +385,25 @@ fn a_proxy_restart_keeps_every_connection_and_cleanup_removes_the_table() {
     assert_eq!(voy(&after), voy(&before));
     let log = std::fs::read_to_string(cluster.logs().join("signpost-proxy-2.log")).unwrap();
     assert!(log.contains("adopted"), "{log}");
+    // PXY-8: the restarted proxy adopted the kernel's table: no full sync, nothing rewritten.
+    let m = |n: &str| cluster.metric(10282, n);
+    eprintln!(
+        "proxy-2: full {:?} partial {:?} rewritten {:?} errors {:?}",
+        m("signpost_proxy_full_syncs_total"),
+        m("signpost_proxy_partial_syncs_total"),
+        m("signpost_proxy_services_rewritten_total"),
+        m("signpost_proxy_errors_total")
+    );
+    assert_eq!(
+        cluster.metric(10282, "signpost_proxy_full_syncs_total"),
+        Some(0.0),
+        "{log}"
+    );
+    assert_eq!(
+        cluster.metric(10282, "signpost_proxy_services_rewritten_total"),
+        Some(0.0),
+        "{log}"
+    );
     drop(proxy);
 
     let bin = workspace_binary("signpost").unwrap();

@@ -116,8 +116,18 @@ pub fn sync(
         Some(old) => match nft::partial(old, want, node_ips) {
             None => Ok(()),
             Some(tx) => {
-                let changed = old.iter().filter(|(k, v)| want.get(k) != Some(v)).count()
-                    + want.keys().filter(|k| !old.contains_key(k)).count();
+                let keys: Vec<_> = old
+                    .iter()
+                    .filter(|(k, v)| want.get(k) != Some(v))
+                    .map(|(k, _)| *k)
+                    .chain(want.keys().filter(|k| !old.contains_key(k)).copied())
+                    .collect();
+                let changed = keys.len();
+                if changed <= 3 {
+                    info!(?keys, "partial sync");
+                } else {
+                    tracing::debug!(changed, "partial sync");
+                }
                 match sink::apply(&tx) {
                     Ok(()) => {
                         metrics.partial_syncs.fetch_add(1, Ordering::Relaxed);
