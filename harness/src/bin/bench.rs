@@ -1,6 +1,12 @@
 //! `signpost-bench`: benchmarks that run Signpost beside its upstream peer in
 //! the same local cluster and report ratios (never timed assertions).
 //!
+//! `signpost-bench proxy-nft [--sizes 1000,10000] [--out FILE]`: full sync of
+//! N Services × 5 endpoints and one endpoint change at the largest N, for
+//! `signpost proxy --mode nftables` and kube-proxy `--proxy-mode=nftables`,
+//! one after the other against the same API objects, each timed by its own
+//! sync-duration metrics and from outside (API write → sync counted).
+//!
 //! `signpost-bench endpoints [--pods N] [--out FILE]`: time from a Pod's Ready
 //! condition being written to its endpoint showing `ready: true`, for
 //! `signpost endpoints` and kube-controller-manager's EndpointSlice
@@ -19,6 +25,9 @@ use signpost_endpoints::{KCM_MANAGED_BY, MANAGED_BY};
 use signpost_harness::LocalCluster;
 use signpost_harness::process::{Daemon, workspace_binary};
 
+#[path = "bench/proxy_nft.rs"]
+mod proxy_nft;
+
 fn percentile(sorted: &[f64], p: f64) -> f64 {
     if sorted.is_empty() {
         return f64::NAN;
@@ -29,8 +38,11 @@ fn percentile(sorted: &[f64], p: f64) -> f64 {
 
 fn main() -> Result<(), Box<dyn std::error::Error + Send + Sync>> {
     let args: Vec<String> = std::env::args().skip(1).collect();
+    if args.first().map(String::as_str) == Some("proxy-nft") {
+        return proxy_nft::main(&args[1..]);
+    }
     if args.first().map(String::as_str) != Some("endpoints") {
-        return Err("usage: signpost-bench endpoints [--pods N] [--out FILE]".into());
+        return Err("usage: signpost-bench endpoints [--pods N] [--out FILE] | proxy-nft [--sizes 1000,10000] [--out FILE]".into());
     }
     let flag = |name: &str| {
         args.iter()

@@ -329,8 +329,9 @@ impl LocalCluster<Running> {
         &self.state.pki.kubeconfig
     }
 
-    /// Reads one sample (`name` without labels) from the Prometheus
-    /// endpoint `127.0.0.1:<port>/metrics` inside the node namespace.
+    /// Reads a sample from the Prometheus endpoint `127.0.0.1:<port>/metrics`
+    /// inside the node namespace, summed over its label sets (for example
+    /// kube-proxy's per-IP-family series).
     pub fn metric(&self, port: u16, name: &str) -> Option<f64> {
         let name = name.to_owned();
         self.ns
@@ -343,9 +344,20 @@ impl LocalCluster<Running> {
                 .ok()?;
                 let mut text = String::new();
                 s.read_to_string(&mut text).ok()?;
-                text.lines()
-                    .find(|l| l.starts_with(&name) && l[name.len()..].starts_with(' '))
-                    .and_then(|l| l.split_whitespace().nth(1)?.parse().ok())
+                let values: Vec<f64> = text
+                    .lines()
+                    .filter(|l| {
+                        l.starts_with(&name)
+                            && (l[name.len()..].starts_with(' ')
+                                || l[name.len()..].starts_with('{'))
+                    })
+                    .filter_map(|l| l.rsplit(' ').next()?.parse().ok())
+                    .collect();
+                if values.is_empty() {
+                    None
+                } else {
+                    Some(values.iter().sum())
+                }
             })
             .ok()
             .flatten()

@@ -105,6 +105,8 @@ fn desired(
 
 /// Applies `want` over what the kernel holds (`have`): a partial sync, or a
 /// full one when there is no table yet or a partial sync was refused.
+/// Counters move after the duration is recorded, so a reader that sees a
+/// new count also sees that sync's duration.
 pub fn sync(
     have: &mut Option<ProxyTable>,
     want: &ProxyTable,
@@ -112,9 +114,17 @@ pub fn sync(
     metrics: &Metrics,
 ) -> Result<(), sink::Error> {
     let started = Instant::now();
+    let full = |metrics: &Metrics| -> Result<(&'static str, usize), sink::Error> {
+        sink::apply(&nft::full(want, node_ips))
+            .map(|()| ("full", want.len()))
+            .inspect_err(|_| {
+                metrics.errors.fetch_add(1, Ordering::Relaxed);
+            })
+    };
     let result = match have.as_ref() {
+        None => full(metrics),
         Some(old) => match nft::partial(old, want, node_ips) {
-            None => Ok(()),
+            None => Ok(("none", 0)),
             Some(tx) => {
                 let keys: Vec<_> = old
                     .iter()
@@ -122,42 +132,41 @@ pub fn sync(
                     .map(|(k, _)| *k)
                     .chain(want.keys().filter(|k| !old.contains_key(k)).copied())
                     .collect();
-                let changed = keys.len();
-                if changed <= 3 {
+                if keys.len() <= 3 {
                     info!(?keys, "partial sync");
                 } else {
-                    tracing::debug!(changed, "partial sync");
+                    tracing::debug!(changed = keys.len(), "partial sync");
                 }
                 match sink::apply(&tx) {
-                    Ok(()) => {
-                        metrics.partial_syncs.fetch_add(1, Ordering::Relaxed);
-                        metrics
-                            .services_rewritten
-                            .fetch_add(u64::try_from(changed).unwrap_or(0), Ordering::Relaxed);
-                        Ok(())
-                    }
+                    Ok(()) => Ok(("partial", keys.len())),
                     Err(e) => {
                         metrics.errors.fetch_add(1, Ordering::Relaxed);
                         warn!(error = %e, "partial sync refused; doing a full sync");
-                        sink::apply(&nft::full(want, node_ips)).inspect(|()| {
-                            metrics.full_syncs.fetch_add(1, Ordering::Relaxed);
-                        })
+                        full(metrics)
                     }
                 }
             }
         },
-        None => sink::apply(&nft::full(want, node_ips)).inspect(|()| {
-            metrics.full_syncs.fetch_add(1, Ordering::Relaxed);
-        }),
     };
     match result {
-        Ok(()) => {
+        Ok((kind, changed)) => {
             *have = Some(want.clone());
-            metrics.observe_sync(started.elapsed());
+            if kind != "none" {
+                metrics.observe_sync(started.elapsed());
+            }
+            match kind {
+                "full" => metrics.full_syncs.fetch_add(1, Ordering::Relaxed),
+                "partial" => {
+                    metrics
+                        .services_rewritten
+                        .fetch_add(u64::try_from(changed).unwrap_or(0), Ordering::Relaxed);
+                    metrics.partial_syncs.fetch_add(1, Ordering::Relaxed)
+                }
+                _ => 0,
+            };
             Ok(())
         }
         Err(e) => {
-            metrics.errors.fetch_add(1, Ordering::Relaxed);
             *have = None;
             Err(e)
         }

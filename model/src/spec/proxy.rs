@@ -67,6 +67,14 @@ pub fn proxy_table<'a>(
     node: &Node,
 ) -> ProxyTable {
     let mut table = ProxyTable::new();
+    // Slices grouped by their Service once, so the table costs O(slices + services).
+    let mut by_service: BTreeMap<(&str, &str), Vec<&EndpointSlice>> = BTreeMap::new();
+    for slice in slices {
+        by_service
+            .entry((slice.key.namespace.as_str(), slice.service.as_str()))
+            .or_default()
+            .push(slice);
+    }
     // Services in key order, so that even a (never admitted) NodePort clash
     // resolves the same way whatever the input order.
     let mut services: Vec<&Service> = services.into_iter().collect();
@@ -76,11 +84,14 @@ pub fn proxy_table<'a>(
             continue;
         }
         let local = svc.internal_traffic_policy == TrafficPolicy::Local;
+        let own: &[&EndpointSlice] = by_service
+            .get(&(svc.key.namespace.as_str(), svc.key.name.as_str()))
+            .map_or(&[], Vec::as_slice);
         for ip in svc.cluster_ips.ips() {
             let family = AddressFamily::of(ip);
             for port in &svc.ports {
                 let backends =
-                    usable_endpoints(svc, port, family, slices.iter().copied(), &node.name, local);
+                    usable_endpoints(svc, port, family, own.iter().copied(), &node.name, local);
                 let vs = VirtualService {
                     backends,
                     affinity_timeout: svc.affinity_timeout,
@@ -97,14 +108,8 @@ pub fn proxy_table<'a>(
                     (port.node_port, &svc.kind)
                 {
                     // NodePorts use the cluster-wide endpoints (externalTrafficPolicy: Cluster).
-                    let backends = usable_endpoints(
-                        svc,
-                        port,
-                        family,
-                        slices.iter().copied(),
-                        &node.name,
-                        false,
-                    );
+                    let backends =
+                        usable_endpoints(svc, port, family, own.iter().copied(), &node.name, false);
                     for addr in node
                         .addresses
                         .iter()

@@ -1,0 +1,325 @@
+//! `signpost-bench proxy-nft`: Signpost's nftables proxy beside kube-proxy's.
+
+use std::time::{Duration, Instant};
+
+use futures::{StreamExt, TryStreamExt};
+use k8s_openapi::api::core::v1::Service as KService;
+use k8s_openapi::api::discovery::v1::EndpointSlice as KSlice;
+use kube::api::{Api, Patch, PatchParams, PostParams};
+use serde_json::json;
+use signpost_harness::process::{Daemon, workspace_binary};
+use signpost_harness::{LocalCluster, Running, upstream};
+
+type BoxError = Box<dyn std::error::Error + Send + Sync>;
+
+const SP_PORT: u16 = 10291;
+const KP_PORT: u16 = 10249;
+
+fn slice(i: u32, bump: u32) -> Result<KSlice, BoxError> {
+    let eps: Vec<_> = (0..5u32)
+        .map(|e| {
+            let n = i * 5 + e + bump;
+            json!({ "addresses": [format!("10.{}.{}.{}", 128 + n / 65536, (n / 256) % 256, n % 256)], "conditions": { "ready": true }, "nodeName": "node-a" })
+        })
+        .collect();
+    Ok(serde_json::from_value(json!({
+        "metadata": { "name": format!("bench-{i}-0"), "labels": { "kubernetes.io/service-name": format!("bench-{i}"), "endpointslice.kubernetes.io/managed-by": "bench" } },
+        "addressType": "IPv4",
+        "ports": [{ "name": "http", "port": 8080, "protocol": "TCP" }],
+        "endpoints": eps,
+    }))?)
+}
+
+async fn create(client: kube::Client, from: u32, to: u32) -> Result<(), BoxError> {
+    let svcs: Api<KService> = Api::namespaced(client.clone(), "default");
+    let slices: Api<KSlice> = Api::namespaced(client, "default");
+    futures::stream::iter(from..to)
+        .map(|i| {
+            let (svcs, slices) = (svcs.clone(), slices.clone());
+            async move {
+                let svc: KService = serde_json::from_value(json!({
+                    "metadata": { "name": format!("bench-{i}") },
+                    "spec": { "ports": [{ "name": "http", "port": 80, "targetPort": 8080 }] },
+                }))?;
+                svcs.create(&PostParams::default(), &svc).await?;
+                slices.create(&PostParams::default(), &slice(i, 0)?).await?;
+                Ok::<_, BoxError>(())
+            }
+        })
+        .buffer_unordered(32)
+        .try_collect::<()>()
+        .await
+}
+
+/// Polls a metric until `done` holds, returning the value and the time it took.
+fn wait_metric(
+    cluster: &LocalCluster<Running>,
+    port: u16,
+    name: &str,
+    deadline: Duration,
+    done: impl Fn(f64) -> bool,
+) -> Result<(f64, Duration), BoxError> {
+    let t0 = Instant::now();
+    loop {
+        if let Some(v) = cluster.metric(port, name) {
+            if done(v) {
+                return Ok((v, t0.elapsed()));
+            }
+        }
+        if t0.elapsed() > deadline {
+            return Err(format!(
+                "{name} on port {port}: no progress after {deadline:?}; logs in {}",
+                cluster.logs().display()
+            )
+            .into());
+        }
+        std::thread::sleep(Duration::from_millis(2));
+    }
+}
+
+struct Figures {
+    full_ms: f64,
+    incr_ms: f64,
+    incr_e2e_ms: f64,
+}
+
+fn change_one(cluster: &LocalCluster<Running>, i: u32, bump: u32) -> Result<(), BoxError> {
+    let s = slice(i, bump)?;
+    cluster.block_on(|client| async move {
+        let api: Api<KSlice> = Api::namespaced(client, "default");
+        api.patch(
+            &format!("bench-{i}-0"),
+            &PatchParams::default(),
+            &Patch::Merge(&s),
+        )
+        .await
+        .map(|_| ())
+    })??;
+    Ok(())
+}
+
+fn signpost(
+    cluster: &LocalCluster<Running>,
+    n: u32,
+    measure_incremental: bool,
+) -> Result<Figures, BoxError> {
+    let bin = workspace_binary("signpost")?;
+    let _ = cluster
+        .node_namespace()
+        .command(&bin)
+        .args(["proxy", "--cleanup"])
+        .output();
+    let args = vec![
+        format!("--kubeconfig={}", cluster.kubeconfig().display()),
+        "proxy".into(),
+        "--mode=nftables".into(),
+        "--node-name=node-a".into(),
+        format!("--metrics-addr=127.0.0.1:{SP_PORT}"),
+    ];
+    let _proxy = Daemon::spawn(
+        cluster.node_namespace(),
+        "signpost proxy",
+        &bin,
+        &args,
+        cluster.logs().join(format!("signpost-proxy-{n}.log")),
+    )?;
+    wait_metric(
+        cluster,
+        SP_PORT,
+        "signpost_proxy_full_syncs_total",
+        Duration::from_secs(300),
+        |v| v >= 1.0,
+    )?;
+    let full_ms = cluster
+        .metric(SP_PORT, "signpost_proxy_last_sync_microseconds")
+        .unwrap_or(f64::NAN)
+        / 1000.0;
+    let (mut incr_ms, mut incr_e2e_ms) = (f64::NAN, f64::NAN);
+    if measure_incremental {
+        let before = cluster
+            .metric(SP_PORT, "signpost_proxy_partial_syncs_total")
+            .unwrap_or(0.0);
+        let t0 = Instant::now();
+        change_one(cluster, n / 2, 7)?;
+        wait_metric(
+            cluster,
+            SP_PORT,
+            "signpost_proxy_partial_syncs_total",
+            Duration::from_secs(60),
+            |v| v > before,
+        )?;
+        incr_e2e_ms = t0.elapsed().as_secs_f64() * 1000.0;
+        incr_ms = cluster
+            .metric(SP_PORT, "signpost_proxy_last_sync_microseconds")
+            .unwrap_or(f64::NAN)
+            / 1000.0;
+        change_one(cluster, n / 2, 0)?;
+    }
+    Ok(Figures {
+        full_ms,
+        incr_ms,
+        incr_e2e_ms,
+    })
+}
+
+fn kube_proxy(
+    cluster: &LocalCluster<Running>,
+    n: u32,
+    measure_incremental: bool,
+) -> Result<Figures, BoxError> {
+    let bin = upstream::binary("kube-proxy")?;
+    let kc = cluster.kubeconfig().display().to_string();
+    let args = vec![
+        format!("--kubeconfig={kc}"),
+        "--proxy-mode=nftables".into(),
+        "--hostname-override=node-a".into(),
+        format!("--metrics-bind-address=127.0.0.1:{KP_PORT}"),
+        "--healthz-bind-address=127.0.0.1:10256".into(),
+        "--conntrack-max-per-core=0".into(),
+        "--cluster-cidr=10.244.0.0/16".into(),
+    ];
+    let _kp = Daemon::spawn(
+        cluster.node_namespace(),
+        "kube-proxy",
+        &bin,
+        &args,
+        cluster.logs().join(format!("kube-proxy-{n}.log")),
+    )?;
+    // kube-proxy runs one proxier per IP family; the first sync of each is a
+    // full one. Signpost programs both families in one transaction, so the
+    // comparable figure is the sum over both families.
+    let full = "kubeproxy_sync_full_proxy_rules_duration_seconds";
+    wait_metric(
+        cluster,
+        KP_PORT,
+        &format!("{full}_count"),
+        Duration::from_secs(300),
+        |v| v >= 2.0,
+    )?;
+    let full_ms = cluster
+        .metric(KP_PORT, &format!("{full}_sum"))
+        .unwrap_or(f64::NAN)
+        * 1000.0;
+    let (mut incr_ms, mut incr_e2e_ms) = (f64::NAN, f64::NAN);
+    if measure_incremental {
+        let partial = "kubeproxy_sync_partial_proxy_rules_duration_seconds";
+        // Let kube-proxy's minimum sync period pass so the change is not held back by the first sync.
+        std::thread::sleep(Duration::from_secs(2));
+        let (c0, s0) = (
+            cluster
+                .metric(KP_PORT, &format!("{partial}_count"))
+                .unwrap_or(0.0),
+            cluster
+                .metric(KP_PORT, &format!("{partial}_sum"))
+                .unwrap_or(0.0),
+        );
+        let t0 = Instant::now();
+        change_one(cluster, n / 2, 7)?;
+        wait_metric(
+            cluster,
+            KP_PORT,
+            &format!("{partial}_count"),
+            Duration::from_secs(60),
+            |v| v > c0,
+        )?;
+        incr_e2e_ms = t0.elapsed().as_secs_f64() * 1000.0;
+        let (c1, s1) = (
+            cluster
+                .metric(KP_PORT, &format!("{partial}_count"))
+                .unwrap_or(0.0),
+            cluster
+                .metric(KP_PORT, &format!("{partial}_sum"))
+                .unwrap_or(0.0),
+        );
+        incr_ms = (s1 - s0) / (c1 - c0) * 1000.0;
+        change_one(cluster, n / 2, 0)?;
+    }
+    // kube-proxy leaves its tables behind when stopped; remove them so the next run starts clean.
+    drop(_kp);
+    for family in ["ip", "ip6"] {
+        let _ = cluster
+            .node_namespace()
+            .command("nft")
+            .args(["delete", "table", family, "kube-proxy"])
+            .output();
+    }
+    Ok(Figures {
+        full_ms,
+        incr_ms,
+        incr_e2e_ms,
+    })
+}
+
+pub fn main(args: &[String]) -> Result<(), BoxError> {
+    let flag = |name: &str| {
+        args.iter()
+            .position(|a| a == name)
+            .and_then(|i| args.get(i + 1))
+            .cloned()
+    };
+    let sizes: Vec<u32> = flag("--sizes")
+        .unwrap_or_else(|| "1000,10000".into())
+        .split(',')
+        .map(str::parse)
+        .collect::<Result<_, _>>()?;
+    let out = flag("--out").unwrap_or_else(|| "reports/bench-proxy-nft.json".into());
+    eprintln!("bench proxy-nft: starting a local cluster");
+    let cluster = LocalCluster::new("bench-nft")?.start()?;
+    let mut report = serde_json::Map::new();
+    let mut have = 0;
+    let largest = *sizes.iter().max().unwrap_or(&0);
+    for n in sizes {
+        let t0 = Instant::now();
+        cluster.block_on(move |client| create(client, have, n))??;
+        have = n;
+        eprintln!(
+            "bench proxy-nft: {n} Services × 5 endpoints in the API server ({:.1}s to create)",
+            t0.elapsed().as_secs_f64()
+        );
+        let incr = n == largest;
+        let sp = signpost(&cluster, n, incr)?;
+        eprintln!(
+            "  signpost   full {:9.1} ms  one change {:8.1} ms (API write → synced {:8.1} ms)",
+            sp.full_ms, sp.incr_ms, sp.incr_e2e_ms
+        );
+        let kp = kube_proxy(&cluster, n, incr)?;
+        eprintln!(
+            "  kube-proxy full {:9.1} ms  one change {:8.1} ms (API write → synced {:8.1} ms)",
+            kp.full_ms, kp.incr_ms, kp.incr_e2e_ms
+        );
+        report.insert(
+            n.to_string(),
+            json!({
+                "signpost": { "full_sync_ms": sp.full_ms, "one_change_sync_ms": sp.incr_ms, "one_change_e2e_ms": sp.incr_e2e_ms },
+                "kube_proxy_nftables": { "full_sync_ms": kp.full_ms, "one_change_sync_ms": kp.incr_ms, "one_change_e2e_ms": kp.incr_e2e_ms },
+                "ratio_signpost_over_kube_proxy": { "full": sp.full_ms / kp.full_ms, "one_change": sp.incr_ms / kp.incr_ms, "one_change_e2e": sp.incr_e2e_ms / kp.incr_e2e_ms },
+            }),
+        );
+        println!(
+            "{n:>6} Services: full sync signpost {:.1} ms vs kube-proxy {:.1} ms (ratio {:.2})",
+            sp.full_ms,
+            kp.full_ms,
+            sp.full_ms / kp.full_ms
+        );
+        if incr {
+            println!(
+                "{n:>6} Services: one endpoint change: sync signpost {:.1} ms vs kube-proxy {:.1} ms (ratio {:.2}); API write → synced {:.1} ms vs {:.1} ms (ratio {:.2})",
+                sp.incr_ms,
+                kp.incr_ms,
+                sp.incr_ms / kp.incr_ms,
+                sp.incr_e2e_ms,
+                kp.incr_e2e_ms,
+                sp.incr_e2e_ms / kp.incr_e2e_ms
+            );
+        }
+    }
+    if let Some(dir) = std::path::Path::new(&out).parent() {
+        std::fs::create_dir_all(dir)?;
+    }
+    std::fs::write(
+        &out,
+        serde_json::to_string_pretty(&serde_json::Value::Object(report))?,
+    )?;
+    println!("written to {out}");
+    Ok(())
+}
