@@ -267,7 +267,6 @@ pub fn main(args: &[String]) -> Result<(), BoxError> {
     let cluster = LocalCluster::new("bench-nft")?.start()?;
     let mut report = serde_json::Map::new();
     let mut have = 0;
-    let largest = *sizes.iter().max().unwrap_or(&0);
     for n in sizes {
         let t0 = Instant::now();
         cluster.block_on(move |client| create(client, have, n))??;
@@ -276,7 +275,7 @@ pub fn main(args: &[String]) -> Result<(), BoxError> {
             "bench proxy-nft: {n} Services × 5 endpoints in the API server ({:.1}s to create)",
             t0.elapsed().as_secs_f64()
         );
-        let incr = n == largest;
+        let incr = true;
         let sp = signpost(&cluster, n, incr)?;
         eprintln!(
             "  signpost   full {:9.1} ms  one change {:8.1} ms (API write → synced {:8.1} ms)",
