@@ -9,7 +9,7 @@ use std::sync::Arc;
 use std::sync::atomic::Ordering;
 use std::time::{Duration, Instant};
 
-use futures::StreamExt;
+use futures::{FutureExt, StreamExt};
 use k8s_openapi::api::core::v1::{Node as KNode, Service as KService};
 use k8s_openapi::api::discovery::v1::EndpointSlice as KSlice;
 use kube::api::Api;
@@ -233,5 +233,3 @@ pub async fn run(client: Client, cfg: Config, metrics: Arc<Metrics>) -> Result<(
     }
     Ok(())
 }
-
-use futures::FutureExt;

@@ -103,8 +103,8 @@ impl<T: Keyed + Clone + PartialEq> WatchCache<T> {
         self.entries.values().filter_map(|e| e.obj.as_ref())
     }
 
-    /// Drops tombstones (after a relist they are not needed; kept otherwise
-    /// so that a late, older event cannot resurrect a deleted object).
+    /// The number of present objects (tombstones, kept so that a late older
+    /// event cannot resurrect a deleted object, are not counted).
     pub fn len(&self) -> usize {
         self.objects().count()
     }
