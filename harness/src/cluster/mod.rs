@@ -94,7 +94,8 @@ impl LocalCluster<Stopped> {
         })
     }
 
-    /// Also run kube-controller-manager with the EndpointSlice controller only.
+    /// Also run kube-controller-manager with its EndpointSlice controller and
+    /// the garbage collector (which deletes slices with their Service).
     pub fn with_controller_manager(mut self) -> Self {
         self.opts.controller_manager = true;
         self
@@ -234,7 +235,8 @@ impl LocalCluster<Stopped> {
                 format!("--kubeconfig={kc}"),
                 format!("--authentication-kubeconfig={kc}"),
                 format!("--authorization-kubeconfig={kc}"),
-                "--controllers=endpointslice".into(),
+                // The garbage collector too: slices go with their Service through owner references (EPS-13).
+                "--controllers=endpointslice,garbagecollector".into(),
                 "--leader-elect=false".into(),
                 "--bind-address=127.0.0.1".into(),
                 "--secure-port=10257".into(),

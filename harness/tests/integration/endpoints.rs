@@ -268,8 +268,8 @@ async fn views(client: &kube::Client, ns: &str) -> Result<(View, View, View), ku
     Ok((oracle, ours, kcm))
 }
 
-fn start_signpost<'c>(
-    cluster: &'c LocalCluster<signpost_harness::Running>,
+fn start_signpost(
+    cluster: &LocalCluster<signpost_harness::Running>,
     identity: &str,
     port: u16,
     lease_secs: u64,

@@ -60,6 +60,9 @@ type Key = (String, String);
 /// Which object event kinds arrive on the merged stream.
 enum Ev {
     Keys(Vec<Key>),
+    /// One of our slices is gone (deleted by us, or by the garbage collector
+    /// after its owner went): stop waiting for it in the tracker.
+    SliceDeleted(Key, Vec<Key>),
     AllServices,
     Synced(&'static str),
 }
@@ -141,6 +144,12 @@ where
             let services = services.clone();
             async move {
                 match ev {
+                    Ok(watcher::Event::Delete(o)) if kind == "endpointslices" => {
+                        Some(Ev::SliceDeleted(
+                            (o.namespace().unwrap_or_default(), o.name_any()),
+                            keys(&o, &services),
+                        ))
+                    }
                     Ok(watcher::Event::Apply(o) | watcher::Event::Delete(o)) => {
                         Some(Ev::Keys(keys(&o, &services)))
                     }
@@ -305,6 +314,10 @@ async fn reconcile_loop(client: Client, debounce: Duration, metrics: Arc<Metrics
         for ev in batch {
             match ev {
                 Ev::Keys(keys) => pending.extend(keys),
+                Ev::SliceDeleted(slice, keys) => {
+                    ctx.tracker.written.remove(&slice);
+                    pending.extend(keys);
+                }
                 Ev::AllServices => pending.extend(
                     ctx.services
                         .state()

@@ -87,10 +87,10 @@ pub fn table(listing: Option<&Value>) -> ProxyTable {
                         out.insert(k, VirtualService::default());
                     }
                 }
-            } else if name.starts_with("a-") {
-                if let Some(t) = s.get("timeout").and_then(Value::as_u64) {
-                    set_timeouts.insert(name.to_owned(), u32::try_from(t).unwrap_or(u32::MAX));
-                }
+            } else if name.starts_with("a-")
+                && let Some(t) = s.get("timeout").and_then(Value::as_u64)
+            {
+                set_timeouts.insert(name.to_owned(), u32::try_from(t).unwrap_or(u32::MAX));
             }
         }
     }

@@ -251,10 +251,10 @@ impl TryFrom<&core::Pod> for Pod {
         for ip in status.pod_ips.iter().flatten() {
             ips.push(parse_ip(&object, "status.podIPs", &ip.ip)?);
         }
-        if ips.is_empty() {
-            if let Some(ip) = status.pod_ip.as_deref().filter(|s| !s.is_empty()) {
-                ips.push(parse_ip(&object, "status.podIP", ip)?);
-            }
+        if ips.is_empty()
+            && let Some(ip) = status.pod_ip.as_deref().filter(|s| !s.is_empty())
+        {
+            ips.push(parse_ip(&object, "status.podIP", ip)?);
         }
         let phase = match status.phase.as_deref() {
             Some("Running") => PodPhase::Running,

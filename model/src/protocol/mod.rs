@@ -196,11 +196,11 @@ impl ProtocolModel {
             actions.clear();
             self.actions(&s, &mut actions);
             for a in actions.drain(..) {
-                if let Some(next) = self.step(&s, a.clone()) {
-                    if !parent.contains_key(&next) {
-                        parent.insert(next.clone(), Some((s.clone(), a)));
-                        queue.push_back(next);
-                    }
+                if let Some(next) = self.step(&s, a.clone())
+                    && !parent.contains_key(&next)
+                {
+                    parent.insert(next.clone(), Some((s.clone(), a)));
+                    queue.push_back(next);
                 }
             }
         }

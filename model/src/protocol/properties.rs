@@ -342,9 +342,9 @@ fn broken_watch_missed_change(s: &State) -> bool {
                 Watcher::Proxy(i) => {
                     let p = &s.proxies[usize::from(i)];
                     p.services.objects().count() != s.api.services.len()
-                        || p.slices.objects().ne(s.api.slice_list().into_iter())
+                        || p.slices.objects().ne(s.api.slice_list())
                 }
-                Watcher::Eps => s.eps.pods.objects().ne(s.api.pod_list().into_iter()),
+                Watcher::Eps => s.eps.pods.objects().ne(s.api.pod_list()),
             }
     })
 }

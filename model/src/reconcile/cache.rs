@@ -83,10 +83,10 @@ impl<T: Keyed + Clone + PartialEq> WatchCache<T> {
     }
 
     fn put(&mut self, key: ObjectKey, rv: u64, obj: Option<T>) -> bool {
-        if let Some(e) = self.entries.get(&key) {
-            if e.rv >= rv {
-                return false;
-            }
+        if let Some(e) = self.entries.get(&key)
+            && e.rv >= rv
+        {
+            return false;
         }
         let changed = self.get(&key) != obj.as_ref();
         self.entries.insert(key, Entry { rv, obj });

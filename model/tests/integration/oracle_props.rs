@@ -87,7 +87,7 @@ fn arb_service(i: usize) -> impl Strategy<Value = Service> {
                     ClusterIps::Unset,
                 ),
             };
-            let families = if dual || matches!(cluster_ips, ClusterIps::Headless) && dual {
+            let families = if dual {
                 vec![AddressFamily::V4, AddressFamily::V6]
             } else {
                 vec![AddressFamily::V4]

@@ -53,13 +53,13 @@ fn defined() -> BTreeMap<String, String> {
     files(&root().join("spec"), "md", &mut specs);
     for f in specs {
         for line in std::fs::read_to_string(&f).unwrap().lines() {
-            if let Some(rest) = line.strip_prefix("- **") {
-                if let Some((id, text)) = rest.split_once("**") {
-                    assert!(
-                        out.insert(id.to_owned(), text.trim().to_owned()).is_none(),
-                        "{id} defined twice"
-                    );
-                }
+            if let Some(rest) = line.strip_prefix("- **")
+                && let Some((id, text)) = rest.split_once("**")
+            {
+                assert!(
+                    out.insert(id.to_owned(), text.trim().to_owned()).is_none(),
+                    "{id} defined twice"
+                );
             }
         }
     }

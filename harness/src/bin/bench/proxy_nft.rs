@@ -61,10 +61,10 @@ fn wait_metric(
 ) -> Result<(f64, Duration), BoxError> {
     let t0 = Instant::now();
     loop {
-        if let Some(v) = cluster.metric(port, name) {
-            if done(v) {
-                return Ok((v, t0.elapsed()));
-            }
+        if let Some(v) = cluster.metric(port, name)
+            && done(v)
+        {
+            return Ok((v, t0.elapsed()));
         }
         if t0.elapsed() > deadline {
             return Err(format!(
