@@ -1,0 +1,268 @@
+//! The zone index against the oracle: random event sequences (Service
+//! add/update/delete including type changes, EndpointSlice add/update/move
+//! /delete, sync), and after every event every generated question is
+//! answered exactly as `dns_answer` answers it over the same objects.
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::net::IpAddr;
+
+use proptest::prelude::*;
+use signpost_dns::{Change, ZoneIndex};
+use signpost_model::cluster::{
+    AddressFamily, ClusterIps, Endpoint, EndpointPort, EndpointSlice, ObjectKey, Protocol,
+    Question, RType, Selector, Service, ServiceKind, ServicePort, TargetPort, TrafficPolicy,
+};
+use signpost_model::spec::{DnsSnapshot, PodsMode, dns_answer, endpoint_dns_name};
+
+const NS: [&str; 2] = ["default", "prod"];
+const NAMES: [&str; 3] = ["voy", "ent", "web"];
+
+fn service(ns: usize, name: usize, kind: u8, v6: bool, named: bool) -> Service {
+    let ip4 = IpAddr::from([
+        10,
+        96,
+        u8::try_from(ns).unwrap(),
+        u8::try_from(name).unwrap() + 1,
+    ]);
+    let ip6: IpAddr = format!("fd00:96::{ns}:{name}").parse().unwrap();
+    let (k, ips) = match kind {
+        0 => (
+            ServiceKind::ClusterIp,
+            ClusterIps::Ips(if v6 { vec![ip4, ip6] } else { vec![ip4] }),
+        ),
+        1 => (ServiceKind::ClusterIp, ClusterIps::Headless),
+        2 => (
+            ServiceKind::ExternalName("example.com".into()),
+            ClusterIps::Unset,
+        ),
+        _ => (ServiceKind::NodePort, ClusterIps::Ips(vec![ip6])),
+    };
+    Service {
+        key: ObjectKey::new(NS[ns], NAMES[name]),
+        selector: Some(Selector::from_pairs([("app", "x")])),
+        kind: k,
+        cluster_ips: ips,
+        families: vec![AddressFamily::V4, AddressFamily::V6],
+        ports: vec![
+            ServicePort {
+                name: if named { "http".into() } else { String::new() },
+                protocol: Protocol::Tcp,
+                port: 80,
+                target_port: TargetPort::Number(8080),
+                node_port: None,
+            },
+            ServicePort {
+                name: "dns".into(),
+                protocol: Protocol::Udp,
+                port: 53,
+                target_port: TargetPort::Number(53),
+                node_port: None,
+            },
+        ],
+        publish_not_ready: false,
+        affinity_timeout: None,
+        internal_traffic_policy: TrafficPolicy::Cluster,
+    }
+}
+
+fn slice(ns: usize, name: usize, id: u8, v6: bool, eps: &[(u8, bool, bool)]) -> EndpointSlice {
+    EndpointSlice {
+        key: ObjectKey::new(NS[ns], format!("{}-{id}", NAMES[name])),
+        service: NAMES[name].into(),
+        family: if v6 {
+            AddressFamily::V6
+        } else {
+            AddressFamily::V4
+        },
+        ports: vec![
+            EndpointPort {
+                name: "http".into(),
+                port: 8080,
+                protocol: Protocol::Tcp,
+            },
+            EndpointPort {
+                name: "dns".into(),
+                port: 53,
+                protocol: Protocol::Udp,
+            },
+        ],
+        endpoints: eps
+            .iter()
+            .map(|(i, ready, host)| Endpoint {
+                address: if v6 {
+                    format!("fd00:244::{i}").parse().unwrap()
+                } else {
+                    IpAddr::from([10, 244, 0, *i])
+                },
+                ready: *ready,
+                serving: *ready,
+                terminating: false,
+                hostname: host.then(|| format!("h{i}")),
+                node: None,
+                zone: None,
+                pod: None,
+            })
+            .collect(),
+    }
+}
+
+#[derive(Debug, Clone)]
+enum Ev {
+    Svc(usize, usize, u8, bool, bool),
+    DelSvc(usize, usize),
+    Slice(usize, usize, u8, bool, Vec<(u8, bool, bool)>),
+    DelSlice(usize, usize, u8),
+    Synced,
+}
+
+fn ev() -> impl Strategy<Value = Ev> {
+    prop_oneof![
+        (0..2usize, 0..3usize, 0..4u8, any::<bool>(), any::<bool>())
+            .prop_map(|(a, b, c, d, e)| Ev::Svc(a, b, c, d, e)),
+        (0..2usize, 0..3usize).prop_map(|(a, b)| Ev::DelSvc(a, b)),
+        (
+            0..2usize,
+            0..3usize,
+            0..2u8,
+            any::<bool>(),
+            proptest::collection::vec((1..6u8, any::<bool>(), any::<bool>()), 0..4)
+        )
+            .prop_map(|(a, b, c, d, e)| Ev::Slice(a, b, c, d, e)),
+        (0..2usize, 0..3usize, 0..2u8).prop_map(|(a, b, c)| Ev::DelSlice(a, b, c)),
+        Just(Ev::Synced),
+    ]
+}
+
+fn questions(
+    services: &BTreeMap<ObjectKey, Service>,
+    slices: &BTreeMap<ObjectKey, EndpointSlice>,
+) -> Vec<Question> {
+    let zone = "cluster.local";
+    let mut names: BTreeSet<String> = [
+        zone.to_owned(),
+        format!("svc.{zone}"),
+        format!("pod.{zone}"),
+        format!("dns-version.{zone}"),
+        format!("nope.{zone}"),
+        "example.org".into(),
+    ]
+    .into();
+    for ns in NS {
+        names.insert(format!("{ns}.svc.{zone}"));
+        names.insert(format!("{ns}.pod.{zone}"));
+        for n in NAMES {
+            let fqdn = format!("{n}.{ns}.svc.{zone}");
+            names.extend([
+                format!("_http._tcp.{fqdn}"),
+                format!("_dns._udp.{fqdn}"),
+                format!("_http.{fqdn}"),
+                format!("_dns._tcp.{fqdn}"),
+                format!("x.{fqdn}"),
+                fqdn.to_uppercase(),
+                fqdn,
+            ]);
+        }
+    }
+    for s in slices.values() {
+        for e in &s.endpoints {
+            names.insert(format!(
+                "{}.{}.{}.svc.{zone}",
+                endpoint_dns_name(e),
+                s.service,
+                s.key.namespace
+            ));
+            names.insert(reverse(e.address));
+        }
+    }
+    for s in services.values() {
+        names.extend(s.cluster_ips.ips().iter().map(|ip| reverse(*ip)));
+    }
+    names.insert(reverse(IpAddr::from([10, 1, 2, 3])));
+    let mut out = Vec::new();
+    for n in names {
+        for t in [
+            RType::A,
+            RType::Aaaa,
+            RType::Srv,
+            RType::Ptr,
+            RType::Cname,
+            RType::Txt,
+            RType::Any,
+            RType::Other(252),
+        ] {
+            out.push(Question::new(n.clone(), t));
+        }
+    }
+    out
+}
+
+fn reverse(ip: IpAddr) -> String {
+    match ip {
+        IpAddr::V4(v4) => {
+            let o = v4.octets();
+            format!("{}.{}.{}.{}.in-addr.arpa", o[3], o[2], o[1], o[0])
+        }
+        IpAddr::V6(v6) => {
+            let mut n: Vec<String> = v6
+                .octets()
+                .iter()
+                .flat_map(|b| [b >> 4, b & 15])
+                .map(|x| format!("{x:x}"))
+                .collect();
+            n.reverse();
+            format!("{}.ip6.arpa", n.join("."))
+        }
+    }
+}
+
+proptest! {
+    #![proptest_config(ProptestConfig { cases: 1000, ..ProptestConfig::default() })]
+
+    #[test]
+    fn the_index_answers_as_the_oracle(events in proptest::collection::vec(ev(), 1..14)) {
+        let mut index = ZoneIndex::new("cluster.local");
+        let mut services: BTreeMap<ObjectKey, Service> = BTreeMap::new();
+        let mut slices: BTreeMap<ObjectKey, EndpointSlice> = BTreeMap::new();
+        let mut synced = false;
+        for e in events {
+            match e {
+                Ev::Svc(ns, n, kind, v6, named) => {
+                    let s = service(ns, n, kind, v6, named);
+                    services.insert(s.key.clone(), s.clone());
+                    index.apply(Change::Service(s));
+                }
+                Ev::DelSvc(ns, n) => {
+                    let k = ObjectKey::new(NS[ns], NAMES[n]);
+                    services.remove(&k);
+                    index.apply(Change::ServiceDeleted(k));
+                }
+                Ev::Slice(ns, n, id, v6, eps) => {
+                    let s = slice(ns, n, id, v6, &eps);
+                    slices.insert(s.key.clone(), s.clone());
+                    index.apply(Change::Slice(s));
+                }
+                Ev::DelSlice(ns, n, id) => {
+                    let k = ObjectKey::new(NS[ns], format!("{}-{id}", NAMES[n]));
+                    slices.remove(&k);
+                    index.apply(Change::SliceDeleted(k));
+                }
+                Ev::Synced => {
+                    synced = true;
+                    index.apply(Change::Synced);
+                }
+            }
+            let snap = DnsSnapshot {
+                zone: "cluster.local",
+                synced,
+                services: services.values().collect(),
+                slices: slices.values().collect(),
+                pods: Vec::new(),
+                namespaces: BTreeSet::new(),
+                pods_mode: PodsMode::Disabled,
+            };
+            for q in questions(&services, &slices) {
+                prop_assert_eq!(index.answer(&q), dns_answer(&snap, &q), "{:?}", q);
+            }
+        }
+    }
+}
