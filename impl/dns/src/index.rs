@@ -78,12 +78,12 @@ impl ZoneIndex {
                 self.refresh(&key);
             }
             Change::ServiceDeleted(key) => {
-                if self.services.remove(&key).is_some() {
-                    if let Some(n) = self.namespaces.get_mut(&key.namespace) {
-                        *n -= 1;
-                        if *n == 0 {
-                            self.namespaces.remove(&key.namespace);
-                        }
+                if self.services.remove(&key).is_some()
+                    && let Some(n) = self.namespaces.get_mut(&key.namespace)
+                {
+                    *n -= 1;
+                    if *n == 0 {
+                        self.namespaces.remove(&key.namespace);
                     }
                 }
                 self.refresh(&key);
