@@ -197,7 +197,7 @@ impl ZoneIndex {
     pub fn answer(&self, question: &Question) -> DnsOutcome {
         let name = question.normalized_name();
         let in_zone = name == self.zone || name.ends_with(&format!(".{}", self.zone));
-        let reverse = reverse_ip(&name);
+        let reverse = signpost_model::spec::parse_reverse(&name);
         if !in_zone && reverse.is_none() {
             return DnsOutcome::Forward;
         }
@@ -273,37 +273,4 @@ fn node_records(snap: &DnsSnapshot<'_>, name: &str) -> Option<Vec<RData>> {
         } => Some(records.into_iter().map(|r| r.data).collect()),
         _ => None,
     }
-}
-
-fn reverse_ip(name: &str) -> Option<IpAddr> {
-    if let Some(rest) = name.strip_suffix(".in-addr.arpa") {
-        let mut o: Vec<u8> = rest
-            .split('.')
-            .map(|l| l.parse().ok())
-            .collect::<Option<_>>()?;
-        if o.len() != 4 {
-            return None;
-        }
-        o.reverse();
-        return Some(IpAddr::from([o[0], o[1], o[2], o[3]]));
-    }
-    let rest = name.strip_suffix(".ip6.arpa")?;
-    let nibbles: Vec<u8> = rest
-        .split('.')
-        .map(|l| {
-            if l.len() == 1 {
-                u8::from_str_radix(l, 16).ok()
-            } else {
-                None
-            }
-        })
-        .collect::<Option<_>>()?;
-    if nibbles.len() != 32 {
-        return None;
-    }
-    let mut bytes = [0u8; 16];
-    for (i, pair) in nibbles.rchunks(2).enumerate() {
-        bytes[i] = (pair[1] << 4) | pair[0];
-    }
-    Some(IpAddr::from(bytes))
 }

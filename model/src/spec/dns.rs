@@ -312,7 +312,7 @@ impl<'a> DnsSnapshot<'a> {
 }
 
 /// Parses a full reverse-lookup name (`4.3.2.1.in-addr.arpa`, 32 nibbles of `ip6.arpa`).
-fn parse_reverse(name: &str) -> Option<IpAddr> {
+pub fn parse_reverse(name: &str) -> Option<IpAddr> {
     if let Some(rest) = name.strip_suffix(".in-addr.arpa") {
         let mut octets: Vec<u8> = rest
             .split('.')
