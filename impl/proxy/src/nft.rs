@@ -202,7 +202,7 @@ fn skeleton() -> Vec<Value> {
 }
 
 /// The commands that create one virtual service (its chains and map element).
-fn add_service(key: &VirtualKey, vs: &VirtualService, out: &mut Vec<Value>) {
+fn add_service(key: &VirtualKey, vs: &VirtualService, node_ips: &[IpAddr], out: &mut Vec<Value>) {
     if vs.rejects() {
         out.push(add(element(
             &format!("rejecting-{}", v(&key.ip)),
@@ -212,6 +212,10 @@ fn add_service(key: &VirtualKey, vs: &VirtualService, out: &mut Vec<Value>) {
     }
     let svc = service_chain(key);
     out.push(add(chain(&svc)));
+    if node_ips.contains(&key.ip) {
+        // A NodePort: traffic from off the node is masqueraded so replies come back through it.
+        out.push(add(rule(&svc, vec![json!({ "mangle": { "key": meta("mark"), "value": { "|": [meta("mark"), MASQ_MARK] } } })])));
+    }
     let backends: Vec<&SocketAddr> = vs.backends.iter().collect();
     for b in &backends {
         let ep = endpoint_chain(key, b);
@@ -319,7 +323,7 @@ pub fn full(table: &ProxyTable, node_ips: &[IpAddr]) -> Value {
     out.extend(skeleton());
     ip_elements(&cluster_ips(table, node_ips), &mut out, "add");
     for (key, vs) in table {
-        add_service(key, vs, &mut out);
+        add_service(key, vs, node_ips, &mut out);
     }
     json!({ "nftables": out })
 }
@@ -346,7 +350,7 @@ pub fn partial(old: &ProxyTable, new: &ProxyTable, node_ips: &[IpAddr]) -> Optio
     );
     for (key, vs) in new {
         if old.get(key) != Some(vs) {
-            add_service(key, vs, &mut out);
+            add_service(key, vs, node_ips, &mut out);
         }
     }
     if out.is_empty() {

@@ -156,11 +156,13 @@ fn check(tracer: &Tracer, t: &ProxyTable) -> Result<(), TestCaseError> {
             } else {
                 prop_assert_eq!(&tr.backends(), &vs.backends, "{:?} from {}", key, src);
                 prop_assert!(!tr.rejected);
+                // Hairpin traffic, and all NodePort traffic, is masqueraded.
+                let nodeport = node_ips().contains(&key.ip);
                 for (backend, masq) in &tr.dnat {
                     prop_assert_eq!(
                         *masq,
-                        backend.ip() == src,
-                        "hairpin masquerade for {} from {}",
+                        nodeport || backend.ip() == src,
+                        "masquerade for {} from {}",
                         backend,
                         src
                     );
