@@ -36,6 +36,16 @@ fn signpost(cluster: &LocalCluster<Running>, name: &str, args: &[&str]) -> Daemo
     .unwrap()
 }
 
+/// `signpost proxy --mode nftables` for node-a, metrics on `port`.
+fn start_proxy(cluster: &LocalCluster<Running>, name: &str, port: u16) -> Daemon {
+    let metrics = format!("--metrics-addr=127.0.0.1:{port}");
+    signpost(
+        cluster,
+        name,
+        &["proxy", "--mode=nftables", "--node-name=node-a", &metrics],
+    )
+}
+
 fn create_service(
     cluster: &LocalCluster<Running>,
     name: &str,
@@ -182,16 +192,7 @@ fn nftables_proxy_routes_real_connections_over_ipv4_and_ipv6() {
         "signpost-endpoints",
         &["endpoints", "--metrics-addr=127.0.0.1:10280"],
     );
-    let _proxy = signpost(
-        &cluster,
-        "signpost-proxy",
-        &[
-            "proxy",
-            "--mode=nftables",
-            "--node-name=node-a",
-            "--metrics-addr=127.0.0.1:10281",
-        ],
-    );
+    let _proxy = start_proxy(&cluster, "signpost-proxy", 10281);
     let v0 = cluster
         .pod("voyager-0")
         .label("app", "voy")
@@ -303,16 +304,7 @@ fn a_proxy_restart_keeps_every_connection_and_cleanup_removes_the_table() {
         "signpost-endpoints",
         &["endpoints", "--metrics-addr=127.0.0.1:10280"],
     );
-    let mut proxy = signpost(
-        &cluster,
-        "signpost-proxy-1",
-        &[
-            "proxy",
-            "--mode=nftables",
-            "--node-name=node-a",
-            "--metrics-addr=127.0.0.1:10281",
-        ],
-    );
+    let mut proxy = start_proxy(&cluster, "signpost-proxy-1", 10281);
     let _v0 = cluster
         .pod("voyager-0")
         .label("app", "voy")
@@ -358,16 +350,7 @@ fn a_proxy_restart_keeps_every_connection_and_cleanup_removes_the_table() {
         proxy.kill();
         std::thread::sleep(Duration::from_millis(1000));
         eprintln!("{:.3}s restarting the proxy", t0.elapsed().as_secs_f64());
-        proxy = signpost(
-            &cluster,
-            "signpost-proxy-2",
-            &[
-                "proxy",
-                "--mode=nftables",
-                "--node-name=node-a",
-                "--metrics-addr=127.0.0.1:10282",
-            ],
-        );
+        proxy = start_proxy(&cluster, "signpost-proxy-2", 10282);
         std::thread::sleep(Duration::from_millis(2500));
         stop.store(true, Ordering::Relaxed);
     });

@@ -4,7 +4,7 @@ use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::net::IpAddr;
 
 use signpost_model::cluster::{
-    DnsOutcome, EndpointSlice, ObjectKey, Question, RData, RType, Rcode, Record, Service,
+    DnsOutcome, EndpointSlice, ObjectKey, Question, RData, RType, Rcode, Service,
 };
 use signpost_model::spec::{DnsSnapshot, PodsMode, dns_answer};
 
@@ -211,33 +211,7 @@ impl ZoneIndex {
             self.structural(&name)
                 .or_else(|| self.names.get(&name).cloned())
         };
-        if !self.synced {
-            return DnsOutcome::rcode(Rcode::ServFail);
-        }
-        if matches!(question.rtype, RType::Other(251 | 252)) {
-            return DnsOutcome::rcode(Rcode::Refused);
-        }
-        let Some(rdatas) = rdatas else {
-            return DnsOutcome::rcode(Rcode::NxDomain);
-        };
-        let record = |data: RData| Record {
-            name: name.clone(),
-            data,
-        };
-        let cname = rdatas
-            .iter()
-            .find(|d| matches!(d, RData::Cname(_)))
-            .cloned();
-        let records: BTreeSet<Record> = match (question.rtype, cname) {
-            (t, Some(c)) if t != RType::Cname => [record(c)].into(),
-            (RType::Any, _) => rdatas.into_iter().map(record).collect(),
-            (t, _) => rdatas
-                .into_iter()
-                .filter(|d| d.rtype() == t)
-                .map(record)
-                .collect(),
-        };
-        DnsOutcome::records(records)
+        signpost_model::spec::outcome(&name, rdatas, question.rtype, self.synced)
     }
 
     /// Zone-level names: apex, `svc`, `pod`, `dns-version`, namespaces.

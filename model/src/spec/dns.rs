@@ -356,25 +356,35 @@ pub fn dns_answer(snap: &DnsSnapshot<'_>, question: &Question) -> DnsOutcome {
     if matches!(node, Node::NotOurs) {
         return DnsOutcome::Forward;
     }
+    let rdatas = match node {
+        Node::Missing => None,
+        Node::Exists(r) => Some(r),
+        Node::NotOurs => unreachable!("handled above"),
+    };
+    outcome(&name, rdatas, question.rtype, snap.synced)
+}
+
+/// The answer for a name of ours, given its records (`None`: it does not
+/// exist). Shared by the oracle and by indexes that look records up their own
+/// way, so the answering rules are written once.
+pub fn outcome(name: &str, rdatas: Option<Vec<RData>>, rtype: RType, synced: bool) -> DnsOutcome {
     // DNS-18: nothing authoritative before the first full sync.
-    if !snap.synced {
+    if !synced {
         return DnsOutcome::rcode(Rcode::ServFail);
     }
     // DNS-17: zone transfers are refused.
-    if matches!(question.rtype, RType::Other(251 | 252)) {
+    if matches!(rtype, RType::Other(251 | 252)) {
         return DnsOutcome::rcode(Rcode::Refused);
     }
-    let rdatas = match node {
-        Node::Missing => return DnsOutcome::rcode(Rcode::NxDomain),
-        Node::Exists(r) => r,
-        Node::NotOurs => unreachable!("handled above"),
+    let Some(rdatas) = rdatas else {
+        return DnsOutcome::rcode(Rcode::NxDomain);
     };
     let record = |data: RData| Record {
-        name: name.clone(),
+        name: name.to_owned(),
         data,
     };
     let cname = rdatas.iter().find(|d| matches!(d, RData::Cname(_)));
-    let records: BTreeSet<Record> = match (question.rtype, cname) {
+    let records: BTreeSet<Record> = match (rtype, cname) {
         // DNS-10: an alias answers every type with the CNAME.
         (t, Some(c)) if t != RType::Cname => [record(c.clone())].into(),
         (RType::Any, _) => rdatas.into_iter().map(record).collect(),
