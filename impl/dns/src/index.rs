@@ -2,11 +2,13 @@
 
 use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::net::IpAddr;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::{Duration, Instant};
 
 use signpost_model::cluster::{
-    DnsOutcome, EndpointSlice, ObjectKey, Question, RData, RType, Rcode, Service,
+    DnsOutcome, EndpointSlice, ObjectKey, Pod, PodPhase, Question, RData, Service,
 };
-use signpost_model::spec::{DnsSnapshot, PodsMode, dns_answer};
+use signpost_model::spec::{DnsSnapshot, PodsMode, name_records, pod_label_ip};
 
 /// One watch event the index takes.
 #[derive(Debug, Clone)]
@@ -19,8 +21,25 @@ pub enum Change {
     Slice(EndpointSlice),
     /// An EndpointSlice was deleted.
     SliceDeleted(ObjectKey),
+    /// A Namespace exists (DNS-14).
+    Namespace(String),
+    /// A Namespace was deleted.
+    NamespaceDeleted(String),
+    /// A Pod was added or modified (verified pod records, DNS-15).
+    Pod(Pod),
+    /// A Pod was deleted.
+    PodDeleted(ObjectKey),
     /// The first full list of every kind is done (DNS-18).
     Synced,
+}
+
+/// The records of one name, with when they last changed and whether an
+/// answer has carried them since (programming latency).
+#[derive(Debug)]
+struct Entry {
+    records: Vec<RData>,
+    changed: Instant,
+    served: AtomicBool,
 }
 
 /// The names one Service owns, with their records (DNS-2..DNS-8), and the
@@ -42,15 +61,27 @@ pub struct ZoneIndex {
     slices_of: HashMap<ObjectKey, BTreeSet<ObjectKey>>,
     owned: HashMap<ObjectKey, Owned>,
     /// name → records; a name may be shared by no two Services (names embed the Service).
-    names: HashMap<String, Vec<RData>>,
+    names: HashMap<String, Entry>,
     ptr_cluster: HashMap<IpAddr, String>,
     ptr_endpoints: HashMap<IpAddr, BTreeSet<String>>,
+    /// Services per namespace.
     namespaces: HashMap<String, usize>,
+    /// Namespaces seen as objects.
+    namespace_objects: BTreeSet<String>,
+    pods_mode: PodsMode,
+    pod_ips: HashMap<ObjectKey, Vec<IpAddr>>,
+    /// (namespace, address) → how many Pods there have it.
+    pod_addrs: HashMap<(String, IpAddr), usize>,
 }
 
 impl ZoneIndex {
-    /// An empty, not yet synced index for `zone`.
+    /// An empty, not yet synced index for `zone`, without pod records.
     pub fn new(zone: &str) -> Self {
+        Self::with_pods(zone, PodsMode::Disabled)
+    }
+
+    /// An empty, not yet synced index for `zone` answering pod records in `pods_mode`.
+    pub fn with_pods(zone: &str, pods_mode: PodsMode) -> Self {
         ZoneIndex {
             zone: zone.trim_end_matches('.').to_ascii_lowercase(),
             synced: false,
@@ -62,20 +93,67 @@ impl ZoneIndex {
             ptr_cluster: HashMap::new(),
             ptr_endpoints: HashMap::new(),
             namespaces: HashMap::new(),
+            namespace_objects: BTreeSet::new(),
+            pods_mode,
+            pod_ips: HashMap::new(),
+            pod_addrs: HashMap::new(),
         }
     }
 
-    /// Applies one event; only the affected Service's names are recomputed.
+    /// The zone, lower-case without trailing dot.
+    pub fn zone(&self) -> &str {
+        &self.zone
+    }
+
+    /// Whether the first full sync happened (DNS-18).
+    pub fn synced(&self) -> bool {
+        self.synced
+    }
+
+    /// How many names the zone holds (besides structural and reverse names).
+    pub fn len(&self) -> usize {
+        self.names.len()
+    }
+
+    /// Whether the zone holds no names.
+    pub fn is_empty(&self) -> bool {
+        self.names.is_empty()
+    }
+
+    /// Applies one event seen now.
     pub fn apply(&mut self, change: Change) {
+        self.apply_at(change, Instant::now());
+    }
+
+    /// Applies one event seen at `seen`; only the affected Service's names
+    /// are recomputed.
+    pub fn apply_at(&mut self, change: Change, seen: Instant) {
         match change {
             Change::Synced => self.synced = true,
+            Change::Namespace(ns) => {
+                self.namespace_objects.insert(ns);
+            }
+            Change::NamespaceDeleted(ns) => {
+                self.namespace_objects.remove(&ns);
+            }
+            Change::Pod(pod) => {
+                self.remove_pod(&pod.key);
+                for ip in &pod.ips {
+                    *self
+                        .pod_addrs
+                        .entry((pod.key.namespace.clone(), *ip))
+                        .or_default() += 1;
+                }
+                self.pod_ips.insert(pod.key, pod.ips);
+            }
+            Change::PodDeleted(key) => self.remove_pod(&key),
             Change::Service(svc) => {
                 let key = svc.key.clone();
                 if !self.services.contains_key(&key) {
                     *self.namespaces.entry(key.namespace.clone()).or_default() += 1;
                 }
                 self.services.insert(key.clone(), svc);
-                self.refresh(&key);
+                self.refresh(&key, seen);
             }
             Change::ServiceDeleted(key) => {
                 if self.services.remove(&key).is_some()
@@ -86,7 +164,7 @@ impl ZoneIndex {
                         self.namespaces.remove(&key.namespace);
                     }
                 }
-                self.refresh(&key);
+                self.refresh(&key, seen);
             }
             Change::Slice(slice) => {
                 let key = slice.key.clone();
@@ -98,11 +176,11 @@ impl ZoneIndex {
                             .entry(old_owner.clone())
                             .or_default()
                             .remove(&key);
-                        self.refresh(&old_owner);
+                        self.refresh(&old_owner, seen);
                     }
                 }
                 self.slices_of.entry(owner.clone()).or_default().insert(key);
-                self.refresh(&owner);
+                self.refresh(&owner, seen);
             }
             Change::SliceDeleted(key) => {
                 if let Some(old) = self.slices.remove(&key) {
@@ -111,7 +189,19 @@ impl ZoneIndex {
                         .entry(owner.clone())
                         .or_default()
                         .remove(&key);
-                    self.refresh(&owner);
+                    self.refresh(&owner, seen);
+                }
+            }
+        }
+    }
+
+    fn remove_pod(&mut self, key: &ObjectKey) {
+        for ip in self.pod_ips.remove(key).unwrap_or_default() {
+            let k = (key.namespace.clone(), ip);
+            if let Some(n) = self.pod_addrs.get_mut(&k) {
+                *n -= 1;
+                if *n == 0 {
+                    self.pod_addrs.remove(&k);
                 }
             }
         }
@@ -119,10 +209,13 @@ impl ZoneIndex {
 
     /// Recomputes the names of one Service with the oracle's own rules, run
     /// over that Service and its slices only.
-    fn refresh(&mut self, key: &ObjectKey) {
+    fn refresh(&mut self, key: &ObjectKey, seen: Instant) {
+        let mut previous: HashMap<String, Entry> = HashMap::new();
         if let Some(old) = self.owned.remove(key) {
             for (name, _) in old.names {
-                self.names.remove(&name);
+                if let Some(e) = self.names.remove(&name) {
+                    previous.insert(name, e);
+                }
             }
             for ip in old.cluster_ips {
                 self.ptr_cluster.remove(&ip);
@@ -174,8 +267,17 @@ impl ZoneIndex {
         }
         let mut owned = Owned::default();
         for name in candidates.into_iter().collect::<BTreeSet<_>>() {
-            if let Some(records) = node_records(&snap, &name) {
-                self.names.insert(name.clone(), records.clone());
+            if let Some(records) = name_records(&snap, &name) {
+                // A name whose records did not change keeps its change time.
+                let entry = match previous.remove(&name) {
+                    Some(e) if e.records == records => e,
+                    _ => Entry {
+                        records: records.clone(),
+                        changed: seen,
+                        served: AtomicBool::new(false),
+                    },
+                };
+                self.names.insert(name.clone(), entry);
                 owned.names.push((name, records));
             }
         }
@@ -195,27 +297,49 @@ impl ZoneIndex {
 
     /// Answers a question as the oracle would over the same objects.
     pub fn answer(&self, question: &Question) -> DnsOutcome {
+        self.answer_timed(question).0
+    }
+
+    /// Answers, and the first time an answer carries a name's changed
+    /// records, says how long after the change was seen that was.
+    pub fn answer_timed(&self, question: &Question) -> (DnsOutcome, Option<Duration>) {
         let name = question.normalized_name();
         let in_zone = name == self.zone || name.ends_with(&format!(".{}", self.zone));
         let reverse = signpost_model::spec::parse_reverse(&name);
         if !in_zone && reverse.is_none() {
-            return DnsOutcome::Forward;
+            return (DnsOutcome::Forward, None);
         }
+        let mut first_served = None;
         let rdatas: Option<Vec<RData>> = if let Some(ip) = reverse {
             match (self.ptr_cluster.get(&ip), self.ptr_endpoints.get(&ip)) {
                 (Some(svc), _) => Some(vec![RData::Ptr(svc.clone())]),
                 (None, Some(eps)) => Some(eps.iter().map(|t| RData::Ptr(t.clone())).collect()),
-                (None, None) => return DnsOutcome::Forward,
+                (None, None) => return (DnsOutcome::Forward, None),
             }
+        } else if let Some(r) = self.structural(&name) {
+            r
         } else {
-            self.structural(&name)
-                .or_else(|| self.names.get(&name).cloned())
+            self.names.get(&name).map(|e| {
+                if self.synced
+                    && !e.served.load(Ordering::Relaxed)
+                    && !e.served.swap(true, Ordering::Relaxed)
+                {
+                    first_served = Some(e.changed.elapsed());
+                }
+                e.records.clone()
+            })
         };
-        signpost_model::spec::outcome(&name, rdatas, question.rtype, self.synced)
+        let outcome = signpost_model::spec::outcome(&name, rdatas, question.rtype, self.synced);
+        (outcome, first_served)
     }
 
-    /// Zone-level names: apex, `svc`, `pod`, `dns-version`, namespaces.
-    fn structural(&self, name: &str) -> Option<Vec<RData>> {
+    fn namespace_exists(&self, ns: &str) -> bool {
+        self.namespace_objects.contains(ns) || self.namespaces.contains_key(ns)
+    }
+
+    /// Zone-level names: apex, `svc`, `pod`, `dns-version`, namespaces, pods.
+    /// `None`: not structural; `Some(None)`: structural and missing.
+    fn structural(&self, name: &str) -> Option<Option<Vec<RData>>> {
         let rest = if name == self.zone {
             ""
         } else {
@@ -226,25 +350,46 @@ impl ZoneIndex {
         } else {
             rest.rsplit('.').collect()
         };
+        let present = |r: Vec<RData>| Some(Some(r));
         match labels.as_slice() {
-            [] | ["svc"] | ["pod"] => Some(Vec::new()),
-            ["dns-version"] => Some(vec![RData::Txt(
+            [] | ["svc"] | ["pod"] => present(Vec::new()),
+            ["dns-version"] => present(vec![RData::Txt(
                 signpost_model::spec::DNS_SCHEMA_VERSION.to_owned(),
             )]),
-            ["svc", ns] | ["pod", ns] if self.namespaces.contains_key(*ns) => Some(Vec::new()),
+            ["svc", ns] | ["pod", ns] if self.namespace_exists(ns) => present(Vec::new()),
+            ["pod", ns, label] => Some(self.pod_records(ns, label)),
             _ => None,
         }
     }
-}
 
-/// The records of one name within one Service's snapshot, `None` if absent.
-fn node_records(snap: &DnsSnapshot<'_>, name: &str) -> Option<Vec<RData>> {
-    // Ask for ANY: the oracle returns every record of an existing name.
-    match dns_answer(snap, &Question::new(name, RType::Any)) {
-        DnsOutcome::Answer {
-            rcode: Rcode::NoError,
-            records,
-        } => Some(records.into_iter().map(|r| r.data).collect()),
-        _ => None,
+    /// DNS-15, through the oracle's rules over this namespace and its Pods at that address.
+    fn pod_records(&self, ns: &str, label: &str) -> Option<Vec<RData>> {
+        if !self.namespace_exists(ns) {
+            return None;
+        }
+        let ip = pod_label_ip(label)?;
+        let holder = Pod {
+            key: ObjectKey::new(ns, "_"),
+            labels: BTreeMap::new(),
+            ips: vec![ip],
+            node: None,
+            phase: PodPhase::Running,
+            ready: true,
+            terminating: false,
+            hostname: None,
+            subdomain: None,
+            ports: Vec::new(),
+        };
+        let known = self.pod_addrs.contains_key(&(ns.to_owned(), ip));
+        let snap = DnsSnapshot {
+            zone: &self.zone,
+            synced: true,
+            services: Vec::new(),
+            slices: Vec::new(),
+            pods: if known { vec![&holder] } else { Vec::new() },
+            namespaces: [ns].into(),
+            pods_mode: self.pods_mode,
+        };
+        name_records(&snap, &format!("{label}.{ns}.pod.{}", self.zone))
     }
 }

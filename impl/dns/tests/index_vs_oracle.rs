@@ -1,6 +1,6 @@
 //! The zone index against the oracle: random event sequences (Service
 //! add/update/delete including type changes, EndpointSlice add/update/move
-//! /delete, sync), and after every event every generated question is
+//! /delete, Namespaces, Pods in every pod-record mode, sync), and after every event every generated question is
 //! answered exactly as `dns_answer` answers it over the same objects.
 
 use std::collections::{BTreeMap, BTreeSet};
@@ -9,8 +9,9 @@ use std::net::IpAddr;
 use proptest::prelude::*;
 use signpost_dns::{Change, ZoneIndex};
 use signpost_model::cluster::{
-    AddressFamily, ClusterIps, Endpoint, EndpointPort, EndpointSlice, ObjectKey, Protocol,
-    Question, RType, Selector, Service, ServiceKind, ServicePort, TargetPort, TrafficPolicy,
+    AddressFamily, ClusterIps, Endpoint, EndpointPort, EndpointSlice, ObjectKey, Pod, PodPhase,
+    Protocol, Question, RType, Selector, Service, ServiceKind, ServicePort, TargetPort,
+    TrafficPolicy,
 };
 use signpost_model::spec::{DnsSnapshot, PodsMode, dns_answer, endpoint_dns_name};
 
@@ -112,7 +113,28 @@ enum Ev {
     DelSvc(usize, usize),
     Slice(usize, usize, u8, bool, Vec<(u8, bool, bool)>),
     DelSlice(usize, usize, u8),
+    /// A Namespace object (index into NS_OBJECTS) appears or goes.
+    Ns(usize, bool),
+    /// A Pod in a namespace with an address (10.244.0.x), or its deletion.
+    Pod(usize, u8, Option<u8>),
     Synced,
+}
+
+const NS_OBJECTS: [&str; 3] = ["default", "prod", "quiet"];
+
+fn pod(ns: usize, id: u8, ip: u8) -> Pod {
+    Pod {
+        key: ObjectKey::new(NS_OBJECTS[ns], format!("p{id}")),
+        labels: BTreeMap::new(),
+        ips: vec![IpAddr::from([10, 244, 0, ip])],
+        node: None,
+        phase: PodPhase::Running,
+        ready: true,
+        terminating: false,
+        hostname: None,
+        subdomain: None,
+        ports: Vec::new(),
+    }
 }
 
 fn ev() -> impl Strategy<Value = Ev> {
@@ -129,6 +151,8 @@ fn ev() -> impl Strategy<Value = Ev> {
         )
             .prop_map(|(a, b, c, d, e)| Ev::Slice(a, b, c, d, e)),
         (0..2usize, 0..3usize, 0..2u8).prop_map(|(a, b, c)| Ev::DelSlice(a, b, c)),
+        (0..3usize, any::<bool>()).prop_map(|(a, b)| Ev::Ns(a, b)),
+        (0..3usize, 0..3u8, proptest::option::of(1..4u8)).prop_map(|(a, b, c)| Ev::Pod(a, b, c)),
         Just(Ev::Synced),
     ]
 }
@@ -147,9 +171,17 @@ fn questions(
         "example.org".into(),
     ]
     .into();
-    for ns in NS {
+    for ns in NS_OBJECTS {
         names.insert(format!("{ns}.svc.{zone}"));
         names.insert(format!("{ns}.pod.{zone}"));
+        for ip in 1..4 {
+            names.insert(format!("10-244-0-{ip}.{ns}.pod.{zone}"));
+        }
+        names.insert(format!("fd00-244--1.{ns}.pod.{zone}"));
+        names.insert(format!("1--2-3.{ns}.pod.{zone}"));
+        names.insert(format!("not-an-ip.{ns}.pod.{zone}"));
+    }
+    for ns in NS {
         for n in NAMES {
             let fqdn = format!("{n}.{ns}.svc.{zone}");
             names.extend([
@@ -219,8 +251,13 @@ proptest! {
     #![proptest_config(ProptestConfig { cases: 1000, ..ProptestConfig::default() })]
 
     #[test]
-    fn the_index_answers_as_the_oracle(events in proptest::collection::vec(ev(), 1..14)) {
-        let mut index = ZoneIndex::new("cluster.local");
+    fn the_index_answers_as_the_oracle(
+        events in proptest::collection::vec(ev(), 1..14),
+        mode in prop_oneof![Just(PodsMode::Disabled), Just(PodsMode::Insecure), Just(PodsMode::Verified)],
+    ) {
+        let mut index = ZoneIndex::with_pods("cluster.local", mode);
+        let mut namespaces: BTreeSet<&str> = BTreeSet::new();
+        let mut pods: BTreeMap<ObjectKey, Pod> = BTreeMap::new();
         let mut services: BTreeMap<ObjectKey, Service> = BTreeMap::new();
         let mut slices: BTreeMap<ObjectKey, EndpointSlice> = BTreeMap::new();
         let mut synced = false;
@@ -246,6 +283,24 @@ proptest! {
                     slices.remove(&k);
                     index.apply(Change::SliceDeleted(k));
                 }
+                Ev::Ns(i, true) => {
+                    namespaces.insert(NS_OBJECTS[i]);
+                    index.apply(Change::Namespace(NS_OBJECTS[i].to_owned()));
+                }
+                Ev::Ns(i, false) => {
+                    namespaces.remove(NS_OBJECTS[i]);
+                    index.apply(Change::NamespaceDeleted(NS_OBJECTS[i].to_owned()));
+                }
+                Ev::Pod(ns, id, Some(ip)) => {
+                    let p = pod(ns, id, ip);
+                    pods.insert(p.key.clone(), p.clone());
+                    index.apply(Change::Pod(p));
+                }
+                Ev::Pod(ns, id, None) => {
+                    let k = ObjectKey::new(NS_OBJECTS[ns], format!("p{id}"));
+                    pods.remove(&k);
+                    index.apply(Change::PodDeleted(k));
+                }
                 Ev::Synced => {
                     synced = true;
                     index.apply(Change::Synced);
@@ -256,9 +311,9 @@ proptest! {
                 synced,
                 services: services.values().collect(),
                 slices: slices.values().collect(),
-                pods: Vec::new(),
-                namespaces: BTreeSet::new(),
-                pods_mode: PodsMode::Disabled,
+                pods: pods.values().collect(),
+                namespaces: namespaces.clone(),
+                pods_mode: mode,
             };
             for q in questions(&services, &slices) {
                 prop_assert_eq!(index.answer(&q), dns_answer(&snap, &q), "{:?}", q);

@@ -194,15 +194,7 @@ impl<'a> DnsSnapshot<'a> {
         if !self.namespace_exists(ns) {
             return Node::Missing;
         }
-        let text = label.replace(
-            '-',
-            if label.matches('-').count() == 3 {
-                "."
-            } else {
-                ":"
-            },
-        );
-        let Ok(ip) = text.parse::<IpAddr>() else {
+        let Some(ip) = pod_label_ip(label) else {
             return Node::Missing;
         };
         let known = || {
@@ -311,6 +303,16 @@ impl<'a> DnsSnapshot<'a> {
     }
 }
 
+/// DNS-15: the address spelled by a pod label: three dashes and no `--`
+/// spell IPv4, anything else IPv6 (as CoreDNS reads them).
+pub fn pod_label_ip(label: &str) -> Option<IpAddr> {
+    let v4 = label.matches('-').count() == 3 && !label.contains("--");
+    label
+        .replace('-', if v4 { "." } else { ":" })
+        .parse::<IpAddr>()
+        .ok()
+}
+
 /// Parses a full reverse-lookup name (`4.3.2.1.in-addr.arpa`, 32 nibbles of `ip6.arpa`).
 pub fn parse_reverse(name: &str) -> Option<IpAddr> {
     if let Some(rest) = name.strip_suffix(".in-addr.arpa") {
@@ -364,6 +366,15 @@ pub fn dns_answer(snap: &DnsSnapshot<'_>, question: &Question) -> DnsOutcome {
     outcome(&name, rdatas, question.rtype, snap.synced)
 }
 
+/// Every record at `name` (`None` if the name is missing or not ours): the
+/// zone as data, for indexes that precompute it.
+pub fn name_records(snap: &DnsSnapshot<'_>, name: &str) -> Option<Vec<RData>> {
+    match snap.node(name) {
+        Node::Exists(r) => Some(r),
+        Node::Missing | Node::NotOurs => None,
+    }
+}
+
 /// The answer for a name of ours, given its records (`None`: it does not
 /// exist). Shared by the oracle and by indexes that look records up their own
 /// way, so the answering rules are written once.
@@ -387,7 +398,15 @@ pub fn outcome(name: &str, rdatas: Option<Vec<RData>>, rtype: RType, synced: boo
     let records: BTreeSet<Record> = match (rtype, cname) {
         // DNS-10: an alias answers every type with the CNAME.
         (t, Some(c)) if t != RType::Cname => [record(c.clone())].into(),
-        (RType::Any, _) => rdatas.into_iter().map(record).collect(),
+        // DNS-17: ANY is answered minimally (RFC 8482): the records of one type.
+        (RType::Any, _) => {
+            let first = rdatas.iter().map(RData::rtype).min();
+            rdatas
+                .into_iter()
+                .filter(|d| Some(d.rtype()) == first)
+                .map(record)
+                .collect()
+        }
         (t, _) => rdatas
             .into_iter()
             .filter(|d| d.rtype() == t)
