@@ -6,9 +6,11 @@
 //! - [`pki`]: certificates, service-account keys and an admin kubeconfig;
 //! - [`cluster`]: [`LocalCluster`], etcd + kube-apiserver (+ kube-controller-manager)
 //!   in a node namespace with no route out, as a typestate fixture;
-//! - [`fabric`]: Pods as namespaces on a bridge, each running our echo server.
+//! - [`fabric`]: Pods as namespaces on a bridge, each running our echo server;
+//! - [`dns`]: `signpost dns` and CoreDNS launchers and a DNS client for comparing answers.
 
 pub mod cluster;
+pub mod dns;
 mod error;
 pub mod fabric;
 #[cfg(feature = "kind")]

@@ -3,6 +3,7 @@
 //! the test; elsewhere the test says why it does not run and returns.
 
 mod cluster;
+mod dns;
 mod endpoints;
 mod fabric;
 mod proxy_nft;

@@ -4,6 +4,10 @@
 //! names only. Its answers equal the oracle's
 //! [`dns_answer`](signpost_model::spec::dns_answer) (property-tested).
 
+pub mod forward;
 mod index;
+pub mod metrics;
+pub mod server;
+pub mod watch;
 
 pub use index::{Change, ZoneIndex};

@@ -1,6 +1,7 @@
 //! `signpost`: one binary for Signpost's cluster components:
-//! `signpost endpoints` (the EndpointSlice controller) and
-//! `signpost proxy --mode nftables` (the service proxy).
+//! `signpost endpoints` (the EndpointSlice controller),
+//! `signpost proxy --mode nftables` (the service proxy) and
+//! `signpost dns` (the cluster DNS).
 
 mod http;
 
@@ -69,6 +70,44 @@ enum Command {
         #[arg(long, default_value = "127.0.0.1:10281")]
         metrics_addr: SocketAddr,
     },
+    /// Run the cluster DNS.
+    Dns {
+        /// The cluster zone.
+        #[arg(long, default_value = "cluster.local")]
+        zone: String,
+        /// Address to serve DNS on, UDP and TCP (repeatable).
+        #[arg(long, default_value = "0.0.0.0:53")]
+        listen: Vec<SocketAddr>,
+        /// Upstream resolver for other names (repeatable; port 53 unless given).
+        /// Without it, the nameservers of --resolv-conf.
+        #[arg(long)]
+        upstream: Vec<String>,
+        /// The resolv.conf whose nameservers are the upstreams.
+        #[arg(long, default_value = "/etc/resolv.conf")]
+        resolv_conf: PathBuf,
+        /// TTL of cluster records in seconds.
+        #[arg(long, default_value_t = signpost_model::spec::DEFAULT_TTL_SECS)]
+        ttl: u32,
+        /// Pod records `<dashed-ip>.<ns>.pod.<zone>`.
+        #[arg(long, value_enum, default_value = "disabled")]
+        pods: PodsArg,
+        /// Seconds a forwarded query may take.
+        #[arg(long, default_value_t = 2)]
+        forward_timeout: u64,
+        /// Address for /healthz, /readyz and /metrics.
+        #[arg(long, default_value = "127.0.0.1:10282")]
+        metrics_addr: SocketAddr,
+    },
+}
+
+#[derive(Clone, Copy, clap::ValueEnum)]
+enum PodsArg {
+    /// No pod records.
+    Disabled,
+    /// Any dashed address answers with itself.
+    Insecure,
+    /// Only addresses of Pods in that namespace answer (watches Pods).
+    Verified,
 }
 
 #[derive(Clone, Copy, clap::ValueEnum)]
@@ -117,7 +156,12 @@ async fn main() -> anyhow::Result<()> {
                 debounce: Duration::from_millis(debounce_ms),
             };
             let render = metrics.clone();
-            let server = http::serve(metrics_addr, Arc::new(move || render.render())).await?;
+            let server = http::serve(
+                metrics_addr,
+                Arc::new(move || render.render()),
+                Arc::new(|| true),
+            )
+            .await?;
             tracing::info!(%metrics_addr, identity = %cfg.identity, "signpost endpoints starting");
             tokio::select! {
                 r = signpost_endpoints::run(client, cfg, metrics) => r.context("endpoints controller stopped")?,
@@ -149,7 +193,12 @@ async fn main() -> anyhow::Result<()> {
             let client = client(cli.kubeconfig).await?;
             let metrics = Arc::new(signpost_proxy::metrics::Metrics::default());
             let render = metrics.clone();
-            let server = http::serve(metrics_addr, Arc::new(move || render.render())).await?;
+            let server = http::serve(
+                metrics_addr,
+                Arc::new(move || render.render()),
+                Arc::new(|| true),
+            )
+            .await?;
             let cfg = signpost_proxy::controller::Config {
                 node_name,
                 resync: Duration::from_secs(resync_secs),
@@ -160,6 +209,100 @@ async fn main() -> anyhow::Result<()> {
                 _ = shutdown() => tracing::info!("shutting down; rules stay in the kernel"),
             }
         }
+        Command::Dns {
+            zone,
+            listen,
+            upstream,
+            resolv_conf,
+            ttl,
+            pods,
+            forward_timeout,
+            metrics_addr,
+        } => {
+            run_dns(
+                cli.kubeconfig,
+                DnsArgs {
+                    zone,
+                    listen,
+                    upstream,
+                    resolv_conf,
+                    ttl,
+                    pods,
+                    forward_timeout,
+                    metrics_addr,
+                },
+            )
+            .await?;
+        }
+    }
+    Ok(())
+}
+
+struct DnsArgs {
+    zone: String,
+    listen: Vec<SocketAddr>,
+    upstream: Vec<String>,
+    resolv_conf: PathBuf,
+    ttl: u32,
+    pods: PodsArg,
+    forward_timeout: u64,
+    metrics_addr: SocketAddr,
+}
+
+fn parse_upstream(s: &str) -> anyhow::Result<SocketAddr> {
+    if let Ok(a) = s.parse::<SocketAddr>() {
+        return Ok(a);
+    }
+    let ip: std::net::IpAddr = s
+        .parse()
+        .with_context(|| format!("upstream {s:?} is neither ip nor ip:port"))?;
+    Ok(SocketAddr::new(ip, 53))
+}
+
+async fn run_dns(kubeconfig: Option<PathBuf>, a: DnsArgs) -> anyhow::Result<()> {
+    use signpost_dns::forward::{Forwarder, dedup, upstreams_from_resolv_conf};
+    use signpost_model::spec::PodsMode;
+    let zone = a.zone.trim_end_matches('.').to_ascii_lowercase();
+    signpost_model::cluster::validate_dns1123_subdomain("--zone", &zone)
+        .map_err(|e| anyhow::anyhow!("--zone {zone:?}: {e}"))?;
+    let upstreams = if a.upstream.is_empty() {
+        upstreams_from_resolv_conf(&a.resolv_conf)
+            .with_context(|| format!("reading upstreams from {}", a.resolv_conf.display()))?
+    } else {
+        a.upstream
+            .iter()
+            .map(|u| parse_upstream(u))
+            .collect::<anyhow::Result<_>>()?
+    };
+    let upstreams = dedup(upstreams);
+    let pods_mode = match a.pods {
+        PodsArg::Disabled => PodsMode::Disabled,
+        PodsArg::Insecure => PodsMode::Insecure,
+        PodsArg::Verified => PodsMode::Verified,
+    };
+    let client = client(kubeconfig).await?;
+    let shared = Arc::new(signpost_dns::server::Shared::new(
+        signpost_dns::ZoneIndex::with_pods(&zone, pods_mode),
+        a.ttl,
+        Forwarder::new(upstreams.clone(), Duration::from_secs(a.forward_timeout)),
+    ));
+    let mut server =
+        signpost_dns::server::serve(shared.clone(), &a.listen, Duration::from_secs(10))
+            .await
+            .with_context(|| format!("binding {:?}", a.listen))?;
+    let (render, ready) = (shared.clone(), shared.clone());
+    let http = http::serve(
+        a.metrics_addr,
+        Arc::new(move || render.metrics.render()),
+        Arc::new(move || ready.synced()),
+    )
+    .await?;
+    tracing::info!(%zone, listen = ?a.listen, ?upstreams, ttl = a.ttl, metrics_addr = %a.metrics_addr, "signpost dns starting");
+    tokio::select! {
+        () = signpost_dns::watch::run(client, shared, pods_mode) => anyhow::bail!("watches stopped"),
+        r = server.block_until_done() => r.context("DNS server stopped")?,
+        r = http => r.context("metrics server panicked")?.context("metrics server stopped")?,
+        _ = shutdown() => tracing::info!("shutting down"),
     }
     Ok(())
 }

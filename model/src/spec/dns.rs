@@ -268,7 +268,8 @@ impl<'a> DnsSnapshot<'a> {
                 }
                 Some(svc) => self.endpoint_node(svc, label),
             },
-            ["svc", ns, name, port, proto] if port.starts_with('_') && proto.starts_with('_') => {
+            // Labels run from the zone outwards: `_<port>._<proto>.<svc>` reads svc, proto, port.
+            ["svc", ns, name, proto, port] if port.starts_with('_') && proto.starts_with('_') => {
                 match self.service(ns, name) {
                     Some(svc) => self.srv_node(svc, &port[1..], &proto[1..]),
                     None => Node::Missing,
@@ -442,6 +443,65 @@ mod tests {
         );
         assert_eq!(parse_reverse("0.96.10.in-addr.arpa"), None);
         assert_eq!(parse_reverse("x.0.96.10.in-addr.arpa"), None);
+    }
+
+    #[test]
+    fn srv_records_answer_for_named_ports() {
+        use crate::cluster::{
+            AddressFamily, ObjectKey, Protocol, ServiceKind, ServicePort, TargetPort,
+            TrafficPolicy,
+        };
+        let svc = Service {
+            key: ObjectKey::new("default", "voy"),
+            selector: None,
+            kind: ServiceKind::ClusterIp,
+            cluster_ips: ClusterIps::Ips(vec!["10.96.0.5".parse().unwrap()]),
+            families: vec![AddressFamily::V4],
+            ports: vec![ServicePort {
+                name: "http".into(),
+                protocol: Protocol::Tcp,
+                port: 80,
+                target_port: TargetPort::Number(8080),
+                node_port: None,
+            }],
+            publish_not_ready: false,
+            affinity_timeout: None,
+            internal_traffic_policy: TrafficPolicy::Cluster,
+        };
+        let snap = DnsSnapshot {
+            zone: "cluster.local",
+            synced: true,
+            services: vec![&svc],
+            slices: Vec::new(),
+            pods: Vec::new(),
+            namespaces: BTreeSet::new(),
+            pods_mode: PodsMode::Disabled,
+        };
+        let ask = |n: &str| dns_answer(&snap, &Question::new(n, RType::Srv));
+        let name = "_http._tcp.voy.default.svc.cluster.local";
+        assert_eq!(
+            ask(name),
+            DnsOutcome::records(
+                [Record {
+                    name: name.into(),
+                    data: RData::Srv {
+                        priority: 0,
+                        weight: 100,
+                        port: 80,
+                        target: "voy.default.svc.cluster.local".into(),
+                    },
+                }]
+                .into()
+            )
+        );
+        assert_eq!(
+            ask("_tcp._http.voy.default.svc.cluster.local").code(),
+            Some(Rcode::NxDomain)
+        );
+        assert_eq!(
+            ask("_http._udp.voy.default.svc.cluster.local").code(),
+            Some(Rcode::NxDomain)
+        );
     }
 
     #[test]

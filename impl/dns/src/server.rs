@@ -1,0 +1,414 @@
+//! The request path on hickory-server: one question per request, answered
+//! from the zone index (DNS-1..DNS-18) or forwarded (DNS-19). Negative
+//! answers carry the zone's SOA (RFC 2308) so resolvers cache them for the
+//! TTL; ANY is minimal and transfers are refused (DNS-17); EDNS0 is echoed
+//! with the client's payload size, and answers over it are truncated (TC).
+
+use std::net::SocketAddr;
+use std::sync::atomic::{AtomicU32, Ordering};
+use std::sync::{Arc, RwLock};
+use std::time::{Duration, Instant};
+
+use hickory_proto::op::{
+    Edns, Header, HeaderCounts, Message, MessageType, Metadata, OpCode, ResponseCode,
+};
+use hickory_proto::rr::rdata::{A, AAAA, CNAME, PTR, SOA, SRV, TXT};
+use hickory_proto::rr::{DNSClass, Name, RData as HRData, Record, RecordType};
+use hickory_server::net::runtime::Time;
+use hickory_server::net::xfer::Protocol;
+use hickory_server::server::{Request, RequestHandler, ResponseHandler, ResponseInfo};
+use hickory_server::zone_handler::MessageResponseBuilder;
+use signpost_model::cluster::{DnsOutcome, Question, RData, RType, Rcode};
+use tracing::{debug, warn};
+
+use crate::ZoneIndex;
+use crate::forward::{ForwardError, Forwarder};
+use crate::metrics::Metrics;
+
+/// The largest UDP payload answered, whatever a client advertises.
+pub const MAX_UDP_PAYLOAD: u16 = 4096;
+
+/// What the request path shares with the watchers.
+#[derive(Debug)]
+pub struct Shared {
+    /// The zone, written by the watchers, read by every query.
+    pub index: RwLock<ZoneIndex>,
+    /// TTL of cluster records (DNS-16).
+    pub ttl: u32,
+    /// Counters and histograms.
+    pub metrics: Metrics,
+    /// The upstreams for other names.
+    pub forwarder: Forwarder,
+    /// SOA serial: seconds since the epoch at the last change.
+    pub serial: AtomicU32,
+    /// The cluster zone, lower-case without trailing dot.
+    pub zone: String,
+}
+
+impl Shared {
+    /// A shared state around an index.
+    pub fn new(index: ZoneIndex, ttl: u32, forwarder: Forwarder) -> Self {
+        Shared {
+            zone: index.zone().to_owned(),
+            index: RwLock::new(index),
+            ttl,
+            metrics: Metrics::default(),
+            forwarder,
+            serial: AtomicU32::new(epoch_secs()),
+        }
+    }
+
+    /// Whether the first full sync happened.
+    pub fn synced(&self) -> bool {
+        self.index
+            .read()
+            .unwrap_or_else(|e| e.into_inner())
+            .synced()
+    }
+}
+
+/// The current time in seconds since the epoch (SOA serials).
+pub fn epoch_secs() -> u32 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| u32::try_from(d.as_secs()).unwrap_or(u32::MAX))
+        .unwrap_or(1)
+}
+
+/// The hickory request handler.
+#[derive(Debug, Clone)]
+pub struct Handler(pub Arc<Shared>);
+
+fn rtype(t: RecordType) -> RType {
+    match t {
+        RecordType::A => RType::A,
+        RecordType::AAAA => RType::Aaaa,
+        RecordType::CNAME => RType::Cname,
+        RecordType::SRV => RType::Srv,
+        RecordType::PTR => RType::Ptr,
+        RecordType::TXT => RType::Txt,
+        RecordType::SOA => RType::Soa,
+        RecordType::NS => RType::Ns,
+        RecordType::ANY => RType::Any,
+        other => RType::Other(u16::from(other)),
+    }
+}
+
+fn qtype_label(t: RecordType) -> &'static str {
+    match t {
+        RecordType::A => "A",
+        RecordType::AAAA => "AAAA",
+        RecordType::CNAME => "CNAME",
+        RecordType::SRV => "SRV",
+        RecordType::PTR => "PTR",
+        RecordType::TXT => "TXT",
+        RecordType::SOA => "SOA",
+        RecordType::NS => "NS",
+        RecordType::ANY => "ANY",
+        RecordType::AXFR | RecordType::IXFR => "AXFR",
+        _ => "other",
+    }
+}
+
+fn rcode_label(r: ResponseCode) -> &'static str {
+    match r {
+        ResponseCode::NoError => "NOERROR",
+        ResponseCode::FormErr => "FORMERR",
+        ResponseCode::ServFail => "SERVFAIL",
+        ResponseCode::NXDomain => "NXDOMAIN",
+        ResponseCode::NotImp => "NOTIMP",
+        ResponseCode::Refused => "REFUSED",
+        ResponseCode::BADVERS => "BADVERS",
+        _ => "other",
+    }
+}
+
+fn absolute(name: &str) -> Option<Name> {
+    let mut n = Name::from_ascii(name).ok()?;
+    n.set_fqdn(true);
+    Some(n)
+}
+
+/// The hickory record for one of the oracle's.
+fn record(owner: &Name, data: &RData, ttl: u32) -> Option<Record> {
+    let rdata = match data {
+        RData::A(ip) => HRData::A(A(*ip)),
+        RData::Aaaa(ip) => HRData::AAAA(AAAA(*ip)),
+        RData::Cname(t) => HRData::CNAME(CNAME(absolute(t)?)),
+        RData::Ptr(t) => HRData::PTR(PTR(absolute(t)?)),
+        RData::Txt(t) => HRData::TXT(TXT::new(vec![t.clone()])),
+        RData::Srv {
+            priority,
+            weight,
+            port,
+            target,
+        } => HRData::SRV(SRV::new(*priority, *weight, *port, absolute(target)?)),
+    };
+    Some(Record::from_rdata(owner.clone(), ttl, rdata))
+}
+
+/// The SOA of the zone that owns `name` (the cluster zone, or the reverse zone).
+fn soa(shared: &Shared, zone: &str, name: &str, ttl: u32) -> Option<Record> {
+    let apex = if name == zone || name.ends_with(&format!(".{zone}")) {
+        zone.to_owned()
+    } else if name.ends_with("in-addr.arpa") {
+        "in-addr.arpa".to_owned()
+    } else {
+        "ip6.arpa".to_owned()
+    };
+    let soa = SOA::new(
+        absolute(&format!("ns.dns.{zone}"))?,
+        absolute(&format!("hostmaster.{zone}"))?,
+        shared.serial.load(Ordering::Relaxed),
+        7200,
+        1800,
+        86400,
+        ttl,
+    );
+    Some(Record::from_rdata(absolute(&apex)?, ttl, HRData::SOA(soa)))
+}
+
+impl Handler {
+    async fn respond<R: ResponseHandler>(
+        &self,
+        request: &Request,
+        mut handle: R,
+        edns: Option<&Edns>,
+        metadata: Metadata,
+        [answers, authorities, additionals]: [&[Record]; 3],
+    ) -> ResponseInfo {
+        let builder = MessageResponseBuilder::new(&request.queries, edns);
+        let fallback = ResponseInfo::from(Header {
+            metadata,
+            counts: HeaderCounts::default(),
+        });
+        match handle
+            .send_response(builder.build(
+                metadata,
+                answers.iter(),
+                authorities.iter(),
+                std::iter::empty(),
+                additionals.iter(),
+            ))
+            .await
+        {
+            Ok(info) => info,
+            Err(e) => {
+                warn!(error = %e, src = %request.src(), "could not send a response");
+                fallback
+            }
+        }
+    }
+
+    async fn error<R: ResponseHandler>(
+        &self,
+        request: &Request,
+        handle: R,
+        edns: Option<&Edns>,
+        code: ResponseCode,
+    ) -> ResponseInfo {
+        let mut metadata = Metadata::response_from_request(&request.metadata);
+        metadata.response_code = code;
+        self.respond(request, handle, edns, metadata, [&[], &[], &[]])
+            .await
+    }
+
+    async fn forward<R: ResponseHandler>(
+        &self,
+        request: &Request,
+        handle: R,
+        edns: Option<&Edns>,
+        name: &str,
+    ) -> ResponseInfo {
+        let shared = &self.0;
+        shared.metrics.forwarded.fetch_add(1, Ordering::Relaxed);
+        let tcp = !matches!(request.protocol(), Protocol::Udp);
+        let reply = match shared
+            .forwarder
+            .forward(request.as_slice(), name, tcp)
+            .await
+        {
+            Ok(reply) => reply,
+            Err(ForwardError::Loop) => {
+                shared.metrics.forward_loops.fetch_add(1, Ordering::Relaxed);
+                warn!(%name, "every upstream loops back here; refusing");
+                return self
+                    .error(request, handle, edns, ResponseCode::Refused)
+                    .await;
+            }
+            Err(e) => {
+                shared
+                    .metrics
+                    .forward_errors
+                    .fetch_add(1, Ordering::Relaxed);
+                warn!(%name, error = %e, "forward failed");
+                return self
+                    .error(request, handle, edns, ResponseCode::ServFail)
+                    .await;
+            }
+        };
+        let msg = match Message::from_vec(&reply) {
+            Ok(m) => m,
+            Err(e) => {
+                shared
+                    .metrics
+                    .forward_errors
+                    .fetch_add(1, Ordering::Relaxed);
+                warn!(%name, error = %e, "upstream reply does not parse");
+                return self
+                    .error(request, handle, edns, ResponseCode::ServFail)
+                    .await;
+            }
+        };
+        let mut metadata = msg.metadata;
+        metadata.id = request.metadata.id;
+        self.respond(
+            request,
+            handle,
+            edns,
+            metadata,
+            [&msg.answers, &msg.authorities, &msg.additionals],
+        )
+        .await
+    }
+
+    async fn handle<R: ResponseHandler>(&self, request: &Request, handle: R) -> ResponseInfo {
+        let shared = &self.0;
+        let mut resp_edns = Edns::new();
+        let edns = match request.edns.as_ref() {
+            Some(req) => {
+                resp_edns.set_max_payload(req.max_payload().clamp(512, MAX_UDP_PAYLOAD));
+                resp_edns.set_version(0);
+                if req.version() > 0 {
+                    return self
+                        .error(request, handle, Some(&resp_edns), ResponseCode::BADVERS)
+                        .await;
+                }
+                Some(&resp_edns)
+            }
+            None => None,
+        };
+        if request.metadata.message_type != MessageType::Query {
+            return self
+                .error(request, handle, edns, ResponseCode::FormErr)
+                .await;
+        }
+        if request.metadata.op_code != OpCode::Query {
+            return self
+                .error(request, handle, edns, ResponseCode::NotImp)
+                .await;
+        }
+        let Ok(info) = request.request_info() else {
+            shared.metrics.malformed.fetch_add(1, Ordering::Relaxed);
+            debug!(src = %request.src(), "not exactly one question");
+            return self
+                .error(request, handle, edns, ResponseCode::FormErr)
+                .await;
+        };
+        let query = info.query.original();
+        let qname = query.name().to_ascii();
+        let qtype = query.query_type();
+        let question = Question::new(qname, rtype(qtype));
+        let name = question.normalized_name();
+        if !matches!(query.query_class(), DNSClass::IN) {
+            return self
+                .error(request, handle, edns, ResponseCode::Refused)
+                .await;
+        }
+        let (outcome, first_served) = shared
+            .index
+            .read()
+            .unwrap_or_else(|e| e.into_inner())
+            .answer_timed(&question);
+        if let Some(d) = first_served {
+            shared.metrics.programming_latency.observe(d);
+        }
+        let (rcode, records) = match outcome {
+            DnsOutcome::Forward => {
+                if shared.forwarder.is_loop(request.metadata.id, &name) {
+                    shared.metrics.forward_loops.fetch_add(1, Ordering::Relaxed);
+                    warn!(%name, src = %request.src(), "a query this server forwarded came back: forwarding loop; refused");
+                    return self
+                        .error(request, handle, edns, ResponseCode::Refused)
+                        .await;
+                }
+                return self.forward(request, handle, edns, &name).await;
+            }
+            DnsOutcome::Answer { rcode, records } => (rcode, records),
+        };
+        let negative = rcode == Rcode::NxDomain || (rcode == Rcode::NoError && records.is_empty());
+        let code = match rcode {
+            Rcode::NoError => ResponseCode::NoError,
+            Rcode::NxDomain => ResponseCode::NXDomain,
+            Rcode::ServFail => ResponseCode::ServFail,
+            Rcode::Refused => ResponseCode::Refused,
+        };
+        let owner = query.name().clone();
+        let mut answers: Vec<Record> = records
+            .iter()
+            .filter_map(|r| record(&owner, &r.data, shared.ttl))
+            .collect();
+        let mut authorities = Vec::new();
+        if negative {
+            let zone = &shared.zone;
+            let soa = soa(shared, zone, &name, shared.ttl);
+            // The SOA of the apex is a record of the apex itself.
+            if name == *zone && qtype == RecordType::SOA && code == ResponseCode::NoError {
+                answers.extend(soa);
+            } else {
+                authorities.extend(soa);
+            }
+        }
+        let mut metadata = Metadata::response_from_request(&request.metadata);
+        metadata.response_code = code;
+        metadata.authoritative = code != ResponseCode::ServFail && code != ResponseCode::Refused;
+        metadata.recursion_available = true;
+        self.respond(
+            request,
+            handle,
+            edns,
+            metadata,
+            [&answers, &authorities, &[]],
+        )
+        .await
+    }
+}
+
+#[async_trait::async_trait]
+impl RequestHandler for Handler {
+    async fn handle_request<R: ResponseHandler, T: Time>(
+        &self,
+        request: &Request,
+        response_handle: R,
+    ) -> ResponseInfo {
+        let started = Instant::now();
+        let qtype = request
+            .request_info()
+            .map(|i| qtype_label(i.query.query_type()))
+            .unwrap_or("other");
+        let info = self.handle(request, response_handle).await;
+        self.0
+            .metrics
+            .count_query(qtype, rcode_label(info.response_code));
+        self.0.metrics.answer_latency.observe(started.elapsed());
+        info
+    }
+}
+
+/// Binds UDP and TCP on every address and serves until the server fails.
+pub async fn serve(
+    shared: Arc<Shared>,
+    listen: &[SocketAddr],
+    tcp_timeout: Duration,
+) -> std::io::Result<hickory_server::Server<Handler>> {
+    let mut server = hickory_server::Server::new(Handler(shared));
+    for addr in listen {
+        server.register_socket(tokio::net::UdpSocket::bind(addr).await?);
+        server.register_listener(
+            tokio::net::TcpListener::bind(addr).await?,
+            tcp_timeout,
+            64 * 1024,
+        );
+    }
+    Ok(server)
+}

@@ -1,0 +1,205 @@
+//! Watches that feed the zone index: Services, EndpointSlices, Namespaces
+//! and (for verified pod records) Pods. Each watch turns its events into
+//! [`Change`]s; after a relist, objects that vanished while the watch was
+//! down are deleted (PROTO-2). One task applies changes in batches under the
+//! index's write lock. While the API server is unreachable the watches retry
+//! with backoff and the index keeps answering from what it had.
+//! An object that cannot be read is logged, counted and skipped; what the
+//! index had for it stays.
+
+use std::collections::HashSet;
+use std::sync::Arc;
+use std::sync::atomic::Ordering;
+use std::time::Instant;
+
+use futures::StreamExt;
+use k8s_openapi::api::core::v1::{Namespace as KNamespace, Pod as KPod, Service as KService};
+use k8s_openapi::api::discovery::v1::EndpointSlice as KSlice;
+use kube::api::Api;
+use kube::runtime::{WatchStreamExt, watcher};
+use kube::{Client, ResourceExt};
+use signpost_model::cluster::{EndpointSlice, ObjectKey, Pod, Service};
+use signpost_model::spec::PodsMode;
+use tokio::sync::mpsc;
+use tracing::{info, warn};
+
+use crate::Change;
+use crate::server::{Shared, epoch_secs};
+
+enum Msg {
+    Change(Change, Instant),
+    ListDone(&'static str),
+}
+
+fn key_of<K: kube::Resource>(obj: &K) -> ObjectKey {
+    ObjectKey::new(obj.namespace().unwrap_or_default(), obj.name_any())
+}
+
+/// Runs one watch, sending its changes until the receiver goes away.
+async fn watch_kind<K>(
+    api: Api<K>,
+    kind: &'static str,
+    convert: fn(&K) -> Result<Change, String>,
+    deleted: fn(ObjectKey) -> Change,
+    tx: mpsc::UnboundedSender<Msg>,
+    shared: Arc<Shared>,
+) where
+    K: kube::Resource<DynamicType = ()>
+        + Clone
+        + serde::de::DeserializeOwned
+        + std::fmt::Debug
+        + Send
+        + Sync
+        + 'static,
+{
+    let mut stream = watcher(api, watcher::Config::default())
+        .default_backoff()
+        .boxed();
+    let mut known: HashSet<ObjectKey> = HashSet::new();
+    let mut relisted: HashSet<ObjectKey> = HashSet::new();
+    let send = |c: Change| tx.send(Msg::Change(c, Instant::now())).is_ok();
+    let read = |obj: &K| match convert(obj) {
+        Ok(c) => Some(c),
+        Err(e) => {
+            shared
+                .metrics
+                .invalid_objects
+                .fetch_add(1, Ordering::Relaxed);
+            warn!(kind, object = %key_of(obj), error = %e, "skipping an object that cannot be read; keeping what was known");
+            None
+        }
+    };
+    while let Some(ev) = stream.next().await {
+        let ok = match ev {
+            Ok(watcher::Event::Init) => {
+                relisted.clear();
+                true
+            }
+            Ok(watcher::Event::InitApply(obj)) => {
+                relisted.insert(key_of(&obj));
+                read(&obj).is_none_or(send)
+            }
+            Ok(watcher::Event::InitDone) => {
+                let gone: Vec<ObjectKey> = known.difference(&relisted).cloned().collect();
+                known = std::mem::take(&mut relisted);
+                gone.into_iter().all(|k| send(deleted(k))) && tx.send(Msg::ListDone(kind)).is_ok()
+            }
+            Ok(watcher::Event::Apply(obj)) => {
+                known.insert(key_of(&obj));
+                read(&obj).is_none_or(send)
+            }
+            Ok(watcher::Event::Delete(obj)) => {
+                let k = key_of(&obj);
+                known.remove(&k);
+                send(deleted(k))
+            }
+            Err(e) => {
+                shared.metrics.watch_errors.fetch_add(1, Ordering::Relaxed);
+                warn!(kind, error = %e, "watch failed; answering from the last known state and retrying");
+                true
+            }
+        };
+        if !ok {
+            return;
+        }
+    }
+}
+
+fn service(s: &KService) -> Result<Change, String> {
+    Service::try_from(s)
+        .map(Change::Service)
+        .map_err(|e| e.to_string())
+}
+
+fn slice(s: &KSlice) -> Result<Change, String> {
+    EndpointSlice::try_from(s)
+        .map(Change::Slice)
+        .map_err(|e| e.to_string())
+}
+
+fn namespace(n: &KNamespace) -> Result<Change, String> {
+    Ok(Change::Namespace(n.name_any()))
+}
+
+fn pod(p: &KPod) -> Result<Change, String> {
+    Pod::try_from(p).map(Change::Pod).map_err(|e| e.to_string())
+}
+
+/// Watches the cluster and keeps `shared.index` current until the client's
+/// watches end (they retry forever, so in practice: until cancelled).
+pub async fn run(client: Client, shared: Arc<Shared>, pods_mode: PodsMode) {
+    let (tx, mut rx) = mpsc::unbounded_channel();
+    let mut kinds: Vec<&'static str> = vec!["services", "endpointslices", "namespaces"];
+    let mut tasks = tokio::task::JoinSet::new();
+    tasks.spawn(watch_kind(
+        Api::<KService>::all(client.clone()),
+        "services",
+        service,
+        Change::ServiceDeleted,
+        tx.clone(),
+        shared.clone(),
+    ));
+    tasks.spawn(watch_kind(
+        Api::<KSlice>::all(client.clone()),
+        "endpointslices",
+        slice,
+        Change::SliceDeleted,
+        tx.clone(),
+        shared.clone(),
+    ));
+    tasks.spawn(watch_kind(
+        Api::<KNamespace>::all(client.clone()),
+        "namespaces",
+        namespace,
+        |k| Change::NamespaceDeleted(k.name),
+        tx.clone(),
+        shared.clone(),
+    ));
+    if pods_mode == PodsMode::Verified {
+        kinds.push("pods");
+        tasks.spawn(watch_kind(
+            Api::<KPod>::all(client.clone()),
+            "pods",
+            pod,
+            Change::PodDeleted,
+            tx.clone(),
+            shared.clone(),
+        ));
+    }
+    drop(tx);
+    let mut listed: HashSet<&'static str> = HashSet::new();
+    let mut synced = false;
+    let mut batch = Vec::new();
+    while rx.recv_many(&mut batch, 4096).await > 0 {
+        let mut newly_synced = false;
+        {
+            let mut index = shared.index.write().unwrap_or_else(|e| e.into_inner());
+            for msg in batch.drain(..) {
+                match msg {
+                    Msg::Change(c, seen) => index.apply_at(c, seen),
+                    Msg::ListDone(kind) => {
+                        listed.insert(kind);
+                        if !synced && kinds.iter().all(|k| listed.contains(k)) {
+                            index.apply(Change::Synced);
+                            synced = true;
+                            newly_synced = true;
+                        }
+                    }
+                }
+            }
+            shared
+                .metrics
+                .zone_names
+                .store(index.len() as u64, Ordering::Relaxed);
+        }
+        shared.serial.store(epoch_secs(), Ordering::Relaxed);
+        if newly_synced {
+            shared.metrics.synced.store(1, Ordering::Relaxed);
+            info!(
+                names = shared.metrics.zone_names.load(Ordering::Relaxed),
+                "first full sync done; answering for the cluster zone"
+            );
+        }
+    }
+    tasks.shutdown().await;
+}
