@@ -11,7 +11,7 @@ use std::net::SocketAddr;
 use std::time::{Duration, Instant};
 
 use hickory_proto::op::{Edns, Message, MessageType, OpCode, Query};
-use hickory_proto::rr::{DNSClass, Name, RecordType};
+use hickory_proto::rr::{DNSClass, Name, RData, RecordType};
 
 use crate::cluster::{LocalCluster, Running};
 use crate::process::{Daemon, workspace_binary};
@@ -59,10 +59,15 @@ pub fn decode_answer(bytes: &[u8]) -> Result<Answer> {
             .answers
             .iter()
             .map(|r| {
+                let data = match &r.data {
+                    // Serials and timers are each server's own: compare the names only.
+                    RData::SOA(soa) => format!("{} {}", soa.mname, soa.rname),
+                    d => d.to_string(),
+                };
                 (
                     r.name.to_ascii().to_ascii_lowercase(),
                     r.record_type().to_string(),
-                    r.data.to_string().to_ascii_lowercase(),
+                    data.to_ascii_lowercase(),
                 )
             })
             .collect(),

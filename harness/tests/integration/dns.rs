@@ -261,7 +261,8 @@ fn real_clients_resolve_cluster_names() {
     );
     assert_eq!(
         short(&cluster, at, &[&format!("_http._tcp.{fqdn}"), "SRV"]),
-        [format!("0 100 80 {fqdn}")].into()
+        [format!("0 50 80 {fqdn}")].into(),
+        "dual-stack: two address × port pairs (DNS-8)"
     );
     let db_ips: BTreeSet<String> = [db0.ip().to_string(), db1.ip().to_string()].into();
     assert_eq!(

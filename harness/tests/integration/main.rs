@@ -4,6 +4,7 @@
 
 mod cluster;
 mod dns;
+mod dns_diff;
 mod endpoints;
 mod fabric;
 mod proxy_nft;

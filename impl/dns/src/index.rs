@@ -251,9 +251,15 @@ impl ZoneIndex {
         let fqdn = format!("{}.{}.svc.{}", svc.key.name, svc.key.namespace, self.zone);
         // The names a Service can own: itself, its `_port` and SRV names, its endpoints.
         let mut candidates = vec![fqdn.clone()];
-        for p in svc.ports.iter().filter(|p| !p.name.is_empty()) {
-            candidates.push(format!("_{}.{fqdn}", p.name));
-            candidates.push(format!("_{}._{}.{fqdn}", p.name, p.protocol.as_lower()));
+        // Port names come from the Service and, for endpoints, from their slices.
+        let ports = svc.ports.iter().map(|p| (&p.name, p.protocol)).chain(
+            snap.slices
+                .iter()
+                .flat_map(|s| s.ports.iter().map(|p| (&p.name, p.protocol))),
+        );
+        for (name, protocol) in ports.filter(|(n, _)| !n.is_empty()) {
+            candidates.push(format!("_{}.{fqdn}", protocol.as_lower()));
+            candidates.push(format!("_{name}._{}.{fqdn}", protocol.as_lower()));
         }
         let mut endpoint_ips: BTreeMap<IpAddr, String> = BTreeMap::new();
         for slice in &snap.slices {

@@ -188,6 +188,8 @@ fn questions(
                 format!("_http._tcp.{fqdn}"),
                 format!("_dns._udp.{fqdn}"),
                 format!("_http.{fqdn}"),
+                format!("_tcp.{fqdn}"),
+                format!("_udp.{fqdn}"),
                 format!("_dns._tcp.{fqdn}"),
                 format!("x.{fqdn}"),
                 fqdn.to_uppercase(),

@@ -107,86 +107,117 @@ impl<'a> DnsSnapshot<'a> {
         format!("{}.{}.svc.{}", svc.key.name, svc.key.namespace, self.zone)
     }
 
-    /// DNS-2..DNS-5: the records at `<svc>.<ns>.svc.<zone>`.
+    /// DNS-7: the (target, port, address) triples behind a Service's SRV
+    /// records, for the ports `port` accepts: a ClusterIP Service's
+    /// ClusterIPs × its ports, a headless Service's ready endpoints × their
+    /// slice's ports; `endpoint` keeps only endpoints of that name.
+    fn srv_pairs(
+        &self,
+        svc: &Service,
+        port: impl Fn(&str, crate::cluster::Protocol) -> bool,
+        endpoint: Option<&str>,
+    ) -> Vec<(String, u16, IpAddr)> {
+        let mut out = Vec::new();
+        match (&svc.cluster_ips, endpoint) {
+            (ClusterIps::Ips(ips), None) => {
+                for ip in ips {
+                    for sp in svc.ports.iter().filter(|p| port(&p.name, p.protocol)) {
+                        out.push((self.fqdn(svc), sp.port, *ip));
+                    }
+                }
+            }
+            (ClusterIps::Ips(_) | ClusterIps::Headless, _) => {
+                for (ep, slice) in self.ready_endpoints(svc).into_values() {
+                    let label = endpoint_dns_name(ep);
+                    if endpoint.is_some_and(|e| e != label) {
+                        continue;
+                    }
+                    if endpoint.is_none() && !svc.is_headless() {
+                        continue;
+                    }
+                    for p in slice.ports.iter().filter(|p| port(&p.name, p.protocol)) {
+                        out.push((format!("{label}.{}", self.fqdn(svc)), p.port, ep.address));
+                    }
+                }
+            }
+            (ClusterIps::Unset, _) => {}
+        }
+        out
+    }
+
+    /// DNS-8: SRV records over triples: priority 0, weight ⌊100 / n⌋ for n
+    /// triples (records that coincide still count, as in CoreDNS).
+    fn srv_records(pairs: &[(String, u16, IpAddr)]) -> Vec<RData> {
+        let weight = u16::try_from(100 / pairs.len().max(1)).unwrap_or(0);
+        let set: BTreeSet<RData> = pairs
+            .iter()
+            .map(|(target, port, _)| RData::Srv {
+                priority: 0,
+                weight,
+                port: *port,
+                target: target.clone(),
+            })
+            .collect();
+        set.into_iter().collect()
+    }
+
+    /// DNS-2..DNS-5, DNS-7: the records at `<svc>.<ns>.svc.<zone>`.
     fn service_node(&self, svc: &Service) -> Node {
         if let Some(target) = svc.external_name() {
             return Node::Exists(vec![RData::Cname(target.to_owned())]);
         }
-        match &svc.cluster_ips {
-            ClusterIps::Ips(ips) => Node::Exists(ips.iter().copied().map(addr).collect()),
+        let mut records: Vec<RData> = match &svc.cluster_ips {
+            ClusterIps::Ips(ips) => ips.iter().copied().map(addr).collect(),
             // DNS-3: a headless Service answers with its ready endpoints.
             ClusterIps::Headless => {
                 let eps = self.ready_endpoints(svc);
                 if eps.is_empty() {
                     // DNS-5: a headless Service with no ready endpoints does not exist.
-                    Node::Missing
-                } else {
-                    Node::Exists(eps.keys().copied().map(addr).collect())
+                    return Node::Missing;
                 }
+                eps.keys().copied().map(addr).collect()
             }
-            ClusterIps::Unset => Node::Missing,
-        }
+            ClusterIps::Unset => return Node::Missing,
+        };
+        // DNS-7: SRV over every port at the Service name.
+        records.extend(Self::srv_records(&self.srv_pairs(svc, |_, _| true, None)));
+        Node::Exists(records)
     }
 
-    /// DNS-6: `<endpoint>.<svc>.<ns>.svc.<zone>`.
+    /// DNS-6: `<endpoint>.<svc>.<ns>.svc.<zone>`: its addresses, and SRV over its ports.
     fn endpoint_node(&self, svc: &Service, label: &str) -> Node {
-        let ips: Vec<RData> = self
+        let mut records: Vec<RData> = self
             .ready_endpoints(svc)
             .into_values()
             .filter(|(ep, _)| endpoint_dns_name(ep) == label)
             .map(|(ep, _)| addr(ep.address))
             .collect();
-        if ips.is_empty() {
-            Node::Missing
-        } else {
-            Node::Exists(ips)
+        if records.is_empty() {
+            return Node::Missing;
         }
+        records.extend(Self::srv_records(&self.srv_pairs(
+            svc,
+            |_, _| true,
+            Some(label),
+        )));
+        Node::Exists(records)
     }
 
-    /// DNS-7, DNS-8: `_<port>._<proto>.<svc>.<ns>.svc.<zone>`.
+    /// DNS-7, DNS-8: `_<port>._<proto>.<svc>.<ns>.svc.<zone>`: SRV over the
+    /// named port, and the addresses behind it.
     fn srv_node(&self, svc: &Service, port: &str, proto: &str) -> Node {
-        let Some(sp) = svc
-            .ports
-            .iter()
-            .find(|p| !p.name.is_empty() && p.name == port && p.protocol.as_lower() == proto)
-        else {
-            return Node::Missing;
-        };
-        let mut targets: Vec<(u16, String)> = Vec::new();
-        match &svc.cluster_ips {
-            ClusterIps::Ips(_) => targets.push((sp.port, self.fqdn(svc))),
-            ClusterIps::Headless => {
-                for (ep, slice) in self.ready_endpoints(svc).into_values() {
-                    if let Some(p) = slice
-                        .ports
-                        .iter()
-                        .find(|p| p.name == sp.name && p.protocol == sp.protocol)
-                    {
-                        targets.push((
-                            p.port,
-                            format!("{}.{}", endpoint_dns_name(ep), self.fqdn(svc)),
-                        ));
-                    }
-                }
-            }
-            ClusterIps::Unset => {}
-        }
-        if targets.is_empty() {
+        let pairs = self.srv_pairs(
+            svc,
+            |name, protocol| !name.is_empty() && name == port && protocol.as_lower() == proto,
+            None,
+        );
+        if pairs.is_empty() {
             return Node::Missing;
         }
-        // DNS-8: priority 0, weights sharing 100 equally.
-        let weight = u16::try_from(100 / targets.len()).unwrap_or(0);
-        Node::Exists(
-            targets
-                .into_iter()
-                .map(|(port, target)| RData::Srv {
-                    priority: 0,
-                    weight,
-                    port,
-                    target,
-                })
-                .collect(),
-        )
+        let addrs: BTreeSet<IpAddr> = pairs.iter().map(|(_, _, ip)| *ip).collect();
+        let mut records: Vec<RData> = addrs.into_iter().map(addr).collect();
+        records.extend(Self::srv_records(&pairs));
+        Node::Exists(records)
     }
 
     /// DNS-15: `<dashed-ip>.<ns>.pod.<zone>`.
@@ -253,14 +284,20 @@ impl<'a> DnsSnapshot<'a> {
             },
             ["svc", ns, name, label] => match self.service(ns, name) {
                 None => Node::Missing,
-                // DNS-7: `_<port>` under a Service is an empty non-terminal when that named port exists.
+                // DNS-7: `_<proto>` under a Service is an empty non-terminal when a named port has that protocol.
                 Some(svc) if label.starts_with('_') => {
-                    let port = &label[1..];
-                    if svc
-                        .ports
-                        .iter()
-                        .any(|p| !p.name.is_empty() && p.name == port)
-                    {
+                    let proto = &label[1..];
+                    // It exists exactly when some `_<port>._<proto>` below it does.
+                    let mut names = svc.ports.iter().map(|p| (&p.name, p.protocol)).chain(
+                        self.ready_endpoints(svc)
+                            .into_values()
+                            .flat_map(|(_, sl)| sl.ports.iter().map(|p| (&p.name, p.protocol))),
+                    );
+                    if names.any(|(name, protocol)| {
+                        !name.is_empty()
+                            && protocol.as_lower() == proto
+                            && matches!(self.srv_node(svc, name, proto), Node::Exists(_))
+                    }) {
                         Node::Exists(Vec::new())
                     } else {
                         Node::Missing
@@ -448,8 +485,7 @@ mod tests {
     #[test]
     fn srv_records_answer_for_named_ports() {
         use crate::cluster::{
-            AddressFamily, ObjectKey, Protocol, ServiceKind, ServicePort, TargetPort,
-            TrafficPolicy,
+            AddressFamily, ObjectKey, Protocol, ServiceKind, ServicePort, TargetPort, TrafficPolicy,
         };
         let svc = Service {
             key: ObjectKey::new("default", "voy"),
