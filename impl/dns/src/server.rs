@@ -395,20 +395,34 @@ impl RequestHandler for Handler {
     }
 }
 
-/// Binds UDP and TCP on every address and serves until the server fails.
+/// Binds UDP and TCP on every address and serves in the background.
 pub async fn serve(
     shared: Arc<Shared>,
     listen: &[SocketAddr],
     tcp_timeout: Duration,
 ) -> std::io::Result<hickory_server::Server<Handler>> {
-    let mut server = hickory_server::Server::new(Handler(shared));
+    let mut udp = Vec::new();
+    let mut tcp = Vec::new();
     for addr in listen {
-        server.register_socket(tokio::net::UdpSocket::bind(addr).await?);
-        server.register_listener(
-            tokio::net::TcpListener::bind(addr).await?,
-            tcp_timeout,
-            64 * 1024,
-        );
+        udp.push(tokio::net::UdpSocket::bind(addr).await?);
+        tcp.push(tokio::net::TcpListener::bind(addr).await?);
     }
-    Ok(server)
+    Ok(serve_sockets(shared, udp, tcp, tcp_timeout))
+}
+
+/// Serves on sockets bound by the caller, in the background.
+pub fn serve_sockets(
+    shared: Arc<Shared>,
+    udp: Vec<tokio::net::UdpSocket>,
+    tcp: Vec<tokio::net::TcpListener>,
+    tcp_timeout: Duration,
+) -> hickory_server::Server<Handler> {
+    let mut server = hickory_server::Server::new(Handler(shared));
+    for s in udp {
+        server.register_socket(s);
+    }
+    for l in tcp {
+        server.register_listener(l, tcp_timeout, 64 * 1024);
+    }
+    server
 }
