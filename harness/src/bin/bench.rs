@@ -7,6 +7,10 @@
 //! one after the other against the same API objects, each timed by its own
 //! sync-duration metrics and from outside (API write → sync counted).
 //!
+//! `signpost-bench dns [--services N] [--out FILE]`: `signpost dns` and
+//! CoreDNS over the same N Services, one core each: QPS at saturation,
+//! p50/p99 latency, RSS, Service create → resolvable (see `bench/dns.rs`).
+//!
 //! `signpost-bench endpoints [--pods N] [--out FILE]`: time from a Pod's Ready
 //! condition being written to its endpoint showing `ready: true`, for
 //! `signpost endpoints` and kube-controller-manager's EndpointSlice
@@ -25,6 +29,8 @@ use signpost_endpoints::{KCM_MANAGED_BY, MANAGED_BY};
 use signpost_harness::LocalCluster;
 use signpost_harness::process::{Daemon, workspace_binary};
 
+#[path = "bench/dns.rs"]
+mod dns;
 #[path = "bench/proxy_nft.rs"]
 mod proxy_nft;
 
@@ -41,8 +47,11 @@ fn main() -> Result<(), Box<dyn std::error::Error + Send + Sync>> {
     if args.first().map(String::as_str) == Some("proxy-nft") {
         return proxy_nft::main(&args[1..]);
     }
+    if args.first().map(String::as_str) == Some("dns") {
+        return dns::main(&args[1..]);
+    }
     if args.first().map(String::as_str) != Some("endpoints") {
-        return Err("usage: signpost-bench endpoints [--pods N] [--out FILE] | proxy-nft [--sizes 1000,10000] [--out FILE]".into());
+        return Err("usage: signpost-bench endpoints [--pods N] [--out FILE] | proxy-nft [--sizes 1000,10000] [--out FILE] | dns [--services N] [--out FILE]".into());
     }
     let flag = |name: &str| {
         args.iter()

@@ -20,8 +20,8 @@ use signpost_dns::forward::Forwarder;
 use signpost_dns::server::{Shared, serve_sockets};
 use signpost_dns::{Change, ZoneIndex};
 use signpost_model::cluster::{
-    AddressFamily, ClusterIps, ObjectKey, Protocol, Service, ServiceKind, ServicePort,
-    TargetPort, TrafficPolicy,
+    AddressFamily, ClusterIps, ObjectKey, Protocol, Service, ServiceKind, ServicePort, TargetPort,
+    TrafficPolicy,
 };
 
 static PANICS: AtomicU64 = AtomicU64::new(0);
@@ -204,7 +204,10 @@ fn hostile_input_never_breaks_the_server() {
     let shared = Arc::new(Shared::new(
         index,
         5,
-        Forwarder::new(vec!["127.0.0.1:9".parse().unwrap()], Duration::from_millis(50)),
+        Forwarder::new(
+            vec!["127.0.0.1:9".parse().unwrap()],
+            Duration::from_millis(50),
+        ),
     ));
     let (udp_addr, tcp_addr) = rt.block_on(async {
         let udp = tokio::net::UdpSocket::bind("127.0.0.1:0").await.unwrap();
@@ -247,12 +250,14 @@ fn hostile_input_never_breaks_the_server() {
             sent += 1;
         }
         // Drain what came back; a drop is allowed, a malformed reply is not.
-        sock.set_read_timeout(Some(Duration::from_millis(1))).unwrap();
+        sock.set_read_timeout(Some(Duration::from_millis(1)))
+            .unwrap();
         while let Ok((n, _)) = sock.recv_from(&mut buf) {
             check_reply(&buf[..n]);
             replies += 1;
         }
-        sock.set_read_timeout(Some(Duration::from_millis(200))).unwrap();
+        sock.set_read_timeout(Some(Duration::from_millis(200)))
+            .unwrap();
         if sent % 10_000 < window {
             assert_answers(&sock, udp_addr);
         }
@@ -286,5 +291,8 @@ fn hostile_input_never_breaks_the_server() {
         shared.metrics.malformed.load(Ordering::Relaxed)
     );
     assert_eq!(PANICS.load(Ordering::SeqCst), 0, "a task panicked");
-    assert!(replies > sent / 10, "only {replies} replies to {sent} inputs");
+    assert!(
+        replies > sent / 10,
+        "only {replies} replies to {sent} inputs"
+    );
 }
