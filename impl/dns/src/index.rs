@@ -46,7 +46,7 @@ struct Entry {
 /// reverse entries of its addresses (DNS-9).
 #[derive(Debug, Default, Clone)]
 struct Owned {
-    names: Vec<(String, Vec<RData>)>,
+    names: Vec<String>,
     cluster_ips: Vec<IpAddr>,
     endpoint_ptrs: Vec<(IpAddr, String)>,
 }
@@ -55,6 +55,8 @@ struct Owned {
 #[derive(Debug)]
 pub struct ZoneIndex {
     zone: String,
+    /// `.` + zone, for suffix tests on the query path.
+    dot_zone: String,
     synced: bool,
     services: HashMap<ObjectKey, Service>,
     slices: HashMap<ObjectKey, EndpointSlice>,
@@ -82,8 +84,10 @@ impl ZoneIndex {
 
     /// An empty, not yet synced index for `zone` answering pod records in `pods_mode`.
     pub fn with_pods(zone: &str, pods_mode: PodsMode) -> Self {
+        let zone = zone.trim_end_matches('.').to_ascii_lowercase();
         ZoneIndex {
-            zone: zone.trim_end_matches('.').to_ascii_lowercase(),
+            dot_zone: format!(".{zone}"),
+            zone,
             synced: false,
             services: HashMap::new(),
             slices: HashMap::new(),
@@ -212,7 +216,7 @@ impl ZoneIndex {
     fn refresh(&mut self, key: &ObjectKey, seen: Instant) {
         let mut previous: HashMap<String, Entry> = HashMap::new();
         if let Some(old) = self.owned.remove(key) {
-            for (name, _) in old.names {
+            for name in old.names {
                 if let Some(e) = self.names.remove(&name) {
                     previous.insert(name, e);
                 }
@@ -278,13 +282,13 @@ impl ZoneIndex {
                 let entry = match previous.remove(&name) {
                     Some(e) if e.records == records => e,
                     _ => Entry {
-                        records: records.clone(),
+                        records: records.into_boxed_slice().into_vec(),
                         changed: seen,
                         served: AtomicBool::new(false),
                     },
                 };
                 self.names.insert(name.clone(), entry);
-                owned.names.push((name, records));
+                owned.names.push(name);
             }
         }
         for ip in svc.cluster_ips.ips() {
@@ -310,7 +314,7 @@ impl ZoneIndex {
     /// records, says how long after the change was seen that was.
     pub fn answer_timed(&self, question: &Question) -> (DnsOutcome, Option<Duration>) {
         let name = question.normalized_name();
-        let in_zone = name == self.zone || name.ends_with(&format!(".{}", self.zone));
+        let in_zone = name == self.zone || name.ends_with(&self.dot_zone);
         let reverse = signpost_model::spec::parse_reverse(&name);
         if !in_zone && reverse.is_none() {
             return (DnsOutcome::Forward, None);
@@ -349,7 +353,7 @@ impl ZoneIndex {
         let rest = if name == self.zone {
             ""
         } else {
-            name.strip_suffix(&format!(".{}", self.zone))?
+            name.strip_suffix(&self.dot_zone)?
         };
         let labels: Vec<&str> = if rest.is_empty() {
             Vec::new()
