@@ -2,6 +2,7 @@
 
 use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::net::IpAddr;
+use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
 
@@ -37,7 +38,7 @@ pub enum Change {
 /// answer has carried them since (programming latency).
 #[derive(Debug)]
 struct Entry {
-    records: Vec<RData>,
+    records: Box<[RData]>,
     changed: Instant,
     served: AtomicBool,
 }
@@ -46,9 +47,9 @@ struct Entry {
 /// reverse entries of its addresses (DNS-9).
 #[derive(Debug, Default, Clone)]
 struct Owned {
-    names: Vec<String>,
+    names: Vec<Arc<str>>,
     cluster_ips: Vec<IpAddr>,
-    endpoint_ptrs: Vec<(IpAddr, String)>,
+    endpoint_ptrs: Vec<(IpAddr, Arc<str>)>,
 }
 
 /// The cluster zone, maintained incrementally.
@@ -63,9 +64,10 @@ pub struct ZoneIndex {
     slices_of: HashMap<ObjectKey, BTreeSet<ObjectKey>>,
     owned: HashMap<ObjectKey, Owned>,
     /// name → records; a name may be shared by no two Services (names embed the Service).
-    names: HashMap<String, Entry>,
-    ptr_cluster: HashMap<IpAddr, String>,
-    ptr_endpoints: HashMap<IpAddr, BTreeSet<String>>,
+    names: HashMap<Arc<str>, Entry>,
+    ptr_cluster: HashMap<IpAddr, Arc<str>>,
+    /// Endpoint address → endpoint names, sorted (usually one).
+    ptr_endpoints: HashMap<IpAddr, Vec<Arc<str>>>,
     /// Services per namespace.
     namespaces: HashMap<String, usize>,
     /// Namespaces seen as objects.
@@ -151,7 +153,8 @@ impl ZoneIndex {
                 self.pod_ips.insert(pod.key, pod.ips);
             }
             Change::PodDeleted(key) => self.remove_pod(&key),
-            Change::Service(svc) => {
+            Change::Service(mut svc) => {
+                svc.selector = None;
                 let key = svc.key.clone();
                 if !self.services.contains_key(&key) {
                     *self.namespaces.entry(key.namespace.clone()).or_default() += 1;
@@ -170,7 +173,15 @@ impl ZoneIndex {
                 }
                 self.refresh(&key, seen);
             }
-            Change::Slice(slice) => {
+            Change::Slice(mut slice) => {
+                // What DNS does not read is not kept.
+                slice.endpoints.retain(|e| e.ready);
+                for e in &mut slice.endpoints {
+                    e.node = None;
+                    e.zone = None;
+                    e.pod = None;
+                }
+                slice.endpoints.shrink_to_fit();
                 let key = slice.key.clone();
                 let owner = slice.service_key();
                 if let Some(old) = self.slices.insert(key.clone(), slice) {
@@ -214,7 +225,7 @@ impl ZoneIndex {
     /// Recomputes the names of one Service with the oracle's own rules, run
     /// over that Service and its slices only.
     fn refresh(&mut self, key: &ObjectKey, seen: Instant) {
-        let mut previous: HashMap<String, Entry> = HashMap::new();
+        let mut previous: HashMap<Arc<str>, Entry> = HashMap::new();
         if let Some(old) = self.owned.remove(key) {
             for name in old.names {
                 if let Some(e) = self.names.remove(&name) {
@@ -226,7 +237,7 @@ impl ZoneIndex {
             }
             for (ip, target) in old.endpoint_ptrs {
                 if let Some(set) = self.ptr_endpoints.get_mut(&ip) {
-                    set.remove(&target);
+                    set.retain(|t| *t != target);
                     if set.is_empty() {
                         self.ptr_endpoints.remove(&ip);
                     }
@@ -279,27 +290,35 @@ impl ZoneIndex {
         for name in candidates.into_iter().collect::<BTreeSet<_>>() {
             if let Some(records) = name_records(&snap, &name) {
                 // A name whose records did not change keeps its change time.
-                let entry = match previous.remove(&name) {
-                    Some(e) if e.records == records => e,
+                let entry = match previous.remove(name.as_str()) {
+                    Some(e) if *e.records == *records => e,
                     _ => Entry {
-                        records: records.into_boxed_slice().into_vec(),
+                        records: records.into_boxed_slice(),
                         changed: seen,
                         served: AtomicBool::new(false),
                     },
                 };
+                let name: Arc<str> = name.into();
                 self.names.insert(name.clone(), entry);
                 owned.names.push(name);
             }
         }
+        // Reverse targets share the names' strings.
+        let shared = |names: &HashMap<Arc<str>, Entry>, n: &str| -> Arc<str> {
+            names
+                .get_key_value(n)
+                .map_or_else(|| Arc::from(n), |(k, _)| k.clone())
+        };
         for ip in svc.cluster_ips.ips() {
-            self.ptr_cluster.insert(*ip, fqdn.clone());
+            self.ptr_cluster.insert(*ip, shared(&self.names, &fqdn));
             owned.cluster_ips.push(*ip);
         }
         for (ip, name) in endpoint_ips {
-            self.ptr_endpoints
-                .entry(ip)
-                .or_default()
-                .insert(name.clone());
+            let name = shared(&self.names, &name);
+            let set = self.ptr_endpoints.entry(ip).or_default();
+            if let Err(at) = set.binary_search(&name) {
+                set.insert(at, name.clone());
+            }
             owned.endpoint_ptrs.push((ip, name));
         }
         self.owned.insert(key.clone(), owned);
@@ -322,21 +341,21 @@ impl ZoneIndex {
         let mut first_served = None;
         let rdatas: Option<Vec<RData>> = if let Some(ip) = reverse {
             match (self.ptr_cluster.get(&ip), self.ptr_endpoints.get(&ip)) {
-                (Some(svc), _) => Some(vec![RData::Ptr(svc.clone())]),
-                (None, Some(eps)) => Some(eps.iter().map(|t| RData::Ptr(t.clone())).collect()),
+                (Some(svc), _) => Some(vec![RData::Ptr(svc.to_string())]),
+                (None, Some(eps)) => Some(eps.iter().map(|t| RData::Ptr(t.to_string())).collect()),
                 (None, None) => return (DnsOutcome::Forward, None),
             }
         } else if let Some(r) = self.structural(&name) {
             r
         } else {
-            self.names.get(&name).map(|e| {
+            self.names.get(name.as_str()).map(|e| {
                 if self.synced
                     && !e.served.load(Ordering::Relaxed)
                     && !e.served.swap(true, Ordering::Relaxed)
                 {
                     first_served = Some(e.changed.elapsed());
                 }
-                e.records.clone()
+                e.records.to_vec()
             })
         };
         let outcome = signpost_model::spec::outcome(&name, rdatas, question.rtype, self.synced);
