@@ -7,7 +7,8 @@
 //! - [`cluster`]: [`LocalCluster`], etcd + kube-apiserver (+ kube-controller-manager)
 //!   in a node namespace with no route out, as a typestate fixture;
 //! - [`fabric`]: Pods as namespaces on a bridge, each running our echo server;
-//! - [`dns`]: `signpost dns` and CoreDNS launchers and a DNS client for comparing answers.
+//! - [`dns`]: `signpost dns` and CoreDNS launchers and a DNS client for comparing answers;
+//! - [`vm`]: the kernel VM rig (Debian cloud kernel under qemu TCG) for IPVS.
 
 pub mod cluster;
 pub mod dns;
@@ -19,6 +20,7 @@ pub mod netns;
 pub mod pki;
 pub mod process;
 pub mod upstream;
+pub mod vm;
 
 pub use cluster::{LocalCluster, Running, Stopped};
 pub use error::{Error, Result};
