@@ -28,10 +28,29 @@ const PROGRAMS: &[&str] = &[
 
 /// Module trees included with their dependency closure.
 const MODULES: &[&str] = &[
-    "ip_vs", "ip_vs_rr", "ip_vs_wrr", "ip_vs_sh", "ip_vs_lc", "nf_tables", "nft_masq",
-    "nft_chain_nat", "nft_nat", "nft_reject_inet", "nft_reject_ipv4", "nft_reject_ipv6",
-    "nft_ct", "nft_fib_inet", "nft_compat", "nf_conntrack", "nf_nat", "veth", "dummy",
-    "nf_conntrack_netlink", "nft_numgen", "nft_hash", "nft_limit",
+    "ip_vs",
+    "ip_vs_rr",
+    "ip_vs_wrr",
+    "ip_vs_sh",
+    "ip_vs_lc",
+    "nf_tables",
+    "nft_masq",
+    "nft_chain_nat",
+    "nft_nat",
+    "nft_reject_inet",
+    "nft_reject_ipv4",
+    "nft_reject_ipv6",
+    "nft_ct",
+    "nft_fib_inet",
+    "nft_compat",
+    "nf_conntrack",
+    "nf_nat",
+    "veth",
+    "dummy",
+    "nf_conntrack_netlink",
+    "nft_numgen",
+    "nft_hash",
+    "nft_limit",
 ];
 
 /// A built kernel and base initramfs.
@@ -56,9 +75,7 @@ fn cache_root() -> PathBuf {
 }
 
 fn sh(cmd: &mut Command, what: &str) -> Result<String> {
-    let out = cmd
-        .output()
-        .map_err(Error::io(format!("running {what}")))?;
+    let out = cmd.output().map_err(Error::io(format!("running {what}")))?;
     if !out.status.success() {
         return Err(Error::Command {
             command: what.to_owned(),
@@ -195,7 +212,9 @@ pub fn image() -> Result<Image> {
     let pkgdir = dir.join("pkg");
     std::fs::create_dir_all(&pkgdir).map_err(Error::io("creating the vm cache"))?;
     sh(
-        Command::new("apt-get").current_dir(&pkgdir).args(["download", &pkg]),
+        Command::new("apt-get")
+            .current_dir(&pkgdir)
+            .args(["download", &pkg]),
         &format!("apt-get download {pkg}"),
     )?;
     let deb = std::fs::read_dir(&pkgdir)
@@ -214,7 +233,10 @@ pub fn image() -> Result<Image> {
     std::fs::copy(unpacked.join(format!("boot/vmlinuz-{release}")), &kernel)
         .map_err(Error::io("copying the kernel"))?;
     sh(
-        Command::new("depmod").arg("-b").arg(&unpacked).arg(&release),
+        Command::new("depmod")
+            .arg("-b")
+            .arg(&unpacked)
+            .arg(&release),
         "depmod (package tree)",
     )?;
 
@@ -223,10 +245,12 @@ pub fn image() -> Result<Image> {
     let mut files = std::collections::BTreeSet::new();
     for m in MODULES {
         let deps = sh(
-            Command::new("modprobe")
-                .arg("-d")
-                .arg(&unpacked)
-                .args(["-S", &release, "--show-depends", m]),
+            Command::new("modprobe").arg("-d").arg(&unpacked).args([
+                "-S",
+                &release,
+                "--show-depends",
+                m,
+            ]),
             &format!("modprobe --show-depends {m}"),
         )?;
         for line in deps.lines() {
@@ -247,7 +271,11 @@ pub fn image() -> Result<Image> {
             .map_err(Error::io("creating module dirs"))?;
         std::fs::copy(f, &target).map_err(Error::io(format!("copying {f}")))?;
     }
-    for meta in ["modules.order", "modules.builtin", "modules.builtin.modinfo"] {
+    for meta in [
+        "modules.order",
+        "modules.builtin",
+        "modules.builtin.modinfo",
+    ] {
         let from = unpacked.join(format!("lib/modules/{release}/{meta}"));
         if from.exists() {
             std::fs::copy(&from, root.join(format!("lib/modules/{release}/{meta}")))
@@ -267,10 +295,11 @@ pub fn image() -> Result<Image> {
     std::fs::create_dir_all(&sbin).map_err(Error::io("creating sbin"))?;
     let kmod = which("kmod")?;
     for alias in ["modprobe", "insmod", "lsmod", "depmod"] {
-        std::os::unix::fs::symlink(&kmod, sbin.join(alias))
-            .map_err(Error::io("linking kmod"))?;
+        std::os::unix::fs::symlink(&kmod, sbin.join(alias)).map_err(Error::io("linking kmod"))?;
     }
-    for d in ["proc", "sys", "dev", "run", "tmp", "test", "etc", "usr/bin", "usr/sbin"] {
+    for d in [
+        "proc", "sys", "dev", "run", "tmp", "test", "etc", "usr/bin", "usr/sbin",
+    ] {
         std::fs::create_dir_all(root.join(d)).map_err(Error::io("creating dirs"))?;
     }
     // usrmerge: /bin, /lib and /lib64 are links into /usr on Debian.
@@ -319,7 +348,12 @@ impl Output {
 
 /// Boots `image` with `files` (host path → path in the VM, libraries
 /// included) and `/test/run.sh` = `script`; waits at most `timeout`.
-pub fn run(image: &Image, files: &[(PathBuf, &str)], script: &str, timeout: Duration) -> Result<Output> {
+pub fn run(
+    image: &Image,
+    files: &[(PathBuf, &str)],
+    script: &str,
+    timeout: Duration,
+) -> Result<Output> {
     let qemu = which("qemu-system-x86_64")?;
     let work = tempfile::tempdir().map_err(Error::io("creating a vm work dir"))?;
     let extra = work.path().join("extra");
@@ -338,12 +372,22 @@ pub fn run(image: &Image, files: &[(PathBuf, &str)], script: &str, timeout: Dura
     let started = Instant::now();
     let mut child = Command::new(qemu)
         .args(["-accel", "tcg,thread=multi", "-m", "2048", "-smp", "2"])
-        .args(["-nic", "none", "-nographic", "-no-reboot", "-monitor", "none"])
+        .args([
+            "-nic",
+            "none",
+            "-nographic",
+            "-no-reboot",
+            "-monitor",
+            "none",
+        ])
         .arg("-kernel")
         .arg(&image.kernel)
         .arg("-initrd")
         .arg(&initrd)
-        .args(["-append", "console=ttyS0 panic=-1 quiet loglevel=3 rdinit=/init"])
+        .args([
+            "-append",
+            "console=ttyS0 panic=-1 quiet loglevel=3 rdinit=/init",
+        ])
         .stdin(Stdio::null())
         .stdout(Stdio::piped())
         .stderr(Stdio::piped())

@@ -3,9 +3,11 @@
 //! caches; [`nft`] turns tables and table changes into nftables JSON
 //! transactions (pure, unit-tested without root), [`tracer`] interprets
 //! exactly those transactions to answer "where does this packet go", and
-//! [`sink`] applies them to the kernel and reads them back.
+//! [`sink`] applies them to the kernel and reads them back. [`ipvs`] is the
+//! IPVS data plane: the model's `plan` ops as generic-netlink messages.
 
 pub mod controller;
+pub mod ipvs;
 pub mod metrics;
 pub mod nft;
 pub mod observed;

@@ -1,0 +1,630 @@
+//! The IPVS data plane. The desired table is the oracle's; `plan(desired,
+//! observed)` (the model's own reconcile function) turns the difference into
+//! ops, and each op is one generic-netlink message: an endpoint change costs
+//! O(1) messages. Virtual addresses are bound to the dummy `kube-ipvs0`
+//! (rtnetlink), so the node accepts them and a virtual service is Signpost's
+//! when its address is bound there (or is a node address, for NodePorts).
+//! The observed table is read back from the kernel, so a restart rewrites
+//! nothing that is right and removes what is left over.
+//!
+//! nftables (one `inet signpost-ipvs` table, changed element by element)
+//! carries what IPVS does not: a reject for virtual services without
+//! endpoints (PXY-3; IPVS alone would drop silently) and masquerade for
+//! hairpin connections (a Pod reaching itself through its Service).
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::io::Write;
+use std::net::{IpAddr, SocketAddr};
+use std::process::{Command, Stdio};
+
+use futures::TryStreamExt;
+use ipvs_genl::{Destination, Ipvs, Protocol as IpvsProtocol, Service, ServiceKey};
+use rtnetlink::packet_route::address::AddressAttribute;
+use signpost_model::cluster::{Protocol, ProxyTable, VirtualKey, VirtualService};
+use signpost_model::reconcile::{ProxyOp, plan};
+
+/// The dummy interface holding virtual addresses.
+pub const DUMMY: &str = "kube-ipvs0";
+/// The nftables table of the IPVS mode (family `inet`).
+pub const NFT_TABLE: &str = "signpost-ipvs";
+/// The IPVS scheduler.
+pub const SCHEDULER: &str = "rr";
+
+/// Errors of the IPVS data plane.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum Error {
+    /// IPVS refused or failed.
+    #[error("ipvs: {0}")]
+    Ipvs(#[from] ipvs_genl::Error),
+    /// rtnetlink (the dummy interface and its addresses) failed.
+    #[error("rtnetlink: {0}")]
+    Link(String),
+    /// nft failed.
+    #[error("nft: {0}")]
+    Nft(String),
+    /// A sysctl could not be written.
+    #[error("sysctl {key}: {source}")]
+    Sysctl {
+        /// The key.
+        key: String,
+        /// The error.
+        source: std::io::Error,
+    },
+}
+
+fn protocol(p: Protocol) -> IpvsProtocol {
+    match p {
+        Protocol::Tcp => IpvsProtocol::Tcp,
+        Protocol::Udp => IpvsProtocol::Udp,
+        Protocol::Sctp => IpvsProtocol::Sctp,
+    }
+}
+
+fn model_protocol(p: IpvsProtocol) -> Protocol {
+    match p {
+        IpvsProtocol::Tcp => Protocol::Tcp,
+        IpvsProtocol::Udp => Protocol::Udp,
+        IpvsProtocol::Sctp => Protocol::Sctp,
+    }
+}
+
+/// The IPVS service key of a virtual address.
+pub fn service_key(k: &VirtualKey) -> ServiceKey {
+    ServiceKey::Tuple {
+        addr: k.ip,
+        protocol: protocol(k.protocol),
+        port: k.port,
+    }
+}
+
+/// The IPVS service for a virtual address (PXY-5: ClientIP affinity is
+/// persistence per client address with the Service's timeout).
+pub fn service(k: &VirtualKey, affinity: Option<u32>) -> Service {
+    let mut s = Service::new(service_key(k));
+    s.scheduler = SCHEDULER.into();
+    if let Some(t) = affinity {
+        s = s.persistent(t);
+    }
+    s
+}
+
+/// Writes the sysctls IPVS needs: forwarding, conntrack for IPVS
+/// connections (masquerade), no connection reuse of stale entries, and
+/// expiry of connections whose destination is gone.
+pub fn sysctls() -> Result<(), Error> {
+    for (key, value) in [
+        ("net/ipv4/ip_forward", "1"),
+        ("net/ipv6/conf/all/forwarding", "1"),
+        ("net/ipv4/vs/conntrack", "1"),
+        ("net/ipv4/vs/conn_reuse_mode", "0"),
+        ("net/ipv4/vs/expire_nodest_conn", "1"),
+        ("net/ipv4/vs/expire_quiescent_template", "1"),
+    ] {
+        std::fs::write(format!("/proc/sys/{key}"), value).map_err(|source| Error::Sysctl {
+            key: key.replace('/', "."),
+            source,
+        })?;
+    }
+    Ok(())
+}
+
+/// What one apply did.
+#[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
+pub struct Applied {
+    /// IPVS netlink messages sent.
+    pub ipvs_messages: u64,
+    /// rtnetlink messages sent (address binds and unbinds).
+    pub link_messages: u64,
+    /// Ops by kind: add service, edit service, delete service, add backend, remove backend.
+    pub ops: [u64; 5],
+}
+
+/// The kernel side: IPVS, the dummy interface, the nft table.
+pub struct IpvsSink {
+    ipvs: Ipvs,
+    rt: rtnetlink::Handle,
+    link: u32,
+    bound: BTreeSet<IpAddr>,
+    node_ips: Vec<IpAddr>,
+    nft: NftState,
+}
+
+impl std::fmt::Debug for IpvsSink {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("IpvsSink")
+            .field("link", &self.link)
+            .field("bound", &self.bound.len())
+            .finish()
+    }
+}
+
+async fn rt_handle() -> Result<rtnetlink::Handle, Error> {
+    let (conn, handle, _) = rtnetlink::new_connection().map_err(|e| Error::Link(e.to_string()))?;
+    tokio::spawn(conn);
+    Ok(handle)
+}
+
+async fn link_index(rt: &rtnetlink::Handle, name: &str) -> Result<Option<u32>, Error> {
+    let mut links = rt.link().get().match_name(name.to_owned()).execute();
+    match links.try_next().await {
+        Ok(Some(l)) => Ok(Some(l.header.index)),
+        Ok(None) => Ok(None),
+        // No such device.
+        Err(rtnetlink::Error::NetlinkError(e)) if e.raw_code() == -19 => Ok(None),
+        Err(e) => Err(Error::Link(e.to_string())),
+    }
+}
+
+async fn bound_addresses(rt: &rtnetlink::Handle, index: u32) -> Result<BTreeSet<IpAddr>, Error> {
+    let mut out = BTreeSet::new();
+    let mut addrs = rt.address().get().set_link_index_filter(index).execute();
+    while let Some(a) = addrs
+        .try_next()
+        .await
+        .map_err(|e| Error::Link(e.to_string()))?
+    {
+        for attr in a.attributes {
+            if let AddressAttribute::Address(ip) = attr {
+                out.insert(ip);
+            }
+        }
+    }
+    Ok(out)
+}
+
+impl IpvsSink {
+    /// Connects to IPVS and rtnetlink, creates `kube-ipvs0` if missing and
+    /// reads which addresses it holds. `node_ips` are the node's own
+    /// addresses (NodePort virtual services live there).
+    pub async fn connect(node_ips: Vec<IpAddr>) -> Result<Self, Error> {
+        let ipvs = Ipvs::connect().await?;
+        let rt = rt_handle().await?;
+        let link = match link_index(&rt, DUMMY).await? {
+            Some(i) => i,
+            None => {
+                rt.link()
+                    .add(rtnetlink::LinkDummy::new(DUMMY).build())
+                    .execute()
+                    .await
+                    .map_err(|e| Error::Link(format!("creating {DUMMY}: {e}")))?;
+                link_index(&rt, DUMMY)
+                    .await?
+                    .ok_or_else(|| Error::Link(format!("{DUMMY} vanished")))?
+            }
+        };
+        let bound = bound_addresses(&rt, link).await?;
+        let nft = NftState::read()?;
+        Ok(IpvsSink {
+            ipvs,
+            rt,
+            link,
+            bound,
+            node_ips,
+            nft,
+        })
+    }
+
+    /// IPVS messages sent so far.
+    pub fn ipvs_messages(&self) -> u64 {
+        self.ipvs.messages_sent()
+    }
+
+    fn ours(&self, ip: &IpAddr) -> bool {
+        self.bound.contains(ip) || self.node_ips.contains(ip)
+    }
+
+    /// The table the kernel holds for Signpost's virtual services: backends
+    /// are destinations with weight > 0; persistence is affinity.
+    pub async fn observed(&mut self) -> Result<ProxyTable, Error> {
+        let mut table = ProxyTable::new();
+        for s in self.ipvs.services().await? {
+            let ServiceKey::Tuple {
+                addr,
+                protocol,
+                port,
+            } = s.key
+            else {
+                continue;
+            };
+            if !self.ours(&addr) {
+                continue;
+            }
+            let key = VirtualKey {
+                ip: addr,
+                protocol: model_protocol(protocol),
+                port,
+            };
+            let backends = self
+                .ipvs
+                .destinations(&s.key)
+                .await?
+                .into_iter()
+                .filter(|d| d.weight > 0)
+                .map(|d| SocketAddr::new(d.addr, d.port))
+                .collect();
+            let affinity = (s.flags & ipvs_genl::flags::PERSISTENT != 0).then_some(s.timeout);
+            table.insert(
+                key,
+                VirtualService {
+                    backends,
+                    affinity_timeout: affinity,
+                },
+            );
+        }
+        Ok(table)
+    }
+
+    async fn bind(&mut self, ip: IpAddr) -> Result<(), Error> {
+        if self.bound.contains(&ip) || self.node_ips.contains(&ip) {
+            return Ok(());
+        }
+        let prefix = if ip.is_ipv4() { 32 } else { 128 };
+        match self.rt.address().add(self.link, ip, prefix).execute().await {
+            Ok(()) => {}
+            // Already there (another writer, or a race with our own read).
+            Err(rtnetlink::Error::NetlinkError(e)) if e.raw_code() == -17 => {}
+            Err(e) => return Err(Error::Link(format!("binding {ip} to {DUMMY}: {e}"))),
+        }
+        self.bound.insert(ip);
+        Ok(())
+    }
+
+    async fn unbind(&mut self, ip: IpAddr) -> Result<(), Error> {
+        if !self.bound.contains(&ip) {
+            return Ok(());
+        }
+        let mut addrs = self
+            .rt
+            .address()
+            .get()
+            .set_link_index_filter(self.link)
+            .set_address_filter(ip)
+            .execute();
+        while let Some(a) = addrs
+            .try_next()
+            .await
+            .map_err(|e| Error::Link(e.to_string()))?
+        {
+            self.rt
+                .address()
+                .del(a)
+                .execute()
+                .await
+                .map_err(|e| Error::Link(format!("unbinding {ip}: {e}")))?;
+        }
+        self.bound.remove(&ip);
+        Ok(())
+    }
+
+    /// Applies ops (one IPVS message each; an address bind or unbind when a
+    /// virtual address appears or goes), then the nft elements for `want`.
+    pub async fn apply(&mut self, ops: &[ProxyOp], want: &ProxyTable) -> Result<Applied, Error> {
+        let before = self.ipvs.messages_sent();
+        let mut applied = Applied::default();
+        for op in ops {
+            match op {
+                ProxyOp::AddService {
+                    key,
+                    affinity_timeout,
+                } => {
+                    if !self.bound.contains(&key.ip) && !self.node_ips.contains(&key.ip) {
+                        applied.link_messages += 1;
+                    }
+                    self.bind(key.ip).await?;
+                    match self
+                        .ipvs
+                        .add_service(&service(key, *affinity_timeout))
+                        .await
+                    {
+                        Ok(()) => {}
+                        Err(ipvs_genl::Error::Exists(_)) => {
+                            self.ipvs
+                                .update_service(&service(key, *affinity_timeout))
+                                .await?
+                        }
+                        Err(e) => return Err(e.into()),
+                    }
+                    applied.ops[0] += 1;
+                }
+                ProxyOp::EditService {
+                    key,
+                    affinity_timeout,
+                } => {
+                    self.ipvs
+                        .update_service(&service(key, *affinity_timeout))
+                        .await?;
+                    applied.ops[1] += 1;
+                }
+                ProxyOp::DeleteService { key } => {
+                    match self.ipvs.delete_service(&service_key(key)).await {
+                        Ok(()) | Err(ipvs_genl::Error::NoSuchService(_)) => {}
+                        Err(e) => return Err(e.into()),
+                    }
+                    applied.ops[2] += 1;
+                }
+                ProxyOp::AddBackend { key, backend } => {
+                    let d = Destination::new(backend.ip(), backend.port());
+                    match self.ipvs.add_destination(&service_key(key), &d).await {
+                        Ok(()) => {}
+                        // A draining destination (weight 0) comes back.
+                        Err(ipvs_genl::Error::Exists(_)) => {
+                            self.ipvs.update_destination(&service_key(key), &d).await?
+                        }
+                        Err(e) => return Err(e.into()),
+                    }
+                    applied.ops[3] += 1;
+                }
+                ProxyOp::RemoveBackend { key, backend } => {
+                    match self
+                        .ipvs
+                        .delete_destination(&service_key(key), backend.ip(), backend.port())
+                        .await
+                    {
+                        Ok(()) | Err(ipvs_genl::Error::NotFound(_)) => {}
+                        Err(e) => return Err(e.into()),
+                    }
+                    applied.ops[4] += 1;
+                }
+            }
+        }
+        // Addresses no virtual service uses any more are unbound.
+        let used: BTreeSet<IpAddr> = want.keys().map(|k| k.ip).collect();
+        let stale: Vec<IpAddr> = self.bound.difference(&used).copied().collect();
+        for ip in stale {
+            self.unbind(ip).await?;
+            applied.link_messages += 1;
+        }
+        self.nft.sync(want)?;
+        applied.ipvs_messages = self.ipvs.messages_sent() - before;
+        Ok(applied)
+    }
+
+    /// Reads the kernel and converges it to `want`.
+    pub async fn sync(&mut self, want: &ProxyTable) -> Result<(Vec<ProxyOp>, Applied), Error> {
+        let have = self.observed().await?;
+        let ops = plan(want, &have);
+        let applied = self.apply(&ops, want).await?;
+        Ok((ops, applied))
+    }
+
+    /// Removes every Signpost virtual service, `kube-ipvs0` and the nft table.
+    pub async fn cleanup(mut self) -> Result<(), Error> {
+        for s in self.ipvs.services().await? {
+            if let ServiceKey::Tuple { addr, .. } = s.key
+                && self.ours(&addr)
+            {
+                self.ipvs.delete_service(&s.key).await?;
+            }
+        }
+        let mut links = self.rt.link().get().match_index(self.link).execute();
+        if let Some(l) = links
+            .try_next()
+            .await
+            .map_err(|e| Error::Link(e.to_string()))?
+        {
+            self.rt
+                .link()
+                .del(l.header.index)
+                .execute()
+                .await
+                .map_err(|e| Error::Link(e.to_string()))?;
+        }
+        nft_script(&format!(
+            "add table inet {NFT_TABLE}\ndelete table inet {NFT_TABLE}\n"
+        ))
+    }
+}
+
+/// Runs an nft script from stdin.
+fn nft_script(script: &str) -> Result<(), Error> {
+    let mut child = Command::new("nft")
+        .args(["-f", "-"])
+        .stdin(Stdio::piped())
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+        .map_err(|e| Error::Nft(format!("starting nft: {e}")))?;
+    child
+        .stdin
+        .take()
+        .expect("piped")
+        .write_all(script.as_bytes())
+        .map_err(|e| Error::Nft(e.to_string()))?;
+    let out = child
+        .wait_with_output()
+        .map_err(|e| Error::Nft(e.to_string()))?;
+    if !out.status.success() {
+        return Err(Error::Nft(format!(
+            "{}\n--- script ---\n{}",
+            String::from_utf8_lossy(&out.stderr).trim(),
+            script.lines().take(20).collect::<Vec<_>>().join("\n")
+        )));
+    }
+    Ok(())
+}
+
+/// The nft elements Signpost keeps for a table: virtual addresses that
+/// reject, and backend addresses that may hairpin.
+#[derive(Debug, Default, Clone, PartialEq, Eq)]
+pub struct NftElements {
+    /// `addr . proto . port` of virtual services without backends.
+    pub reject: BTreeSet<(IpAddr, Protocol, u16)>,
+    /// Backend addresses (a connection from one to itself is masqueraded).
+    pub hairpin: BTreeSet<IpAddr>,
+}
+
+impl NftElements {
+    /// The elements for a table.
+    pub fn of(table: &ProxyTable) -> Self {
+        let mut e = NftElements::default();
+        for (k, vs) in table {
+            if vs.rejects() {
+                e.reject.insert((k.ip, k.protocol, k.port));
+            }
+            e.hairpin.extend(vs.backends.iter().map(SocketAddr::ip));
+        }
+        e
+    }
+}
+
+fn fam(ip: &IpAddr) -> &'static str {
+    if ip.is_ipv4() { "v4" } else { "v6" }
+}
+
+fn reject_elem(e: &(IpAddr, Protocol, u16)) -> (String, String) {
+    (
+        format!("reject_{}", fam(&e.0)),
+        format!("{} . {} . {}", e.0, e.1.as_lower(), e.2),
+    )
+}
+
+fn hairpin_elem(ip: &IpAddr) -> (String, String) {
+    (format!("hairpin_{}", fam(ip)), format!("{ip} . {ip}"))
+}
+
+/// The nft script that creates the table (idempotent) with empty sets.
+pub fn nft_base() -> String {
+    format!(
+        "add table inet {t}
+add set inet {t} reject_v4 {{ type ipv4_addr . inet_proto . inet_service; }}
+add set inet {t} reject_v6 {{ type ipv6_addr . inet_proto . inet_service; }}
+add set inet {t} hairpin_v4 {{ type ipv4_addr . ipv4_addr; }}
+add set inet {t} hairpin_v6 {{ type ipv6_addr . ipv6_addr; }}
+add chain inet {t} input {{ type filter hook input priority -10; }}
+add chain inet {t} postrouting {{ type nat hook postrouting priority srcnat; }}
+flush chain inet {t} input
+flush chain inet {t} postrouting
+flush set inet {t} reject_v4
+flush set inet {t} reject_v6
+flush set inet {t} hairpin_v4
+flush set inet {t} hairpin_v6
+add rule inet {t} input ip daddr . meta l4proto . th dport @reject_v4 reject
+add rule inet {t} input ip6 daddr . meta l4proto . th dport @reject_v6 reject
+add rule inet {t} postrouting ip saddr . ip daddr @hairpin_v4 masquerade
+add rule inet {t} postrouting ip6 saddr . ip6 daddr @hairpin_v6 masquerade
+",
+        t = NFT_TABLE
+    )
+}
+
+/// The nft script taking `have` to `want`, element by element.
+pub fn nft_delta(have: &NftElements, want: &NftElements) -> String {
+    let mut s = String::new();
+    let mut line = |verb: &str, (set, elem): (String, String)| {
+        s.push_str(&format!(
+            "{verb} element inet {NFT_TABLE} {set} {{ {elem} }}\n"
+        ));
+    };
+    for e in have.reject.difference(&want.reject) {
+        line("delete", reject_elem(e));
+    }
+    for e in want.reject.difference(&have.reject) {
+        line("add", reject_elem(e));
+    }
+    for ip in have.hairpin.difference(&want.hairpin) {
+        line("delete", hairpin_elem(ip));
+    }
+    for ip in want.hairpin.difference(&have.hairpin) {
+        line("add", hairpin_elem(ip));
+    }
+    s
+}
+
+/// What Signpost last wrote to the nft table.
+#[derive(Debug, Default)]
+struct NftState {
+    have: Option<NftElements>,
+}
+
+impl NftState {
+    fn read() -> Result<Self, Error> {
+        Ok(NftState { have: None })
+    }
+
+    fn sync(&mut self, want: &ProxyTable) -> Result<(), Error> {
+        let want = NftElements::of(want);
+        match &self.have {
+            None => {
+                // First sync: (re)create the table and fill its sets.
+                let mut script = nft_base();
+                script.push_str(&nft_delta(&NftElements::default(), &want));
+                nft_script(&script)?;
+            }
+            Some(have) => {
+                let delta = nft_delta(have, &want);
+                if !delta.is_empty() {
+                    nft_script(&delta)?;
+                }
+            }
+        }
+        self.have = Some(want);
+        Ok(())
+    }
+}
+
+/// Ops counted by kind, for metrics.
+pub fn count_ops(ops: &[ProxyOp]) -> BTreeMap<&'static str, usize> {
+    let mut m = BTreeMap::new();
+    for op in ops {
+        let k = match op {
+            ProxyOp::AddService { .. } => "add_service",
+            ProxyOp::EditService { .. } => "edit_service",
+            ProxyOp::DeleteService { .. } => "delete_service",
+            ProxyOp::AddBackend { .. } => "add_backend",
+            ProxyOp::RemoveBackend { .. } => "remove_backend",
+        };
+        *m.entry(k).or_default() += 1;
+    }
+    m
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn nft_delta_changes_only_what_changed() {
+        let k = |ip: &str| VirtualKey {
+            ip: ip.parse().unwrap(),
+            protocol: Protocol::Tcp,
+            port: 80,
+        };
+        let mut a = ProxyTable::new();
+        a.insert(k("10.96.0.1"), VirtualService::default());
+        a.insert(
+            k("10.96.0.2"),
+            VirtualService {
+                backends: ["10.244.0.5:8080".parse().unwrap()].into(),
+                affinity_timeout: None,
+            },
+        );
+        let mut b = a.clone();
+        b.get_mut(&k("10.96.0.1"))
+            .unwrap()
+            .backends
+            .insert("10.244.0.6:8080".parse().unwrap());
+        let delta = nft_delta(&NftElements::of(&a), &NftElements::of(&b));
+        assert_eq!(
+            delta,
+            format!(
+                "delete element inet {NFT_TABLE} reject_v4 {{ 10.96.0.1 . tcp . 80 }}\nadd element inet {NFT_TABLE} hairpin_v4 {{ 10.244.0.6 . 10.244.0.6 }}\n"
+            )
+        );
+        assert_eq!(nft_delta(&NftElements::of(&b), &NftElements::of(&b)), "");
+    }
+
+    #[test]
+    fn affinity_is_persistence_with_the_services_timeout() {
+        let k = VirtualKey {
+            ip: "fd00:10:96::1".parse().unwrap(),
+            protocol: Protocol::Udp,
+            port: 53,
+        };
+        let s = service(&k, Some(10800));
+        assert_eq!(s.flags & ipvs_genl::flags::PERSISTENT, 1);
+        assert_eq!(s.timeout, 10800);
+        assert_eq!(s.netmask_prefix, 128);
+        assert_eq!(service(&k, None).flags, 0);
+    }
+}
