@@ -39,6 +39,9 @@ pub enum Error {
     /// A kernel transaction failed even after a full resync.
     #[error(transparent)]
     Sink(#[from] sink::Error),
+    /// The IPVS data plane failed even after a read-back and retry.
+    #[error(transparent)]
+    Ipvs(#[from] crate::ipvs::Error),
 }
 
 fn stream<K>(
@@ -73,6 +76,15 @@ where
 }
 
 /// The desired table from the caches (invalid objects are skipped and counted).
+pub fn desired_table(
+    services: &Store<KService>,
+    slices: &Store<KSlice>,
+    node: &Node,
+    metrics: &Metrics,
+) -> ProxyTable {
+    desired(services, slices, node, metrics)
+}
+
 fn desired(
     services: &Store<KService>,
     slices: &Store<KSlice>,
@@ -229,6 +241,98 @@ pub async fn run(client: Client, cfg: Config, metrics: Arc<Metrics>) -> Result<(
             warn!(error = %e, "sync failed; will retry with a full sync");
             tokio::time::sleep(Duration::from_millis(200)).await;
             sync(&mut have, &want, &node.addresses, &metrics)?;
+        }
+    }
+    Ok(())
+}
+
+/// Runs the IPVS proxy until its watches end: the same caches and oracle
+/// table as the nftables mode, applied as the model's `plan` ops against
+/// the table read back from the kernel at start (and at every resync).
+pub async fn run_ipvs(client: Client, cfg: Config, metrics: Arc<Metrics>) -> Result<(), Error> {
+    use crate::ipvs::{IpvsSink, sysctls};
+    use signpost_model::reconcile::plan;
+    sysctls()?;
+    let wc = watcher::Config::default();
+    let (services, s1) = stream(Api::<KService>::all(client.clone()), wc.clone(), "services");
+    let (slices, s2) = stream(
+        Api::<KSlice>::all(client.clone()),
+        wc.clone(),
+        "endpointslices",
+    );
+    let (nodes, s3) = stream(
+        Api::<KNode>::all(client.clone()),
+        wc.fields(&format!("metadata.name={}", cfg.node_name)),
+        "nodes",
+    );
+    let ticks = futures::stream::unfold((), move |()| async move {
+        tokio::time::sleep(cfg.resync).await;
+        Some(("resync", ()))
+    })
+    .boxed();
+    let mut events = futures::stream::select_all([s1, s2, s3, ticks]);
+    let mut synced: HashSet<&'static str> = HashSet::new();
+    let mut sink: Option<IpvsSink> = None;
+    let mut have: Option<ProxyTable> = None;
+    info!(node = %cfg.node_name, "signpost proxy (ipvs) starting");
+    while let Some(first) = events.next().await {
+        let mut batch = vec![first];
+        while let Some(Some(ev)) = events.next().now_or_never() {
+            batch.push(ev);
+        }
+        let mut resync = false;
+        for ev in &batch {
+            if matches!(*ev, "services" | "endpointslices" | "nodes") {
+                synced.insert(ev);
+            }
+            resync |= *ev == "resync";
+        }
+        if synced.len() < 3 {
+            continue;
+        }
+        let node = nodes
+            .state()
+            .first()
+            .and_then(|n| Node::try_from(&**n).ok())
+            .unwrap_or(Node {
+                name: cfg.node_name.clone(),
+                addresses: Vec::new(),
+                zone: None,
+            });
+        let want = desired(&services, &slices, &node, &metrics);
+        if sink.is_none() {
+            sink = Some(IpvsSink::connect(node.addresses.clone()).await?);
+        }
+        let Some(k) = sink.as_mut() else { continue };
+        let started = Instant::now();
+        if resync || have.is_none() {
+            // PROTO-3, PXY-8: plan against what the kernel really holds.
+            have = Some(k.observed().await?);
+        }
+        let ops = plan(&want, have.as_ref().unwrap_or(&ProxyTable::new()));
+        if ops.is_empty() && !resync {
+            continue;
+        }
+        match k.apply(&ops, &want).await {
+            Ok(applied) => {
+                metrics.observe_sync(started.elapsed());
+                metrics.partial_syncs.fetch_add(1, Ordering::Relaxed);
+                metrics
+                    .services_rewritten
+                    .fetch_add(applied.ops.iter().sum(), Ordering::Relaxed);
+                if ops.len() <= 3 {
+                    info!(?ops, "ipvs sync");
+                }
+                have = Some(want);
+            }
+            Err(e) => {
+                metrics.errors.fetch_add(1, Ordering::Relaxed);
+                warn!(error = %e, "ipvs sync failed; reading the kernel back and retrying");
+                let observed = k.observed().await?;
+                let ops = plan(&want, &observed);
+                k.apply(&ops, &want).await?;
+                have = Some(want);
+            }
         }
     }
     Ok(())

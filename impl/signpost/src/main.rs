@@ -1,6 +1,6 @@
 //! `signpost`: one binary for Signpost's cluster components:
 //! `signpost endpoints` (the EndpointSlice controller),
-//! `signpost proxy --mode nftables` (the service proxy) and
+//! `signpost proxy --mode nftables|ipvs` (the service proxy) and
 //! `signpost dns` (the cluster DNS).
 
 mod http;
@@ -119,6 +119,8 @@ enum PodsArg {
 enum ProxyMode {
     /// nftables (one `inet signpost` table).
     Nftables,
+    /// IPVS (virtual services over generic netlink, addresses on kube-ipvs0, an `inet signpost-ipvs` table).
+    Ipvs,
 }
 
 async fn client(kubeconfig: Option<PathBuf>) -> anyhow::Result<kube::Client> {
@@ -175,18 +177,33 @@ async fn main() -> anyhow::Result<()> {
             }
         }
         Command::Proxy {
-            mode: ProxyMode::Nftables,
+            mode,
             node_name,
             cleanup,
             resync_secs,
             metrics_addr,
         } => {
             if cleanup {
-                // Removing a table that is not there is not an error.
-                if signpost_proxy::sink::list()?.is_some() {
-                    signpost_proxy::sink::apply(&signpost_proxy::nft::cleanup())?;
+                match mode {
+                    ProxyMode::Nftables => {
+                        // Removing a table that is not there is not an error.
+                        if signpost_proxy::sink::list()?.is_some() {
+                            signpost_proxy::sink::apply(&signpost_proxy::nft::cleanup())?;
+                        }
+                        tracing::info!("removed table inet {}", signpost_proxy::TABLE);
+                    }
+                    ProxyMode::Ipvs => {
+                        signpost_proxy::ipvs::IpvsSink::connect(Vec::new())
+                            .await?
+                            .cleanup()
+                            .await?;
+                        tracing::info!(
+                            "removed Signpost's IPVS services, {} and table inet {}",
+                            signpost_proxy::ipvs::DUMMY,
+                            signpost_proxy::ipvs::NFT_TABLE
+                        );
+                    }
                 }
-                tracing::info!("removed table inet {}", signpost_proxy::TABLE);
                 return Ok(());
             }
             let node_name = match node_name {
@@ -208,8 +225,18 @@ async fn main() -> anyhow::Result<()> {
                 node_name,
                 resync: Duration::from_secs(resync_secs),
             };
+            let run = async {
+                match mode {
+                    ProxyMode::Nftables => {
+                        signpost_proxy::controller::run(client, cfg, metrics).await
+                    }
+                    ProxyMode::Ipvs => {
+                        signpost_proxy::controller::run_ipvs(client, cfg, metrics).await
+                    }
+                }
+            };
             tokio::select! {
-                r = signpost_proxy::controller::run(client, cfg, metrics) => r.context("proxy stopped")?,
+                r = run => r.context("proxy stopped")?,
                 r = server => r.context("metrics server panicked")?.context("metrics server stopped")?,
                 _ = shutdown() => tracing::info!("shutting down; rules stay in the kernel"),
             }
