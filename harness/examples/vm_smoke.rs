@@ -2,7 +2,9 @@
 //! `cargo run -p signpost-harness --example vm_smoke -- '/test/signpost-vmtest genl'`.
 //! Binaries come from the same target directory as this example.
 fn main() -> Result<(), Box<dyn std::error::Error>> {
-    let script = std::env::args().nth(1).unwrap_or_else(|| "ipvsadm -Ln".into());
+    let script = std::env::args()
+        .nth(1)
+        .unwrap_or_else(|| "ipvsadm -Ln".into());
     let dir = std::env::current_exe()?
         .parent()
         .and_then(|p| p.parent())
@@ -18,7 +20,8 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
     .filter(|(b, _)| dir.join(b).is_file())
     .map(|(b, g)| (dir.join(b), g))
     .collect();
-    let out = signpost_harness::vm::run(&image, &files, &script, std::time::Duration::from_secs(900))?;
+    let out =
+        signpost_harness::vm::run(&image, &files, &script, std::time::Duration::from_secs(900))?;
     println!("{}", out.console);
     println!("exit {:?} in {:.1?}", out.code, out.elapsed);
     Ok(())

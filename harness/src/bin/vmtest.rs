@@ -184,6 +184,10 @@ fn node_setup() -> Result<(), BoxError> {
         ("net/ipv6/conf/all/accept_dad", "0"),
         ("net/ipv6/conf/default/accept_dad", "0"),
         ("net/ipv4/conf/all/rp_filter", "0"),
+        // Rejects are ICMP errors, which the kernel rate-limits per peer; the
+        // test sends many in a burst and checks every one.
+        ("net/ipv4/icmp_ratelimit", "0"),
+        ("net/ipv6/icmp/ratelimit", "0"),
     ] {
         std::fs::write(format!("/proc/sys/{k}"), v)?;
     }
@@ -307,7 +311,13 @@ async fn verify_step(
     })?;
     let nft = nft_elements()?;
     for (k, vs) in want {
-        let elem = format!("{} . {} . {}", k.ip, k.protocol.as_lower(), k.port);
+        // nft lists the protocol by number.
+        let proto = match k.protocol {
+            Protocol::Tcp => 6,
+            Protocol::Udp => 17,
+            Protocol::Sctp => 132,
+        };
+        let elem = format!("{} . {proto} . {}", k.ip, k.port);
         check(nft.contains(&elem) == vs.rejects(), || {
             format!(
                 "nft reject element {elem}: present {} want {}\n{nft}",

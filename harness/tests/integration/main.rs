@@ -8,6 +8,7 @@ mod dns_diff;
 mod endpoints;
 mod fabric;
 mod proxy_nft;
+mod vm_ipvs;
 
 use std::path::PathBuf;
 
