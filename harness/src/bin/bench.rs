@@ -11,6 +11,9 @@
 //! CoreDNS over the same N Services, one core each: QPS at saturation,
 //! p50/p99 latency, RSS, Service create → resolvable (see `bench/dns.rs`).
 //!
+//! `signpost-bench proxy-ipvs [--sizes 1000,10000]`: the IPVS proxy core in
+//! the kernel VM: full sync, read-back, one change (see `bench/proxy_ipvs.rs`).
+//!
 //! `signpost-bench endpoints [--pods N] [--out FILE]`: time from a Pod's Ready
 //! condition being written to its endpoint showing `ready: true`, for
 //! `signpost endpoints` and kube-controller-manager's EndpointSlice
@@ -31,6 +34,8 @@ use signpost_harness::process::{Daemon, workspace_binary};
 
 #[path = "bench/dns.rs"]
 mod dns;
+#[path = "bench/proxy_ipvs.rs"]
+mod proxy_ipvs;
 #[path = "bench/proxy_nft.rs"]
 mod proxy_nft;
 
@@ -47,11 +52,14 @@ fn main() -> Result<(), Box<dyn std::error::Error + Send + Sync>> {
     if args.first().map(String::as_str) == Some("proxy-nft") {
         return proxy_nft::main(&args[1..]);
     }
+    if args.first().map(String::as_str) == Some("proxy-ipvs") {
+        return proxy_ipvs::main(&args[1..]);
+    }
     if args.first().map(String::as_str) == Some("dns") {
         return dns::main(&args[1..]);
     }
     if args.first().map(String::as_str) != Some("endpoints") {
-        return Err("usage: signpost-bench endpoints [--pods N] [--out FILE] | proxy-nft [--sizes 1000,10000] [--out FILE] | dns [--services N] [--out FILE]".into());
+        return Err("usage: signpost-bench endpoints [--pods N] [--out FILE] | proxy-nft [--sizes 1000,10000] [--out FILE] | dns [--services N] [--out FILE] | proxy-ipvs [--sizes 1000,10000] [--out FILE]".into());
     }
     let flag = |name: &str| {
         args.iter()

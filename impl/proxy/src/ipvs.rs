@@ -118,6 +118,10 @@ pub struct Applied {
     pub link_messages: u64,
     /// Ops by kind: add service, edit service, delete service, add backend, remove backend.
     pub ops: [u64; 5],
+    /// Time spent on IPVS and address messages.
+    pub kernel_time: std::time::Duration,
+    /// Time spent on the nft transaction.
+    pub nft_time: std::time::Duration,
 }
 
 /// The kernel side: IPVS, the dummy interface, the nft table.
@@ -271,27 +275,30 @@ impl IpvsSink {
     }
 
     async fn unbind(&mut self, ip: IpAddr) -> Result<(), Error> {
+        use rtnetlink::packet_route::AddressFamily;
+        use rtnetlink::packet_route::address::AddressMessage;
         if !self.bound.contains(&ip) {
             return Ok(());
         }
-        let mut addrs = self
-            .rt
-            .address()
-            .get()
-            .set_link_index_filter(self.link)
-            .set_address_filter(ip)
-            .execute();
-        while let Some(a) = addrs
-            .try_next()
-            .await
-            .map_err(|e| Error::Link(e.to_string()))?
-        {
-            self.rt
-                .address()
-                .del(a)
-                .execute()
-                .await
-                .map_err(|e| Error::Link(format!("unbinding {ip}: {e}")))?;
+        // One message, built here: listing the addresses to find it would
+        // make each unbind O(bound addresses).
+        let mut msg = AddressMessage::default();
+        msg.header.family = if ip.is_ipv4() {
+            AddressFamily::Inet
+        } else {
+            AddressFamily::Inet6
+        };
+        msg.header.prefix_len = if ip.is_ipv4() { 32 } else { 128 };
+        msg.header.index = self.link;
+        msg.attributes.push(AddressAttribute::Address(ip));
+        if ip.is_ipv4() {
+            msg.attributes.push(AddressAttribute::Local(ip));
+        }
+        match self.rt.address().del(msg).execute().await {
+            Ok(()) => {}
+            // Already gone.
+            Err(rtnetlink::Error::NetlinkError(e)) if e.raw_code() == -99 => {}
+            Err(e) => return Err(Error::Link(format!("unbinding {ip}: {e}"))),
         }
         self.bound.remove(&ip);
         Ok(())
@@ -301,6 +308,7 @@ impl IpvsSink {
     /// virtual address appears or goes), then the nft elements for `want`.
     pub async fn apply(&mut self, ops: &[ProxyOp], want: &ProxyTable) -> Result<Applied, Error> {
         let before = self.ipvs.messages_sent();
+        let started = std::time::Instant::now();
         let mut applied = Applied::default();
         for op in ops {
             match op {
@@ -375,7 +383,10 @@ impl IpvsSink {
             self.unbind(ip).await?;
             applied.link_messages += 1;
         }
+        applied.kernel_time = started.elapsed();
+        let nft_started = std::time::Instant::now();
         self.nft.sync(want)?;
+        applied.nft_time = nft_started.elapsed();
         applied.ipvs_messages = self.ipvs.messages_sent() - before;
         Ok(applied)
     }
