@@ -39,6 +39,9 @@ mod proxy_ipvs;
 #[path = "bench/proxy_nft.rs"]
 mod proxy_nft;
 
+/// Per (controller, slice name): generation seen and endpoints with readiness.
+type SliceTally = HashMap<(&'static str, String), (usize, Vec<(String, bool)>)>;
+
 fn percentile(sorted: &[f64], p: f64) -> f64 {
     if sorted.is_empty() {
         return f64::NAN;
@@ -117,7 +120,7 @@ fn main() -> Result<(), Box<dyn std::error::Error + Send + Sync>> {
         let mut shown: HashMap<(&'static str, String), Instant> = HashMap::new();
         // Wait until both list every Pod (not ready).
         let deadline = Instant::now() + Duration::from_secs(120);
-        let mut per_slice: HashMap<(&'static str, String), (usize, Vec<(String, bool)>)> = HashMap::new();
+        let mut per_slice: SliceTally = HashMap::new();
         let manager_of = |s: &KSlice| -> Option<&'static str> {
             match s.metadata.labels.as_ref()?.get("endpointslice.kubernetes.io/managed-by")?.as_str() {
                 m if m == MANAGED_BY => Some("signpost"),
@@ -125,7 +128,7 @@ fn main() -> Result<(), Box<dyn std::error::Error + Send + Sync>> {
                 _ => None,
             }
         };
-        let absorb = |s: KSlice, per_slice: &mut HashMap<(&'static str, String), (usize, Vec<(String, bool)>)>, shown: &mut HashMap<(&'static str, String), Instant>| {
+        let absorb = |s: KSlice, per_slice: &mut SliceTally, shown: &mut HashMap<(&'static str, String), Instant>| {
             let Some(m) = manager_of(&s) else { return };
             let eps: Vec<(String, bool)> = s
                 .endpoints

@@ -401,9 +401,10 @@ fn dataplane(cases: u32) -> Result<(), BoxError> {
     let result = runner.run(&strategy, |tables| {
         for want in &tables {
             let mut sink = sink.borrow_mut();
+            let sink: &mut IpvsSink = &mut sink;
             let r: Result<(), BoxError> = rt.block_on(async {
                 sink.sync(want).await?;
-                verify_step(&mut sink, want, &pods, &client.ns).await
+                verify_step(sink, want, &pods, &client.ns).await
             });
             r.map_err(|e| TestCaseError::fail(e.to_string()))?;
             steps.set(steps.get() + 1);
@@ -411,7 +412,8 @@ fn dataplane(cases: u32) -> Result<(), BoxError> {
         Ok(())
     });
     // Leave a clean kernel for the next section.
-    rt.block_on(async { sink.borrow_mut().sync(&ProxyTable::new()).await })?;
+    let mut sink = sink.into_inner();
+    rt.block_on(sink.sync(&ProxyTable::new()))?;
     let steps = steps.get();
     result.map_err(|e| format!("{e}"))?;
     println!(
@@ -498,7 +500,7 @@ async fn cleanup() -> Result<(), BoxError> {
     let mut sink = IpvsSink::connect(Vec::new()).await?;
     sink.sync(&fixed_table()).await?;
     drop(sink);
-    check(!sh("ipvsadm -Ln")?.lines().skip(3).next().is_none(), || {
+    check(sh("ipvsadm -Ln")?.lines().nth(3).is_some(), || {
         "nothing programmed before cleanup".into()
     })?;
     sh("/test/signpost proxy --mode ipvs --cleanup")?;

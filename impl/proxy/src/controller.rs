@@ -317,9 +317,9 @@ pub async fn run_ipvs(client: Client, cfg: Config, metrics: Arc<Metrics>) -> Res
             Ok(applied) => {
                 metrics.observe_sync(started.elapsed());
                 metrics.partial_syncs.fetch_add(1, Ordering::Relaxed);
-                metrics
-                    .services_rewritten
-                    .fetch_add(applied.ops.iter().sum(), Ordering::Relaxed);
+                for (counter, n) in metrics.ops.iter().zip(applied.ops) {
+                    counter.fetch_add(n, Ordering::Relaxed);
+                }
                 if ops.len() <= 3 {
                     info!(?ops, "ipvs sync");
                 }

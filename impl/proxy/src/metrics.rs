@@ -6,6 +6,15 @@ use std::time::Duration;
 
 const BUCKETS_MS: [u64; 12] = [1, 2, 5, 10, 25, 50, 100, 250, 500, 1000, 2500, 10000];
 
+/// The kinds of ops, in the order of [`Metrics::ops`].
+pub const OP_KINDS: [&str; 5] = [
+    "add_service",
+    "edit_service",
+    "delete_service",
+    "add_backend",
+    "remove_backend",
+];
+
 /// Sync latency, ops by kind, errors.
 #[derive(Debug, Default)]
 pub struct Metrics {
@@ -21,6 +30,8 @@ pub struct Metrics {
     pub invalid_objects: AtomicU64,
     /// Duration of the last sync in microseconds.
     pub last_sync_us: AtomicU64,
+    /// IPVS mode: ops applied, by kind (add/edit/delete service, add/remove backend).
+    pub ops: [AtomicU64; 5],
     sync_count: AtomicU64,
     sync_sum_us: AtomicU64,
     sync_buckets: [AtomicU64; BUCKETS_MS.len()],
@@ -70,6 +81,11 @@ impl Metrics {
                     "gauge"
                 }
             );
+        }
+        let ops = "signpost_proxy_ops_total";
+        let _ = writeln!(out, "# TYPE {ops} counter");
+        for (kind, n) in OP_KINDS.iter().zip(&self.ops) {
+            let _ = writeln!(out, "{ops}{{kind=\"{kind}\"}} {}", g(n));
         }
         let h = "signpost_proxy_sync_duration_seconds";
         let _ = writeln!(out, "# TYPE {h} histogram");

@@ -28,7 +28,7 @@ const SP_PORT: u16 = 53;
 const CD_PORT: u16 = 1053;
 
 fn headless(i: u32) -> bool {
-    i % 5 == 0
+    i.is_multiple_of(5)
 }
 
 fn slice(i: u32) -> Result<KSlice, BoxError> {
