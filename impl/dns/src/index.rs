@@ -61,7 +61,8 @@ pub struct ZoneIndex {
     synced: bool,
     services: HashMap<ObjectKey, Service>,
     slices: HashMap<ObjectKey, EndpointSlice>,
-    slices_of: HashMap<ObjectKey, BTreeSet<ObjectKey>>,
+    /// Service → its slices (usually one or two: a Vec).
+    slices_of: HashMap<ObjectKey, Vec<ObjectKey>>,
     owned: HashMap<ObjectKey, Owned>,
     /// name → records; a name may be shared by no two Services (names embed the Service).
     names: HashMap<Arc<str>, Entry>,
@@ -187,25 +188,31 @@ impl ZoneIndex {
                 if let Some(old) = self.slices.insert(key.clone(), slice) {
                     let old_owner = old.service_key();
                     if old_owner != owner {
-                        self.slices_of
-                            .entry(old_owner.clone())
-                            .or_default()
-                            .remove(&key);
+                        self.unlink_slice(&old_owner, &key);
                         self.refresh(&old_owner, seen);
                     }
                 }
-                self.slices_of.entry(owner.clone()).or_default().insert(key);
+                let list = self.slices_of.entry(owner.clone()).or_default();
+                if !list.contains(&key) {
+                    list.push(key);
+                }
                 self.refresh(&owner, seen);
             }
             Change::SliceDeleted(key) => {
                 if let Some(old) = self.slices.remove(&key) {
                     let owner = old.service_key();
-                    self.slices_of
-                        .entry(owner.clone())
-                        .or_default()
-                        .remove(&key);
+                    self.unlink_slice(&owner, &key);
                     self.refresh(&owner, seen);
                 }
+            }
+        }
+    }
+
+    fn unlink_slice(&mut self, owner: &ObjectKey, slice: &ObjectKey) {
+        if let Some(list) = self.slices_of.get_mut(owner) {
+            list.retain(|k| k != slice);
+            if list.is_empty() {
+                self.slices_of.remove(owner);
             }
         }
     }
@@ -283,7 +290,12 @@ impl ZoneIndex {
                 endpoint_ips
                     .entry(ep.address)
                     .or_insert_with(|| name.clone());
-                candidates.push(name);
+                // Endpoint names of Services with ClusterIPs (DNS-6, for
+                // CoreDNS compatibility) are rarely asked and are most of a
+                // cluster's names: they are answered on demand.
+                if svc.is_headless() {
+                    candidates.push(name);
+                }
             }
         }
         let mut owned = Owned::default();
@@ -348,18 +360,59 @@ impl ZoneIndex {
         } else if let Some(r) = self.structural(&name) {
             r
         } else {
-            self.names.get(name.as_str()).map(|e| {
-                if self.synced
-                    && !e.served.load(Ordering::Relaxed)
-                    && !e.served.swap(true, Ordering::Relaxed)
-                {
-                    first_served = Some(e.changed.elapsed());
+            match self.names.get(name.as_str()) {
+                Some(e) => {
+                    if self.synced
+                        && !e.served.load(Ordering::Relaxed)
+                        && !e.served.swap(true, Ordering::Relaxed)
+                    {
+                        first_served = Some(e.changed.elapsed());
+                    }
+                    Some(e.records.to_vec())
                 }
-                e.records.to_vec()
-            })
+                None => self.on_demand(&name),
+            }
         };
         let outcome = signpost_model::spec::outcome(&name, rdatas, question.rtype, self.synced);
         (outcome, first_served)
+    }
+
+    /// An endpoint name of a Service with ClusterIPs, through the oracle's
+    /// rules over that Service and its slices.
+    fn on_demand(&self, name: &str) -> Option<Vec<RData>> {
+        let rest = name.strip_suffix(&self.dot_zone)?;
+        let mut labels = rest.rsplit('.');
+        let (Some("svc"), Some(ns), Some(svc_name), Some(_label), None) = (
+            labels.next(),
+            labels.next(),
+            labels.next(),
+            labels.next(),
+            labels.next(),
+        ) else {
+            return None;
+        };
+        let key = ObjectKey::new(ns, svc_name);
+        let svc = self.services.get(&key)?;
+        if svc.is_headless() {
+            return None;
+        }
+        let slices: Vec<&EndpointSlice> = self
+            .slices_of
+            .get(&key)
+            .into_iter()
+            .flatten()
+            .filter_map(|k| self.slices.get(k))
+            .collect();
+        let snap = DnsSnapshot {
+            zone: &self.zone,
+            synced: true,
+            services: vec![svc],
+            slices,
+            pods: Vec::new(),
+            namespaces: BTreeSet::new(),
+            pods_mode: PodsMode::Disabled,
+        };
+        name_records(&snap, name)
     }
 
     fn namespace_exists(&self, ns: &str) -> bool {
@@ -374,13 +427,24 @@ impl ZoneIndex {
         } else {
             name.strip_suffix(&self.dot_zone)?
         };
-        let labels: Vec<&str> = if rest.is_empty() {
-            Vec::new()
-        } else {
-            rest.rsplit('.').collect()
-        };
+        // At most three labels below the zone are structural: no allocation.
+        let mut it = rest.rsplit('.');
+        if rest.is_empty() {
+            it.next();
+        }
+        let labels = [it.next(), it.next(), it.next(), it.next()];
         let present = |r: Vec<RData>| Some(Some(r));
-        match labels.as_slice() {
+        let n = labels.iter().take_while(|l| l.is_some()).count();
+        let l: [&str; 3] = [
+            labels[0].unwrap_or(""),
+            labels[1].unwrap_or(""),
+            labels[2].unwrap_or(""),
+        ];
+        let labels: &[&str] = if n > 3 { &[] } else { &l[..n] };
+        if n > 3 {
+            return None;
+        }
+        match labels {
             [] | ["svc"] | ["pod"] => present(Vec::new()),
             ["dns-version"] => present(vec![RData::Txt(
                 signpost_model::spec::DNS_SCHEMA_VERSION.to_owned(),

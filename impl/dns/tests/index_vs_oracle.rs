@@ -168,6 +168,9 @@ fn questions(
         format!("pod.{zone}"),
         format!("dns-version.{zone}"),
         format!("nope.{zone}"),
+        format!("svc..{zone}"),
+        format!("a..default.svc.{zone}"),
+        format!(".{zone}"),
         "example.org".into(),
     ]
     .into();

@@ -5,11 +5,6 @@
 
 mod http;
 
-/// mimalloc returns freed pages to the kernel promptly (the list of a
-/// large cluster is transient), and is fast with many small allocations.
-#[global_allocator]
-static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
-
 use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::sync::Arc;
