@@ -14,6 +14,9 @@
 //!   its backends (affinity holds; no backends or an unknown port: refused).
 //! - `restart`: a new proxy over a programmed kernel plans nothing for
 //!   what is right and removes leftovers.
+//! - `drain`: a removed TCP destination stays at weight 0 while it has
+//!   connections, takes no new ones, and is deleted when they end or at
+//!   the drain timeout.
 //! - `cleanup`: `signpost proxy --mode ipvs --cleanup` leaves no IPVS
 //!   service, nft table or `kube-ipvs0`.
 //! - `bench [--sizes 1000,10000]`: full and incremental sync times, messages per change.
@@ -493,6 +496,81 @@ async fn restart() -> Result<(), BoxError> {
     Ok(())
 }
 
+// ---------------------------------------------------------------- drain
+
+async fn drain() -> Result<(), BoxError> {
+    node_setup()?;
+    let pods: Vec<Pod> = (1..=2).map(|n| pod(n, true)).collect::<Result<_, _>>()?;
+    let client = pod(100, false)?;
+    std::thread::sleep(Duration::from_millis(300));
+    let key = VirtualKey {
+        ip: "10.96.0.1".parse()?,
+        protocol: Protocol::Tcp,
+        port: 80,
+    };
+    let b1: SocketAddr = "10.244.0.1:8080".parse()?;
+    let b2: SocketAddr = "10.244.0.2:8080".parse()?;
+    let table = |backends: &[SocketAddr]| -> ProxyTable {
+        [(
+            key,
+            VirtualService {
+                backends: backends.iter().copied().collect(),
+                affinity_timeout: None,
+            },
+        )]
+        .into()
+    };
+    let mut sink = IpvsSink::connect(Vec::new()).await?;
+    sink.sync(&table(&[b1])).await?;
+    // A finished connection leaves an inactive IPVS connection entry (FIN/TIME_WAIT).
+    let got = ask(&client.ns, SocketAddr::new(key.ip, key.port), Protocol::Tcp)?;
+    check(got.as_deref() == Ok(pods[0].name.as_str()), || {
+        format!("first request: {got:?}")
+    })?;
+    // b1 is removed, b2 added: b1 drains at weight 0 and takes no new connections.
+    sink.sync(&table(&[b2])).await?;
+    let listed = sh("ipvsadm -Ln")?;
+    check(
+        listed.contains("10.244.0.1:8080")
+            && listed
+                .lines()
+                .any(|l| l.contains("10.244.0.1:8080") && l.split_whitespace().nth(3) == Some("0")),
+        || format!("b1 should be draining at weight 0:\n{listed}"),
+    )?;
+    for _ in 0..4 {
+        let got = ask(&client.ns, SocketAddr::new(key.ip, key.port), Protocol::Tcp)?;
+        check(got.as_deref() == Ok(pods[1].name.as_str()), || {
+            format!("new connection went to {got:?}")
+        })?;
+    }
+    check(
+        sink.finish_draining().await? == 0 && sink.draining() == 1,
+        || "b1 has connection entries: it keeps draining".into(),
+    )?;
+    // Its time is up: deleted.
+    sink.drain_timeout = Duration::ZERO;
+    check(
+        sink.finish_draining().await? == 1 && sink.draining() == 0,
+        || "b1 should be deleted after the drain timeout".into(),
+    )?;
+    let listed = sh("ipvsadm -Ln")?;
+    check(!listed.contains("10.244.0.1:8080"), || {
+        format!("b1 still listed:\n{listed}")
+    })?;
+    // A destination without connections is deleted at the first check.
+    sink.drain_timeout = signpost_proxy::ipvs::DRAIN_TIMEOUT;
+    sink.sync(&table(&[b2, b1])).await?;
+    sink.sync(&table(&[b2])).await?;
+    check(sink.finish_draining().await? == 1, || {
+        "an idle destination drains at once".into()
+    })?;
+    sink.sync(&ProxyTable::new()).await?;
+    println!(
+        "drain: a removed TCP backend took no new connections, stayed while its connections lived, and went at the timeout; an idle one went at once"
+    );
+    Ok(())
+}
+
 // ---------------------------------------------------------------- cleanup
 
 async fn cleanup() -> Result<(), BoxError> {
@@ -608,6 +686,7 @@ fn main() {
         "genl" => rt.block_on(genl()),
         "dataplane" => dataplane(flag("--cases").and_then(|c| c.parse().ok()).unwrap_or(6)),
         "restart" => rt.block_on(restart()),
+        "drain" => rt.block_on(drain()),
         "cleanup" => rt.block_on(cleanup()),
         "bench" => {
             let sizes: Vec<u32> = flag("--sizes")
@@ -618,7 +697,7 @@ fn main() {
             rt.block_on(bench(&sizes))
         }
         other => Err(format!(
-            "unknown section {other:?} (genl, dataplane, restart, cleanup, bench)"
+            "unknown section {other:?} (genl, dataplane, restart, drain, cleanup, bench)"
         )
         .into()),
     };

@@ -270,7 +270,12 @@ pub async fn run_ipvs(client: Client, cfg: Config, metrics: Arc<Metrics>) -> Res
         Some(("resync", ()))
     })
     .boxed();
-    let mut events = futures::stream::select_all([s1, s2, s3, ticks]);
+    let drain_ticks = futures::stream::unfold((), |()| async {
+        tokio::time::sleep(Duration::from_secs(2)).await;
+        Some(("drain", ()))
+    })
+    .boxed();
+    let mut events = futures::stream::select_all([s1, s2, s3, ticks, drain_ticks]);
     let mut synced: HashSet<&'static str> = HashSet::new();
     let mut sink: Option<IpvsSink> = None;
     let mut have: Option<ProxyTable> = None;
@@ -281,13 +286,28 @@ pub async fn run_ipvs(client: Client, cfg: Config, metrics: Arc<Metrics>) -> Res
             batch.push(ev);
         }
         let mut resync = false;
+        let mut drain = false;
         for ev in &batch {
             if matches!(*ev, "services" | "endpointslices" | "nodes") {
                 synced.insert(ev);
             }
             resync |= *ev == "resync";
+            drain |= *ev == "drain";
         }
         if synced.len() < 3 {
+            continue;
+        }
+        if drain && batch.iter().all(|e| *e == "drain") {
+            // Graceful termination: delete destinations whose connections ended.
+            if let Some(k) = sink.as_mut()
+                && k.draining() > 0
+            {
+                match k.finish_draining().await {
+                    Ok(n) if n > 0 => info!(deleted = n, "drained destinations removed"),
+                    Ok(_) => {}
+                    Err(e) => warn!(error = %e, "finishing drained destinations failed"),
+                }
+            }
             continue;
         }
         let node = nodes

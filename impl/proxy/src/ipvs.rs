@@ -29,6 +29,8 @@ pub const DUMMY: &str = "kube-ipvs0";
 pub const NFT_TABLE: &str = "signpost-ipvs";
 /// The IPVS scheduler.
 pub const SCHEDULER: &str = "rr";
+/// Longest a removed TCP/SCTP destination drains at weight 0.
+pub const DRAIN_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(900);
 
 /// Errors of the IPVS data plane.
 #[derive(Debug, thiserror::Error)]
@@ -132,6 +134,11 @@ pub struct IpvsSink {
     bound: BTreeSet<IpAddr>,
     node_ips: Vec<IpAddr>,
     nft: NftState,
+    /// Removed TCP/SCTP destinations kept at weight 0 while their
+    /// connections finish, with when draining began.
+    draining: BTreeMap<(VirtualKey, SocketAddr), std::time::Instant>,
+    /// How long a destination may drain before it is deleted anyway.
+    pub drain_timeout: std::time::Duration,
 }
 
 impl std::fmt::Debug for IpvsSink {
@@ -206,6 +213,8 @@ impl IpvsSink {
             bound,
             node_ips,
             nft,
+            draining: BTreeMap::new(),
+            drain_timeout: DRAIN_TIMEOUT,
         })
     }
 
@@ -239,10 +248,13 @@ impl IpvsSink {
                 protocol: model_protocol(protocol),
                 port,
             };
-            let backends = self
-                .ipvs
-                .destinations(&s.key)
-                .await?
+            let dests = self.ipvs.destinations(&s.key).await?;
+            for d in dests.iter().filter(|d| d.weight == 0) {
+                self.draining
+                    .entry((key, SocketAddr::new(d.addr, d.port)))
+                    .or_insert_with(std::time::Instant::now);
+            }
+            let backends = dests
                 .into_iter()
                 .filter(|d| d.weight > 0)
                 .map(|d| SocketAddr::new(d.addr, d.port))
@@ -364,18 +376,37 @@ impl IpvsSink {
                     applied.ops[3] += 1;
                 }
                 ProxyOp::RemoveBackend { key, backend } => {
-                    match self
-                        .ipvs
-                        .delete_destination(&service_key(key), backend.ip(), backend.port())
-                        .await
-                    {
-                        Ok(()) | Err(ipvs_genl::Error::NotFound(_)) => {}
-                        Err(e) => return Err(e.into()),
+                    if key.protocol == Protocol::Udp {
+                        // UDP has no connection end to wait for: delete now.
+                        match self
+                            .ipvs
+                            .delete_destination(&service_key(key), backend.ip(), backend.port())
+                            .await
+                        {
+                            Ok(()) | Err(ipvs_genl::Error::NotFound(_)) => {}
+                            Err(e) => return Err(e.into()),
+                        }
+                    } else {
+                        // Graceful termination: no new connections, existing ones finish.
+                        let mut d = Destination::new(backend.ip(), backend.port());
+                        d.weight = 0;
+                        match self.ipvs.update_destination(&service_key(key), &d).await {
+                            Ok(()) => {
+                                self.draining
+                                    .insert((*key, *backend), std::time::Instant::now());
+                            }
+                            Err(ipvs_genl::Error::NotFound(_)) => {}
+                            Err(e) => return Err(e.into()),
+                        }
                     }
                     applied.ops[4] += 1;
                 }
             }
         }
+        // A destination that came back is no longer draining.
+        self.draining.retain(|(k, b), _| {
+            !want.get(k).is_some_and(|vs| vs.backends.contains(b)) && want.contains_key(k)
+        });
         // Addresses no virtual service uses any more are unbound.
         let used: BTreeSet<IpAddr> = want.keys().map(|k| k.ip).collect();
         let stale: Vec<IpAddr> = self.bound.difference(&used).copied().collect();
@@ -389,6 +420,60 @@ impl IpvsSink {
         applied.nft_time = nft_started.elapsed();
         applied.ipvs_messages = self.ipvs.messages_sent() - before;
         Ok(applied)
+    }
+
+    /// Deletes draining destinations whose connections have ended or whose
+    /// time is up; weight-0 destinations found after a restart start
+    /// draining now. Returns how many were deleted.
+    pub async fn finish_draining(&mut self) -> Result<usize, Error> {
+        let mut deleted = 0;
+        let keys: Vec<(VirtualKey, SocketAddr)> = self.draining.keys().copied().collect();
+        let mut by_service: BTreeMap<VirtualKey, Vec<Destination>> = BTreeMap::new();
+        for (k, _) in &keys {
+            if !by_service.contains_key(k) {
+                let dests = match self.ipvs.destinations(&service_key(k)).await {
+                    Ok(d) => d,
+                    Err(ipvs_genl::Error::NoSuchService(_)) => Vec::new(),
+                    Err(e) => return Err(e.into()),
+                };
+                by_service.insert(*k, dests);
+            }
+        }
+        for (k, b) in keys {
+            let since = self.draining[&(k, b)];
+            let dest = by_service
+                .get(&k)
+                .and_then(|ds| ds.iter().find(|d| d.addr == b.ip() && d.port == b.port()));
+            let done = match dest {
+                None => true,
+                Some(d) if d.weight > 0 => {
+                    self.draining.remove(&(k, b));
+                    continue;
+                }
+                Some(d) => {
+                    d.active_conns + d.inactive_conns == 0 || since.elapsed() >= self.drain_timeout
+                }
+            };
+            if done {
+                if dest.is_some() {
+                    match self
+                        .ipvs
+                        .delete_destination(&service_key(&k), b.ip(), b.port())
+                        .await
+                    {
+                        Ok(()) | Err(ipvs_genl::Error::NotFound(_)) => deleted += 1,
+                        Err(e) => return Err(e.into()),
+                    }
+                }
+                self.draining.remove(&(k, b));
+            }
+        }
+        Ok(deleted)
+    }
+
+    /// Destinations draining now.
+    pub fn draining(&self) -> usize {
+        self.draining.len()
     }
 
     /// Reads the kernel and converges it to `want`.
