@@ -18,7 +18,7 @@ use std::time::{Duration, Instant};
 use crate::{Error, Result};
 
 /// Bump when the base image's contents change.
-const RIG_VERSION: &str = "1";
+const RIG_VERSION: &str = "4";
 
 /// Userland programs copied into the base image (with their libraries).
 const PROGRAMS: &[&str] = &[
@@ -28,6 +28,8 @@ const PROGRAMS: &[&str] = &[
 
 /// Module trees included with their dependency closure.
 const MODULES: &[&str] = &[
+    "virtio_pci",
+    "virtio_net",
     "ip_vs",
     "ip_vs_rr",
     "ip_vs_wrr",
@@ -182,6 +184,13 @@ ln -sf /proc/self/fd/2 /dev/stderr
 echo /sbin/modprobe > /proc/sys/kernel/modprobe
 for m in ip_vs ip_vs_rr nf_conntrack nf_tables veth dummy; do modprobe $m || echo "SIGNPOST-VM: modprobe $m failed"; done
 ip link set lo up
+# A network device exists only when the host asked for user networking
+# (restricted: it reaches nothing but the host's explicit forwards).
+modprobe virtio_pci 2>/dev/null; modprobe virtio_net 2>/dev/null
+for i in $(seq 1 50); do ip link show eth0 >/dev/null 2>&1 && break; sleep 0.1; done
+if ip link show eth0 >/dev/null 2>&1; then
+  ip link set eth0 up && ip addr add 10.0.2.15/24 dev eth0 && echo "SIGNPOST-VM: eth0 10.0.2.15/24 (the test namespace is 10.0.2.2)"
+fi
 echo 1 > /proc/sys/kernel/sysrq
 echo "SIGNPOST-VM: booted $(cat /proc/sys/kernel/osrelease)"
 cd /test
@@ -346,15 +355,41 @@ impl Output {
     }
 }
 
+/// User networking for a VM that must reach a server of the test: qemu
+/// runs inside `netns` (a namespace of the test with no route out), and
+/// the guest (10.0.2.15) reaches that namespace's `127.0.0.1:<port>` as
+/// `10.0.2.2:<port>`. Nothing else is reachable: the namespace has only
+/// loopback and the test's own devices. (qemu's `guestfwd` carries one
+/// connection and `restrict=on` forbids the host alias, so this is the
+/// containment instead.)
+#[derive(Debug)]
+pub struct Forwards<'a> {
+    /// Where qemu runs (its user networking is contained by it).
+    pub netns: &'a crate::netns::NetNs,
+}
+
 /// Boots `image` with `files` (host path → path in the VM, libraries
-/// included) and `/test/run.sh` = `script`; waits at most `timeout`.
+/// included) and `/test/run.sh` = `script`; waits at most `timeout`. The
+/// VM has no network device.
 pub fn run(
     image: &Image,
     files: &[(PathBuf, &str)],
     script: &str,
     timeout: Duration,
 ) -> Result<Output> {
+    run_with(image, files, script, timeout, None)
+}
+
+/// [`run`], with restricted user networking when `forwards` is given.
+pub fn run_with(
+    image: &Image,
+    files: &[(PathBuf, &str)],
+    script: &str,
+    timeout: Duration,
+    forwards: Option<Forwards<'_>>,
+) -> Result<Output> {
     let qemu = which("qemu-system-x86_64")?;
+    let qemu = qemu.as_path();
     let work = tempfile::tempdir().map_err(Error::io("creating a vm work dir"))?;
     let extra = work.path().join("extra");
     std::fs::create_dir_all(extra.join("test")).map_err(Error::io("creating /test"))?;
@@ -370,16 +405,26 @@ pub fn run(
     std::fs::write(&initrd, all).map_err(Error::io("writing initrd"))?;
 
     let started = Instant::now();
-    let mut child = Command::new(qemu)
-        .args(["-accel", "tcg,thread=multi", "-m", "2048", "-smp", "2"])
-        .args([
-            "-nic",
-            "none",
-            "-nographic",
-            "-no-reboot",
-            "-monitor",
-            "none",
-        ])
+    let mut cmd = match forwards.as_ref().map(|f| f.netns) {
+        Some(ns) => ns.command(qemu),
+        None => Command::new(qemu),
+    };
+    cmd.args(["-accel", "tcg,thread=multi", "-m", "2048", "-smp", "2"]);
+    match &forwards {
+        None => {
+            cmd.args(["-nic", "none"]);
+        }
+        Some(_) => {
+            cmd.args([
+                "-netdev",
+                "user,id=n0",
+                "-device",
+                "virtio-net-pci,netdev=n0",
+            ]);
+        }
+    }
+    let mut child = cmd
+        .args(["-nographic", "-no-reboot", "-monitor", "none"])
         .arg("-kernel")
         .arg(&image.kernel)
         .arg("-initrd")

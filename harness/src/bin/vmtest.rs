@@ -17,6 +17,8 @@
 //! - `drain`: a removed TCP destination stays at weight 0 while it has
 //!   connections, takes no new ones, and is deleted when they end or at
 //!   the drain timeout.
+//! - `e2e --vip IP [--port P]`: `signpost proxy --mode ipvs` against the
+//!   host's API server through qemu's restricted forward.
 //! - `cleanup`: `signpost proxy --mode ipvs --cleanup` leaves no IPVS
 //!   service, nft table or `kube-ipvs0`.
 //! - `bench [--sizes 1000,10000]`: full and incremental sync times, messages per change.
@@ -571,6 +573,71 @@ async fn drain() -> Result<(), BoxError> {
     Ok(())
 }
 
+// ---------------------------------------------------------------- e2e
+
+/// `signpost proxy --mode ipvs` against the host's API server (through
+/// qemu's restricted forward): the Service and slice written on the host
+/// become IPVS state here, and real connections reach both Pods.
+async fn e2e(vip: IpAddr, port: u16) -> Result<(), BoxError> {
+    node_setup()?;
+    let pods: Vec<Pod> = (1..=2).map(|n| pod(n, true)).collect::<Result<_, _>>()?;
+    let client = pod(100, false)?;
+    let log = std::fs::File::create("/tmp/proxy.log")?;
+    let mut proxy = std::process::Command::new("/test/signpost")
+        .args([
+            "--kubeconfig",
+            "/test/kubeconfig",
+            "proxy",
+            "--mode",
+            "ipvs",
+            "--node-name",
+            "node-a",
+        ])
+        .stdout(log.try_clone()?)
+        .stderr(log)
+        .spawn()?;
+    let key = ServiceKey::Tuple {
+        addr: vip,
+        protocol: IProto::Tcp,
+        port,
+    };
+    let mut ipvs = Ipvs::connect().await?;
+    let t = Instant::now();
+    let result: Result<(), BoxError> = async {
+        loop {
+            let has = ipvs.services().await?.iter().any(|s| s.key == key);
+            if has && ipvs.destinations(&key).await?.len() == 2 {
+                break;
+            }
+            if t.elapsed() > Duration::from_secs(90) {
+                return Err(format!("no IPVS service {vip}:{port} with 2 destinations after 90 s").into());
+            }
+            tokio::time::sleep(Duration::from_millis(200)).await;
+        }
+        let synced = t.elapsed();
+        let mut seen = BTreeSet::new();
+        for _ in 0..6 {
+            let got = ask(&client.ns, SocketAddr::new(vip, port), Protocol::Tcp)?;
+            let name = got.map_err(|e| format!("{vip}:{port}: {e:?}"))?;
+            check(pods.iter().any(|p| p.name == name), || format!("answered by {name}"))?;
+            seen.insert(name);
+        }
+        check(seen.len() == 2, || format!("round robin reached only {seen:?}"))?;
+        println!("e2e: signpost proxy --mode ipvs programmed {vip}:{port} from the API server in {synced:.1?}; connections reached {seen:?}");
+        Ok(())
+    }
+    .await;
+    let _ = proxy.kill();
+    let _ = proxy.wait();
+    if result.is_err() {
+        println!(
+            "{}",
+            std::fs::read_to_string("/tmp/proxy.log").unwrap_or_default()
+        );
+    }
+    result
+}
+
 // ---------------------------------------------------------------- cleanup
 
 async fn cleanup() -> Result<(), BoxError> {
@@ -687,6 +754,13 @@ fn main() {
         "dataplane" => dataplane(flag("--cases").and_then(|c| c.parse().ok()).unwrap_or(6)),
         "restart" => rt.block_on(restart()),
         "drain" => rt.block_on(drain()),
+        "e2e" => match flag("--vip").and_then(|v| v.parse().ok()) {
+            Some(vip) => rt.block_on(e2e(
+                vip,
+                flag("--port").and_then(|p| p.parse().ok()).unwrap_or(80),
+            )),
+            None => Err("e2e needs --vip".into()),
+        },
         "cleanup" => rt.block_on(cleanup()),
         "bench" => {
             let sizes: Vec<u32> = flag("--sizes")

@@ -73,3 +73,126 @@ fn ipvs_in_the_kernel_vm() {
         );
     }
 }
+
+/// Standard base64 (kubeconfig `*-data` fields).
+fn base64(data: &[u8]) -> String {
+    const T: &[u8; 64] = b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/";
+    let mut out = String::new();
+    for chunk in data.chunks(3) {
+        let b = [
+            chunk[0],
+            *chunk.get(1).unwrap_or(&0),
+            *chunk.get(2).unwrap_or(&0),
+        ];
+        let n = (u32::from(b[0]) << 16) | (u32::from(b[1]) << 8) | u32::from(b[2]);
+        for i in 0..4 {
+            if i <= chunk.len() {
+                out.push(T[((n >> (18 - 6 * i)) & 63) as usize] as char);
+            } else {
+                out.push('=');
+            }
+        }
+    }
+    out
+}
+
+#[test]
+fn signpost_proxy_ipvs_follows_the_api_server() {
+    use k8s_openapi::api::core::v1::Service as KService;
+    use k8s_openapi::api::discovery::v1::EndpointSlice as KSlice;
+    use kube::api::{Api, PostParams};
+    use serde_json::json;
+
+    crate::require_rig!();
+    if let Err(why) = vm_available() {
+        eprintln!("SKIPPED (not in CI): {why}");
+        return;
+    }
+    let cluster = signpost_harness::LocalCluster::new("vmipvs")
+        .unwrap()
+        .start()
+        .unwrap();
+    let svc: KService = serde_json::from_value(json!({
+        "metadata": { "name": "voy" },
+        "spec": { "ports": [{ "name": "http", "port": 80, "targetPort": 8080 }] },
+    }))
+    .unwrap();
+    let slice: KSlice = serde_json::from_value(json!({
+        "metadata": { "name": "voy-1", "labels": { "kubernetes.io/service-name": "voy" } },
+        "addressType": "IPv4",
+        "ports": [{ "name": "http", "port": 8080, "protocol": "TCP" }],
+        "endpoints": [
+            { "addresses": ["10.244.0.1"], "conditions": { "ready": true }, "nodeName": "node-a" },
+            { "addresses": ["10.244.0.2"], "conditions": { "ready": true }, "nodeName": "node-a" },
+        ],
+    }))
+    .unwrap();
+    let vip = cluster
+        .block_on(|client| async move {
+            let created = Api::<KService>::namespaced(client.clone(), "default")
+                .create(&PostParams::default(), &svc)
+                .await
+                .unwrap();
+            Api::<KSlice>::namespaced(client, "default")
+                .create(&PostParams::default(), &slice)
+                .await
+                .unwrap();
+            created.spec.unwrap().cluster_ip.unwrap()
+        })
+        .unwrap();
+    // The VM's kubeconfig: credentials inline, the API server behind qemu's
+    // user networking at 10.0.2.2 (qemu runs in the node namespace), verified
+    // by its certificate's name.
+    let text = std::fs::read_to_string(cluster.kubeconfig()).unwrap();
+    let path_of = |key: &str| -> PathBuf {
+        let line = text
+            .lines()
+            .find(|l| l.trim_start().starts_with(key))
+            .unwrap();
+        PathBuf::from(line.split_once(':').unwrap().1.trim())
+    };
+    let data = |p: PathBuf| base64(&std::fs::read(p).unwrap());
+    let kubeconfig = format!(
+        "apiVersion: v1\nkind: Config\nclusters:\n- name: c\n  cluster:\n    server: https://10.0.2.2:6443\n    tls-server-name: kubernetes\n    certificate-authority-data: {}\nusers:\n- name: u\n  user:\n    client-certificate-data: {}\n    client-key-data: {}\ncontexts:\n- name: c\n  context:\n    cluster: c\n    user: u\ncurrent-context: c\n",
+        data(path_of("certificate-authority:")),
+        data(path_of("client-certificate:")),
+        data(path_of("client-key:")),
+    );
+    let kc = cluster.logs().join("vm.kubeconfig");
+    std::fs::write(&kc, kubeconfig).unwrap();
+    let image = vm::image().expect("the VM image builds");
+    let files: Vec<(PathBuf, &str)> = vec![
+        (
+            PathBuf::from(env!("CARGO_BIN_EXE_signpost-vmtest")),
+            "/test/signpost-vmtest",
+        ),
+        (
+            PathBuf::from(env!("CARGO_BIN_EXE_signpost-echo")),
+            "/test/signpost-echo",
+        ),
+        (
+            workspace_binary("signpost").expect("the signpost binary"),
+            "/test/signpost",
+        ),
+        (kc, "/test/kubeconfig"),
+    ];
+    let out = vm::run_with(
+        &image,
+        &files,
+        &format!("/test/signpost-vmtest e2e --vip {vip} --port 80\n"),
+        Duration::from_secs(600),
+        Some(vm::Forwards {
+            netns: cluster.node_namespace(),
+        }),
+    )
+    .expect("the VM boots and runs");
+    eprintln!(
+        "{}",
+        out.console
+            .lines()
+            .filter(|l| l.starts_with("e2e:") || l.starts_with("PASS") || l.starts_with("FAIL"))
+            .collect::<Vec<_>>()
+            .join("\n")
+    );
+    assert!(out.success(), "e2e failed:\n{}", vm::tail(&out.console, 80));
+}
