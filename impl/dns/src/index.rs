@@ -61,7 +61,7 @@ pub struct ZoneIndex {
     synced: bool,
     services: HashMap<ObjectKey, Service>,
     slices: HashMap<ObjectKey, EndpointSlice>,
-    /// Service → its slices (usually one or two: a Vec).
+    /// Service → its slices, sorted by key (usually one or two: a Vec).
     slices_of: HashMap<ObjectKey, Vec<ObjectKey>>,
     owned: HashMap<ObjectKey, Owned>,
     /// name → records; a name may be shared by no two Services (names embed the Service).
@@ -192,9 +192,11 @@ impl ZoneIndex {
                         self.refresh(&old_owner, seen);
                     }
                 }
+                // Sorted by key: where two slices hold one address, the
+                // oracle takes the endpoint of the first slice by key.
                 let list = self.slices_of.entry(owner.clone()).or_default();
-                if !list.contains(&key) {
-                    list.push(key);
+                if let Err(at) = list.binary_search(&key) {
+                    list.insert(at, key);
                 }
                 self.refresh(&owner, seen);
             }
