@@ -220,12 +220,19 @@ pub fn image() -> Result<Image> {
     let _ = std::fs::remove_dir_all(&dir);
     let pkgdir = dir.join("pkg");
     std::fs::create_dir_all(&pkgdir).map_err(Error::io("creating the vm cache"))?;
-    sh(
-        Command::new("apt-get")
-            .current_dir(&pkgdir)
-            .args(["download", &pkg]),
-        &format!("apt-get download {pkg}"),
-    )?;
+    let download = || {
+        sh(
+            Command::new("apt-get")
+                .current_dir(&pkgdir)
+                .args(["download", &pkg]),
+            &format!("apt-get download {pkg}"),
+        )
+    };
+    if download().is_err() {
+        // Stale or missing package lists on a fresh machine.
+        sh(Command::new("apt-get").args(["update", "-qq"]), "apt-get update")?;
+        download()?;
+    }
     let deb = std::fs::read_dir(&pkgdir)
         .map_err(Error::io("listing the package dir"))?
         .filter_map(|e| e.ok().map(|e| e.path()))
