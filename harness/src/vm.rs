@@ -93,10 +93,19 @@ fn kernel_package() -> Result<String> {
     if let Ok(p) = std::env::var("SIGNPOST_VM_KERNEL_PKG") {
         return Ok(p);
     }
-    let deps = sh(
-        Command::new("apt-cache").args(["depends", "linux-image-cloud-amd64"]),
-        "apt-cache depends linux-image-cloud-amd64",
-    )?;
+    let ask = || {
+        sh(
+            Command::new("apt-cache").args(["depends", "linux-image-cloud-amd64"]),
+            "apt-cache depends linux-image-cloud-amd64",
+        )
+    };
+    let deps = match ask() {
+        Ok(d) => d,
+        Err(_) => {
+            sh(Command::new("apt-get").args(["update", "-qq"]), "apt-get update")?;
+            ask()?
+        }
+    };
     deps.lines()
         .filter_map(|l| l.trim().strip_prefix("Depends: "))
         .find(|p| p.starts_with("linux-image-"))
