@@ -18,16 +18,54 @@ use std::time::{Duration, Instant};
 use crate::{Error, Result};
 
 /// Bump when the base image's contents change.
-const RIG_VERSION: &str = "4";
+const RIG_VERSION: &str = "5";
 
 /// Userland programs copied into the base image (with their libraries).
 const PROGRAMS: &[&str] = &[
-    "bash", "ip", "ipvsadm", "nft", "kmod", "mount", "mkdir", "ln", "cat", "sleep", "ls", "rm",
-    "sysctl", "grep", "ps", "timeout", "env", "seq",
+    "bash",
+    "ip",
+    "ipvsadm",
+    "nft",
+    "kmod",
+    "mount",
+    "mkdir",
+    "ln",
+    "cat",
+    "sleep",
+    "ls",
+    "rm",
+    "sysctl",
+    "grep",
+    "ps",
+    "timeout",
+    "env",
+    "seq",
+    // For upstream kube-proxy in IPVS mode (iptables-nft, ipset, conntrack).
+    "xtables-nft-multi",
+    "ipset",
+    "conntrack",
 ];
 
 /// Module trees included with their dependency closure.
 const MODULES: &[&str] = &[
+    "ip_set",
+    "ip_set_hash_ip",
+    "ip_set_hash_ipport",
+    "ip_set_hash_ipportip",
+    "ip_set_hash_ipportnet",
+    "ip_set_hash_net",
+    "ip_set_bitmap_port",
+    "xt_set",
+    "xt_mark",
+    "xt_comment",
+    "xt_conntrack",
+    "xt_MASQUERADE",
+    "xt_addrtype",
+    "xt_nat",
+    "xt_tcpudp",
+    "xt_multiport",
+    "xt_statistic",
+    "xt_physdev",
     "virtio_pci",
     "virtio_net",
     "ip_vs",
@@ -102,7 +140,10 @@ fn kernel_package() -> Result<String> {
     let deps = match ask() {
         Ok(d) => d,
         Err(_) => {
-            sh(Command::new("apt-get").args(["update", "-qq"]), "apt-get update")?;
+            sh(
+                Command::new("apt-get").args(["update", "-qq"]),
+                "apt-get update",
+            )?;
             ask()?
         }
     };
@@ -239,7 +280,10 @@ pub fn image() -> Result<Image> {
     };
     if download().is_err() {
         // Stale or missing package lists on a fresh machine.
-        sh(Command::new("apt-get").args(["update", "-qq"]), "apt-get update")?;
+        sh(
+            Command::new("apt-get").args(["update", "-qq"]),
+            "apt-get update",
+        )?;
         download()?;
     }
     let deb = std::fs::read_dir(&pkgdir)
@@ -315,6 +359,32 @@ pub fn image() -> Result<Image> {
     for p in PROGRAMS {
         let bin = which(p)?;
         copy_with_libs(&bin, &bin, &root)?;
+    }
+    // iptables-nft dispatches on its name; its extensions are dlopen()ed.
+    let usr_sbin = root.join("usr/sbin");
+    std::fs::create_dir_all(&usr_sbin).map_err(Error::io("creating usr/sbin"))?;
+    for name in [
+        "iptables",
+        "iptables-save",
+        "iptables-restore",
+        "ip6tables",
+        "ip6tables-save",
+        "ip6tables-restore",
+        "iptables-nft",
+        "ip6tables-nft",
+    ] {
+        let _ = std::os::unix::fs::symlink("xtables-nft-multi", usr_sbin.join(name));
+    }
+    let xt = Path::new("/usr/lib/x86_64-linux-gnu/xtables");
+    if xt.is_dir() {
+        let dest = root.join("usr/lib/x86_64-linux-gnu/xtables");
+        std::fs::create_dir_all(&dest).map_err(Error::io("creating xtables dir"))?;
+        for e in std::fs::read_dir(xt)
+            .map_err(Error::io("listing xtables"))?
+            .flatten()
+        {
+            let _ = std::fs::copy(e.path(), dest.join(e.file_name()));
+        }
     }
     let sbin = root.join("sbin");
     std::fs::create_dir_all(&sbin).map_err(Error::io("creating sbin"))?;

@@ -578,13 +578,25 @@ async fn drain() -> Result<(), BoxError> {
 /// `signpost proxy --mode ipvs` against the host's API server (through
 /// qemu's restricted forward): the Service and slice written on the host
 /// become IPVS state here, and real connections reach both Pods.
-async fn e2e(vip: IpAddr, port: u16) -> Result<(), BoxError> {
-    node_setup()?;
-    let pods: Vec<Pod> = (1..=2).map(|n| pod(n, true)).collect::<Result<_, _>>()?;
-    let client = pod(100, false)?;
-    let log = std::fs::File::create("/tmp/proxy.log")?;
-    let mut proxy = std::process::Command::new("/test/signpost")
-        .args([
+/// The proxy command: Signpost's, or upstream kube-proxy in IPVS mode.
+fn proxy_command(which: &str) -> std::process::Command {
+    let mut c;
+    if which == "kube-proxy" {
+        c = std::process::Command::new("/test/kube-proxy");
+        c.args([
+            "--kubeconfig=/test/kubeconfig",
+            "--proxy-mode=ipvs",
+            "--hostname-override=node-a",
+            "--cluster-cidr=10.244.0.0/16",
+            "--ipvs-scheduler=rr",
+            "--metrics-bind-address=127.0.0.1:10249",
+            "--healthz-bind-address=127.0.0.1:10256",
+            "--conntrack-max-per-core=0",
+            "--v=2",
+        ]);
+    } else {
+        c = std::process::Command::new("/test/signpost");
+        c.args([
             "--kubeconfig",
             "/test/kubeconfig",
             "proxy",
@@ -592,7 +604,17 @@ async fn e2e(vip: IpAddr, port: u16) -> Result<(), BoxError> {
             "ipvs",
             "--node-name",
             "node-a",
-        ])
+        ]);
+    }
+    c
+}
+
+async fn e2e(vip: IpAddr, port: u16, which: &str) -> Result<(), BoxError> {
+    node_setup()?;
+    let pods: Vec<Pod> = (1..=2).map(|n| pod(n, true)).collect::<Result<_, _>>()?;
+    let client = pod(100, false)?;
+    let log = std::fs::File::create("/tmp/proxy.log")?;
+    let mut proxy = proxy_command(which)
         .stdout(log.try_clone()?)
         .stderr(log)
         .spawn()?;
@@ -623,7 +645,7 @@ async fn e2e(vip: IpAddr, port: u16) -> Result<(), BoxError> {
             seen.insert(name);
         }
         check(seen.len() == 2, || format!("round robin reached only {seen:?}"))?;
-        println!("e2e: signpost proxy --mode ipvs programmed {vip}:{port} from the API server in {synced:.1?}; connections reached {seen:?}");
+        println!("e2e: {which} (ipvs) programmed {vip}:{port} from the API server in {synced:.1?}; connections reached {seen:?}");
         Ok(())
     }
     .await;
@@ -758,6 +780,7 @@ fn main() {
             Some(vip) => rt.block_on(e2e(
                 vip,
                 flag("--port").and_then(|p| p.parse().ok()).unwrap_or(80),
+                &flag("--proxy").unwrap_or_else(|| "signpost".into()),
             )),
             None => Err("e2e needs --vip".into()),
         },

@@ -98,6 +98,17 @@ fn base64(data: &[u8]) -> String {
 
 #[test]
 fn signpost_proxy_ipvs_follows_the_api_server() {
+    proxy_in_the_vm_follows_the_api_server("signpost");
+}
+
+/// The same check on upstream kube-proxy `--proxy-mode=ipvs`: the rig's
+/// Service and slice, real connections through its IPVS table.
+#[test]
+fn kube_proxy_ipvs_follows_the_api_server() {
+    proxy_in_the_vm_follows_the_api_server("kube-proxy");
+}
+
+fn proxy_in_the_vm_follows_the_api_server(which: &str) {
     use k8s_openapi::api::core::v1::Service as KService;
     use k8s_openapi::api::discovery::v1::EndpointSlice as KSlice;
     use kube::api::{Api, PostParams};
@@ -161,7 +172,7 @@ fn signpost_proxy_ipvs_follows_the_api_server() {
     let kc = cluster.logs().join("vm.kubeconfig");
     std::fs::write(&kc, kubeconfig).unwrap();
     let image = vm::image().expect("the VM image builds");
-    let files: Vec<(PathBuf, &str)> = vec![
+    let mut files: Vec<(PathBuf, &str)> = vec![
         (
             PathBuf::from(env!("CARGO_BIN_EXE_signpost-vmtest")),
             "/test/signpost-vmtest",
@@ -170,16 +181,23 @@ fn signpost_proxy_ipvs_follows_the_api_server() {
             PathBuf::from(env!("CARGO_BIN_EXE_signpost-echo")),
             "/test/signpost-echo",
         ),
-        (
-            workspace_binary("signpost").expect("the signpost binary"),
-            "/test/signpost",
-        ),
         (kc, "/test/kubeconfig"),
     ];
+    if which == "kube-proxy" {
+        files.push((
+            signpost_harness::upstream::binary("kube-proxy").expect("kube-proxy (ci/upstream)"),
+            "/test/kube-proxy",
+        ));
+    } else {
+        files.push((
+            workspace_binary("signpost").expect("the signpost binary"),
+            "/test/signpost",
+        ));
+    }
     let out = vm::run_with(
         &image,
         &files,
-        &format!("/test/signpost-vmtest e2e --vip {vip} --port 80\n"),
+        &format!("/test/signpost-vmtest e2e --vip {vip} --port 80 --proxy {which}\n"),
         Duration::from_secs(600),
         Some(vm::Forwards {
             netns: cluster.node_namespace(),
