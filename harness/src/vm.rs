@@ -18,7 +18,7 @@ use std::time::{Duration, Instant};
 use crate::{Error, Result};
 
 /// Bump when the base image's contents change.
-const RIG_VERSION: &str = "5";
+const RIG_VERSION: &str = "6";
 
 /// Userland programs copied into the base image (with their libraries).
 const PROGRAMS: &[&str] = &[
@@ -413,6 +413,13 @@ pub fn image() -> Result<Image> {
     )?;
     std::fs::write(root.join("etc/passwd"), "root:x:0:0:root:/:/bin/bash\n")
         .map_err(Error::io("writing passwd"))?;
+    // ipset and iptables name protocols (getprotobyname).
+    for f in ["etc/protocols", "etc/services"] {
+        let from = Path::new("/").join(f);
+        if from.is_file() {
+            std::fs::copy(&from, root.join(f)).map_err(Error::io(format!("copying /{f}")))?;
+        }
+    }
     cpio_gz(&root, &base_initrd)?;
     std::fs::write(dir.join("ready"), &pkg).map_err(Error::io("marking ready"))?;
     eprintln!(
@@ -577,4 +584,71 @@ pub fn available() -> std::result::Result<(), String> {
         return Err("needs root to build the image (module tree ownership)".into());
     }
     Ok(())
+}
+
+/// Standard base64 (kubeconfig `*-data` fields).
+fn base64(data: &[u8]) -> String {
+    const T: &[u8; 64] = b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/";
+    let mut out = String::new();
+    for chunk in data.chunks(3) {
+        let b = [
+            chunk[0],
+            *chunk.get(1).unwrap_or(&0),
+            *chunk.get(2).unwrap_or(&0),
+        ];
+        let n = (u32::from(b[0]) << 16) | (u32::from(b[1]) << 8) | u32::from(b[2]);
+        for i in 0..4 {
+            if i <= chunk.len() {
+                out.push(T[((n >> (18 - 6 * i)) & 63) as usize] as char);
+            } else {
+                out.push('=');
+            }
+        }
+    }
+    out
+}
+
+/// A kubeconfig for a guest booted with [`Forwards`] in `cluster`'s node
+/// namespace: credentials inline, the API server at 10.0.2.2:6443 (the
+/// namespace's loopback), verified by its certificate's name `kubernetes`.
+pub fn guest_kubeconfig(cluster: &crate::LocalCluster<crate::Running>) -> Result<PathBuf> {
+    let text = std::fs::read_to_string(cluster.kubeconfig())
+        .map_err(Error::io("reading the kubeconfig"))?;
+    let data = |key: &str| -> Result<String> {
+        let line = text
+            .lines()
+            .find(|l| l.trim_start().starts_with(key))
+            .ok_or_else(|| Error::Kubeconfig(format!("no {key}")))?;
+        let path = line.split_once(':').map(|x| x.1.trim()).unwrap_or("");
+        Ok(base64(
+            &std::fs::read(path).map_err(Error::io(format!("reading {path}")))?,
+        ))
+    };
+    let kubeconfig = format!(
+        "apiVersion: v1\nkind: Config\nclusters:\n- name: c\n  cluster:\n    server: https://10.0.2.2:6443\n    tls-server-name: kubernetes\n    certificate-authority-data: {}\nusers:\n- name: u\n  user:\n    client-certificate-data: {}\n    client-key-data: {}\ncontexts:\n- name: c\n  context:\n    cluster: c\n    user: u\ncurrent-context: c\n",
+        data("certificate-authority:")?,
+        data("client-certificate:")?,
+        data("client-key:")?,
+    );
+    let path = cluster.logs().join("guest.kubeconfig");
+    std::fs::write(&path, kubeconfig).map_err(Error::io("writing the guest kubeconfig"))?;
+    Ok(path)
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn base64_matches_the_standard_vectors() {
+        for (plain, enc) in [
+            ("", ""),
+            ("f", "Zg=="),
+            ("fo", "Zm8="),
+            ("foo", "Zm9v"),
+            ("foob", "Zm9vYg=="),
+            ("fooba", "Zm9vYmE="),
+            ("foobar", "Zm9vYmFy"),
+        ] {
+            assert_eq!(super::base64(plain.as_bytes()), enc);
+        }
+    }
 }

@@ -19,6 +19,9 @@
 //!   the drain timeout.
 //! - `e2e --vip IP [--port P]`: `signpost proxy --mode ipvs` against the
 //!   host's API server through qemu's restricted forward.
+//! - `side --services N --proxy signpost|kube-proxy`: one proxy over N
+//!   Services written on the host: start → all programmed, one slice
+//!   write → programmed (for `ci/bench proxy`).
 //! - `cleanup`: `signpost proxy --mode ipvs --cleanup` leaves no IPVS
 //!   service, nft table or `kube-ipvs0`.
 //! - `bench [--sizes 1000,10000]`: full and incremental sync times, messages per change.
@@ -660,6 +663,137 @@ async fn e2e(vip: IpAddr, port: u16, which: &str) -> Result<(), BoxError> {
     result
 }
 
+// ---------------------------------------------------------------- side by side
+
+/// A metric from a Prometheus endpoint on 127.0.0.1 (label sets summed).
+fn metric_value(port: u16, name: &str) -> Option<f64> {
+    let mut s = TcpStream::connect(("127.0.0.1", port)).ok()?;
+    s.set_read_timeout(Some(Duration::from_secs(5))).ok()?;
+    s.write_all(b"GET /metrics HTTP/1.1\r\nhost: localhost\r\nconnection: close\r\n\r\n")
+        .ok()?;
+    let mut text = String::new();
+    s.read_to_string(&mut text).ok()?;
+    let values: Vec<f64> = text
+        .lines()
+        .filter(|l| {
+            l.starts_with(name)
+                && (l[name.len()..].starts_with(' ') || l[name.len()..].starts_with('{'))
+        })
+        .filter_map(|l| l.rsplit(' ').next()?.parse().ok())
+        .collect();
+    (!values.is_empty()).then(|| values.iter().sum())
+}
+
+/// One proxy (`signpost` or `kube-proxy`, IPVS) over `n` Services × 5
+/// endpoints written on the host: time from start until the kernel holds
+/// all of them, then from one EndpointSlice write (from here, through the
+/// API server) until the kernel shows it.
+async fn side_by_side(n: usize, which: &str) -> Result<(), BoxError> {
+    use k8s_openapi::api::core::v1::Service as KService;
+    use k8s_openapi::api::discovery::v1::EndpointSlice as KSlice;
+    use kube::api::{Api, Patch, PatchParams};
+    node_setup()?;
+    let client =
+        signpost_harness::cluster::admin_client(std::path::Path::new("/test/kubeconfig")).await?;
+    let vip: IpAddr = Api::<KService>::namespaced(client.clone(), "default")
+        .get("bench-0")
+        .await?
+        .spec
+        .and_then(|s| s.cluster_ip)
+        .ok_or("bench-0 has no ClusterIP")?
+        .parse()?;
+    let key = ServiceKey::Tuple {
+        addr: vip,
+        protocol: IProto::Tcp,
+        port: 80,
+    };
+    let mut ipvs = Ipvs::connect().await?;
+    let log = std::fs::File::create(format!("/tmp/{which}.log"))?;
+    let t0 = Instant::now();
+    let mut proxy = proxy_command(which)
+        .stdout(log.try_clone()?)
+        .stderr(log)
+        .spawn()?;
+    let result: Result<(f64, f64), BoxError> = async {
+        loop {
+            let count = ipvs
+                .services()
+                .await?
+                .iter()
+                .filter(|s| matches!(s.key, ServiceKey::Tuple { addr: IpAddr::V4(a), port: 80, .. } if a.octets()[..2] == [10, 96]))
+                .count();
+            if count >= n {
+                break;
+            }
+            if t0.elapsed() > Duration::from_secs(900) {
+                return Err(format!("{which}: {count} of {n} services after 900 s").into());
+            }
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+        // Then until the proxy reports a completed sync (kube-proxy adds
+        // virtual services before its ipset and iptables work is done).
+        let (port, metric) = if which == "kube-proxy" {
+            (10249, "kubeproxy_sync_proxy_rules_duration_seconds_count")
+        } else {
+            (10281, "signpost_proxy_sync_duration_seconds_count")
+        };
+        while metric_value(port, metric).unwrap_or(0.0) < 1.0 {
+            if t0.elapsed() > Duration::from_secs(900) {
+                return Err(format!("{which}: no completed sync after 900 s").into());
+            }
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+        let full = t0.elapsed().as_secs_f64();
+        // Wait for the destinations of the last Services too.
+        loop {
+            if ipvs.destinations(&key).await?.len() == 5 {
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+        tokio::time::sleep(Duration::from_secs(1)).await;
+        let moved: IpAddr = format!("10.200.{}.1", if which == "kube-proxy" { 1 } else { 2 }).parse()?;
+        let patch = serde_json::json!({ "endpoints": [
+            { "addresses": [moved.to_string()], "conditions": { "ready": true }, "nodeName": "node-a" },
+            { "addresses": ["10.128.0.1"], "conditions": { "ready": true }, "nodeName": "node-a" },
+            { "addresses": ["10.128.0.2"], "conditions": { "ready": true }, "nodeName": "node-a" },
+            { "addresses": ["10.128.0.3"], "conditions": { "ready": true }, "nodeName": "node-a" },
+            { "addresses": ["10.128.0.4"], "conditions": { "ready": true }, "nodeName": "node-a" },
+        ]});
+        let t1 = Instant::now();
+        Api::<KSlice>::namespaced(client.clone(), "default")
+            .patch("bench-0-0", &PatchParams::default(), &Patch::Merge(&patch))
+            .await?;
+        loop {
+            let dests = ipvs.destinations(&key).await?;
+            if dests.iter().any(|d| d.addr == moved && d.weight > 0) {
+                break;
+            }
+            if t1.elapsed() > Duration::from_secs(300) {
+                return Err(format!("{which}: the moved endpoint never showed").into());
+            }
+            tokio::time::sleep(Duration::from_millis(5)).await;
+        }
+        Ok((full, t1.elapsed().as_secs_f64() * 1000.0))
+    }
+    .await;
+    let _ = proxy.kill();
+    let _ = proxy.wait();
+    match result {
+        Ok((full, incr)) => {
+            println!("SIDE {which} services={n} full_s={full:.2} change_ms={incr:.1}");
+            Ok(())
+        }
+        Err(e) => {
+            println!(
+                "{}",
+                std::fs::read_to_string(format!("/tmp/{which}.log")).unwrap_or_default()
+            );
+            Err(e)
+        }
+    }
+}
+
 // ---------------------------------------------------------------- cleanup
 
 async fn cleanup() -> Result<(), BoxError> {
@@ -785,6 +919,12 @@ fn main() {
             None => Err("e2e needs --vip".into()),
         },
         "cleanup" => rt.block_on(cleanup()),
+        "side" => rt.block_on(side_by_side(
+            flag("--services")
+                .and_then(|v| v.parse().ok())
+                .unwrap_or(1000),
+            &flag("--proxy").unwrap_or_else(|| "signpost".into()),
+        )),
         "bench" => {
             let sizes: Vec<u32> = flag("--sizes")
                 .unwrap_or_else(|| "1000,10000".into())

@@ -74,28 +74,6 @@ fn ipvs_in_the_kernel_vm() {
     }
 }
 
-/// Standard base64 (kubeconfig `*-data` fields).
-fn base64(data: &[u8]) -> String {
-    const T: &[u8; 64] = b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/";
-    let mut out = String::new();
-    for chunk in data.chunks(3) {
-        let b = [
-            chunk[0],
-            *chunk.get(1).unwrap_or(&0),
-            *chunk.get(2).unwrap_or(&0),
-        ];
-        let n = (u32::from(b[0]) << 16) | (u32::from(b[1]) << 8) | u32::from(b[2]);
-        for i in 0..4 {
-            if i <= chunk.len() {
-                out.push(T[((n >> (18 - 6 * i)) & 63) as usize] as char);
-            } else {
-                out.push('=');
-            }
-        }
-    }
-    out
-}
-
 #[test]
 fn signpost_proxy_ipvs_follows_the_api_server() {
     proxy_in_the_vm_follows_the_api_server("signpost");
@@ -151,26 +129,7 @@ fn proxy_in_the_vm_follows_the_api_server(which: &str) {
             created.spec.unwrap().cluster_ip.unwrap()
         })
         .unwrap();
-    // The VM's kubeconfig: credentials inline, the API server behind qemu's
-    // user networking at 10.0.2.2 (qemu runs in the node namespace), verified
-    // by its certificate's name.
-    let text = std::fs::read_to_string(cluster.kubeconfig()).unwrap();
-    let path_of = |key: &str| -> PathBuf {
-        let line = text
-            .lines()
-            .find(|l| l.trim_start().starts_with(key))
-            .unwrap();
-        PathBuf::from(line.split_once(':').unwrap().1.trim())
-    };
-    let data = |p: PathBuf| base64(&std::fs::read(p).unwrap());
-    let kubeconfig = format!(
-        "apiVersion: v1\nkind: Config\nclusters:\n- name: c\n  cluster:\n    server: https://10.0.2.2:6443\n    tls-server-name: kubernetes\n    certificate-authority-data: {}\nusers:\n- name: u\n  user:\n    client-certificate-data: {}\n    client-key-data: {}\ncontexts:\n- name: c\n  context:\n    cluster: c\n    user: u\ncurrent-context: c\n",
-        data(path_of("certificate-authority:")),
-        data(path_of("client-certificate:")),
-        data(path_of("client-key:")),
-    );
-    let kc = cluster.logs().join("vm.kubeconfig");
-    std::fs::write(&kc, kubeconfig).unwrap();
+    let kc = vm::guest_kubeconfig(&cluster).unwrap();
     let image = vm::image().expect("the VM image builds");
     let mut files: Vec<(PathBuf, &str)> = vec![
         (

@@ -1,9 +1,11 @@
 //! `signpost-bench proxy-ipvs`: the IPVS proxy core in the kernel VM rig:
 //! full sync of N Services × 5 endpoints from an empty kernel, read-back
-//! time, one endpoint change at each N (time and IPVS messages).
-//!
-//! kube-proxy `--proxy-mode=ipvs` is not measured beside it: it needs an
-//! API server, and the VM has no network device by design; see the README.
+//! time, one endpoint change at each N (time and IPVS messages). Then,
+//! side by side in one VM against one local API server holding
+//! `--side` Services × 5 endpoints: `signpost proxy --mode ipvs` and
+//! upstream kube-proxy `--proxy-mode=ipvs`, each from start until the
+//! kernel holds every Service, and from one EndpointSlice write until the
+//! kernel shows it.
 
 use std::path::PathBuf;
 use std::time::Duration;
@@ -21,6 +23,10 @@ pub fn main(args: &[String]) -> Result<(), BoxError> {
             .cloned()
     };
     let sizes = flag("--sizes").unwrap_or_else(|| "1000,10000".into());
+    let side: u32 = flag("--side")
+        .map(|s| s.parse())
+        .transpose()?
+        .unwrap_or(1000);
     let out = flag("--out").unwrap_or_else(|| "reports/bench-proxy-ipvs.json".into());
     let dir = std::env::current_exe()?
         .parent()
@@ -52,12 +58,93 @@ pub fn main(args: &[String]) -> Result<(), BoxError> {
         .find_map(|l| l.strip_prefix("BENCH-JSON "))
         .ok_or("no BENCH-JSON line")?;
     let parsed: serde_json::Value = serde_json::from_str(json)?;
+
+    eprintln!(
+        "bench proxy-ipvs: side by side with kube-proxy over {side} Services in a local cluster"
+    );
+    let cluster = signpost_harness::LocalCluster::new("bench-ipvs")?.start()?;
+    for chunk in (0..side).step_by(1000) {
+        let to = (chunk + 1000).min(side);
+        cluster.block_on(|client| crate::proxy_nft::create(client, chunk, to))??;
+    }
+    let kc = vm::guest_kubeconfig(&cluster)?;
+    let files: Vec<(PathBuf, &str)> = vec![
+        (dir.join("signpost-vmtest"), "/test/signpost-vmtest"),
+        (dir.join("signpost"), "/test/signpost"),
+        (
+            signpost_harness::upstream::binary("kube-proxy")?,
+            "/test/kube-proxy",
+        ),
+        (kc, "/test/kubeconfig"),
+    ];
+    let script = format!(
+        "set -e\n/test/signpost-vmtest side --services {side} --proxy signpost\n\
+         /test/signpost proxy --mode ipvs --cleanup\n\
+         /test/signpost-vmtest side --services {side} --proxy kube-proxy\n"
+    );
+    let run = vm::run_with(
+        &image,
+        &files,
+        &script,
+        Duration::from_secs(1800),
+        Some(vm::Forwards {
+            netns: cluster.node_namespace(),
+        }),
+    )?;
+    if !run.success() {
+        let saved = std::env::temp_dir().join("signpost-bench-ipvs-console.log");
+        let _ = std::fs::write(&saved, &run.console);
+        eprintln!("console saved to {}", saved.display());
+        let key_lines: Vec<&str> = run
+            .console
+            .lines()
+            .filter(|l| l.starts_with("FAIL") || l.starts_with("SIDE") || l.contains("error"))
+            .take(30)
+            .collect();
+        return Err(format!(
+            "the side-by-side VM run failed:\n{}\n...\n{}",
+            key_lines.join("\n"),
+            vm::tail(&run.console, 5)
+        )
+        .into());
+    }
+    let mut side_by_side = serde_json::Map::new();
+    for line in run.console.lines().filter_map(|l| l.strip_prefix("SIDE ")) {
+        println!("side by side: {line}");
+        let mut it = line.split_whitespace();
+        let who = it.next().unwrap_or("?").to_owned();
+        let mut fields = serde_json::Map::new();
+        for kv in it {
+            if let Some((k, v)) = kv.split_once('=') {
+                fields.insert(
+                    k.into(),
+                    v.parse::<f64>().map(Into::into).unwrap_or(v.into()),
+                );
+            }
+        }
+        side_by_side.insert(who, fields.into());
+    }
+    let ratio = |field: &str| -> Option<f64> {
+        let a = side_by_side.get("signpost")?.get(field)?.as_f64()?;
+        let b = side_by_side.get("kube-proxy")?.get(field)?.as_f64()?;
+        Some(a / b)
+    };
+    let (full_ratio, change_ratio) = (ratio("full_s"), ratio("change_ms"));
+    println!(
+        "side by side ratios signpost/kube-proxy: start → all programmed {:.2}, one slice write → programmed {:.2}",
+        full_ratio.unwrap_or(f64::NAN),
+        change_ratio.unwrap_or(f64::NAN)
+    );
     let report = serde_json::json!({
         "kernel": image.release,
         "vm": "qemu TCG (software emulation): absolute times are slower than on hardware",
-        "signpost_ipvs": parsed,
-        "kube_proxy_ipvs": null,
-        "kube_proxy_note": "not measured: kube-proxy needs an API server and the VM has no network device",
+        "signpost_ipvs_core": parsed,
+        "side_by_side": {
+            "services": side,
+            "results": side_by_side,
+            "ratio_full": full_ratio,
+            "ratio_change": change_ratio,
+        },
     });
     if let Some(d) = std::path::Path::new(&out).parent() {
         std::fs::create_dir_all(d)?;

@@ -15,7 +15,7 @@ type BoxError = Box<dyn std::error::Error + Send + Sync>;
 const SP_PORT: u16 = 10291;
 const KP_PORT: u16 = 10249;
 
-fn slice(i: u32, bump: u32) -> Result<KSlice, BoxError> {
+pub(crate) fn slice(i: u32, bump: u32) -> Result<KSlice, BoxError> {
     let eps: Vec<_> = (0..5u32)
         .map(|e| {
             let n = i * 5 + e + bump;
@@ -30,7 +30,7 @@ fn slice(i: u32, bump: u32) -> Result<KSlice, BoxError> {
     }))?)
 }
 
-async fn create(client: kube::Client, from: u32, to: u32) -> Result<(), BoxError> {
+pub(crate) async fn create(client: kube::Client, from: u32, to: u32) -> Result<(), BoxError> {
     let svcs: Api<KService> = Api::namespaced(client.clone(), "default");
     let slices: Api<KSlice> = Api::namespaced(client, "default");
     futures::stream::iter(from..to)
