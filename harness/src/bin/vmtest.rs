@@ -319,17 +319,18 @@ async fn verify_step(
     })?;
     let nft = nft_elements()?;
     for (k, vs) in want {
-        // nft lists the protocol by number.
+        // nft lists the protocol by number, or by name when /etc/protocols exists.
         let proto = match k.protocol {
             Protocol::Tcp => 6,
             Protocol::Udp => 17,
             Protocol::Sctp => 132,
         };
-        let elem = format!("{} . {proto} . {}", k.ip, k.port);
-        check(nft.contains(&elem) == vs.rejects(), || {
+        let by_number = format!("{} . {proto} . {}", k.ip, k.port);
+        let by_name = format!("{} . {} . {}", k.ip, k.protocol.as_lower(), k.port);
+        let present = nft.contains(&by_number) || nft.contains(&by_name);
+        check(present == vs.rejects(), || {
             format!(
-                "nft reject element {elem}: present {} want {}\n{nft}",
-                nft.contains(&elem),
+                "nft reject element {by_name}: present {present} want {}\n{nft}",
                 vs.rejects()
             )
         })?;
