@@ -256,22 +256,7 @@ impl ZoneIndex {
         let Some(svc) = self.services.get(key) else {
             return;
         };
-        let slices: Vec<&EndpointSlice> = self
-            .slices_of
-            .get(key)
-            .into_iter()
-            .flatten()
-            .filter_map(|k| self.slices.get(k))
-            .collect();
-        let snap = DnsSnapshot {
-            zone: &self.zone,
-            synced: true,
-            services: vec![svc],
-            slices,
-            pods: Vec::new(),
-            namespaces: BTreeSet::new(),
-            pods_mode: PodsMode::Disabled,
-        };
+        let snap = snapshot_of(&self.zone, &self.slices_of, &self.slices, svc);
         let fqdn = format!("{}.{}.svc.{}", svc.key.name, svc.key.namespace, self.zone);
         // The names a Service can own: itself, its `_port` and SRV names, its endpoints.
         let mut candidates = vec![fqdn.clone()];
@@ -398,22 +383,7 @@ impl ZoneIndex {
         if svc.is_headless() {
             return None;
         }
-        let slices: Vec<&EndpointSlice> = self
-            .slices_of
-            .get(&key)
-            .into_iter()
-            .flatten()
-            .filter_map(|k| self.slices.get(k))
-            .collect();
-        let snap = DnsSnapshot {
-            zone: &self.zone,
-            synced: true,
-            services: vec![svc],
-            slices,
-            pods: Vec::new(),
-            namespaces: BTreeSet::new(),
-            pods_mode: PodsMode::Disabled,
-        };
+        let snap = snapshot_of(&self.zone, &self.slices_of, &self.slices, svc);
         name_records(&snap, name)
     }
 
@@ -486,5 +456,29 @@ impl ZoneIndex {
             pods_mode: self.pods_mode,
         };
         name_records(&snap, &format!("{label}.{ns}.pod.{}", self.zone))
+    }
+}
+
+/// The oracle's view of one Service: it and its slices, in key order
+/// (fields passed apart so the index can be written while it is read).
+fn snapshot_of<'a>(
+    zone: &'a str,
+    slices_of: &'a HashMap<ObjectKey, Vec<ObjectKey>>,
+    slices: &'a HashMap<ObjectKey, EndpointSlice>,
+    svc: &'a Service,
+) -> DnsSnapshot<'a> {
+    DnsSnapshot {
+        zone,
+        synced: true,
+        services: vec![svc],
+        slices: slices_of
+            .get(&svc.key)
+            .into_iter()
+            .flatten()
+            .filter_map(|k| slices.get(k))
+            .collect(),
+        pods: Vec::new(),
+        namespaces: BTreeSet::new(),
+        pods_mode: PodsMode::Disabled,
     }
 }
