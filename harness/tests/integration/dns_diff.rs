@@ -21,22 +21,7 @@ use crate::dns::{create_service, wait_endpoints};
 use crate::{echo_bin, require_rig};
 
 fn reverse(ip: IpAddr) -> String {
-    match ip {
-        IpAddr::V4(v4) => {
-            let o = v4.octets();
-            format!("{}.{}.{}.{}.in-addr.arpa.", o[3], o[2], o[1], o[0])
-        }
-        IpAddr::V6(v6) => {
-            let mut n: Vec<String> = v6
-                .octets()
-                .iter()
-                .flat_map(|b| [b >> 4, b & 15])
-                .map(|x| format!("{x:x}"))
-                .collect();
-            n.reverse();
-            format!("{}.ip6.arpa.", n.join("."))
-        }
-    }
+    format!("{}.", signpost_model::spec::reverse_name(ip))
 }
 
 /// Every name worth asking about, from what the API server holds.

@@ -234,22 +234,7 @@ fn questions(
 }
 
 fn reverse(ip: IpAddr) -> String {
-    match ip {
-        IpAddr::V4(v4) => {
-            let o = v4.octets();
-            format!("{}.{}.{}.{}.in-addr.arpa", o[3], o[2], o[1], o[0])
-        }
-        IpAddr::V6(v6) => {
-            let mut n: Vec<String> = v6
-                .octets()
-                .iter()
-                .flat_map(|b| [b >> 4, b & 15])
-                .map(|x| format!("{x:x}"))
-                .collect();
-            n.reverse();
-            format!("{}.ip6.arpa", n.join("."))
-        }
-    }
+    signpost_model::spec::reverse_name(ip)
 }
 
 proptest! {

@@ -351,6 +351,27 @@ pub fn pod_label_ip(label: &str) -> Option<IpAddr> {
         .ok()
 }
 
+/// The reverse-lookup name of an address (no trailing dot): the inverse
+/// of [`parse_reverse`].
+pub fn reverse_name(ip: IpAddr) -> String {
+    match ip {
+        IpAddr::V4(v4) => {
+            let o = v4.octets();
+            format!("{}.{}.{}.{}.in-addr.arpa", o[3], o[2], o[1], o[0])
+        }
+        IpAddr::V6(v6) => {
+            let mut nibbles: Vec<String> = v6
+                .octets()
+                .iter()
+                .flat_map(|b| [b >> 4, b & 15])
+                .map(|n| format!("{n:x}"))
+                .collect();
+            nibbles.reverse();
+            format!("{}.ip6.arpa", nibbles.join("."))
+        }
+    }
+}
+
 /// Parses a full reverse-lookup name (`4.3.2.1.in-addr.arpa`, 32 nibbles of `ip6.arpa`).
 pub fn parse_reverse(name: &str) -> Option<IpAddr> {
     if let Some(rest) = name.strip_suffix(".in-addr.arpa") {
@@ -479,6 +500,10 @@ mod tests {
             Some(v6)
         );
         assert_eq!(parse_reverse("0.96.10.in-addr.arpa"), None);
+        for ip in ["10.96.0.10", "fd00:10:96::a", "::1"] {
+            let ip: IpAddr = ip.parse().unwrap();
+            assert_eq!(parse_reverse(&reverse_name(ip)), Some(ip));
+        }
         assert_eq!(parse_reverse("x.0.96.10.in-addr.arpa"), None);
     }
 
