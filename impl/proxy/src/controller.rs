@@ -185,8 +185,14 @@ pub fn sync(
     }
 }
 
-/// Runs the proxy until its watches end.
-pub async fn run(client: Client, cfg: Config, metrics: Arc<Metrics>) -> Result<(), Error> {
+type Events = futures::stream::BoxStream<'static, &'static str>;
+
+/// The caches both data planes read (Services, EndpointSlices, this Node)
+/// and their event streams, plus the resync ticker.
+fn watches(
+    client: &Client,
+    cfg: &Config,
+) -> (Store<KService>, Store<KSlice>, Store<KNode>, Vec<Events>) {
     let wc = watcher::Config::default();
     let (services, s1) = stream(Api::<KService>::all(client.clone()), wc.clone(), "services");
     let (slices, s2) = stream(
@@ -199,12 +205,19 @@ pub async fn run(client: Client, cfg: Config, metrics: Arc<Metrics>) -> Result<(
         wc.fields(&format!("metadata.name={}", cfg.node_name)),
         "nodes",
     );
+    let resync = cfg.resync;
     let ticks = futures::stream::unfold((), move |()| async move {
-        tokio::time::sleep(cfg.resync).await;
+        tokio::time::sleep(resync).await;
         Some(("resync", ()))
     })
     .boxed();
-    let mut events = futures::stream::select_all([s1, s2, s3, ticks]);
+    (services, slices, nodes, vec![s1, s2, s3, ticks])
+}
+
+/// Runs the proxy until its watches end.
+pub async fn run(client: Client, cfg: Config, metrics: Arc<Metrics>) -> Result<(), Error> {
+    let (services, slices, nodes, streams) = watches(&client, &cfg);
+    let mut events = futures::stream::select_all(streams);
     // PROTO-3, PXY-8: adopt what the kernel holds instead of flushing it.
     let listing = sink::list()?;
     let mut have = listing.as_ref().map(|l| observed::table(Some(l)));
@@ -253,29 +266,14 @@ pub async fn run_ipvs(client: Client, cfg: Config, metrics: Arc<Metrics>) -> Res
     use crate::ipvs::{IpvsSink, sysctls};
     use signpost_model::reconcile::plan;
     sysctls()?;
-    let wc = watcher::Config::default();
-    let (services, s1) = stream(Api::<KService>::all(client.clone()), wc.clone(), "services");
-    let (slices, s2) = stream(
-        Api::<KSlice>::all(client.clone()),
-        wc.clone(),
-        "endpointslices",
-    );
-    let (nodes, s3) = stream(
-        Api::<KNode>::all(client.clone()),
-        wc.fields(&format!("metadata.name={}", cfg.node_name)),
-        "nodes",
-    );
-    let ticks = futures::stream::unfold((), move |()| async move {
-        tokio::time::sleep(cfg.resync).await;
-        Some(("resync", ()))
-    })
-    .boxed();
+    let (services, slices, nodes, mut streams) = watches(&client, &cfg);
     let drain_ticks = futures::stream::unfold((), |()| async {
         tokio::time::sleep(Duration::from_secs(2)).await;
         Some(("drain", ()))
     })
     .boxed();
-    let mut events = futures::stream::select_all([s1, s2, s3, ticks, drain_ticks]);
+    streams.push(drain_ticks);
+    let mut events = futures::stream::select_all(streams);
     let mut synced: HashSet<&'static str> = HashSet::new();
     let mut sink: Option<IpvsSink> = None;
     let mut have: Option<ProxyTable> = None;
