@@ -76,15 +76,6 @@ where
 }
 
 /// The desired table from the caches (invalid objects are skipped and counted).
-pub fn desired_table(
-    services: &Store<KService>,
-    slices: &Store<KSlice>,
-    node: &Node,
-    metrics: &Metrics,
-) -> ProxyTable {
-    desired(services, slices, node, metrics)
-}
-
 fn desired(
     services: &Store<KService>,
     slices: &Store<KSlice>,
@@ -185,6 +176,19 @@ pub fn sync(
     }
 }
 
+/// This node from the cache (no addresses until its object is seen).
+fn this_node(nodes: &Store<KNode>, name: &str) -> Node {
+    nodes
+        .state()
+        .first()
+        .and_then(|n| Node::try_from(&**n).ok())
+        .unwrap_or(Node {
+            name: name.to_owned(),
+            addresses: Vec::new(),
+            zone: None,
+        })
+}
+
 type Events = futures::stream::BoxStream<'static, &'static str>;
 
 /// The caches both data planes read (Services, EndpointSlices, this Node)
@@ -240,15 +244,7 @@ pub async fn run(client: Client, cfg: Config, metrics: Arc<Metrics>) -> Result<(
         if synced.len() < 3 {
             continue;
         }
-        let node = nodes
-            .state()
-            .first()
-            .and_then(|n| Node::try_from(&**n).ok())
-            .unwrap_or(Node {
-                name: cfg.node_name.clone(),
-                addresses: Vec::new(),
-                zone: None,
-            });
+        let node = this_node(&nodes, &cfg.node_name);
         let want = desired(&services, &slices, &node, &metrics);
         if let Err(e) = sync(&mut have, &want, &node.addresses, &metrics) {
             warn!(error = %e, "sync failed; will retry with a full sync");
@@ -308,15 +304,7 @@ pub async fn run_ipvs(client: Client, cfg: Config, metrics: Arc<Metrics>) -> Res
             }
             continue;
         }
-        let node = nodes
-            .state()
-            .first()
-            .and_then(|n| Node::try_from(&**n).ok())
-            .unwrap_or(Node {
-                name: cfg.node_name.clone(),
-                addresses: Vec::new(),
-                zone: None,
-            });
+        let node = this_node(&nodes, &cfg.node_name);
         let want = desired(&services, &slices, &node, &metrics);
         if sink.is_none() {
             sink = Some(IpvsSink::connect(node.addresses.clone()).await?);
