@@ -18,7 +18,7 @@ use std::time::{Duration, Instant};
 use crate::{Error, Result};
 
 /// Bump when the base image's contents change.
-const RIG_VERSION: &str = "6";
+const RIG_VERSION: &str = "7";
 
 /// Userland programs copied into the base image (with their libraries).
 const PROGRAMS: &[&str] = &[
@@ -245,7 +245,11 @@ echo 1 > /proc/sys/kernel/sysrq
 echo "SIGNPOST-VM: booted $(cat /proc/sys/kernel/osrelease)"
 cd /test
 bash /test/run.sh
-echo "SIGNPOST-VM-EXIT $?"
+status=$?
+# Keep kernel messages off the console while the marker is written.
+echo 1 > /proc/sys/kernel/printk
+echo "SIGNPOST-VM-EXIT $status"
+sleep 0.2
 echo o > /proc/sysrq-trigger
 sleep 5
 "#;
@@ -557,16 +561,28 @@ pub fn run_with(
         std::thread::sleep(Duration::from_millis(50));
     }
     let console = reader.join().unwrap_or_default();
-    let code = console
-        .lines()
-        .filter_map(|l| l.trim().strip_prefix("SIGNPOST-VM-EXIT "))
-        .filter_map(|c| c.trim().parse().ok())
-        .next_back();
+    let code = exit_code(&console);
     Ok(Output {
         console,
         code,
         elapsed: started.elapsed(),
     })
+}
+
+/// The exit status the guest's init printed. The kernel's own console
+/// messages can land on the same line as the marker (printk does not wait for
+/// a user-space line to end), so the marker is searched anywhere in a line and
+/// only the digits right after it are read.
+fn exit_code(console: &str) -> Option<i32> {
+    const MARKER: &str = "SIGNPOST-VM-EXIT ";
+    console
+        .lines()
+        .filter_map(|l| {
+            let rest = &l[l.find(MARKER)? + MARKER.len()..];
+            let digits: String = rest.chars().take_while(|c| c.is_ascii_digit()).collect();
+            digits.parse().ok()
+        })
+        .next_back()
 }
 
 /// The last `n` lines of `s`.
@@ -650,5 +666,20 @@ mod tests {
         ] {
             assert_eq!(super::base64(plain.as_bytes()), enc);
         }
+    }
+
+    #[test]
+    fn the_exit_marker_is_read_even_with_kernel_messages_on_its_line() {
+        assert_eq!(super::exit_code("SIGNPOST-VM-EXIT 0\n"), Some(0));
+        assert_eq!(
+            super::exit_code("PASS e2e\nSIGNPOST-VM-EXIT 0[   12.465774] sysrq: Power Off\n"),
+            Some(0)
+        );
+        assert_eq!(
+            super::exit_code("[    1.0] x SIGNPOST-VM-EXIT 3\r\n"),
+            Some(3)
+        );
+        assert_eq!(super::exit_code("SIGNPOST-VM: booted\n"), None);
+        assert_eq!(super::exit_code("SIGNPOST-VM-EXIT \n"), None);
     }
 }
