@@ -346,13 +346,18 @@ impl PodHandle<'_> {
 
     /// Sends one UDP datagram from this Pod to `to` and returns the reply.
     pub fn udp_request(&self, to: SocketAddr, timeout: Duration) -> Result<String> {
+        self.udp_request_from(0, to, timeout)
+    }
+
+    /// As `udp_request`, from a chosen source port (0: any), so successive
+    /// calls with one port are one flow to the connection tracker.
+    pub fn udp_request_from(&self, port: u16, to: SocketAddr, timeout: Duration) -> Result<String> {
         self.ns.within(move || -> Result<String> {
             let bind: SocketAddr = if to.is_ipv4() {
-                "0.0.0.0:0".parse()
+                SocketAddr::new(std::net::Ipv4Addr::UNSPECIFIED.into(), port)
             } else {
-                "[::]:0".parse()
-            }
-            .map_err(|_| Error::Kubeconfig("bad bind address".into()))?;
+                SocketAddr::new(std::net::Ipv6Addr::UNSPECIFIED.into(), port)
+            };
             let s = UdpSocket::bind(bind).map_err(Error::io("binding a UDP socket"))?;
             s.set_read_timeout(Some(timeout))
                 .map_err(Error::io("setting a timeout"))?;

@@ -18,7 +18,7 @@ use std::time::{Duration, Instant};
 use crate::{Error, Result};
 
 /// Bump when the base image's contents change.
-const RIG_VERSION: &str = "7";
+const RIG_VERSION: &str = "8";
 
 /// Userland programs copied into the base image (with their libraries).
 const PROGRAMS: &[&str] = &[
@@ -232,7 +232,7 @@ ln -sf /proc/self/fd/0 /dev/stdin
 ln -sf /proc/self/fd/1 /dev/stdout
 ln -sf /proc/self/fd/2 /dev/stderr
 echo /sbin/modprobe > /proc/sys/kernel/modprobe
-for m in ip_vs ip_vs_rr nf_conntrack nf_tables veth dummy; do modprobe $m || echo "SIGNPOST-VM: modprobe $m failed"; done
+for m in ip_vs ip_vs_rr nf_conntrack nf_conntrack_netlink nf_tables veth dummy; do modprobe $m || echo "SIGNPOST-VM: modprobe $m failed"; done
 ip link set lo up
 # A network device exists only when the host asked for user networking
 # (restricted: it reaches nothing but the host's explicit forwards).

@@ -239,12 +239,26 @@ fn ask(
     to: SocketAddr,
     protocol: Protocol,
 ) -> Result<Result<String, std::io::ErrorKind>, BoxError> {
+    ask_from(ns, 0, to, protocol)
+}
+
+/// As `ask`, from source port `from` (0: any); for UDP one port is one flow.
+fn ask_from(
+    ns: &NetNs,
+    from: u16,
+    to: SocketAddr,
+    protocol: Protocol,
+) -> Result<Result<String, std::io::ErrorKind>, BoxError> {
     let t = Duration::from_secs(2);
     Ok(ns.within(move || -> Result<String, std::io::ErrorKind> {
         let mut line = String::new();
         match protocol {
             Protocol::Udp => {
-                let bind = if to.is_ipv4() { "0.0.0.0:0" } else { "[::]:0" };
+                let bind: SocketAddr = if to.is_ipv4() {
+                    (std::net::Ipv4Addr::UNSPECIFIED, from).into()
+                } else {
+                    (std::net::Ipv6Addr::UNSPECIFIED, from).into()
+                };
                 let s = UdpSocket::bind(bind).map_err(|e| e.kind())?;
                 s.set_read_timeout(Some(t)).map_err(|e| e.kind())?;
                 s.connect(to).map_err(|e| e.kind())?;
@@ -504,6 +518,18 @@ async fn restart() -> Result<(), BoxError> {
 
 // ---------------------------------------------------------------- drain
 
+/// A table of one virtual service without affinity.
+fn one_service(key: VirtualKey, backends: &[SocketAddr]) -> ProxyTable {
+    [(
+        key,
+        VirtualService {
+            backends: backends.iter().copied().collect(),
+            affinity_timeout: None,
+        },
+    )]
+    .into()
+}
+
 async fn drain() -> Result<(), BoxError> {
     node_setup()?;
     let pods: Vec<Pod> = (1..=2).map(|n| pod(n, true)).collect::<Result<_, _>>()?;
@@ -516,16 +542,7 @@ async fn drain() -> Result<(), BoxError> {
     };
     let b1: SocketAddr = "10.244.0.1:8080".parse()?;
     let b2: SocketAddr = "10.244.0.2:8080".parse()?;
-    let table = |backends: &[SocketAddr]| -> ProxyTable {
-        [(
-            key,
-            VirtualService {
-                backends: backends.iter().copied().collect(),
-                affinity_timeout: None,
-            },
-        )]
-        .into()
-    };
+    let table = |backends: &[SocketAddr]| one_service(key, backends);
     let mut sink = IpvsSink::connect(Vec::new()).await?;
     sink.sync(&table(&[b1])).await?;
     // A finished connection leaves an inactive IPVS connection entry (FIN/TIME_WAIT).
@@ -570,9 +587,66 @@ async fn drain() -> Result<(), BoxError> {
     check(sink.finish_draining().await? == 1, || {
         "an idle destination drains at once".into()
     })?;
+    // PXY-11: a UDP flow (one source port) pinned to b1, then b1 removed.
+    let ukey = VirtualKey {
+        ip: "10.96.0.2".parse()?,
+        protocol: Protocol::Udp,
+        port: 53,
+    };
+    let utable = |backends: &[SocketAddr]| one_service(ukey, backends);
+    let to = SocketAddr::new(ukey.ip, ukey.port);
+    sink.sync(&utable(&[b1, b2])).await?;
+    let answers = |port: u16, n: usize| -> Vec<String> {
+        (0..n)
+            .map(|_| match ask_from(&client.ns, port, to, Protocol::Udp) {
+                Ok(Ok(name)) => name,
+                other => format!("{other:?}"),
+            })
+            .collect()
+    };
+    let pinned = (41000..41100)
+        .find(|p| answers(*p, 3).iter().all(|a| *a == pods[0].name))
+        .ok_or("no source port stayed on pod-1")?;
+    let entries_to = |b: SocketAddr| -> Result<usize, BoxError> {
+        Ok(signpost_proxy::conntrack::Conntrack::open()?
+            .entries(|e| e.protocol == 17 && e.orig_dst == to && e.reply_src == b)?
+            .len())
+    };
+    let (stale, kept) = (entries_to(b1)?, entries_to(b2)?);
+    check(stale >= 1, || "conntrack shows no UDP flow to b1".into())?;
+    let have = sink.observed().await?;
+    let (ops, _) = sink.sync(&utable(&[b2])).await?;
+    let still = entries_to(b1)?;
+    let metrics = signpost_proxy::metrics::Metrics::default();
+    signpost_proxy::conntrack::forget_stale(&ops, &have, &metrics);
+    let remaining = entries_to(b1)?;
+    let deleted = metrics
+        .conntrack_deleted
+        .load(std::sync::atomic::Ordering::Relaxed);
+    check(
+        // IPVS may drop its own entries (expire_nodest_conn flushes them from a
+        // work queue) between the count and Signpost's dump: at most `still`.
+        deleted <= still as u64 && remaining == 0 && entries_to(b2)? == kept,
+        || {
+            format!(
+                "deleted {deleted} of {stale} entries to b1 ({still} after the sync, {remaining} after forgetting, {} errors; ops {ops:?}); {kept} to b2 before",
+                metrics
+                    .conntrack_errors
+                    .load(std::sync::atomic::Ordering::Relaxed)
+            )
+        },
+    )?;
+    let after = answers(pinned, 3);
+    check(after.iter().all(|a| *a == pods[1].name), || {
+        format!("the flow from port {pinned} after b1 left: {after:?}")
+    })?;
     sink.sync(&ProxyTable::new()).await?;
     println!(
         "drain: a removed TCP backend took no new connections, stayed while its connections lived, and went at the timeout; an idle one went at once"
+    );
+    println!(
+        "drain: UDP flow from port {pinned} moved to pod-2 after pod-1 left; of {stale} conntrack entries to pod-1, IPVS dropped {} with the destination and Signpost deleted {deleted}; {kept} to pod-2 kept",
+        stale - still
     );
     Ok(())
 }

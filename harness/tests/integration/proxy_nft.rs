@@ -2,7 +2,8 @@
 //! UDP connections from a client Pod through IPv4 and IPv6 ClusterIPs land
 //! only on the oracle's backends; affinity holds; ports without endpoints
 //! and unknown ports are refused; the listed ruleset equals the oracle's
-//! table; a restart keeps every connection working; `--cleanup` removes the table.
+//! table; UDP flows to a removed backend are forgotten (PXY-11); a restart
+//! keeps every connection working; `--cleanup` removes the table.
 
 use std::collections::BTreeSet;
 use std::io::ErrorKind;
@@ -259,9 +260,79 @@ fn nftables_proxy_routes_real_connections_over_ipv4_and_ipv6() {
         "unknown port → reject"
     );
 
+    // PXY-11: UDP flows (one source port each) pinned to voyager-0 over
+    // IPv4 and IPv6, and one pinned to voyager-1.
+    let pin = |to: SocketAddr, want: &str, first: u16| -> u16 {
+        (first..first + 200)
+            .find(|p| {
+                client
+                    .udp_request_from(*p, to, Duration::from_secs(3))
+                    .unwrap()
+                    == want
+                    && (0..3).all(|_| {
+                        client
+                            .udp_request_from(*p, to, Duration::from_secs(3))
+                            .unwrap()
+                            == want
+                    })
+            })
+            .unwrap_or_else(|| panic!("no source port reached {want} through {to}"))
+    };
+    let (dns4, dns6) = (SocketAddr::new(voy4, 53), SocketAddr::new(voy6, 53));
+    let to_v0_4 = pin(dns4, "voyager-0", 41000);
+    let to_v0_6 = pin(dns6, "voyager-0", 42000);
+    let to_v1_4 = pin(dns4, "voyager-1", 43000);
+    let udp_entries_to = |pod: &PodHandle<'_>| -> usize {
+        let (ip4, ip6) = (IpAddr::V4(pod.ip()), IpAddr::V6(pod.ip6()));
+        cluster
+            .node_namespace()
+            .within(|| {
+                signpost_proxy::conntrack::Conntrack::open()
+                    .unwrap()
+                    .entries(|e| {
+                        e.protocol == 17
+                            && e.orig_dst.port() == 53
+                            && (e.reply_src.ip() == ip4 || e.reply_src.ip() == ip6)
+                    })
+                    .unwrap()
+                    .len()
+            })
+            .unwrap()
+    };
+    let (stale, kept) = (udp_entries_to(&v0), udp_entries_to(&v1));
+    assert!(
+        stale >= 2 && kept >= 1,
+        "conntrack holds the pinned flows ({stale}, {kept})"
+    );
+
     // Steps: readiness and termination move traffic as the oracle says.
     v0.set_ready(false).unwrap();
     converge(&cluster, |t| backends(t, voy4, 80) == 1);
+    let deleted = "signpost_proxy_conntrack_entries_deleted_total";
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while cluster.metric(10281, deleted) < Some(stale as f64) && Instant::now() < deadline {
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    assert_eq!(
+        cluster.metric(10281, deleted),
+        Some(stale as f64),
+        "every UDP entry to the removed backend, and only those, deleted"
+    );
+    assert_eq!(
+        udp_entries_to(&v0),
+        0,
+        "no UDP flow still goes to voyager-0"
+    );
+    assert_eq!(udp_entries_to(&v1), kept, "flows to voyager-1 untouched");
+    for (port, to) in [(to_v0_4, dns4), (to_v0_6, dns6), (to_v1_4, dns4)] {
+        assert_eq!(
+            client
+                .udp_request_from(port, to, Duration::from_secs(3))
+                .unwrap(),
+            "voyager-1",
+            "the flow from port {port} to {to} after voyager-0 left"
+        );
+    }
     assert_eq!(
         replies(&client, SocketAddr::new(voy4, 80), 20, false),
         set(&["voyager-1"])

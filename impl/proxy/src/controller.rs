@@ -153,6 +153,15 @@ pub fn sync(
     };
     match result {
         Ok((kind, changed)) => {
+            if kind != "none"
+                && let Some(old) = have.as_ref()
+            {
+                crate::conntrack::forget_stale(
+                    &signpost_model::reconcile::plan(want, old),
+                    old,
+                    metrics,
+                );
+            }
             *have = Some(want.clone());
             if kind != "none" {
                 metrics.observe_sync(started.elapsed());
@@ -329,6 +338,9 @@ pub async fn run_ipvs(client: Client, cfg: Config, metrics: Arc<Metrics>) -> Res
                 if ops.len() <= 3 {
                     info!(?ops, "ipvs sync");
                 }
+                if let Some(old) = have.as_ref() {
+                    crate::conntrack::forget_stale(&ops, old, &metrics);
+                }
                 have = Some(want);
             }
             Err(e) => {
@@ -337,6 +349,7 @@ pub async fn run_ipvs(client: Client, cfg: Config, metrics: Arc<Metrics>) -> Res
                 let observed = k.observed().await?;
                 let ops = plan(&want, &observed);
                 k.apply(&ops, &want).await?;
+                crate::conntrack::forget_stale(&ops, &observed, &metrics);
                 have = Some(want);
             }
         }

@@ -6,6 +6,7 @@
 //! [`sink`] applies them to the kernel and reads them back. [`ipvs`] is the
 //! IPVS data plane: the model's `plan` ops as generic-netlink messages.
 
+pub mod conntrack;
 pub mod controller;
 pub mod ipvs;
 pub mod metrics;

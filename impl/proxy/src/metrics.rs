@@ -30,6 +30,10 @@ pub struct Metrics {
     pub invalid_objects: AtomicU64,
     /// Duration of the last sync in microseconds.
     pub last_sync_us: AtomicU64,
+    /// Conntrack entries of stale UDP flows deleted (PXY-11).
+    pub conntrack_deleted: AtomicU64,
+    /// Failed attempts to delete stale UDP flows.
+    pub conntrack_errors: AtomicU64,
     /// IPVS mode: ops applied, by kind (add/edit/delete service, add/remove backend).
     pub ops: [AtomicU64; 5],
     sync_count: AtomicU64,
@@ -63,6 +67,14 @@ impl Metrics {
                 g(&self.services_rewritten),
             ),
             ("signpost_proxy_errors_total", g(&self.errors)),
+            (
+                "signpost_proxy_conntrack_entries_deleted_total",
+                g(&self.conntrack_deleted),
+            ),
+            (
+                "signpost_proxy_conntrack_errors_total",
+                g(&self.conntrack_errors),
+            ),
             (
                 "signpost_proxy_invalid_objects_total",
                 g(&self.invalid_objects),

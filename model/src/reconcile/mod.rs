@@ -7,5 +7,5 @@ mod proxy;
 mod slices;
 
 pub use cache::{Keyed, WatchCache, WatchEvent};
-pub use proxy::{ProxyOp, apply_ops, plan};
+pub use proxy::{ProxyOp, apply_ops, plan, stale_udp_flows};
 pub use slices::{SliceWrite, plan_slices};

@@ -2,7 +2,8 @@
 //! (read back from the kernel) into the desired one. One endpoint change is
 //! one op.
 
-use crate::cluster::{ProxyTable, VirtualKey, VirtualService};
+use crate::cluster::{Protocol, ProxyTable, VirtualKey, VirtualService};
+use std::collections::BTreeSet;
 use std::net::SocketAddr;
 
 /// One change to a data plane.
@@ -83,6 +84,32 @@ pub fn plan(desired: &ProxyTable, observed: &ProxyTable) -> Vec<ProxyOp> {
         }
     }
     ops
+}
+
+/// PXY-11: the UDP flows to forget once `ops` are applied over `observed`:
+/// every (virtual address, backend) pair the ops take away, one backend at a
+/// time or with its whole virtual service. The data plane deletes the
+/// connection-tracking entries of these pairs after the ops are in place, so
+/// the next datagram of such a flow is balanced again.
+pub fn stale_udp_flows(
+    ops: &[ProxyOp],
+    observed: &ProxyTable,
+) -> BTreeSet<(VirtualKey, SocketAddr)> {
+    let mut out = BTreeSet::new();
+    for op in ops {
+        match op {
+            ProxyOp::RemoveBackend { key, backend } if key.protocol == Protocol::Udp => {
+                out.insert((*key, *backend));
+            }
+            ProxyOp::DeleteService { key } if key.protocol == Protocol::Udp => {
+                if let Some(vs) = observed.get(key) {
+                    out.extend(vs.backends.iter().map(|b| (*key, *b)));
+                }
+            }
+            _ => {}
+        }
+    }
+    out
 }
 
 /// Applies ops to a table, as a data plane would; used by the model's

@@ -9,7 +9,7 @@ use signpost_model::cluster::{
     Protocol, ProxyTable, Question, RType, Rcode, ResolvConf, ResolverLib, Selector, Service,
     ServiceKind, ServicePort, TargetPort, TrafficPolicy, VirtualKey, VirtualService,
 };
-use signpost_model::reconcile::{SliceWrite, apply_ops, plan, plan_slices};
+use signpost_model::reconcile::{SliceWrite, apply_ops, plan, plan_slices, stale_udp_flows};
 use signpost_model::spec::{
     DnsSnapshot, Lookup, PodsMode, SliceShape, candidates, dns_answer, endpoint_dns_name,
     endpoints_for, proxy_table, resolve,
@@ -330,6 +330,21 @@ proptest! {
             c.get_mut(key).unwrap().backends.insert(backend);
             prop_assert_eq!(plan(&c, &b).len(), 1, "{:?}", vs);
         }
+    }
+
+    /// PXY-11: the flows to forget are exactly the UDP (address, backend)
+    /// pairs the old table had and the new one lacks.
+    #[test]
+    fn stale_udp_flows_are_the_udp_backends_taken_away(a in arb_table(), b in arb_table()) {
+        let got = stale_udp_flows(&plan(&b, &a), &a);
+        let want: BTreeSet<_> = a
+            .iter()
+            .filter(|(k, _)| k.protocol == Protocol::Udp)
+            .flat_map(|(k, vs)| vs.backends.iter().map(move |be| (*k, *be)))
+            .filter(|(k, be)| !b.get(k).is_some_and(|n| n.backends.contains(be)))
+            .collect();
+        prop_assert_eq!(got, want);
+        prop_assert!(stale_udp_flows(&plan(&a, &a), &a).is_empty());
     }
 
     /// EPS-9, EPS-11: slice writes reach the desired endpoints, never exceed
