@@ -105,6 +105,11 @@ fn names(cluster: &LocalCluster<Running>) -> BTreeSet<String> {
                     .hostname
                     .clone()
                     .unwrap_or_else(|| a.replace(['.', ':'], "-"));
+                // An IPv6 address ending in `::` gives a label ending in `-`;
+                // ask that and the spelling with a `0` after it (DNS-6).
+                if label.ends_with('-') {
+                    out.insert(format!("{label}0.{svc}.{ns}.svc.{z}"));
+                }
                 out.insert(format!("{label}.{svc}.{ns}.svc.{z}"));
             }
         }
@@ -277,6 +282,32 @@ fn signpost_answers_as_coredns() {
     for (ns, name, spec) in specs {
         create_service(&cluster, ns, name, spec);
     }
+    // A Service without selector whose slice is written by hand, with an
+    // IPv6 address ending in `::` (its endpoint name ends in `--0`).
+    create_service(
+        &cluster,
+        "default",
+        "manual",
+        json!({ "clusterIP": "None", "ipFamilyPolicy": dual, "ports": [{ "name": "http", "port": 8080 }] }),
+    );
+    let manual: KSlice = serde_json::from_value(json!({
+        "metadata": { "name": "manual-v6", "labels": { "kubernetes.io/service-name": "manual" } },
+        "addressType": "IPv6",
+        "endpoints": [
+            { "addresses": ["fd00:10:244:1::"], "conditions": { "ready": true } },
+            { "addresses": ["fd00:10:244:1::5"], "conditions": { "ready": true } },
+        ],
+        "ports": [{ "name": "http", "port": 8080, "protocol": "TCP" }],
+    }))
+    .unwrap();
+    cluster
+        .block_on(|client| async move {
+            Api::<KSlice>::namespaced(client, "default")
+                .create(&PostParams::default(), &manual)
+                .await
+                .unwrap();
+        })
+        .unwrap();
     wait_endpoints(&cluster, "default", "web", 4);
     wait_endpoints(&cluster, "default", "sts", 4);
     wait_endpoints(&cluster, "default", "hl", 2);

@@ -48,11 +48,18 @@ pub struct DnsSnapshot<'a> {
 }
 
 /// DNS-6: the DNS label of an endpoint: its hostname, else its address with
-/// `.` or `:` replaced by `-`.
+/// `.` or `:` replaced by `-`, and a `0` after a trailing `-` (an IPv6
+/// address ending in `::`), as CoreDNS spells it.
 pub fn endpoint_dns_name(ep: &Endpoint) -> String {
     match &ep.hostname {
         Some(h) => h.to_ascii_lowercase(),
-        None => ep.address.to_string().replace(['.', ':'], "-"),
+        None => {
+            let mut label = ep.address.to_string().replace(['.', ':'], "-");
+            if label.ends_with('-') {
+                label.push('0');
+            }
+            label
+        }
     }
 }
 
@@ -578,5 +585,15 @@ mod tests {
             pod: None,
         };
         assert_eq!(endpoint_dns_name(&ep), "fd00--1");
+        let ep = Endpoint {
+            address: "fd00:10:244::".parse().unwrap(),
+            ..ep
+        };
+        assert_eq!(endpoint_dns_name(&ep), "fd00-10-244--0");
+        let ep = Endpoint {
+            address: "10.244.0.7".parse().unwrap(),
+            ..ep
+        };
+        assert_eq!(endpoint_dns_name(&ep), "10-244-0-7");
     }
 }
