@@ -724,6 +724,43 @@ async fn e2e(vip: IpAddr, port: u16, which: &str) -> Result<(), BoxError> {
         }
         check(seen.len() == 2, || format!("round robin reached only {seen:?}"))?;
         println!("e2e: {which} (ipvs) programmed {vip}:{port} from the API server in {synced:.1?}; connections reached {seen:?}");
+        // A later change through the API server: pod-1 becomes not ready.
+        use k8s_openapi::api::discovery::v1::EndpointSlice as KSlice;
+        use kube::api::{Api, Patch, PatchParams};
+        let api = signpost_harness::cluster::admin_client(std::path::Path::new("/test/kubeconfig")).await?;
+        let patch = serde_json::json!({ "endpoints": [
+            { "addresses": ["10.244.0.1"], "conditions": { "ready": false }, "nodeName": "node-a" },
+            { "addresses": ["10.244.0.2"], "conditions": { "ready": true }, "nodeName": "node-a" },
+        ]});
+        let t1 = Instant::now();
+        Api::<KSlice>::namespaced(api, "default")
+            .patch("voy-1", &PatchParams::default(), &Patch::Merge(&patch))
+            .await?;
+        let pod2: IpAddr = "10.244.0.2".parse()?;
+        loop {
+            let live: Vec<IpAddr> = ipvs
+                .destinations(&key)
+                .await?
+                .iter()
+                .filter(|d| d.weight > 0)
+                .map(|d| d.addr)
+                .collect();
+            if live == [pod2] {
+                break;
+            }
+            if t1.elapsed() > Duration::from_secs(90) {
+                return Err(format!("after pod-1 became not ready: live destinations {live:?}").into());
+            }
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+        let changed = t1.elapsed();
+        for _ in 0..4 {
+            let got = ask(&client.ns, SocketAddr::new(vip, port), Protocol::Tcp)?;
+            check(got.as_deref() == Ok(pods[1].name.as_str()), || {
+                format!("after pod-1 became not ready, answered by {got:?}")
+            })?;
+        }
+        println!("e2e: {which} (ipvs) took pod-1 out {changed:.1?} after the slice write; new connections reach only pod-2");
         Ok(())
     }
     .await;
