@@ -474,3 +474,108 @@ fn a_proxy_restart_keeps_every_connection_and_cleanup_removes_the_table() {
     );
     assert!(kernel(&cluster).is_none(), "--cleanup left the table");
 }
+
+/// The IPVS plane's reject and hairpin sets change over netlink (one batch,
+/// no `nft` process) on this kernel's nftables: after each step the sets
+/// `nft` lists are exactly the wanted elements; a refused batch changes
+/// nothing and says why.
+#[test]
+fn ipvs_nft_sets_change_element_by_element_over_netlink() {
+    use signpost_harness::netns::{NetNs, unique};
+    use signpost_model::cluster::Protocol;
+    use signpost_proxy::ipvs::{NFT_TABLE, NftElements, nft_base};
+    require_rig!();
+    let ns = NetNs::create(unique("nftnl")).unwrap();
+    let mut nft = ns.command("nft");
+    nft.args(["-f", "-"]).stdin(std::process::Stdio::piped());
+    let mut child = nft.spawn().unwrap();
+    std::io::Write::write_all(&mut child.stdin.take().unwrap(), nft_base().as_bytes()).unwrap();
+    assert!(child.wait().unwrap().success());
+    let listed = || -> BTreeSet<String> {
+        let out = ns
+            .command("nft")
+            .args(["-j", "list", "table", "inet", NFT_TABLE])
+            .output()
+            .unwrap();
+        let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+        let mut got = BTreeSet::new();
+        for item in v["nftables"].as_array().unwrap() {
+            let Some(set) = item.get("set") else { continue };
+            for e in set["elem"].as_array().into_iter().flatten() {
+                let parts: Vec<String> = e["concat"]
+                    .as_array()
+                    .unwrap()
+                    .iter()
+                    .map(|p| p.as_str().map_or_else(|| p.to_string(), str::to_owned))
+                    .collect();
+                got.insert(format!(
+                    "{} {}",
+                    set["name"].as_str().unwrap(),
+                    parts.join(" . ")
+                ));
+            }
+        }
+        got
+    };
+    let ip = |s: &str| -> IpAddr { s.parse().unwrap() };
+    let steps = [
+        NftElements {
+            reject: [
+                (ip("10.96.0.1"), Protocol::Tcp, 80),
+                (ip("fd00::1"), Protocol::Udp, 53),
+            ]
+            .into(),
+            hairpin: [ip("10.244.0.1"), ip("fd00:10:244::1")].into(),
+        },
+        NftElements {
+            reject: [
+                (ip("fd00::1"), Protocol::Udp, 53),
+                (ip("10.96.0.2"), Protocol::Sctp, 9),
+            ]
+            .into(),
+            hairpin: [ip("10.244.0.2"), ip("fd00:10:244::1")].into(),
+        },
+        NftElements::default(),
+    ];
+    let render = |e: &NftElements| -> BTreeSet<String> {
+        let fam = |ip: &IpAddr| if ip.is_ipv4() { "v4" } else { "v6" };
+        e.reject
+            .iter()
+            .map(|(a, p, port)| format!("reject_{} {a} . {} . {port}", fam(a), p.as_lower()))
+            .chain(
+                e.hairpin
+                    .iter()
+                    .map(|a| format!("hairpin_{} {a} . {a}", fam(a))),
+            )
+            .collect()
+    };
+    let mut have = NftElements::default();
+    for want in &steps {
+        let sent = ns
+            .within(|| signpost_proxy::nftnl::apply(&have, want))
+            .unwrap()
+            .unwrap();
+        assert!(sent >= 1);
+        assert_eq!(listed(), render(want));
+        have = want.clone();
+    }
+    // Deleting an element that is not there: refused as a whole.
+    let stale = NftElements {
+        reject: [(ip("10.96.0.9"), Protocol::Tcp, 1)].into(),
+        hairpin: Default::default(),
+    };
+    let want = NftElements {
+        reject: Default::default(),
+        hairpin: [ip("10.244.0.3")].into(),
+    };
+    let err = ns
+        .within(|| signpost_proxy::nftnl::apply(&stale, &want))
+        .unwrap()
+        .unwrap_err();
+    assert!(err.to_string().contains("refused"), "{err}");
+    assert_eq!(
+        listed(),
+        BTreeSet::new(),
+        "a refused batch applied part of itself"
+    );
+}

@@ -648,10 +648,8 @@ impl NftState {
                 nft_script(&script)?;
             }
             Some(have) => {
-                let delta = nft_delta(have, &want);
-                if !delta.is_empty() {
-                    nft_script(&delta)?;
-                }
+                // Element changes: one netlink batch, no process.
+                crate::nftnl::apply(have, &want)?;
             }
         }
         self.have = Some(want);

@@ -11,6 +11,7 @@ pub mod controller;
 pub mod ipvs;
 pub mod metrics;
 pub mod nft;
+pub mod nftnl;
 pub mod observed;
 pub mod sink;
 pub mod tracer;
