@@ -535,6 +535,13 @@ fn ipvs_nft_sets_change_element_by_element_over_netlink() {
             .into(),
             hairpin: [ip("10.244.0.2"), ip("fd00:10:244::1")].into(),
         },
+        // Big enough to need several messages in one datagram.
+        NftElements {
+            reject: Default::default(),
+            hairpin: (1..=1500u16)
+                .map(|i| IpAddr::from([0xfd00, 10, 244, 0, 0, 0, 1, i]))
+                .collect(),
+        },
         NftElements::default(),
     ];
     let render = |e: &NftElements| -> BTreeSet<String> {

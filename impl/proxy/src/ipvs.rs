@@ -647,9 +647,20 @@ impl NftState {
                 script.push_str(&nft_delta(&NftElements::default(), &want));
                 nft_script(&script)?;
             }
-            Some(have) => {
+            Some(have) if crate::nftnl::changed(have, &want) <= crate::nftnl::MAX_ELEMENTS => {
                 // Element changes: one netlink batch, no process.
-                crate::nftnl::apply(have, &want)?;
+                if let Err(e) = crate::nftnl::apply(have, &want) {
+                    // Rebuild from scratch next time rather than trust `have`.
+                    self.have = None;
+                    return Err(e);
+                }
+            }
+            Some(have) => {
+                let delta = nft_delta(have, &want);
+                if let Err(e) = nft_script(&delta) {
+                    self.have = None;
+                    return Err(e);
+                }
             }
         }
         self.have = Some(want);

@@ -26,6 +26,21 @@ use crate::ipvs::{Error, NFT_TABLE, NftElements};
 
 const NFNL_SUBSYS_NFTABLES: u16 = 10;
 
+/// Elements per set-element message (each is at most 48 bytes on the wire,
+/// so a message stays far below the 64 KiB attribute limit).
+const PER_MESSAGE: usize = 256;
+
+/// The most element changes sent as one netlink datagram; a larger change
+/// (a first sync over a big table) is left to `nft`, which sizes its own
+/// socket buffers for big batches.
+pub const MAX_ELEMENTS: usize = 2048;
+
+/// How many elements change from `have` to `want`.
+pub fn changed(have: &NftElements, want: &NftElements) -> usize {
+    have.reject.symmetric_difference(&want.reject).count()
+        + have.hairpin.symmetric_difference(&want.hairpin).count()
+}
+
 /// How long to wait for the kernel's acknowledgements.
 const REPLY_TIMEOUT: Duration = Duration::from_secs(5);
 
@@ -150,20 +165,27 @@ pub fn batch(have: &NftElements, want: &NftElements, seq: u32) -> Option<(Vec<u8
     let mut acked = Vec::new();
     let mut next = seq;
     let inet = || NetfilterHeader::new(NetfilterProtoFamily::Inet, 0, 0);
+    // An attribute's length is 16 bits: at most PER_MESSAGE elements (of at
+    // most 32 key bytes) go in one message.
     for (set, keys) in &del {
-        next += 1;
-        let m = NetfilterMessage::new(
-            inet(),
-            NfTablesMessage::DeleteSetElement(elements(set, keys)),
-        );
-        buf.extend(message(m, NLM_F_REQUEST | NLM_F_ACK, next));
-        acked.push(next);
+        for chunk in keys.chunks(PER_MESSAGE) {
+            next += 1;
+            let m = NetfilterMessage::new(
+                inet(),
+                NfTablesMessage::DeleteSetElement(elements(set, chunk)),
+            );
+            buf.extend(message(m, NLM_F_REQUEST | NLM_F_ACK, next));
+            acked.push(next);
+        }
     }
     for (set, keys) in &add {
-        next += 1;
-        let m = NetfilterMessage::new(inet(), NfTablesMessage::NewSetElement(elements(set, keys)));
-        buf.extend(message(m, NLM_F_REQUEST | NLM_F_ACK | NLM_F_CREATE, next));
-        acked.push(next);
+        for chunk in keys.chunks(PER_MESSAGE) {
+            next += 1;
+            let m =
+                NetfilterMessage::new(inet(), NfTablesMessage::NewSetElement(elements(set, chunk)));
+            buf.extend(message(m, NLM_F_REQUEST | NLM_F_ACK | NLM_F_CREATE, next));
+            acked.push(next);
+        }
     }
     buf.extend(message(
         control(ControlMessage::BatchEnd),
@@ -261,6 +283,25 @@ mod tests {
         assert_eq!(set, "hairpin_v4");
         assert_eq!(key, [10, 244, 0, 5, 10, 244, 0, 5]);
         assert_eq!(hairpin_key(&"fd00::5".parse().unwrap()).1.len(), 32);
+    }
+
+    #[test]
+    fn big_changes_are_split_into_messages_below_the_attribute_limit() {
+        let want = NftElements {
+            reject: Default::default(),
+            hairpin: (0..1000u32)
+                .map(|i| IpAddr::from(std::net::Ipv6Addr::from(0xfd00_u128 << 112 | u128::from(i))))
+                .collect(),
+        };
+        assert_eq!(changed(&NftElements::default(), &want), 1000);
+        let (buf, acked) = batch(&NftElements::default(), &want, 1).unwrap();
+        assert_eq!(acked.len(), 1000usize.div_ceil(PER_MESSAGE));
+        let mut off = 0;
+        while off < buf.len() {
+            let len = u32::from_ne_bytes(buf[off..off + 4].try_into().unwrap()) as usize;
+            assert!(len < 65_536 / 2, "a message of {len} bytes");
+            off += len.next_multiple_of(4);
+        }
     }
 
     #[test]
