@@ -89,18 +89,15 @@ pub fn hairpin_key(ip: &IpAddr) -> (String, Vec<u8>) {
     (format!("hairpin_{}", fam(ip)), concat(&[&b, &b]))
 }
 
+/// Element keys by set name.
+pub type KeysBySet = BTreeMap<String, Vec<Vec<u8>>>;
+
 /// The element changes taking `have` to `want`: deletions, then additions,
 /// grouped by set.
-pub fn changes(
-    have: &NftElements,
-    want: &NftElements,
-) -> (
-    BTreeMap<String, Vec<Vec<u8>>>,
-    BTreeMap<String, Vec<Vec<u8>>>,
-) {
-    let mut del: BTreeMap<String, Vec<Vec<u8>>> = BTreeMap::new();
-    let mut add: BTreeMap<String, Vec<Vec<u8>>> = BTreeMap::new();
-    let mut put = |m: &mut BTreeMap<String, Vec<Vec<u8>>>, (set, key): (String, Vec<u8>)| {
+pub fn changes(have: &NftElements, want: &NftElements) -> (KeysBySet, KeysBySet) {
+    let mut del = KeysBySet::new();
+    let mut add = KeysBySet::new();
+    let put = |m: &mut KeysBySet, (set, key): (String, Vec<u8>)| {
         m.entry(set).or_default().push(key);
     };
     for e in have.reject.difference(&want.reject) {
