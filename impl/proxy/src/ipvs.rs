@@ -318,7 +318,17 @@ impl IpvsSink {
 
     /// Applies ops (one IPVS message each; an address bind or unbind when a
     /// virtual address appears or goes), then the nft elements for `want`.
+    /// After a failure the nft sets are rebuilt at the next apply, since the
+    /// ops that follow may no longer name what this one changed.
     pub async fn apply(&mut self, ops: &[ProxyOp], want: &ProxyTable) -> Result<Applied, Error> {
+        let result = self.apply_ops(ops, want).await;
+        if result.is_err() {
+            self.nft.forget();
+        }
+        result
+    }
+
+    async fn apply_ops(&mut self, ops: &[ProxyOp], want: &ProxyTable) -> Result<Applied, Error> {
         let before = self.ipvs.messages_sent();
         let started = std::time::Instant::now();
         let mut applied = Applied::default();
@@ -416,7 +426,7 @@ impl IpvsSink {
         }
         applied.kernel_time = started.elapsed();
         let nft_started = std::time::Instant::now();
-        self.nft.sync(want)?;
+        self.nft.sync(ops, want)?;
         applied.nft_time = nft_started.elapsed();
         applied.ipvs_messages = self.ipvs.messages_sent() - before;
         Ok(applied)
@@ -627,45 +637,184 @@ pub fn nft_delta(have: &NftElements, want: &NftElements) -> String {
     s
 }
 
-/// What Signpost last wrote to the nft table.
+/// What Signpost last wrote to the nft table, kept so that a sync looks
+/// only at the virtual addresses its ops name (PXY-8: one endpoint change
+/// costs O(1), here too).
 #[derive(Debug, Default)]
 struct NftState {
+    /// The elements in the kernel; `None` before the first sync and after a
+    /// failure (the next sync rebuilds the table).
     have: Option<NftElements>,
+    /// Per virtual address, the backend addresses it puts in the hairpin set.
+    backends: BTreeMap<VirtualKey, BTreeSet<IpAddr>>,
+    /// How many virtual addresses use each backend address.
+    refs: BTreeMap<IpAddr, usize>,
 }
 
 impl NftState {
     fn read() -> Result<Self, Error> {
-        Ok(NftState { have: None })
+        Ok(NftState::default())
     }
 
-    fn sync(&mut self, want: &ProxyTable) -> Result<(), Error> {
-        let want = NftElements::of(want);
-        match &self.have {
-            None => {
-                // First sync: (re)create the table and fill its sets.
-                let mut script = nft_base();
-                script.push_str(&nft_delta(&NftElements::default(), &want));
-                nft_script(&script)?;
-            }
-            Some(have) if crate::nftnl::changed(have, &want) <= crate::nftnl::MAX_ELEMENTS => {
-                // Element changes: one netlink batch, no process.
-                if let Err(e) = crate::nftnl::apply(have, &want) {
-                    // Rebuild from scratch next time rather than trust `have`.
-                    self.have = None;
-                    return Err(e);
-                }
-            }
-            Some(have) => {
-                let delta = nft_delta(have, &want);
-                if let Err(e) = nft_script(&delta) {
-                    self.have = None;
-                    return Err(e);
-                }
-            }
-        }
-        self.have = Some(want);
+    /// Forgets what was written: the next sync rebuilds the table.
+    fn forget(&mut self) {
+        self.have = None;
+    }
+
+    /// Creates (or recreates) the table with the elements of `want`.
+    fn rebuild(&mut self, want: &ProxyTable) -> Result<(), Error> {
+        self.have = None;
+        let elements = NftElements::of(want);
+        let mut script = nft_base();
+        script.push_str(&nft_delta(&NftElements::default(), &elements));
+        nft_script(&script)?;
+        self.record(want, elements);
         Ok(())
     }
+
+    /// Records that the kernel holds `elements`, the elements of `want`.
+    fn record(&mut self, want: &ProxyTable, elements: NftElements) {
+        self.backends = want
+            .iter()
+            .map(|(k, vs)| (*k, vs.backends.iter().map(SocketAddr::ip).collect()))
+            .collect();
+        self.refs.clear();
+        for ip in self.backends.values().flatten() {
+            *self.refs.entry(*ip).or_default() += 1;
+        }
+        self.have = Some(elements);
+    }
+
+    /// Records that `d` is in the kernel.
+    fn commit(&mut self, d: ElementDelta) {
+        let have = self.have.get_or_insert_with(NftElements::default);
+        for e in &d.del.reject {
+            have.reject.remove(e);
+        }
+        have.reject.extend(d.add.reject.iter().copied());
+        for ip in &d.del.hairpin {
+            have.hairpin.remove(ip);
+        }
+        have.hairpin.extend(d.add.hairpin.iter().copied());
+        for (key, ips) in d.backends {
+            if ips.is_empty() {
+                self.backends.remove(&key);
+            } else {
+                self.backends.insert(key, ips);
+            }
+        }
+        for (ip, count) in d.refs {
+            if count == 0 {
+                self.refs.remove(&ip);
+            } else {
+                self.refs.insert(ip, count);
+            }
+        }
+    }
+
+    fn sync(&mut self, ops: &[ProxyOp], want: &ProxyTable) -> Result<(), Error> {
+        let Some(have) = self.have.as_ref() else {
+            return self.rebuild(want);
+        };
+        let delta = element_delta(have, &self.backends, &self.refs, ops, want);
+        let (del, add) = (&delta.del, &delta.add);
+        let n = del.reject.len() + del.hairpin.len() + add.reject.len() + add.hairpin.len();
+        let sent = if n == 0 {
+            Ok(())
+        } else if n <= crate::nftnl::MAX_ELEMENTS {
+            // One netlink batch, no process.
+            crate::nftnl::apply_changes(del, add).map(|_| ())
+        } else {
+            // `del` and `add` are disjoint, so this deletes `del` and adds `add`.
+            nft_script(&nft_delta(del, add))
+        };
+        if let Err(e) = sent {
+            self.forget();
+            return Err(e);
+        }
+        self.commit(delta);
+        Ok(())
+    }
+}
+
+/// The element changes for the virtual addresses `ops` name, and the
+/// bookkeeping after them.
+#[derive(Debug, Default, PartialEq, Eq)]
+struct ElementDelta {
+    /// Elements to delete.
+    del: NftElements,
+    /// Elements to add (disjoint from `del`).
+    add: NftElements,
+    /// New backend addresses of each touched virtual address.
+    backends: BTreeMap<VirtualKey, BTreeSet<IpAddr>>,
+    /// New use counts of each backend address whose count changed.
+    refs: BTreeMap<IpAddr, usize>,
+}
+
+/// Pure: what the nft sets need after `ops` turned the table into `want`,
+/// looking only at the virtual addresses the ops name.
+fn element_delta(
+    have: &NftElements,
+    backends: &BTreeMap<VirtualKey, BTreeSet<IpAddr>>,
+    refs: &BTreeMap<IpAddr, usize>,
+    ops: &[ProxyOp],
+    want: &ProxyTable,
+) -> ElementDelta {
+    let mut d = ElementDelta::default();
+    let touched: BTreeSet<VirtualKey> = ops
+        .iter()
+        .map(|op| match op {
+            ProxyOp::AddService { key, .. }
+            | ProxyOp::EditService { key, .. }
+            | ProxyOp::DeleteService { key }
+            | ProxyOp::AddBackend { key, .. }
+            | ProxyOp::RemoveBackend { key, .. } => *key,
+        })
+        .collect();
+    let mut counts: BTreeMap<IpAddr, isize> = BTreeMap::new();
+    let empty = BTreeSet::new();
+    for key in touched {
+        let reject = (key.ip, key.protocol, key.port);
+        let rejects = want.get(&key).is_some_and(VirtualService::rejects);
+        match (have.reject.contains(&reject), rejects) {
+            (false, true) => {
+                d.add.reject.insert(reject);
+            }
+            (true, false) => {
+                d.del.reject.insert(reject);
+            }
+            _ => {}
+        }
+        let old = backends.get(&key).unwrap_or(&empty);
+        let new: BTreeSet<IpAddr> = want
+            .get(&key)
+            .map(|vs| vs.backends.iter().map(SocketAddr::ip).collect())
+            .unwrap_or_default();
+        for ip in old.difference(&new) {
+            *counts.entry(*ip).or_default() -= 1;
+        }
+        for ip in new.difference(old) {
+            *counts.entry(*ip).or_default() += 1;
+        }
+        if *old != new {
+            d.backends.insert(key, new);
+        }
+    }
+    for (ip, change) in counts.into_iter().filter(|(_, c)| *c != 0) {
+        let before = refs.get(&ip).copied().unwrap_or(0);
+        let after = before.saturating_add_signed(change);
+        match (before > 0, after > 0) {
+            (false, true) => {
+                d.add.hairpin.insert(ip);
+            }
+            (true, false) => {
+                d.del.hairpin.insert(ip);
+            }
+            _ => {}
+        }
+        d.refs.insert(ip, after);
+    }
+    d
 }
 
 /// Ops counted by kind, for metrics.
@@ -731,5 +880,57 @@ mod tests {
         assert_eq!(s.timeout, 10800);
         assert_eq!(s.netmask_prefix, 128);
         assert_eq!(service(&k, None).flags, 0);
+    }
+
+    fn arb_table() -> impl proptest::strategy::Strategy<Value = ProxyTable> {
+        use proptest::prelude::*;
+        proptest::collection::btree_map(
+            (
+                0..4u8,
+                prop_oneof![Just(Protocol::Tcp), Just(Protocol::Udp)],
+            )
+                .prop_map(|(ip, protocol)| VirtualKey {
+                    ip: IpAddr::from([10, 96, 0, ip]),
+                    protocol,
+                    port: 53,
+                }),
+            proptest::collection::btree_set((0..5u8, prop_oneof![Just(80u16), Just(8080)]), 0..4)
+                .prop_map(|bs| VirtualService {
+                    backends: bs
+                        .into_iter()
+                        .map(|(i, p)| SocketAddr::new(IpAddr::from([10, 244, 0, i]), p))
+                        .collect(),
+                    affinity_timeout: None,
+                }),
+            0..5,
+        )
+    }
+
+    proptest::proptest! {
+        /// Following only the addresses the ops name, the nft elements and
+        /// their bookkeeping end where a rebuild from the whole table would.
+        #[test]
+        fn element_deltas_reach_the_elements_of_the_table(
+            tables in proptest::collection::vec(arb_table(), 1..6)
+        ) {
+            let mut state = NftState::default();
+            let first = &tables[0];
+            state.record(first, NftElements::of(first));
+            let mut prev = first.clone();
+            for next in &tables[1..] {
+                let ops = plan(next, &prev);
+                let have = state.have.clone().unwrap();
+                let d = element_delta(&have, &state.backends, &state.refs, &ops, next);
+                let want = NftElements::of(next);
+                // Exactly the difference, nothing else.
+                proptest::prop_assert_eq!(&d.del.reject, &have.reject.difference(&want.reject).copied().collect());
+                proptest::prop_assert_eq!(&d.add.reject, &want.reject.difference(&have.reject).copied().collect());
+                proptest::prop_assert_eq!(&d.del.hairpin, &have.hairpin.difference(&want.hairpin).copied().collect());
+                proptest::prop_assert_eq!(&d.add.hairpin, &want.hairpin.difference(&have.hairpin).copied().collect());
+                state.commit(d);
+                proptest::prop_assert_eq!(state.have.as_ref(), Some(&want));
+                prev = next.clone();
+            }
+        }
     }
 }

@@ -196,7 +196,18 @@ pub fn batch(have: &NftElements, want: &NftElements, seq: u32) -> Option<(Vec<u8
 /// kernel's verdict on each message. Returns how many messages the batch held
 /// (0: nothing to do, nothing sent).
 pub fn apply(have: &NftElements, want: &NftElements) -> Result<usize, Error> {
-    let Some((buf, acked)) = batch(have, want, 1) else {
+    let minus = |a: &NftElements, b: &NftElements| NftElements {
+        reject: a.reject.difference(&b.reject).copied().collect(),
+        hairpin: a.hairpin.difference(&b.hairpin).copied().collect(),
+    };
+    apply_changes(&minus(have, want), &minus(want, have))
+}
+
+/// Deletes the elements of `del` and adds those of `add` (disjoint) in one
+/// batch; as `apply`.
+pub fn apply_changes(del: &NftElements, add: &NftElements) -> Result<usize, Error> {
+    // With disjoint sets, "from `del` to `add`" deletes `del` and adds `add`.
+    let Some((buf, acked)) = batch(del, add, 1) else {
         return Ok(0);
     };
     let io = |what: &str, e: std::io::Error| Error::Nft(format!("netlink {what}: {e}"));
