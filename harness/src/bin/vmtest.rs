@@ -988,7 +988,7 @@ async fn bench(sizes: &[u32]) -> Result<(), BoxError> {
         let incr_ipvs_ms = incr.kernel_time.as_secs_f64() * 1000.0;
         let incr_nft_ms = incr.nft_time.as_secs_f64() * 1000.0;
         println!(
-            "bench ipvs: {n} services x 5: full sync {full_s:.2} s ({} ipvs + {} rtnetlink messages; nft {:.2} s of it), read-back {readback_s:.2} s; one endpoint change {incr_ms:.2} ms ({incr_ipvs_ms:.2} ms IPVS, {incr_nft_ms:.2} ms nft set elements: computed from the whole table, sent as one netlink batch), {} ipvs messages ({} ops)",
+            "bench ipvs: {n} services x 5: full sync {full_s:.2} s ({} ipvs + {} rtnetlink messages; nft {:.2} s of it), read-back {readback_s:.2} s; one endpoint change {incr_ms:.2} ms ({incr_ipvs_ms:.2} ms IPVS, {incr_nft_ms:.2} ms nft set elements for the touched addresses, one netlink batch), {} ipvs messages ({} ops)",
             full.ipvs_messages,
             full.link_messages,
             full.nft_time.as_secs_f64(),
