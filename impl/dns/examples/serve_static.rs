@@ -9,10 +9,7 @@ use std::time::Duration;
 use signpost_dns::forward::Forwarder;
 use signpost_dns::server::{Shared, serve};
 use signpost_dns::{Change, ZoneIndex};
-use signpost_model::cluster::{
-    AddressFamily, ClusterIps, ObjectKey, Protocol, Service, ServiceKind, ServicePort, TargetPort,
-    TrafficPolicy,
-};
+use signpost_model::cluster::{ClusterIps, ObjectKey, Service, ServicePort};
 
 #[tokio::main(flavor = "multi_thread", worker_threads = 1)]
 async fn main() -> std::io::Result<()> {
@@ -25,28 +22,16 @@ async fn main() -> std::io::Result<()> {
         .unwrap_or(10_000);
     let mut index = ZoneIndex::new("cluster.local");
     for i in 0..n {
-        index.apply(Change::Service(Service {
-            key: ObjectKey::new("default", format!("bench-{i}")),
-            selector: None,
-            kind: ServiceKind::ClusterIp,
-            cluster_ips: ClusterIps::Ips(vec![IpAddr::from([
+        index.apply(Change::Service(Service::cluster_ip(
+            ObjectKey::new("default", format!("bench-{i}")),
+            ClusterIps::Ips(vec![IpAddr::from([
                 10,
                 96,
                 (i / 256) as u8,
                 (i % 256) as u8,
             ])]),
-            families: vec![AddressFamily::V4],
-            ports: vec![ServicePort {
-                name: "http".into(),
-                protocol: Protocol::Tcp,
-                port: 80,
-                target_port: TargetPort::Number(8080),
-                node_port: None,
-            }],
-            publish_not_ready: false,
-            affinity_timeout: None,
-            internal_traffic_policy: TrafficPolicy::Cluster,
-        }));
+            vec![ServicePort::tcp("http", 80, 8080)],
+        )));
     }
     index.apply(Change::Synced);
     let shared = Arc::new(Shared::new(

@@ -7,7 +7,7 @@ use std::net::IpAddr;
 use signpost_dns::{Change, ZoneIndex};
 use signpost_model::cluster::{
     AddressFamily, ClusterIps, Endpoint, EndpointPort, EndpointSlice, ObjectKey, Protocol,
-    Selector, Service, ServiceKind, ServicePort, TargetPort, TrafficPolicy,
+    Selector, Service, ServicePort,
 };
 
 fn rss_kib() -> u64 {
@@ -29,11 +29,9 @@ fn main() {
     for i in 0..n {
         let headless = i % 5 == 0;
         let name = format!("bench-{i}");
-        index.apply(Change::Service(Service {
-            key: ObjectKey::new("default", &name),
-            selector: Some(Selector::from_pairs([("app", name.as_str())])),
-            kind: ServiceKind::ClusterIp,
-            cluster_ips: if headless {
+        let mut svc = Service::cluster_ip(
+            ObjectKey::new("default", &name),
+            if headless {
                 ClusterIps::Headless
             } else {
                 ClusterIps::Ips(vec![IpAddr::from([
@@ -43,18 +41,10 @@ fn main() {
                     (i % 256) as u8,
                 ])])
             },
-            families: vec![AddressFamily::V4],
-            ports: vec![ServicePort {
-                name: "http".into(),
-                protocol: Protocol::Tcp,
-                port: 80,
-                target_port: TargetPort::Number(8080),
-                node_port: None,
-            }],
-            publish_not_ready: false,
-            affinity_timeout: None,
-            internal_traffic_policy: TrafficPolicy::Cluster,
-        }));
+            vec![ServicePort::tcp("http", 80, 8080)],
+        );
+        svc.selector = Some(Selector::from_pairs([("app", name.as_str())]));
+        index.apply(Change::Service(svc));
         index.apply(Change::Slice(EndpointSlice {
             key: ObjectKey::new("default", format!("{name}-0")),
             service: name.clone(),

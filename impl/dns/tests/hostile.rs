@@ -19,10 +19,7 @@ use hickory_proto::rr::{Name, RecordType};
 use signpost_dns::forward::Forwarder;
 use signpost_dns::server::{Shared, serve_sockets};
 use signpost_dns::{Change, ZoneIndex};
-use signpost_model::cluster::{
-    AddressFamily, ClusterIps, ObjectKey, Protocol, Service, ServiceKind, ServicePort, TargetPort,
-    TrafficPolicy,
-};
+use signpost_model::cluster::{ClusterIps, ObjectKey, Service, ServicePort};
 
 static PANICS: AtomicU64 = AtomicU64::new(0);
 
@@ -44,23 +41,11 @@ impl Rng {
 }
 
 fn service(name: &str, ip: [u8; 4]) -> Service {
-    Service {
-        key: ObjectKey::new("default", name),
-        selector: None,
-        kind: ServiceKind::ClusterIp,
-        cluster_ips: ClusterIps::Ips(vec![IpAddr::from(ip)]),
-        families: vec![AddressFamily::V4],
-        ports: vec![ServicePort {
-            name: "http".into(),
-            protocol: Protocol::Tcp,
-            port: 80,
-            target_port: TargetPort::Number(8080),
-            node_port: None,
-        }],
-        publish_not_ready: false,
-        affinity_timeout: None,
-        internal_traffic_policy: TrafficPolicy::Cluster,
-    }
+    Service::cluster_ip(
+        ObjectKey::new("default", name),
+        ClusterIps::Ips(vec![IpAddr::from(ip)]),
+        vec![ServicePort::tcp("http", 80, 8080)],
+    )
 }
 
 fn query(id: u16, name: &str, t: RecordType) -> Vec<u8> {

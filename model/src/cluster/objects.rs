@@ -96,6 +96,19 @@ pub struct ServicePort {
     pub node_port: Option<u16>,
 }
 
+impl ServicePort {
+    /// A TCP port `port` → `target`, no NodePort.
+    pub fn tcp(name: &str, port: u16, target: u16) -> Self {
+        ServicePort {
+            name: name.to_owned(),
+            protocol: Protocol::Tcp,
+            port,
+            target_port: TargetPort::Number(target),
+            node_port: None,
+        }
+    }
+}
+
 /// The type of a Service (REG-5).
 #[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord, Hash)]
 pub enum ServiceKind {
@@ -186,6 +199,27 @@ pub struct Service {
 }
 
 impl Service {
+    /// A `ClusterIP` Service with the API server's defaults: no selector,
+    /// the families of its addresses (IPv4 when it has none), no affinity,
+    /// `internalTrafficPolicy: Cluster`.
+    pub fn cluster_ip(key: ObjectKey, cluster_ips: ClusterIps, ports: Vec<ServicePort>) -> Self {
+        let families = match &cluster_ips {
+            ClusterIps::Ips(ips) => ips.iter().map(AddressFamily::of).collect(),
+            ClusterIps::Headless | ClusterIps::Unset => vec![AddressFamily::V4],
+        };
+        Service {
+            key,
+            selector: None,
+            kind: ServiceKind::ClusterIp,
+            cluster_ips,
+            families,
+            ports,
+            publish_not_ready: false,
+            affinity_timeout: None,
+            internal_traffic_policy: TrafficPolicy::Cluster,
+        }
+    }
+
     /// True for `clusterIP: None`.
     pub fn is_headless(&self) -> bool {
         matches!(self.cluster_ips, ClusterIps::Headless)

@@ -516,26 +516,12 @@ mod tests {
 
     #[test]
     fn srv_records_answer_for_named_ports() {
-        use crate::cluster::{
-            AddressFamily, ObjectKey, Protocol, ServiceKind, ServicePort, TargetPort, TrafficPolicy,
-        };
-        let svc = Service {
-            key: ObjectKey::new("default", "voy"),
-            selector: None,
-            kind: ServiceKind::ClusterIp,
-            cluster_ips: ClusterIps::Ips(vec!["10.96.0.5".parse().unwrap()]),
-            families: vec![AddressFamily::V4],
-            ports: vec![ServicePort {
-                name: "http".into(),
-                protocol: Protocol::Tcp,
-                port: 80,
-                target_port: TargetPort::Number(8080),
-                node_port: None,
-            }],
-            publish_not_ready: false,
-            affinity_timeout: None,
-            internal_traffic_policy: TrafficPolicy::Cluster,
-        };
+        use crate::cluster::{ObjectKey, ServicePort};
+        let svc = Service::cluster_ip(
+            ObjectKey::new("default", "voy"),
+            ClusterIps::Ips(vec!["10.96.0.5".parse().unwrap()]),
+            vec![ServicePort::tcp("http", 80, 8080)],
+        );
         let snap = DnsSnapshot {
             zone: "cluster.local",
             synced: true,
