@@ -71,33 +71,7 @@ enum Command {
         metrics_addr: SocketAddr,
     },
     /// Run the cluster DNS.
-    Dns {
-        /// The cluster zone.
-        #[arg(long, default_value = "cluster.local")]
-        zone: String,
-        /// Address to serve DNS on, UDP and TCP (repeatable).
-        #[arg(long, default_value = "0.0.0.0:53")]
-        listen: Vec<SocketAddr>,
-        /// Upstream resolver for other names (repeatable; port 53 unless given).
-        /// Without it, the nameservers of --resolv-conf.
-        #[arg(long)]
-        upstream: Vec<String>,
-        /// The resolv.conf whose nameservers are the upstreams.
-        #[arg(long, default_value = "/etc/resolv.conf")]
-        resolv_conf: PathBuf,
-        /// TTL of cluster records in seconds.
-        #[arg(long, default_value_t = signpost_model::spec::DEFAULT_TTL_SECS)]
-        ttl: u32,
-        /// Pod records `<dashed-ip>.<ns>.pod.<zone>`.
-        #[arg(long, value_enum, default_value = "disabled")]
-        pods: PodsArg,
-        /// Seconds a forwarded query may take.
-        #[arg(long, default_value_t = 2)]
-        forward_timeout: u64,
-        /// Address for /healthz, /readyz and /metrics.
-        #[arg(long, default_value = "127.0.0.1:10282")]
-        metrics_addr: SocketAddr,
-    },
+    Dns(DnsArgs),
 }
 
 #[derive(Clone, Copy, clap::ValueEnum)]
@@ -238,43 +212,38 @@ async fn main() -> anyhow::Result<()> {
                 _ = shutdown() => tracing::info!("shutting down; rules stay in the kernel"),
             }
         }
-        Command::Dns {
-            zone,
-            listen,
-            upstream,
-            resolv_conf,
-            ttl,
-            pods,
-            forward_timeout,
-            metrics_addr,
-        } => {
-            run_dns(
-                cli.kubeconfig,
-                DnsArgs {
-                    zone,
-                    listen,
-                    upstream,
-                    resolv_conf,
-                    ttl,
-                    pods,
-                    forward_timeout,
-                    metrics_addr,
-                },
-            )
-            .await?;
-        }
+        Command::Dns(args) => run_dns(cli.kubeconfig, args).await?,
     }
     Ok(())
 }
 
+/// `signpost dns` options.
+#[derive(clap::Args)]
 struct DnsArgs {
+    /// The cluster zone.
+    #[arg(long, default_value = "cluster.local")]
     zone: String,
+    /// Address to serve DNS on, UDP and TCP (repeatable).
+    #[arg(long, default_value = "0.0.0.0:53")]
     listen: Vec<SocketAddr>,
+    /// Upstream resolver for other names (repeatable; port 53 unless given).
+    /// Without it, the nameservers of --resolv-conf.
+    #[arg(long)]
     upstream: Vec<String>,
+    /// The resolv.conf whose nameservers are the upstreams.
+    #[arg(long, default_value = "/etc/resolv.conf")]
     resolv_conf: PathBuf,
+    /// TTL of cluster records in seconds.
+    #[arg(long, default_value_t = signpost_model::spec::DEFAULT_TTL_SECS)]
     ttl: u32,
+    /// Pod records `<dashed-ip>.<ns>.pod.<zone>`.
+    #[arg(long, value_enum, default_value = "disabled")]
     pods: PodsArg,
+    /// Seconds a forwarded query may take.
+    #[arg(long, default_value_t = 2)]
     forward_timeout: u64,
+    /// Address for /healthz, /readyz and /metrics.
+    #[arg(long, default_value = "127.0.0.1:10282")]
     metrics_addr: SocketAddr,
 }
 
