@@ -304,6 +304,34 @@ fn nftables_proxy_routes_real_connections_over_ipv4_and_ipv6() {
         stale >= 2 && kept >= 1,
         "conntrack holds the pinned flows ({stale}, {kept})"
     );
+    // The kernel filters the dump PXY-11 uses: for voyager-0 behind voy's
+    // IPv4 address it returns exactly what a full dump, filtered here, has.
+    let key4 = signpost_model::cluster::VirtualKey {
+        ip: voy4,
+        protocol: signpost_model::cluster::Protocol::Udp,
+        port: 53,
+    };
+    let b0 = SocketAddr::new(IpAddr::V4(v0.ip()), 8080);
+    let (filtered, everything) = cluster
+        .node_namespace()
+        .within(|| {
+            let mut ct = signpost_proxy::conntrack::Conntrack::open().unwrap();
+            (
+                ct.kernel_filtered(&key4, &b0).unwrap(),
+                ct.entries(|_| true).unwrap(),
+            )
+        })
+        .unwrap();
+    let by_hand: Vec<_> = everything
+        .iter()
+        .filter(|e| e.carries(&key4, &b0))
+        .collect();
+    assert!(!by_hand.is_empty() && by_hand.len() < everything.len());
+    assert_eq!(
+        filtered.iter().collect::<Vec<_>>(),
+        by_hand,
+        "the kernel's filtered dump differs from the full dump filtered here"
+    );
 
     // Steps: readiness and termination move traffic as the oracle says.
     v0.set_ready(false).unwrap();
