@@ -626,7 +626,13 @@ async fn drain() -> Result<(), BoxError> {
     check(
         // IPVS may drop its own entries (expire_nodest_conn flushes them from a
         // work queue) between the count and Signpost's dump: at most `still`.
-        deleted <= still as u64 && remaining == 0 && entries_to(b2)? == kept,
+        deleted <= still as u64
+            && remaining == 0
+            && entries_to(b2)? == kept
+            && metrics
+                .conntrack_errors
+                .load(std::sync::atomic::Ordering::Relaxed)
+                == 0,
         || {
             format!(
                 "deleted {deleted} of {stale} entries to b1 ({still} after the sync, {remaining} after forgetting, {} errors; ops {ops:?}); {kept} to b2 before",
