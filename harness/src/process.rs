@@ -133,3 +133,27 @@ pub fn workspace_binary(name: &str) -> Result<PathBuf> {
         dir,
     })
 }
+
+/// Reads a sample from the Prometheus endpoint `127.0.0.1:<port>/metrics`
+/// in the calling thread's network namespace, summed over its label sets
+/// (for example kube-proxy's per-IP-family series); `None` when the endpoint
+/// does not answer or has no such sample.
+pub fn local_metric(port: u16, name: &str) -> Option<f64> {
+    use std::io::{Read, Write};
+    let mut s = std::net::TcpStream::connect(("127.0.0.1", port)).ok()?;
+    s.set_read_timeout(Some(std::time::Duration::from_secs(5)))
+        .ok()?;
+    s.write_all(b"GET /metrics HTTP/1.1\r\nhost: localhost\r\nconnection: close\r\n\r\n")
+        .ok()?;
+    let mut text = String::new();
+    s.read_to_string(&mut text).ok()?;
+    let values: Vec<f64> = text
+        .lines()
+        .filter(|l| {
+            l.strip_prefix(name)
+                .is_some_and(|rest| rest.starts_with(' ') || rest.starts_with('{'))
+        })
+        .filter_map(|l| l.rsplit(' ').next()?.parse().ok())
+        .collect();
+    (!values.is_empty()).then(|| values.iter().sum())
+}

@@ -783,25 +783,6 @@ async fn e2e(vip: IpAddr, port: u16, which: &str) -> Result<(), BoxError> {
 
 // ---------------------------------------------------------------- side by side
 
-/// A metric from a Prometheus endpoint on 127.0.0.1 (label sets summed).
-fn metric_value(port: u16, name: &str) -> Option<f64> {
-    let mut s = TcpStream::connect(("127.0.0.1", port)).ok()?;
-    s.set_read_timeout(Some(Duration::from_secs(5))).ok()?;
-    s.write_all(b"GET /metrics HTTP/1.1\r\nhost: localhost\r\nconnection: close\r\n\r\n")
-        .ok()?;
-    let mut text = String::new();
-    s.read_to_string(&mut text).ok()?;
-    let values: Vec<f64> = text
-        .lines()
-        .filter(|l| {
-            l.starts_with(name)
-                && (l[name.len()..].starts_with(' ') || l[name.len()..].starts_with('{'))
-        })
-        .filter_map(|l| l.rsplit(' ').next()?.parse().ok())
-        .collect();
-    (!values.is_empty()).then(|| values.iter().sum())
-}
-
 /// One proxy (`signpost` or `kube-proxy`, IPVS) over `n` Services × 5
 /// endpoints written on the host: time from start until the kernel holds
 /// all of them, then from one EndpointSlice write (from here, through the
@@ -855,7 +836,7 @@ async fn side_by_side(n: usize, which: &str) -> Result<(), BoxError> {
         } else {
             (10281, "signpost_proxy_sync_duration_seconds_count")
         };
-        while metric_value(port, metric).unwrap_or(0.0) < 1.0 {
+        while signpost_harness::process::local_metric(port, metric).unwrap_or(0.0) < 1.0 {
             if t0.elapsed() > Duration::from_secs(900) {
                 return Err(format!("{which}: no completed sync after 900 s").into());
             }

@@ -335,32 +335,8 @@ impl LocalCluster<Running> {
     /// inside the node namespace, summed over its label sets (for example
     /// kube-proxy's per-IP-family series).
     pub fn metric(&self, port: u16, name: &str) -> Option<f64> {
-        let name = name.to_owned();
         self.ns
-            .within(move || {
-                use std::io::{Read, Write};
-                let mut s = std::net::TcpStream::connect(("127.0.0.1", port)).ok()?;
-                s.write_all(
-                    b"GET /metrics HTTP/1.1\r\nhost: localhost\r\nconnection: close\r\n\r\n",
-                )
-                .ok()?;
-                let mut text = String::new();
-                s.read_to_string(&mut text).ok()?;
-                let values: Vec<f64> = text
-                    .lines()
-                    .filter(|l| {
-                        l.starts_with(&name)
-                            && (l[name.len()..].starts_with(' ')
-                                || l[name.len()..].starts_with('{'))
-                    })
-                    .filter_map(|l| l.rsplit(' ').next()?.parse().ok())
-                    .collect();
-                if values.is_empty() {
-                    None
-                } else {
-                    Some(values.iter().sum())
-                }
-            })
+            .within(|| crate::process::local_metric(port, name))
             .ok()
             .flatten()
     }

@@ -184,12 +184,10 @@ impl Conntrack {
     /// destination and the reply source); the same test runs here too, so a
     /// kernel that ignores the filter only costs a longer dump.
     pub fn entries_of(&mut self, key: &VirtualKey, backend: &SocketAddr) -> Result<Vec<Entry>> {
-        let family = if key.ip.is_ipv4() { AF_INET } else { AF_INET6 };
         if backend.is_ipv4() != key.ip.is_ipv4() {
             return Ok(Vec::new());
         }
-        let (tuples, raw) = filter(key, backend);
-        self.dump(family, tuples, &raw, |e| e.carries(key, backend))
+        self.filtered_dump(key, backend, |e| e.carries(key, backend))
     }
 
     /// What the kernel's filter alone returns for `key` and `backend` (no
@@ -199,9 +197,20 @@ impl Conntrack {
         key: &VirtualKey,
         backend: &SocketAddr,
     ) -> Result<Vec<Entry>> {
+        self.filtered_dump(key, backend, |_| true)
+    }
+
+    /// A dump of `key`'s family with the kernel filter for `key` and
+    /// `backend`, keeping what `keep` accepts.
+    fn filtered_dump(
+        &mut self,
+        key: &VirtualKey,
+        backend: &SocketAddr,
+        keep: impl FnMut(&Entry) -> bool,
+    ) -> Result<Vec<Entry>> {
         let family = if key.ip.is_ipv4() { AF_INET } else { AF_INET6 };
         let (tuples, raw) = filter(key, backend);
-        self.dump(family, tuples, &raw, |_| true)
+        self.dump(family, tuples, &raw, keep)
     }
 
     fn dump(
