@@ -3,12 +3,7 @@
 //! the test; elsewhere the test says why it does not run and returns.
 
 mod cluster;
-mod dns;
-mod dns_diff;
-mod endpoints;
 mod fabric;
-mod proxy_nft;
-mod vm_ipvs;
 
 use std::path::PathBuf;
 

@@ -1,5 +1,5 @@
 //! Boots the VM rig with the IPVS test binaries and a script:
-//! `cargo run -p signpost-harness --example vm_smoke -- '/test/signpost-vmtest genl'`.
+//! `cargo run -p signpost-whitebox --example vm_smoke -- '/test/signpost-vmtest genl'`.
 //! Binaries come from the same target directory as this example.
 fn main() -> Result<(), Box<dyn std::error::Error>> {
     let script = std::env::args()

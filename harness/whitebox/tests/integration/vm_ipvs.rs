@@ -33,10 +33,7 @@ fn ipvs_in_the_kernel_vm() {
             PathBuf::from(env!("CARGO_BIN_EXE_signpost-vmtest")),
             "/test/signpost-vmtest",
         ),
-        (
-            PathBuf::from(env!("CARGO_BIN_EXE_signpost-echo")),
-            "/test/signpost-echo",
-        ),
+        (crate::echo_bin(), "/test/signpost-echo"),
         (
             workspace_binary("signpost").expect("the signpost binary"),
             "/test/signpost",
@@ -136,10 +133,7 @@ fn proxy_in_the_vm_follows_the_api_server(which: &str) {
             PathBuf::from(env!("CARGO_BIN_EXE_signpost-vmtest")),
             "/test/signpost-vmtest",
         ),
-        (
-            PathBuf::from(env!("CARGO_BIN_EXE_signpost-echo")),
-            "/test/signpost-echo",
-        ),
+        (crate::echo_bin(), "/test/signpost-echo"),
         (kc, "/test/kubeconfig"),
     ];
     if which == "kube-proxy" {
