@@ -43,6 +43,8 @@ pub struct Shared {
     pub serial: AtomicU32,
     /// The cluster zone, lower-case without trailing dot.
     pub zone: String,
+    /// The mutation seam (the identity in production).
+    pub seam: signpost_model::mutant::Seam,
 }
 
 impl Shared {
@@ -55,7 +57,14 @@ impl Shared {
             metrics: Metrics::default(),
             forwarder,
             serial: AtomicU32::new(epoch_secs()),
+            seam: signpost_model::mutant::Seam::identity(),
         }
+    }
+
+    /// The same with a deliberate fault built in (the conformance harness's mutation test).
+    pub fn with_mutant(mut self, mutant: Option<signpost_model::mutant::Mutant>) -> Self {
+        self.seam = signpost_model::mutant::Seam::with(mutant);
+        self
     }
 
     /// Whether the first full sync happened.
@@ -320,6 +329,7 @@ impl Handler {
             .read()
             .unwrap_or_else(|e| e.into_inner())
             .answer_timed(&question);
+        let outcome = shared.seam.dns_outcome(&question, outcome);
         if let Some(d) = first_served {
             shared.metrics.programming_latency.observe(d);
         }

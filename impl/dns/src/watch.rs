@@ -125,6 +125,19 @@ fn pod(p: &KPod) -> Result<Change, String> {
     Pod::try_from(p).map(Change::Pod).map_err(|e| e.to_string())
 }
 
+/// A change as the mutation seam lets it through (unchanged in production).
+fn through_seam(seam: &signpost_model::mutant::Seam, c: Change) -> Option<Change> {
+    if seam.mutant().is_none() {
+        return Some(c);
+    }
+    match c {
+        Change::Service(s) => Some(Change::Service(seam.dns_service(s))),
+        Change::Slice(s) => Some(Change::Slice(seam.dns_slice(s))),
+        Change::ServiceDeleted(_) if !seam.dns_forgets_deleted_services() => None,
+        other => Some(other),
+    }
+}
+
 /// Watches the cluster and keeps `shared.index` current until the client's
 /// watches end (they retry forever, so in practice: until cancelled).
 pub async fn run(client: Client, shared: Arc<Shared>, pods_mode: PodsMode) {
@@ -176,7 +189,11 @@ pub async fn run(client: Client, shared: Arc<Shared>, pods_mode: PodsMode) {
             let mut index = shared.index.write().unwrap_or_else(|e| e.into_inner());
             for msg in batch.drain(..) {
                 match msg {
-                    Msg::Change(c, seen) => index.apply_at(c, seen),
+                    Msg::Change(c, seen) => {
+                        if let Some(c) = through_seam(&shared.seam, c) {
+                            index.apply_at(c, seen);
+                        }
+                    }
                     Msg::ListDone(kind) => {
                         listed.insert(kind);
                         if !synced && kinds.iter().all(|k| listed.contains(k)) {

@@ -17,6 +17,7 @@ use kube::runtime::reflector::{self, Store};
 use kube::runtime::{WatchStreamExt, watcher};
 use kube::{Client, ResourceExt};
 use signpost_model::cluster::{EndpointSlice, Node, ProxyTable, Service};
+use signpost_model::mutant::Seam;
 use signpost_model::spec::proxy_table;
 use tracing::{info, warn};
 
@@ -30,6 +31,9 @@ pub struct Config {
     pub node_name: String,
     /// Period of the read-back-and-repair resync.
     pub resync: Duration,
+    /// A deliberate fault for the conformance harness's mutation test
+    /// (`None` in production: the seam is the identity).
+    pub mutant: Option<signpost_model::mutant::Mutant>,
 }
 
 /// Errors that stop the proxy.
@@ -81,6 +85,7 @@ fn desired(
     slices: &Store<KSlice>,
     node: &Node,
     metrics: &Metrics,
+    seam: &mut Seam,
 ) -> ProxyTable {
     let mut svcs = Vec::new();
     for s in services.state() {
@@ -102,8 +107,9 @@ fn desired(
             }
         }
     }
+    seam.proxy_inputs(&mut svcs, &mut sls);
     let refs: Vec<&EndpointSlice> = sls.iter().collect();
-    nft::normalize(proxy_table(&svcs, &refs, node))
+    nft::normalize(seam.proxy_table(proxy_table(&svcs, &refs, node)))
 }
 
 /// Applies `want` over what the kernel holds (`have`): a partial sync, or a
@@ -236,6 +242,7 @@ pub async fn run(client: Client, cfg: Config, metrics: Arc<Metrics>) -> Result<(
     let mut have = listing.as_ref().map(|l| observed::table(Some(l)));
     info!(node = %cfg.node_name, adopted = have.as_ref().map_or(0, |t| t.len()), "signpost proxy (nftables) starting");
     let mut synced: HashSet<&'static str> = HashSet::new();
+    let mut seam = Seam::with(cfg.mutant);
     while let Some(first) = events.next().await {
         let mut batch = vec![first];
         while let Some(Some(ev)) = events.next().now_or_never() {
@@ -254,7 +261,7 @@ pub async fn run(client: Client, cfg: Config, metrics: Arc<Metrics>) -> Result<(
             continue;
         }
         let node = this_node(&nodes, &cfg.node_name);
-        let want = desired(&services, &slices, &node, &metrics);
+        let want = desired(&services, &slices, &node, &metrics, &mut seam);
         if let Err(e) = sync(&mut have, &want, &node.addresses, &metrics) {
             warn!(error = %e, "sync failed; will retry with a full sync");
             tokio::time::sleep(Duration::from_millis(200)).await;
@@ -282,6 +289,7 @@ pub async fn run_ipvs(client: Client, cfg: Config, metrics: Arc<Metrics>) -> Res
     let mut synced: HashSet<&'static str> = HashSet::new();
     let mut sink: Option<IpvsSink> = None;
     let mut have: Option<ProxyTable> = None;
+    let mut seam = Seam::with(cfg.mutant);
     info!(node = %cfg.node_name, "signpost proxy (ipvs) starting");
     while let Some(first) = events.next().await {
         let mut batch = vec![first];
@@ -314,7 +322,7 @@ pub async fn run_ipvs(client: Client, cfg: Config, metrics: Arc<Metrics>) -> Res
             continue;
         }
         let node = this_node(&nodes, &cfg.node_name);
-        let want = desired(&services, &slices, &node, &metrics);
+        let want = desired(&services, &slices, &node, &metrics, &mut seam);
         if sink.is_none() {
             sink = Some(IpvsSink::connect(node.addresses.clone()).await?);
         }

@@ -69,6 +69,9 @@ enum Command {
         /// Address for /healthz and /metrics.
         #[arg(long, default_value = "127.0.0.1:10281")]
         metrics_addr: SocketAddr,
+        /// Build in a deliberate fault (the conformance harness's mutation test).
+        #[arg(long, hide = true)]
+        mutant: Option<signpost_model::mutant::Mutant>,
     },
     /// Run the cluster DNS.
     Dns(DnsArgs),
@@ -153,6 +156,7 @@ async fn main() -> anyhow::Result<()> {
             cleanup,
             resync_secs,
             metrics_addr,
+            mutant,
         } => {
             if cleanup {
                 match mode {
@@ -195,7 +199,14 @@ async fn main() -> anyhow::Result<()> {
             let cfg = signpost_proxy::controller::Config {
                 node_name,
                 resync: Duration::from_secs(resync_secs),
+                mutant,
             };
+            if let Some(m) = mutant {
+                tracing::warn!(
+                    mutant = m.name(),
+                    "running with a deliberate fault (mutation test)"
+                );
+            }
             let run = async {
                 match mode {
                     ProxyMode::Nftables => {
@@ -245,6 +256,9 @@ struct DnsArgs {
     /// Address for /healthz, /readyz and /metrics.
     #[arg(long, default_value = "127.0.0.1:10282")]
     metrics_addr: SocketAddr,
+    /// Build in a deliberate fault (the conformance harness's mutation test).
+    #[arg(long, hide = true)]
+    mutant: Option<signpost_model::mutant::Mutant>,
 }
 
 fn parse_upstream(s: &str) -> anyhow::Result<SocketAddr> {
@@ -279,11 +293,20 @@ async fn run_dns(kubeconfig: Option<PathBuf>, a: DnsArgs) -> anyhow::Result<()> 
         PodsArg::Verified => PodsMode::Verified,
     };
     let client = client(kubeconfig).await?;
-    let shared = Arc::new(signpost_dns::server::Shared::new(
-        signpost_dns::ZoneIndex::with_pods(&zone, pods_mode),
-        a.ttl,
-        Forwarder::new(upstreams.clone(), Duration::from_secs(a.forward_timeout)),
-    ));
+    let shared = Arc::new(
+        signpost_dns::server::Shared::new(
+            signpost_dns::ZoneIndex::with_pods(&zone, pods_mode),
+            a.ttl,
+            Forwarder::new(upstreams.clone(), Duration::from_secs(a.forward_timeout)),
+        )
+        .with_mutant(a.mutant),
+    );
+    if let Some(m) = a.mutant {
+        tracing::warn!(
+            mutant = m.name(),
+            "running with a deliberate fault (mutation test)"
+        );
+    }
     let mut server =
         signpost_dns::server::serve(shared.clone(), &a.listen, Duration::from_secs(10))
             .await
