@@ -1,8 +1,9 @@
 //! Gherkin step definitions for Signpost's features, written against the
 //! [`Cluster`] trait so the same scenarios run against the model today and
 //! against a real cluster later: a backend only implements [`Cluster`] and is
-//! chosen with `SIGNPOST_WORLD` (`model` is the default and the only one so
-//! far; an unknown value fails loudly).
+//! chosen with `SIGNPOST_WORLD` (`model` by default; the conformance harness
+//! installs `cluster`, a live system, with [`install_backend`]; an unknown
+//! value fails loudly).
 
 mod model_world;
 mod steps;
@@ -74,17 +75,43 @@ pub struct SignpostWorld {
     pub connected: Option<Connect>,
 }
 
-/// `SIGNPOST_WORLD` names no backend.
+/// `SIGNPOST_WORLD` names no backend, or the backend could not start.
 #[derive(Debug, thiserror::Error)]
-#[error("SIGNPOST_WORLD={0}: no such backend (known: model)")]
-pub struct UnknownWorld(pub String);
+pub enum UnknownWorld {
+    /// No backend of that name.
+    #[error(
+        "SIGNPOST_WORLD={0}: no such backend (known: model, and cluster once a runner installs it)"
+    )]
+    Unknown(String),
+    /// The installed backend failed to make a world.
+    #[error("the {0} world could not start: {1}")]
+    Failed(&'static str, String),
+}
+
+/// A backend a runner installs (the conformance harness installs the live
+/// cluster world): its name and how to make a world for one scenario.
+pub type Backend = (&'static str, fn() -> Result<Box<dyn Cluster>, String>);
+
+static INSTALLED: std::sync::OnceLock<Backend> = std::sync::OnceLock::new();
+
+/// Installs a backend for this process; scenarios then run on it unless
+/// `SIGNPOST_WORLD` names another. Only the first call takes effect.
+pub fn install_backend(backend: Backend) {
+    let _ = INSTALLED.set(backend);
+}
 
 impl SignpostWorld {
-    /// A world over the backend named by `SIGNPOST_WORLD` (default `model`).
+    /// A world over the backend named by `SIGNPOST_WORLD`, else the installed
+    /// one, else the model.
     pub fn from_env() -> Result<Self, UnknownWorld> {
-        let cluster: Box<dyn Cluster> = match std::env::var("SIGNPOST_WORLD").as_deref() {
-            Err(_) | Ok("model") => Box::new(ModelCluster::new()),
-            Ok(other) => return Err(UnknownWorld(other.to_owned())),
+        let want = std::env::var("SIGNPOST_WORLD").ok();
+        let cluster: Box<dyn Cluster> = match (want.as_deref(), INSTALLED.get()) {
+            (Some("model"), _) | (None, None) => Box::new(ModelCluster::new()),
+            (Some(w), Some((name, make))) if w == *name => {
+                make().map_err(|e| UnknownWorld::Failed(name, e))?
+            }
+            (None, Some((name, make))) => make().map_err(|e| UnknownWorld::Failed(name, e))?,
+            (Some(other), _) => return Err(UnknownWorld::Unknown(other.to_owned())),
         };
         Ok(SignpostWorld {
             cluster,

@@ -12,7 +12,7 @@ use k8s_openapi::api::core::v1::Pod;
 use kube::api::{Api, DeleteParams, Patch, PatchParams, PostParams};
 
 use crate::cluster::{
-    BRIDGE, LocalCluster, NODE_IP, NODE_NAME, POD_GATEWAY, POD_GATEWAY_V6, Running,
+    ApiHandle, BRIDGE, LocalCluster, NODE_IP, NODE_NAME, POD_GATEWAY, POD_GATEWAY_V6, Running,
 };
 use crate::netns::{NetNs, unique};
 use crate::process::Daemon;
@@ -99,6 +99,15 @@ impl<'c> PodBuilder<'c> {
         });
         self
     }
+    /// One named port of one protocol (`"TCP"` or `"UDP"`) only.
+    pub fn port_of(mut self, name: &str, port: u16, protocol: &'static str) -> Self {
+        self.ports.push(PortSpec {
+            name: name.into(),
+            port,
+            protocol,
+        });
+        self
+    }
     /// `spec.hostname` and `spec.subdomain`.
     pub fn hostname(mut self, hostname: &str, subdomain: &str) -> Self {
         self.hostname = Some(hostname.into());
@@ -108,7 +117,7 @@ impl<'c> PodBuilder<'c> {
 
     /// Creates the namespace, the veth into the node's bridge, the echo
     /// server, and the Pod object with its status.
-    pub fn start(mut self) -> Result<PodHandle<'c>> {
+    pub fn start(mut self) -> Result<PodHandle> {
         if self.ports.is_empty() {
             self = self.port("http", 8080);
         }
@@ -189,7 +198,7 @@ impl<'c> PodBuilder<'c> {
             namespace: self.namespace.clone(),
             ip,
             ip6,
-            cluster,
+            api: cluster.api(),
         };
         pod.wait_listening(&log)?;
         self.create_object(ip, ip6)?;
@@ -238,17 +247,17 @@ impl<'c> PodBuilder<'c> {
 /// A running test Pod. Dropping it stops its echo server and removes its
 /// namespace (and with it the veth); the Pod object is left to the cluster.
 #[derive(Debug)]
-pub struct PodHandle<'c> {
+pub struct PodHandle {
     echo: Daemon,
     ns: NetNs,
     name: String,
     namespace: String,
     ip: Ipv4Addr,
     ip6: std::net::Ipv6Addr,
-    cluster: &'c LocalCluster<Running>,
+    api: ApiHandle,
 }
 
-impl PodHandle<'_> {
+impl PodHandle {
     fn wait_listening(&mut self, log: &std::path::Path) -> Result<()> {
         let deadline = Instant::now() + Duration::from_secs(10);
         loop {
@@ -297,7 +306,7 @@ impl PodHandle<'_> {
             { "type": "Ready", "status": value },
         ]}});
         let (name, namespace) = (self.name.clone(), self.namespace.clone());
-        self.cluster.block_on(|client| async move {
+        self.api.block_on(|client| async move {
             let pods: Api<Pod> = Api::namespaced(client, &namespace);
             pods.patch_status(&name, &PatchParams::default(), &Patch::Merge(&status))
                 .await?;
@@ -318,7 +327,7 @@ impl PodHandle<'_> {
 
     fn delete_with(&self, grace: Option<u32>) -> Result<()> {
         let (name, namespace) = (self.name.clone(), self.namespace.clone());
-        self.cluster.block_on(|client| async move {
+        self.api.block_on(|client| async move {
             let pods: Api<Pod> = Api::namespaced(client, &namespace);
             let dp = DeleteParams {
                 grace_period_seconds: grace,

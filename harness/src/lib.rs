@@ -22,6 +22,6 @@ pub mod process;
 pub mod upstream;
 pub mod vm;
 
-pub use cluster::{LocalCluster, Running, Stopped};
+pub use cluster::{ApiHandle, LocalCluster, Running, Stopped};
 pub use error::{Error, Result};
 pub use fabric::{PodBuilder, PodHandle};

@@ -59,6 +59,27 @@ pub fn list() -> Result<Vec<String>> {
         .collect())
 }
 
+/// Runs `f` on a new thread that has joined the namespace called `name`.
+pub fn within_named<F, R>(name: &str, f: F) -> Result<R>
+where
+    F: FnOnce() -> R + Send,
+    R: Send,
+{
+    let path = format!("/run/netns/{name}");
+    let file = File::open(&path).map_err(Error::io(format!("opening {path}")))?;
+    std::thread::scope(|s| {
+        s.spawn(move || {
+            setns(&file, CloneFlags::CLONE_NEWNET).map_err(|source| Error::Sys {
+                context: format!("joining {path}"),
+                source,
+            })?;
+            Ok(f())
+        })
+        .join()
+        .unwrap_or_else(|p| std::panic::resume_unwind(p))
+    })
+}
+
 /// A network namespace owned by the test.
 #[derive(Debug)]
 pub struct NetNs {
@@ -123,19 +144,7 @@ impl NetNs {
         F: FnOnce() -> R + Send,
         R: Send,
     {
-        let path = format!("/run/netns/{}", self.name);
-        let file = File::open(&path).map_err(Error::io(format!("opening {path}")))?;
-        std::thread::scope(|s| {
-            s.spawn(move || {
-                setns(&file, CloneFlags::CLONE_NEWNET).map_err(|source| Error::Sys {
-                    context: format!("joining {path}"),
-                    source,
-                })?;
-                Ok(f())
-            })
-            .join()
-            .unwrap_or_else(|p| std::panic::resume_unwind(p))
-        })
+        within_named(&self.name, f)
     }
 
     /// PIDs of processes inside the namespace.

@@ -58,6 +58,7 @@ pub struct Running {
 #[derive(Debug, Clone)]
 struct Options {
     controller_manager: bool,
+    controllers: &'static str,
     apiserver_args: Vec<String>,
     echo_binary: Option<PathBuf>,
     upstream_dir: PathBuf,
@@ -85,6 +86,7 @@ impl LocalCluster<Stopped> {
             ns,
             opts: Options {
                 controller_manager: false,
+                controllers: "endpointslice,garbagecollector",
                 apiserver_args: Vec::new(),
                 echo_binary: std::env::var_os("SIGNPOST_ECHO_BIN").map(PathBuf::from),
                 upstream_dir: upstream::bin_dir(),
@@ -98,6 +100,16 @@ impl LocalCluster<Stopped> {
     /// the garbage collector (which deletes slices with their Service).
     pub fn with_controller_manager(mut self) -> Self {
         self.opts.controller_manager = true;
+        self.opts.controllers = "endpointslice,garbagecollector";
+        self
+    }
+
+    /// Run kube-controller-manager with the garbage collector only (slices
+    /// and Pods go with their owners), for clusters whose EndpointSlice
+    /// controller is someone else's.
+    pub fn with_garbage_collector_only(mut self) -> Self {
+        self.opts.controller_manager = true;
+        self.opts.controllers = "garbagecollector";
         self
     }
 
@@ -230,13 +242,14 @@ impl LocalCluster<Stopped> {
         running.wait_ready()?;
         running.state.startup = started.elapsed();
         if let Some(bin) = kcm_bin {
+            let opts_controllers = running.opts.controllers;
             let kc = s(&running.state.pki.kubeconfig);
             let args = vec![
                 format!("--kubeconfig={kc}"),
                 format!("--authentication-kubeconfig={kc}"),
                 format!("--authorization-kubeconfig={kc}"),
                 // The garbage collector too: slices go with their Service through owner references (EPS-13).
-                "--controllers=endpointslice,garbagecollector".into(),
+                format!("--controllers={}", opts_controllers),
                 "--leader-elect=false".into(),
                 "--bind-address=127.0.0.1".into(),
                 "--secure-port=10257".into(),
@@ -313,17 +326,16 @@ impl LocalCluster<Running> {
         Fut: Future<Output = R>,
         R: Send,
     {
-        let kubeconfig = self.state.pki.kubeconfig.clone();
-        self.ns.within(move || {
-            let rt = tokio::runtime::Builder::new_current_thread()
-                .enable_all()
-                .build()
-                .map_err(Error::io("building a runtime"))?;
-            rt.block_on(async move {
-                let client = admin_client(&kubeconfig).await?;
-                Ok(f(client).await)
-            })
-        })?
+        self.api().block_on(f)
+    }
+
+    /// A detached handle to the API server (admin credentials, the node
+    /// namespace), for values that outlive a borrow of the cluster.
+    pub fn api(&self) -> ApiHandle {
+        ApiHandle {
+            kubeconfig: self.state.pki.kubeconfig.clone(),
+            netns: self.ns.name().to_owned(),
+        }
     }
 
     /// The admin kubeconfig (server `https://127.0.0.1:6443`, reachable inside the node namespace).
@@ -405,6 +417,41 @@ impl LocalCluster<Running> {
     /// The work directory.
     pub(crate) fn workdir(&self) -> &WorkDir {
         &self.dir
+    }
+}
+
+/// The API server as seen from inside the node namespace, with admin credentials.
+#[derive(Debug, Clone)]
+pub struct ApiHandle {
+    kubeconfig: PathBuf,
+    netns: String,
+}
+
+impl ApiHandle {
+    /// Runs an async function with an admin client on a thread inside the
+    /// node namespace.
+    pub fn block_on<F, Fut, R>(&self, f: F) -> Result<R>
+    where
+        F: FnOnce(kube::Client) -> Fut + Send,
+        Fut: Future<Output = R>,
+        R: Send,
+    {
+        let kubeconfig = self.kubeconfig.clone();
+        crate::netns::within_named(&self.netns, move || {
+            let rt = tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()
+                .map_err(Error::io("building a runtime"))?;
+            rt.block_on(async move {
+                let client = admin_client(&kubeconfig).await?;
+                Ok(f(client).await)
+            })
+        })?
+    }
+
+    /// The admin kubeconfig.
+    pub fn kubeconfig(&self) -> &Path {
+        &self.kubeconfig
     }
 }
 

@@ -156,7 +156,7 @@ fn backends(t: &ProxyTable, ip: IpAddr, port: u16) -> usize {
         .sum()
 }
 
-fn replies(from: &PodHandle<'_>, to: SocketAddr, n: usize, udp: bool) -> BTreeSet<String> {
+fn replies(from: &PodHandle, to: SocketAddr, n: usize, udp: bool) -> BTreeSet<String> {
     (0..n)
         .map(|_| {
             let r = if udp {
@@ -169,7 +169,7 @@ fn replies(from: &PodHandle<'_>, to: SocketAddr, n: usize, udp: bool) -> BTreeSe
         .collect()
 }
 
-fn refused(from: &PodHandle<'_>, to: SocketAddr) -> bool {
+fn refused(from: &PodHandle, to: SocketAddr) -> bool {
     match from.tcp_request(to, Duration::from_secs(3)) {
         Err(Error::Io { source, .. }) => source.kind() == ErrorKind::ConnectionRefused,
         _ => false,
@@ -282,7 +282,7 @@ fn nftables_proxy_routes_real_connections_over_ipv4_and_ipv6() {
     let to_v0_4 = pin(dns4, "voyager-0", 41000);
     let to_v0_6 = pin(dns6, "voyager-0", 42000);
     let to_v1_4 = pin(dns4, "voyager-1", 43000);
-    let udp_entries_to = |pod: &PodHandle<'_>| -> usize {
+    let udp_entries_to = |pod: &PodHandle| -> usize {
         let (ip4, ip6) = (IpAddr::V4(pod.ip()), IpAddr::V6(pod.ip6()));
         cluster
             .node_namespace()

@@ -1,0 +1,317 @@
+//! `signpost-conform`: certifies a service proxy, cluster DNS and
+//! EndpointSlice controller against Signpost's model, rule by rule.
+//!
+//! With no flags it certifies Signpost's own components on a local cluster;
+//! `--proxy kube-proxy-nftables --dns coredns --endpoints kube-controller-manager`
+//! certifies upstream the same way. `--mutation-score` instead runs every
+//! mutant of Signpost's proxy and DNS and reports which rule caught each.
+
+use std::collections::BTreeMap;
+use std::path::PathBuf;
+use std::time::{Duration, Instant};
+
+use clap::Parser;
+use signpost_conformance::live::Live;
+use signpost_conformance::report::Report;
+use signpost_conformance::run::{Options, run_scenario};
+use signpost_conformance::sut::{
+    ClusterChoice, DnsChoice, EndpointsChoice, ProxyChoice, Sut, version_of,
+};
+use signpost_conformance::verdict::{Failure, Tally, judge};
+use signpost_conformance::{catalogue, check, walk, world};
+use signpost_model::mutant::{Component, Mutant};
+
+#[derive(Parser)]
+#[command(
+    name = "signpost-conform",
+    about = "Certify a service proxy, cluster DNS and EndpointSlice controller against Signpost's model"
+)]
+struct Args {
+    /// signpost-nftables | signpost-ipvs | kube-proxy-nftables | kube-proxy-iptables | kube-proxy-ipvs | none | cmd:'TEMPLATE' ({kubeconfig}, {node})
+    #[arg(long, default_value = "signpost-nftables")]
+    proxy: String,
+    /// signpost | coredns | none | addr:IP:PORT
+    #[arg(long, default_value = "signpost")]
+    dns: String,
+    /// signpost | kube-controller-manager
+    #[arg(long, default_value = "signpost")]
+    endpoints: String,
+    /// local | kubeconfig:PATH
+    #[arg(long, default_value = "local")]
+    cluster: String,
+    /// Build a named fault into Signpost's proxy or DNS.
+    #[arg(long)]
+    mutant: Option<Mutant>,
+    /// Run only these catalogue scenarios (repeatable; default: all).
+    #[arg(long)]
+    scenario: Vec<String>,
+    /// Skip the catalogue.
+    #[arg(long)]
+    no_catalogue: bool,
+    /// Skip the Gherkin features.
+    #[arg(long)]
+    no_features: bool,
+    /// Random walks of the model to replay.
+    #[arg(long, default_value_t = 2)]
+    walks: u32,
+    /// Choices per walk.
+    #[arg(long, default_value_t = 5)]
+    steps: u8,
+    /// Seed of the walks.
+    #[arg(long, default_value_t = 1)]
+    seed: u64,
+    /// Replay one walk (`K.I,K.I,...`, as printed for a failing walk) instead of random ones.
+    #[arg(long)]
+    walk: Option<String>,
+    /// Seconds a step may take to converge.
+    #[arg(long, default_value_t = 20)]
+    deadline: u64,
+    /// Where reports go.
+    #[arg(long, default_value = "reports/conformance")]
+    out: PathBuf,
+    /// File name stem of the reports (default: from the system under test).
+    #[arg(long)]
+    name: Option<String>,
+    /// Run every mutant and print the mutation score instead of certifying.
+    #[arg(long)]
+    mutation_score: bool,
+}
+
+fn main() {
+    let args = Args::parse();
+    match run(args) {
+        Ok(code) => std::process::exit(code),
+        Err(e) => {
+            eprintln!("signpost-conform: {e}");
+            std::process::exit(2);
+        }
+    }
+}
+
+fn sut(a: &Args) -> signpost_conformance::Result<Sut> {
+    Ok(Sut {
+        proxy: a.proxy.parse::<ProxyChoice>()?,
+        dns: a.dns.parse::<DnsChoice>()?,
+        endpoints: a.endpoints.parse::<EndpointsChoice>()?,
+        cluster: a.cluster.parse::<ClusterChoice>()?,
+        mutant: a.mutant,
+    })
+}
+
+fn components(s: &Sut) -> BTreeMap<String, String> {
+    let up = |n: &str| {
+        signpost_harness::upstream::binary(n)
+            .map(|b| version_of(&b, "--version"))
+            .unwrap_or_else(|_| "missing".into())
+    };
+    let sp = || {
+        signpost_harness::process::workspace_binary("signpost")
+            .map(|b| version_of(&b, "--version"))
+            .unwrap_or_else(|_| "missing".into())
+    };
+    let mut m = BTreeMap::new();
+    m.insert(
+        format!("proxy ({})", s.proxy),
+        match s.proxy {
+            ProxyChoice::SignpostNftables | ProxyChoice::SignpostIpvs => sp(),
+            ProxyChoice::KubeProxyNftables
+            | ProxyChoice::KubeProxyIptables
+            | ProxyChoice::KubeProxyIpvs => up("kube-proxy"),
+            _ => "-".into(),
+        },
+    );
+    m.insert(
+        format!("dns ({})", s.dns),
+        match s.dns {
+            DnsChoice::Signpost => sp(),
+            DnsChoice::CoreDns => up("coredns").replace('\n', " "),
+            _ => "-".into(),
+        },
+    );
+    m.insert(
+        format!("endpoints ({})", s.endpoints),
+        match s.endpoints {
+            EndpointsChoice::Signpost => sp(),
+            EndpointsChoice::KubeControllerManager => up("kube-controller-manager"),
+        },
+    );
+    m.insert("kube-apiserver".into(), up("kube-apiserver"));
+    m
+}
+
+fn run(a: Args) -> signpost_conformance::Result<i32> {
+    let started = Instant::now();
+    let s = sut(&a)?;
+    let opts = Options {
+        deadline: Duration::from_secs(a.deadline),
+        ..Options::default()
+    };
+    eprintln!(
+        "signpost-conform: starting a local cluster with {}",
+        s.flags()
+    );
+    let mut live = Live::start(&s)?;
+    eprintln!(
+        "signpost-conform: cluster and components up in {:.1}s (logs: {})",
+        started.elapsed().as_secs_f64(),
+        live.logs().display()
+    );
+    if a.mutation_score {
+        return mutation_score(&mut live, &opts);
+    }
+    let mut tally = Tally::default();
+    let mut sources = BTreeMap::new();
+    if let Some(w) = &a.walk {
+        let choices = walk::parse(w)?;
+        let m = walk::model(a.steps);
+        let ok = walk::replay(&mut live, &m, &choices, &opts, &mut tally)?;
+        eprintln!("walk {w}: {}", if ok { "pass" } else { "FAIL" });
+        sources.insert("walks".into(), 1);
+    } else {
+        if !a.no_catalogue {
+            let mut n = 0;
+            for sc in catalogue::all() {
+                if !a.scenario.is_empty() && !a.scenario.iter().any(|x| x == sc.name) {
+                    continue;
+                }
+                run_scenario(&mut live, &sc, &opts, &mut tally)?;
+                n += 1;
+            }
+            sources.insert("catalogue scenarios".into(), n);
+        }
+        if a.walks > 0 && a.scenario.is_empty() {
+            let out = walk::run(&mut live, a.seed, a.walks, a.steps, &opts, &mut tally)?;
+            sources.insert("model walks replayed".into(), out.replayed);
+            if let Some(min) = &out.minimal {
+                eprintln!(
+                    "a model walk failed; shrunk to {} choices ({:?}); replay: signpost-conform {} --steps {} --walk {}",
+                    min.len(),
+                    out.minimal_actions,
+                    s.flags(),
+                    a.steps,
+                    walk::spell(min)
+                );
+            }
+        }
+    }
+    let stem = a.name.clone().unwrap_or_else(|| default_stem(&s));
+    if !a.no_features && a.walk.is_none() && a.scenario.is_empty() {
+        world::install(live);
+        let results = world::run_features(&a.out.join(format!("{stem}.features.junit.xml")));
+        let back = world::uninstall();
+        let results = results?;
+        sources.insert("feature scenarios".into(), results.len() as u64);
+        for r in results {
+            let ctx = Failure {
+                scenario: format!("feature {}", r.name),
+                trace: vec![],
+                what: String::new(),
+                evidence: String::new(),
+                replay: format!("signpost-conform {} (features)", s.flags()),
+            };
+            let checks = vec![check::Check {
+                rules: r
+                    .rules
+                    .iter()
+                    .map(|x| &*Box::leak(x.clone().into_boxed_str()))
+                    .collect(),
+                what: r.name.clone(),
+                ok: r.passed,
+                evidence: "a step failed (see the features JUnit report)".into(),
+            }];
+            tally.record(&checks, None, &ctx);
+        }
+        drop(back);
+    } else {
+        drop(live);
+    }
+    let mut imps = vec![
+        s.proxy.to_string(),
+        s.dns.to_string(),
+        s.endpoints.to_string(),
+    ];
+    imps.retain(|x| x != "none");
+    let verdicts = judge(&tally, &imps);
+    let command = format!("signpost-conform {}", s.flags());
+    let report = Report::new(
+        s.implementation(),
+        components(&s),
+        command,
+        started.elapsed().as_secs_f64(),
+        sources,
+        verdicts,
+    );
+    print!("{}", report.table());
+    report.write(&a.out, &stem)?;
+    eprintln!(
+        "reports: {0}/{stem}.json, {0}/{stem}.junit.xml, {0}/{stem}.html ({1:.0}s in all)",
+        a.out.display(),
+        started.elapsed().as_secs_f64()
+    );
+    Ok(if report.certified { 0 } else { 1 })
+}
+
+fn default_stem(s: &Sut) -> String {
+    match s.implementation().as_str() {
+        "signpost" => "signpost".into(),
+        "kubernetes upstream" => "upstream".into(),
+        _ => format!("{}-{}-{}", s.proxy, s.dns, s.endpoints).replace([':', '/', ' ', '\''], "_"),
+    }
+}
+
+/// Every mutant of Signpost's proxy and DNS, each run through the catalogue
+/// until the rule it breaks fails: caught, or missed.
+fn mutation_score(live: &mut Live, opts: &Options) -> signpost_conformance::Result<i32> {
+    let mut caught = 0;
+    let mut lines = Vec::new();
+    for m in Mutant::ALL {
+        let t0 = Instant::now();
+        live.remutate(Some(m))?;
+        let mut tally = Tally::default();
+        let o = Options {
+            stop_on: Some(m.rule()),
+            ..opts.clone()
+        };
+        for sc in catalogue::all() {
+            run_scenario(live, &sc, &o, &mut tally)?;
+            if tally.failed(m.rule()) {
+                break;
+            }
+        }
+        let hit = tally.failed(m.rule());
+        let also: Vec<&str> = tally
+            .rules
+            .iter()
+            .filter(|(r, t)| t.failed > 0 && r.as_str() != m.rule())
+            .map(|(r, _)| r.as_str())
+            .collect();
+        caught += usize::from(hit);
+        let line = format!(
+            "{:<34} {:<6} {:<7} {} ({:.0}s){}",
+            m.name(),
+            match m.component() {
+                Component::Proxy => "proxy",
+                Component::Dns => "dns",
+            },
+            m.rule(),
+            if hit { "caught" } else { "MISSED" },
+            t0.elapsed().as_secs_f64(),
+            if also.is_empty() {
+                String::new()
+            } else {
+                format!(", also failed: {}", also.join(" "))
+            }
+        );
+        eprintln!("mutant {line}");
+        lines.push(line);
+    }
+    live.remutate(None)?;
+    println!(
+        "mutation score: {caught}/{} mutants caught by the rule they break",
+        Mutant::ALL.len()
+    );
+    for l in lines {
+        println!("  {l}");
+    }
+    Ok(if caught == Mutant::ALL.len() { 0 } else { 1 })
+}
