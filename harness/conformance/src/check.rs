@@ -66,8 +66,12 @@ pub fn observe(live: &Live, ns: &str, snap: &Snapshot) -> Vec<Check> {
     out
 }
 
+/// The namespace's Services, without the API server's own `kubernetes`
+/// Service in `default` (the platform's, not a scenario's).
 fn in_ns<'a>(snap: &'a Snapshot, ns: &'a str) -> impl Iterator<Item = &'a Service> {
-    snap.services.iter().filter(move |s| s.key.namespace == ns)
+    snap.services
+        .iter()
+        .filter(move |s| s.key.namespace == ns && !(ns == "default" && s.key.name == "kubernetes"))
 }
 
 fn strip(ep: &Endpoint) -> Endpoint {
@@ -503,6 +507,10 @@ fn dns(live: &Live, ns: &str, snap: &Snapshot) -> Vec<Check> {
     for (i, q) in questions(ns, snap).into_iter().enumerate() {
         let question = Question::new(q.name.clone(), q.rtype);
         let mut want = dns_answer(&dsnap, &question);
+        if want == DnsOutcome::Forward {
+            // Not cluster data: the answer is the upstream's business.
+            continue;
+        }
         if matches!(q.rtype, RType::Other(252)) {
             // Refusing a transfer may be said with REFUSED or NOTIMP; compare codes only.
             want = DnsOutcome::rcode(Rcode::Refused);

@@ -197,8 +197,22 @@ impl Live {
     /// Deletes a namespace's objects and stops its Pods.
     pub fn drop_namespace(&mut self, ns: &str) -> Result<()> {
         let ns_owned = ns.to_owned();
+        // No namespace controller runs: empty it by hand, then delete it.
         self.api().block_on(|c| async move {
-            let dp = DeleteParams::default();
+            let dp = DeleteParams {
+                grace_period_seconds: Some(0),
+                ..DeleteParams::default()
+            };
+            let lp = ListParams::default();
+            let svcs = Api::<KService>::namespaced(c.clone(), &ns_owned);
+            if let Ok(list) = svcs.list(&lp).await {
+                for s in list.items {
+                    let _ = svcs.delete(&s.metadata.name.unwrap_or_default(), &dp).await;
+                }
+            }
+            let _ = Api::<KPod>::namespaced(c.clone(), &ns_owned)
+                .delete_collection(&dp, &lp)
+                .await;
             let _ = Api::<Namespace>::all(c).delete(&ns_owned, &dp).await;
         })?;
         self.pods.retain(|(n, _), _| n != ns);

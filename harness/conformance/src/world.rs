@@ -94,7 +94,8 @@ impl LiveWorld {
             }
             Ok(())
         })??;
-        Ok(())
+        // The observers' client Pod (and `default` as a namespace of the run).
+        live.namespace(NS)
     }
 }
 
@@ -198,14 +199,19 @@ impl Cluster for LiveWorld {
                 _ => None,
             })
             .collect();
-        Ok(if pods.len() == seen.len() {
+        Ok(if seen.iter().all(|s| matches!(s, Seen::Pod(_))) {
             Connect::Reached(pods)
         } else if seen.iter().all(|s| *s == Seen::Refused) {
             Connect::Refused
         } else if pods.is_empty() {
             Connect::NoRoute
         } else {
-            return Err(format!("mixed outcomes: {seen:?}"));
+            let odd: Vec<&Seen> = seen.iter().filter(|s| !matches!(s, Seen::Pod(_))).collect();
+            return Err(format!(
+                "mixed outcomes: {} of {} reached {pods:?}, the others: {odd:?}",
+                seen.len() - odd.len(),
+                seen.len()
+            ));
         })
     }
 
@@ -285,7 +291,18 @@ pub fn run_features(junit: &std::path::Path) -> Result<Vec<FeatureResult>> {
                     })
                     .map(str::to_owned)
                     .collect();
-                eprintln!("  feature {name}: {}", if passed { "pass" } else { "FAIL" });
+                let why = match ev {
+                    cucumber::event::ScenarioFinished::StepPassed => String::new(),
+                    cucumber::event::ScenarioFinished::StepSkipped => ": a step was skipped".into(),
+                    cucumber::event::ScenarioFinished::BeforeHookFailed(_) => {
+                        ": the world could not start".into()
+                    }
+                    cucumber::event::ScenarioFinished::StepFailed(_, _, e) => format!(": {e}"),
+                };
+                eprintln!(
+                    "  feature {name}: {}{why}",
+                    if passed { "pass" } else { "FAIL" }
+                );
                 RESULTS
                     .lock()
                     .unwrap_or_else(|e| e.into_inner())
@@ -296,6 +313,8 @@ pub fn run_features(junit: &std::path::Path) -> Result<Vec<FeatureResult>> {
                     });
                 async {}.boxed_local()
             })
+            // Not our command line: cucumber would parse (and reject) the harness's flags.
+            .with_cli(cucumber::cli::Opts::<_, _, _, cucumber::cli::Empty>::default())
             .run(features_dir()),
     );
     Ok(RESULTS.lock().unwrap_or_else(|e| e.into_inner()).clone())

@@ -151,6 +151,11 @@ impl LocalCluster<Stopped> {
         ns.ip(["addr", "add", &format!("{NODE_IP}/32"), "dev", "node0"])?;
         ns.ip(["link", "set", "node0", "up"])?;
         ns.ip(["link", "add", BRIDGE, "type", "bridge"])?;
+        // A fixed address: a bridge otherwise takes the lowest of its ports'
+        // addresses, so a Pod joining could change the gateway's MAC under
+        // every other Pod's ARP cache (their traffic then vanished for
+        // seconds; the conformance runs saw DNS time out right after a Pod start).
+        ns.ip(["link", "set", BRIDGE, "address", "02:00:0a:f4:00:01"])?;
         ns.ip(["addr", "add", &format!("{POD_GATEWAY}/16"), "dev", BRIDGE])?;
         ns.ip([
             "-6",
