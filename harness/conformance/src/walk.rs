@@ -209,7 +209,7 @@ pub fn run(
     let config = Config {
         cases: walks,
         failure_persistence: None,
-        max_shrink_iters: 64,
+        max_shrink_iters: 24,
         ..Config::default()
     };
     let mut runner = TestRunner::new_with_rng(config, rng);

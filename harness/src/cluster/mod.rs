@@ -174,10 +174,12 @@ impl LocalCluster<Stopped> {
         ns.sysctl("net.bridge.bridge-nf-call-iptables", "1")?;
         ns.sysctl("net.bridge.bridge-nf-call-ip6tables", "1")?;
         // Stand-in for a node's default route: ClusterIP traffic that no
-        // proxy translated is delivered locally (and rejected by the proxy's
-        // input rules) instead of failing routing. Nothing leaves the namespace.
-        ns.ip(["route", "add", "local", SERVICE_CIDR, "dev", "lo"])?;
-        ns.ip(["-6", "route", "add", "local", SERVICE_CIDR_V6, "dev", "lo"])?;
+        // proxy translated is forwarded, as on a real node, out of a link
+        // with no neighbours (node0 has no ports), so it goes nowhere. A
+        // proxy must reject it in the forward path; an earlier `local` route
+        // here hid that Signpost only rejected in input.
+        ns.ip(["route", "add", SERVICE_CIDR, "dev", "node0"])?;
+        ns.ip(["-6", "route", "add", SERVICE_CIDR_V6, "dev", "node0"])?;
 
         let pki_dir = dir.path().join("pki");
         std::fs::create_dir_all(&pki_dir).map_err(Error::io("creating pki dir"))?;

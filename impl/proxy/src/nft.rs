@@ -12,7 +12,7 @@
 //!   `numgen random mod n` (PXY-1);
 //! - an endpoint chain `e-<key>-<n>` marks hairpin traffic for masquerade,
 //!   records affinity and DNATs;
-//! - `filter-input`, `filter-output` reject anything still addressed to a
+//! - `filter-input`, `filter-forward`, `filter-output` reject anything still addressed to a
 //!   ClusterIP after DNAT: ports without endpoints and unknown ports (PXY-3);
 //! - `nat-postrouting` masquerades marked packets.
 
@@ -181,7 +181,14 @@ fn skeleton() -> Vec<Value> {
         "reject",
         vec![json!({ "reject": { "type": "icmpx", "expr": "port-unreachable" } })],
     )));
-    for (name, hook) in [("filter-input", "input"), ("filter-output", "output")] {
+    // Untranslated ClusterIP traffic is delivered locally (input) only if a
+    // route says so; a node's default route forwards it instead, so the
+    // forward hook rejects it too.
+    for (name, hook) in [
+        ("filter-input", "input"),
+        ("filter-forward", "forward"),
+        ("filter-output", "output"),
+    ] {
         out.push(add(hooked(name, "filter", hook, 0)));
         for (ver, fam) in [("v4", "ip"), ("v6", "ip6")] {
             let key = json!({ "concat": [payload(fam, "daddr"), meta("l4proto"), payload("th", "dport")] });
