@@ -350,7 +350,12 @@ fn questions(ns: &str, snap: &Snapshot) -> Vec<Ask> {
         let mut over_tcp = ask(base.clone(), RType::A, main);
         over_tcp.tcp = true;
         qs.push(over_tcp);
-        qs.push(ask(base.clone(), RType::Txt, &["DNS-13"]));
+        let other_type: &[&'static str] = if matches!(svc.kind, ServiceKind::ExternalName(_)) {
+            &["DNS-10"]
+        } else {
+            &["DNS-13"]
+        };
+        qs.push(ask(base.clone(), RType::Txt, other_type));
         qs.push(ask(
             format!("no-such-{}.{ns}.svc.{ZONE}", svc.key.name),
             RType::A,

@@ -35,6 +35,10 @@ pub struct RuleTally {
     pub failed: u64,
     /// Seconds from a step to the first observation in which every check passed.
     pub convergence: Vec<f64>,
+    /// The rules each failed check exercised (to trace a failure to a
+    /// deviation of another rule the same check exercised).
+    #[serde(skip)]
+    pub failed_with: Vec<Vec<String>>,
 }
 
 /// Every rule's tally.
@@ -55,6 +59,8 @@ impl Tally {
                 touched.insert(*r);
                 if !c.ok {
                     t.failed += 1;
+                    t.failed_with
+                        .push(c.rules.iter().map(|x| (*x).to_owned()).collect());
                     if t.failures.len() < 5 {
                         t.failures.push(Failure {
                             what: c.what.clone(),
@@ -132,6 +138,10 @@ pub fn percentile(samples: &[f64], p: f64) -> Option<f64> {
 /// implementations under test (for deviations).
 pub fn judge(tally: &Tally, implementations: &[String]) -> Vec<RuleResult> {
     let devs: Vec<Deviation> = rules::deviations();
+    let listed = |id: &str| {
+        devs.iter()
+            .find(|d| d.rule == id && implementations.contains(&d.implementation))
+    };
     rules::all()
         .into_iter()
         .map(|rule| {
@@ -140,12 +150,22 @@ pub fn judge(tally: &Tally, implementations: &[String]) -> Vec<RuleResult> {
                 Verdict::NotApplicable
             } else if t.failed == 0 {
                 Verdict::Pass
-            } else if let Some(d) = devs
-                .iter()
-                .find(|d| d.rule == rule.id && implementations.contains(&d.implementation))
-            {
+            } else if let Some(d) = listed(&rule.id) {
                 Verdict::Deviation {
                     reason: format!("{}: {}", d.implementation, d.reason),
+                }
+            } else if t.failed_with.iter().all(|rs| rs.iter().any(|r| listed(r).is_some())) {
+                // Every failed check also exercised a rule with a listed deviation.
+                let mut by: Vec<&str> = t
+                    .failed_with
+                    .iter()
+                    .filter_map(|rs| rs.iter().find(|r| listed(r).is_some()))
+                    .map(String::as_str)
+                    .collect();
+                by.sort_unstable();
+                by.dedup();
+                Verdict::Deviation {
+                    reason: format!("every failed check follows from the deviation of {}", by.join(", ")),
                 }
             } else {
                 Verdict::Fail
