@@ -54,13 +54,21 @@ impl Check {
 }
 
 /// Every observation of namespace `ns`, against the snapshot `snap`.
-pub fn observe(live: &Live, ns: &str, snap: &Snapshot) -> Vec<Check> {
+/// `named` are the Services the scenario has applied so far: those gone
+/// from the snapshot are asked about too (a deleted name must stop
+/// resolving, REG-4, DNS-20).
+pub fn observe(
+    live: &Live,
+    ns: &str,
+    snap: &Snapshot,
+    named: &BTreeSet<&'static str>,
+) -> Vec<Check> {
     let mut out = endpoints(ns, snap);
     if live.sut().proxy != ProxyChoice::None {
         out.extend(proxy(live, ns, snap));
     }
     if live.sut().dns != DnsChoice::None {
-        out.extend(dns(live, ns, snap));
+        out.extend(dns(live, ns, snap, named));
         out.extend(resolution(live, ns, snap));
     }
     out
@@ -328,12 +336,23 @@ fn ask(name: String, rtype: RType, rules: &[&'static str]) -> Ask {
     }
 }
 
-fn questions(ns: &str, snap: &Snapshot) -> Vec<Ask> {
-    let mut qs = vec![
+fn questions(ns: &str, snap: &Snapshot, named: &BTreeSet<&'static str>) -> Vec<Ask> {
+    let mut qs: Vec<Ask> = named
+        .iter()
+        .filter(|n| !in_ns(snap, ns).any(|s| s.key.name == **n))
+        .map(|n| {
+            ask(
+                format!("{n}.{ns}.svc.{ZONE}"),
+                RType::A,
+                &["REG-4", "DNS-13"],
+            )
+        })
+        .collect();
+    qs.extend([
         ask(format!("dns-version.{ZONE}"), RType::Txt, &["DNS-11"]),
         ask(format!("{ns}.svc.{ZONE}"), RType::A, &["DNS-14", "DNS-13"]),
         ask(format!("no-such-ns-x.svc.{ZONE}"), RType::A, &["DNS-14"]),
-    ];
+    ]);
     let mut axfr = ask(ZONE.to_owned(), RType::Other(252), &["DNS-17"]);
     axfr.tcp = true;
     qs.push(axfr);
@@ -498,7 +517,7 @@ fn show(o: &DnsOutcome) -> String {
 }
 
 /// DNS: every question about the namespace's names, against `dns_answer`.
-fn dns(live: &Live, ns: &str, snap: &Snapshot) -> Vec<Check> {
+fn dns(live: &Live, ns: &str, snap: &Snapshot, named: &BTreeSet<&'static str>) -> Vec<Check> {
     let dsnap = DnsSnapshot {
         zone: ZONE,
         synced: true,
@@ -509,7 +528,7 @@ fn dns(live: &Live, ns: &str, snap: &Snapshot) -> Vec<Check> {
         pods_mode: PodsMode::Insecure,
     };
     let mut out = Vec::new();
-    for (i, q) in questions(ns, snap).into_iter().enumerate() {
+    for (i, q) in questions(ns, snap, named).into_iter().enumerate() {
         let question = Question::new(q.name.clone(), q.rtype);
         let mut want = dns_answer(&dsnap, &question);
         if want == DnsOutcome::Forward {

@@ -14,12 +14,14 @@
 //! - [`world`]: the Gherkin features' `Cluster` on a live system;
 //! - [`check`]: observations compared with the oracle, tagged by rule;
 //! - [`run`]: steps, convergence deadlines, latencies;
+//! - [`mutation`]: the mutation score over Signpost's mutants;
 //! - [`verdict`], [`rules`]: per-rule verdicts, profiles, deviations;
 //! - [`report`]: JSON, JUnit XML and a self-contained HTML page.
 
 pub mod catalogue;
 pub mod check;
 pub mod live;
+pub mod mutation;
 pub mod report;
 pub mod rules;
 pub mod run;

@@ -19,7 +19,7 @@ use signpost_conformance::sut::{
 };
 use signpost_conformance::verdict::{Failure, Tally, judge};
 use signpost_conformance::{catalogue, check, walk, world};
-use signpost_model::mutant::{Component, Mutant};
+use signpost_model::mutant::Mutant;
 
 #[derive(Parser)]
 #[command(
@@ -295,56 +295,14 @@ fn default_stem(s: &Sut) -> String {
 /// Every mutant of Signpost's proxy and DNS, each run through the catalogue
 /// until the rule it breaks fails: caught, or missed.
 fn mutation_score(live: &mut Live, opts: &Options) -> signpost_conformance::Result<i32> {
-    let mut caught = 0;
-    let mut lines = Vec::new();
-    for m in Mutant::ALL {
-        let t0 = Instant::now();
-        live.remutate(Some(m))?;
-        let mut tally = Tally::default();
-        let o = Options {
-            stop_on: Some(m.rule()),
-            ..opts.clone()
-        };
-        for sc in catalogue::all() {
-            run_scenario(live, &sc, &o, &mut tally)?;
-            if tally.failed(m.rule()) {
-                break;
-            }
-        }
-        let hit = tally.failed(m.rule());
-        let also: Vec<&str> = tally
-            .rules
-            .iter()
-            .filter(|(r, t)| t.failed > 0 && r.as_str() != m.rule())
-            .map(|(r, _)| r.as_str())
-            .collect();
-        caught += usize::from(hit);
-        let line = format!(
-            "{:<34} {:<6} {:<7} {} ({:.0}s){}",
-            m.name(),
-            match m.component() {
-                Component::Proxy => "proxy",
-                Component::Dns => "dns",
-            },
-            m.rule(),
-            if hit { "caught" } else { "MISSED" },
-            t0.elapsed().as_secs_f64(),
-            if also.is_empty() {
-                String::new()
-            } else {
-                format!(", also failed: {}", also.join(" "))
-            }
-        );
-        eprintln!("mutant {line}");
-        lines.push(line);
-    }
-    live.remutate(None)?;
+    let results = signpost_conformance::mutation::score(live, &Mutant::ALL, opts)?;
+    let caught = results.iter().filter(|r| r.caught).count();
     println!(
         "mutation score: {caught}/{} mutants caught by the rule they break",
-        Mutant::ALL.len()
+        results.len()
     );
-    for l in lines {
-        println!("  {l}");
+    for r in &results {
+        println!("  {r}");
     }
-    Ok(if caught == Mutant::ALL.len() { 0 } else { 1 })
+    Ok(if caught == results.len() { 0 } else { 1 })
 }

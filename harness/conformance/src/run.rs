@@ -49,8 +49,12 @@ pub fn run_steps(
     live.namespace(&ns)?;
     let mut trace = Vec::new();
     let mut all_ok = true;
+    let mut named = std::collections::BTreeSet::new();
     for step in steps {
         live.apply(&ns, step)?;
+        if let Step::Service(name, _) = step {
+            named.insert(*name);
+        }
         trace.push(step.to_string());
         let t0 = Instant::now();
         let ctx = Failure {
@@ -63,7 +67,7 @@ pub fn run_steps(
         loop {
             live.check_components()?;
             let snap = live.snapshot()?;
-            let checks = observe(live, &ns, &snap);
+            let checks = observe(live, &ns, &snap, &named);
             let elapsed = t0.elapsed();
             if checks.iter().all(|c| c.ok) {
                 tally.record(&checks, Some(elapsed.as_secs_f64()), &ctx);

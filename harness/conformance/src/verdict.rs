@@ -154,7 +154,11 @@ pub fn judge(tally: &Tally, implementations: &[String]) -> Vec<RuleResult> {
                 Verdict::Deviation {
                     reason: format!("{}: {}", d.implementation, d.reason),
                 }
-            } else if t.failed_with.iter().all(|rs| rs.iter().any(|r| listed(r).is_some())) {
+            } else if t
+                .failed_with
+                .iter()
+                .all(|rs| rs.iter().any(|r| listed(r).is_some()))
+            {
                 // Every failed check also exercised a rule with a listed deviation.
                 let mut by: Vec<&str> = t
                     .failed_with
@@ -165,7 +169,10 @@ pub fn judge(tally: &Tally, implementations: &[String]) -> Vec<RuleResult> {
                 by.sort_unstable();
                 by.dedup();
                 Verdict::Deviation {
-                    reason: format!("every failed check follows from the deviation of {}", by.join(", ")),
+                    reason: format!(
+                        "every failed check follows from the deviation of {}",
+                        by.join(", ")
+                    ),
                 }
             } else {
                 Verdict::Fail

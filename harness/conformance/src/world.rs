@@ -145,7 +145,7 @@ impl Cluster for LiveWorld {
             loop {
                 l.check_components()?;
                 let snap = l.snapshot()?;
-                let checks = observe(l, NS, &snap);
+                let checks = observe(l, NS, &snap, &Default::default());
                 let bad: Vec<_> = checks.iter().filter(|c| !c.ok).collect();
                 if bad.is_empty() {
                     return Ok(());

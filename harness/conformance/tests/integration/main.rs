@@ -1,0 +1,56 @@
+//! The conformance harness on the real rig: the features on the cluster
+//! world, the catalogue and model walks certifying Signpost, a broken
+//! proxy's failing walk shrunk, and the mutation score. They need root and
+//! the upstream binaries; with `CI=true` a missing capability fails them.
+
+mod certify;
+mod mutation;
+
+/// Whether this machine can run the rig; `Err` says why not. In CI a
+/// missing capability is a failure, never a skip.
+pub fn rig_available() -> Result<(), String> {
+    let root = nix_root();
+    let upstream = signpost_harness::upstream::binary("kube-apiserver");
+    let why = match (root, upstream) {
+        (true, Ok(_)) => return Ok(()),
+        (false, _) => "needs root for network namespaces".to_owned(),
+        (true, Err(e)) => e.to_string(),
+    };
+    if std::env::var("CI").is_ok_and(|v| v == "true") {
+        panic!("CI=true but the conformance rig cannot run: {why}");
+    }
+    Err(why)
+}
+
+fn nix_root() -> bool {
+    std::fs::read_to_string("/proc/self/status")
+        .ok()
+        .and_then(|s| {
+            s.lines()
+                .find(|l| l.starts_with("Uid:"))
+                .and_then(|l| l.split_whitespace().nth(1).map(|u| u == "0"))
+        })
+        .unwrap_or(false)
+}
+
+/// One live system at a time: the tests measure convergence against
+/// deadlines, and two clusters on two cores would make those meaningless.
+pub static RIG: std::sync::Mutex<()> = std::sync::Mutex::new(());
+
+/// Skips (outside CI only) with a clear reason; otherwise holds [`RIG`]
+/// for the rest of the test.
+#[macro_export]
+macro_rules! require_rig {
+    () => {
+        if let Err(why) = $crate::rig_available() {
+            eprintln!("SKIPPED (not in CI): {why}");
+            return;
+        }
+        let _rig = $crate::RIG.lock().unwrap_or_else(|e| e.into_inner());
+    };
+}
+
+/// Where the tests write their reports: `reports/conformance/` of the workspace.
+pub fn reports_dir() -> std::path::PathBuf {
+    std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../../reports/conformance")
+}
