@@ -38,3 +38,19 @@ pub fn binary_in(dir: &std::path::Path, name: &str) -> Result<PathBuf> {
         })
     }
 }
+
+/// Whether this machine can run the rig (root for network namespaces, the
+/// upstream binaries); `Err` says why not. With `CI=true` a missing
+/// capability panics: in CI it is a failure, never a skip.
+pub fn rig_available() -> Result<(), String> {
+    let root = nix::unistd::geteuid().is_root();
+    let why = match (root, binary("kube-apiserver")) {
+        (true, Ok(_)) => return Ok(()),
+        (false, _) => "needs root for network namespaces".to_owned(),
+        (true, Err(e)) => e.to_string(),
+    };
+    if std::env::var("CI").is_ok_and(|v| v == "true") {
+        panic!("CI=true but the cluster rig cannot run: {why}");
+    }
+    Err(why)
+}

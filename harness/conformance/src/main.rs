@@ -54,7 +54,7 @@ struct Args {
     /// Random walks of the model to replay.
     #[arg(long, default_value_t = 2)]
     walks: u32,
-    /// Choices per walk.
+    /// Most choices per walk.
     #[arg(long, default_value_t = 5)]
     steps: u8,
     /// Seed of the walks.

@@ -192,7 +192,7 @@ pub struct WalkOutcome {
     pub minimal_actions: Vec<Action>,
 }
 
-/// Generates `walks` walks of `steps` choices from `seed`, replays each on
+/// Generates `walks` walks of at most `steps` choices from `seed`, replays each on
 /// the live system, and shrinks the first failing one.
 pub fn run(
     live: &mut Live,
@@ -214,9 +214,9 @@ pub fn run(
     };
     let mut runner = TestRunner::new_with_rng(config, rng);
     let n = usize::from(steps);
-    // Every walk has `steps` choices; shrinking turns choices into 0 (none)
-    // and indexes towards 0, so a minimal walk is short and simple.
-    let strategy = proptest::collection::vec((0u8..8, 0u8..4), n..=n);
+    // Walks of 1..=steps choices: shrinking first drops choices, then turns
+    // them into 0 (none) and indexes towards 0, so a minimal walk is short.
+    let strategy = proptest::collection::vec((0u8..8, 0u8..4), 1..=n);
     let replayed = std::cell::Cell::new(0u64);
     let failure = std::cell::RefCell::new(None::<Error>);
     let live_cell = std::cell::RefCell::new(live);
