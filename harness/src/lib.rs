@@ -25,3 +25,15 @@ pub mod vm;
 pub use cluster::{ApiHandle, LocalCluster, Running, Stopped};
 pub use error::{Error, Result};
 pub use fabric::{PodBuilder, PodHandle};
+
+/// In a test: returns early, saying why, when this machine cannot run the
+/// rig; with `CI=true` panics instead (see [`upstream::rig_available`]).
+#[macro_export]
+macro_rules! require_rig {
+    () => {
+        if let Err(why) = $crate::upstream::rig_available() {
+            eprintln!("SKIPPED (not in CI): {why}");
+            return;
+        }
+    };
+}

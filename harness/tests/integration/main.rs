@@ -7,21 +7,7 @@ mod fabric;
 
 use std::path::PathBuf;
 
-/// Whether this machine can run the rig (see the rig's own check).
-pub fn rig_available() -> Result<(), String> {
-    signpost_harness::upstream::rig_available()
-}
-
-/// Skips (outside CI only) with a clear reason.
-#[macro_export]
-macro_rules! require_rig {
-    () => {
-        if let Err(why) = $crate::rig_available() {
-            eprintln!("SKIPPED (not in CI): {why}");
-            return;
-        }
-    };
-}
+pub use signpost_harness::require_rig;
 
 /// The echo server built with this package.
 pub fn echo_bin() -> PathBuf {

@@ -6,11 +6,6 @@
 mod certify;
 mod mutation;
 
-/// Whether this machine can run the rig (see the rig's own check).
-pub fn rig_available() -> Result<(), String> {
-    signpost_harness::upstream::rig_available()
-}
-
 /// One live system at a time: the tests measure convergence against
 /// deadlines, and two clusters on two cores would make those meaningless.
 pub static RIG: std::sync::Mutex<()> = std::sync::Mutex::new(());
@@ -20,7 +15,7 @@ pub static RIG: std::sync::Mutex<()> = std::sync::Mutex::new(());
 #[macro_export]
 macro_rules! require_rig {
     () => {
-        if let Err(why) = $crate::rig_available() {
+        if let Err(why) = signpost_harness::upstream::rig_available() {
             eprintln!("SKIPPED (not in CI): {why}");
             return;
         }
