@@ -22,7 +22,7 @@ pub mod process;
 pub mod upstream;
 pub mod vm;
 
-pub use cluster::{ApiHandle, LocalCluster, Running, Stopped};
+pub use cluster::{ApiHandle, LocalCluster, Running, Stopped, Uplink};
 pub use error::{Error, Result};
 pub use fabric::{PodBuilder, PodHandle};
 

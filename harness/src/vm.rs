@@ -10,7 +10,6 @@
 //! test and a script as a second cpio archive, boots, and returns the
 //! console and the script's exit code.
 
-use std::io::Read;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
@@ -18,7 +17,7 @@ use std::time::{Duration, Instant};
 use crate::{Error, Result};
 
 /// Bump when the base image's contents change.
-const RIG_VERSION: &str = "8";
+const RIG_VERSION: &str = "9";
 
 /// Userland programs copied into the base image (with their libraries).
 const PROGRAMS: &[&str] = &[
@@ -87,6 +86,9 @@ const MODULES: &[&str] = &[
     "nf_nat",
     "veth",
     "dummy",
+    // The conformance harness's node: the pod bridge, bridged traffic through the IP hooks.
+    "bridge",
+    "br_netfilter",
     "nf_conntrack_netlink",
     "nft_numgen",
     "nft_hash",
@@ -485,6 +487,19 @@ pub fn run_with(
     timeout: Duration,
     forwards: Option<Forwards<'_>>,
 ) -> Result<Output> {
+    run_observed(image, files, script, timeout, forwards, |_| {})
+}
+
+/// [`run_with`], calling `on_line` with each console line as it arrives
+/// (for progress of long guest programs).
+pub fn run_observed(
+    image: &Image,
+    files: &[(PathBuf, &str)],
+    script: &str,
+    timeout: Duration,
+    forwards: Option<Forwards<'_>>,
+    mut on_line: impl FnMut(&str),
+) -> Result<Output> {
     let qemu = which("qemu-system-x86_64")?;
     let qemu = qemu.as_path();
     let work = tempfile::tempdir().map_err(Error::io("creating a vm work dir"))?;
@@ -535,13 +550,25 @@ pub fn run_with(
         .stderr(Stdio::piped())
         .spawn()
         .map_err(Error::io("starting qemu-system-x86_64"))?;
-    let mut stdout = child.stdout.take().expect("piped");
+    let stdout = child.stdout.take().expect("piped");
+    let (lines_tx, lines) = std::sync::mpsc::channel::<String>();
     let reader = std::thread::spawn(move || {
-        let mut s = Vec::new();
-        let _ = stdout.read_to_end(&mut s);
-        String::from_utf8_lossy(&s).into_owned()
+        use std::io::BufRead;
+        let mut all = String::new();
+        let mut r = std::io::BufReader::new(stdout);
+        let mut buf = Vec::new();
+        while matches!(r.read_until(b'\n', &mut buf), Ok(n) if n > 0) {
+            let line = String::from_utf8_lossy(&buf).into_owned();
+            all.push_str(&line);
+            let _ = lines_tx.send(line);
+            buf.clear();
+        }
+        all
     });
     loop {
+        while let Ok(line) = lines.try_recv() {
+            on_line(line.trim_end_matches(['\r', '\n']));
+        }
         if child
             .try_wait()
             .map_err(Error::io("waiting for qemu"))?
@@ -561,6 +588,9 @@ pub fn run_with(
         std::thread::sleep(Duration::from_millis(50));
     }
     let console = reader.join().unwrap_or_default();
+    while let Ok(line) = lines.try_recv() {
+        on_line(line.trim_end_matches(['\r', '\n']));
+    }
     let code = exit_code(&console);
     Ok(Output {
         console,

@@ -16,7 +16,8 @@
 //! - [`run`]: steps, convergence deadlines, latencies;
 //! - [`mutation`]: the mutation score over Signpost's mutants;
 //! - [`verdict`], [`rules`]: per-rule verdicts, profiles, deviations;
-//! - [`report`]: JSON, JUnit XML and a self-contained HTML page.
+//! - [`report`]: JSON, JUnit XML and a self-contained HTML page;
+//! - [`vm`]: IPVS proxies on a kernel without IPVS, certified in the kernel VM rig.
 
 pub mod catalogue;
 pub mod check;
@@ -28,6 +29,7 @@ pub mod run;
 pub mod step;
 pub mod sut;
 pub mod verdict;
+pub mod vm;
 pub mod walk;
 pub mod world;
 

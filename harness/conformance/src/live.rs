@@ -75,13 +75,21 @@ impl Live {
     /// the DNS answers (when there is one).
     pub fn start(sut: &Sut) -> Result<Live> {
         sut.validate()?;
-        let mut c = LocalCluster::new("conform")?;
-        c = match sut.endpoints {
-            EndpointsChoice::KubeControllerManager => c.with_controller_manager(),
-            EndpointsChoice::Signpost => c.with_garbage_collector_only(),
-        };
         let echo = workspace_binary("signpost-echo")?;
-        let cluster = c.echo_binary(echo.clone()).start()?;
+        let cluster = match &sut.cluster {
+            sut::ClusterChoice::Local => {
+                let c = LocalCluster::new("conform")?;
+                let c = match sut.endpoints {
+                    EndpointsChoice::KubeControllerManager => c.with_controller_manager(),
+                    EndpointsChoice::Signpost => c.with_garbage_collector_only(),
+                };
+                c.echo_binary(echo.clone()).start()?
+            }
+            sut::ClusterChoice::Kubeconfig { path, uplink } => {
+                LocalCluster::attach("conform", path, uplink.as_ref())?
+                    .with_echo_binary(echo.clone())
+            }
+        };
         // A second Node object, so Pods can sit on another node (PXY-4).
         register_node(&cluster.api(), "node-b", "10.0.0.2")?;
         let listener = Daemon::spawn(
@@ -105,7 +113,10 @@ impl Live {
             cluster,
             sut: sut.clone(),
         };
-        live.endpoints = sut::start_endpoints(&live.cluster, sut.endpoints)?;
+        // On an attached cluster the EndpointSlice controller is the one already running there.
+        if sut.cluster == sut::ClusterChoice::Local {
+            live.endpoints = sut::start_endpoints(&live.cluster, sut.endpoints)?;
+        }
         live.proxy = sut::start_proxy(&live.cluster, &sut.proxy, sut.mutant)?;
         live.dns = sut::start_dns(&live.cluster, &sut.dns, sut.mutant)?;
         if let Some(addr) = live.dns_addr() {
@@ -485,10 +496,11 @@ fn register_node(api: &ApiHandle, name: &str, ip: &str) -> Result<()> {
     let name = name.to_owned();
     api.block_on(|c| async move {
         let nodes: Api<KNode> = Api::all(c);
-        nodes
-            .create(&PostParams::default(), &node)
-            .await
-            .map_err(|e| Error::Api(e.to_string()))?;
+        match nodes.create(&PostParams::default(), &node).await {
+            Ok(_) => {}
+            Err(kube::Error::Api(e)) if e.code == 409 => {}
+            Err(e) => return Err(Error::Api(e.to_string())),
+        }
         nodes
             .patch_status(&name, &PatchParams::default(), &Patch::Merge(&status))
             .await

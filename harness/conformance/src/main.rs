@@ -75,6 +75,13 @@ struct Args {
     /// Run every mutant and print the mutation score instead of certifying.
     #[arg(long)]
     mutation_score: bool,
+    /// With --cluster kubeconfig: a link to move into the node namespace so
+    /// the node reaches the API server, as LINK/ADDRESS/PREFIX (eth0/10.0.2.15/24).
+    #[arg(long)]
+    uplink: Option<signpost_harness::Uplink>,
+    /// Print the report files to stdout for the kernel VM rig's host to collect.
+    #[arg(long, hide = true)]
+    emit_reports: bool,
 }
 
 /// SIGINT and SIGTERM are caught by one thread that removes this run's
@@ -122,13 +129,51 @@ fn main() {
 }
 
 fn sut(a: &Args) -> signpost_conformance::Result<Sut> {
+    let mut cluster = a.cluster.parse::<ClusterChoice>()?;
+    match (&mut cluster, &a.uplink) {
+        (ClusterChoice::Kubeconfig { uplink, .. }, Some(u)) => *uplink = Some(u.clone()),
+        (ClusterChoice::Local, Some(_)) => {
+            return Err(signpost_conformance::Error::Usage(
+                "--uplink is for --cluster kubeconfig:PATH".into(),
+            ));
+        }
+        _ => {}
+    }
     Ok(Sut {
         proxy: a.proxy.parse::<ProxyChoice>()?,
         dns: a.dns.parse::<DnsChoice>()?,
         endpoints: a.endpoints.parse::<EndpointsChoice>()?,
-        cluster: a.cluster.parse::<ClusterChoice>()?,
+        cluster,
         mutant: a.mutant,
     })
+}
+
+/// The flags the guest harness gets when the run moves into the kernel VM rig.
+fn guest_args(a: &Args, stem: &str) -> Vec<String> {
+    let mut g = Vec::new();
+    for sc in &a.scenario {
+        g.extend(["--scenario".to_owned(), sc.clone()]);
+    }
+    if a.no_catalogue {
+        g.push("--no-catalogue".into());
+    }
+    if a.no_features {
+        g.push("--no-features".into());
+    }
+    if let Some(w) = &a.walk {
+        g.extend(["--walk".to_owned(), w.clone()]);
+    }
+    if a.mutation_score {
+        g.push("--mutation-score".into());
+    }
+    g.extend([
+        format!("--walks={}", a.walks),
+        format!("--steps={}", a.steps),
+        format!("--seed={}", a.seed),
+        format!("--deadline={}", a.deadline),
+        format!("--name={stem}"),
+    ]);
+    g
 }
 
 fn components(s: &Sut) -> BTreeMap<String, String> {
@@ -175,6 +220,18 @@ fn components(s: &Sut) -> BTreeMap<String, String> {
 fn run(a: Args) -> signpost_conformance::Result<i32> {
     let started = Instant::now();
     let s = sut(&a)?;
+    if s.needs_vm() {
+        s.validate()?;
+        let stem = a.name.clone().unwrap_or_else(|| default_stem(&s));
+        let outcome = signpost_conformance::vm::certify(&s, &guest_args(&a, &stem), &a.out)?;
+        let names: Vec<String> = outcome.written.iter().map(|p| p.display().to_string()).collect();
+        eprintln!(
+            "reports: {} ({:.0}s in all)",
+            if names.is_empty() { "none".to_owned() } else { names.join(", ") },
+            started.elapsed().as_secs_f64()
+        );
+        return Ok(outcome.code);
+    }
     let opts = Options {
         deadline: Duration::from_secs(a.deadline),
         ..Options::default()
@@ -276,6 +333,9 @@ fn run(a: Args) -> signpost_conformance::Result<i32> {
     );
     print!("{}", report.table());
     report.write(&a.out, &stem)?;
+    if a.emit_reports {
+        signpost_conformance::vm::emit_dir(&a.out)?;
+    }
     eprintln!(
         "reports: {0}/{stem}.json, {0}/{stem}.junit.xml, {0}/{stem}.html ({1:.0}s in all)",
         a.out.display(),

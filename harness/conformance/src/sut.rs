@@ -8,7 +8,7 @@ use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::str::FromStr;
 
-use signpost_harness::cluster::{LocalCluster, NODE_IP, NODE_NAME, Running};
+use signpost_harness::cluster::{LocalCluster, NODE_IP, NODE_NAME, Running, Uplink};
 use signpost_harness::process::{Daemon, workspace_binary};
 use signpost_harness::upstream;
 use signpost_model::mutant::{Component, Mutant};
@@ -65,8 +65,17 @@ pub enum EndpointsChoice {
 pub enum ClusterChoice {
     /// The rig's local control plane (etcd + kube-apiserver in a node namespace).
     Local,
-    /// An existing cluster.
-    Kubeconfig(PathBuf),
+    /// A control plane elsewhere, reached through a kubeconfig; this machine
+    /// becomes its node `node-a` (the harness owns the pod network here, and
+    /// `--endpoints` names the controller already running there). The
+    /// kernel VM rig uses it: the host runs the control plane, the guest is
+    /// the node.
+    Kubeconfig {
+        /// The kubeconfig.
+        path: PathBuf,
+        /// A link to move into the node namespace so it reaches the API server.
+        uplink: Option<Uplink>,
+    },
 }
 
 /// The whole system under test.
@@ -157,7 +166,10 @@ impl FromStr for ClusterChoice {
         match s {
             "local" => Ok(ClusterChoice::Local),
             other => match other.strip_prefix("kubeconfig:") {
-                Some(p) => Ok(ClusterChoice::Kubeconfig(PathBuf::from(p))),
+                Some(p) => Ok(ClusterChoice::Kubeconfig {
+                    path: PathBuf::from(p),
+                    uplink: None,
+                }),
                 None => Err(Error::Usage(format!(
                     "--cluster {other:?}: known are local, kubeconfig:PATH"
                 ))),
@@ -248,26 +260,42 @@ impl Sut {
         }
     }
 
+    /// Whether the proxy is an IPVS one and this kernel has no IPVS, so the
+    /// run goes to the kernel VM rig.
+    pub fn needs_vm(&self) -> bool {
+        self.proxy.is_ipvs() && !ipvs_here()
+    }
+
     /// Checks that this system can run here, before anything starts.
     pub fn validate(&self) -> Result<()> {
-        if let ClusterChoice::Kubeconfig(p) = &self.cluster {
-            return Err(Error::Unsupported(format!(
-                "--cluster kubeconfig:{}: scenarios need Pods whose network the harness owns (the pod fabric); an existing cluster needs the kubelet node rig, which is not built yet",
-                p.display()
-            )));
+        if let ClusterChoice::Kubeconfig { path, .. } = &self.cluster {
+            if !path.is_file() {
+                return Err(Error::Usage(format!(
+                    "--cluster kubeconfig:{}: no such file",
+                    path.display()
+                )));
+            }
+            if self.needs_vm() {
+                return Err(Error::Unsupported(format!(
+                    "--proxy {} on --cluster kubeconfig: this kernel has no IPVS, and the kernel VM rig brings its own control plane (use --cluster local)",
+                    self.proxy
+                )));
+            }
         }
-        if matches!(
-            self.proxy,
-            ProxyChoice::SignpostIpvs | ProxyChoice::KubeProxyIpvs
-        ) {
-            return Err(Error::Unsupported(format!(
-                "--proxy {}: IPVS proxies run in the kernel VM rig (this kernel has no IPVS); the conformance harness does not drive the VM yet",
-                self.proxy
-            )));
+        if self.needs_vm() {
+            signpost_harness::vm::available().map_err(|why| {
+                Error::Unsupported(format!(
+                    "--proxy {}: this kernel has no IPVS and the kernel VM rig cannot run: {why}",
+                    self.proxy
+                ))
+            })?;
         }
         if let Some(m) = self.mutant {
             let ok = match m.component() {
-                Component::Proxy => self.proxy == ProxyChoice::SignpostNftables,
+                Component::Proxy => matches!(
+                    self.proxy,
+                    ProxyChoice::SignpostNftables | ProxyChoice::SignpostIpvs
+                ),
                 Component::Dns => self.dns == DnsChoice::Signpost,
             };
             if !ok {
@@ -275,7 +303,7 @@ impl Sut {
                     "--mutant {} is built into Signpost's {}; choose it",
                     m.name(),
                     match m.component() {
-                        Component::Proxy => "proxy (--proxy signpost-nftables)",
+                        Component::Proxy => "proxy (--proxy signpost-nftables or signpost-ipvs)",
                         Component::Dns => "DNS (--dns signpost)",
                     }
                 )));
@@ -283,6 +311,26 @@ impl Sut {
         }
         Ok(())
     }
+}
+
+impl ProxyChoice {
+    /// An IPVS proxy (needs a kernel with IPVS).
+    pub fn is_ipvs(&self) -> bool {
+        matches!(self, ProxyChoice::SignpostIpvs | ProxyChoice::KubeProxyIpvs)
+    }
+}
+
+/// Whether this kernel has IPVS (loading the module if it can).
+pub fn ipvs_here() -> bool {
+    let p = Path::new("/proc/net/ip_vs");
+    if !p.exists() {
+        let _ = std::process::Command::new("modprobe")
+            .args(["-q", "ip_vs"])
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::null())
+            .status();
+    }
+    p.exists()
 }
 
 fn shell_quote(s: &str) -> String {
@@ -308,11 +356,16 @@ pub fn start_proxy(
     let log = |n: &str| cluster.logs().join(format!("{n}.log"));
     let (name, bin, args): (&str, PathBuf, Vec<String>) = match choice {
         ProxyChoice::None => return Ok(None),
-        ProxyChoice::SignpostNftables => {
+        ProxyChoice::SignpostNftables | ProxyChoice::SignpostIpvs => {
+            let mode = if *choice == ProxyChoice::SignpostIpvs {
+                "ipvs"
+            } else {
+                "nftables"
+            };
             let mut args = vec![
                 format!("--kubeconfig={kc}"),
                 "proxy".into(),
-                "--mode=nftables".into(),
+                format!("--mode={mode}"),
                 format!("--node-name={NODE_NAME}"),
                 format!("--metrics-addr=127.0.0.1:{PROXY_METRICS}"),
             ];
@@ -321,13 +374,15 @@ pub fn start_proxy(
             }
             ("signpost-proxy", workspace_binary("signpost")?, args)
         }
-        ProxyChoice::KubeProxyNftables | ProxyChoice::KubeProxyIptables => {
-            let mode = if *choice == ProxyChoice::KubeProxyNftables {
-                "nftables"
-            } else {
-                "iptables"
+        ProxyChoice::KubeProxyNftables
+        | ProxyChoice::KubeProxyIptables
+        | ProxyChoice::KubeProxyIpvs => {
+            let mode = match choice {
+                ProxyChoice::KubeProxyNftables => "nftables",
+                ProxyChoice::KubeProxyIptables => "iptables",
+                _ => "ipvs",
             };
-            let args = vec![
+            let mut args = vec![
                 format!("--kubeconfig={kc}"),
                 format!("--proxy-mode={mode}"),
                 format!("--hostname-override={NODE_NAME}"),
@@ -336,6 +391,9 @@ pub fn start_proxy(
                 "--conntrack-max-per-core=0".into(),
                 "--cluster-cidr=10.244.0.0/16".into(),
             ];
+            if mode == "ipvs" {
+                args.push("--ipvs-scheduler=rr".into());
+            }
             ("kube-proxy", upstream::binary("kube-proxy")?, args)
         }
         ProxyChoice::Cmd(template) => {
@@ -347,9 +405,6 @@ pub fn start_proxy(
                 PathBuf::from("/bin/sh"),
                 vec!["-c".into(), line],
             )
-        }
-        ProxyChoice::SignpostIpvs | ProxyChoice::KubeProxyIpvs => {
-            return Err(Error::Unsupported(format!("{choice} needs the VM rig")));
         }
     };
     Ok(Some(Daemon::spawn(

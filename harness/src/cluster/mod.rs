@@ -47,12 +47,48 @@ pub struct Stopped;
 /// A started cluster's processes. Dropped before the namespace.
 #[derive(Debug)]
 pub struct Running {
-    kcm: Option<Daemon>,
-    apiserver: Daemon,
-    etcd: Daemon,
-    pki: Pki,
+    control: ControlPlane,
+    kubeconfig: PathBuf,
     startup: Duration,
     next_pod: AtomicU32,
+}
+
+/// Where the API server is: run here, or someone else's.
+#[derive(Debug)]
+enum ControlPlane {
+    /// etcd, kube-apiserver (and kube-controller-manager) in the node namespace.
+    Local {
+        kcm: Option<Daemon>,
+        apiserver: Daemon,
+        etcd: Daemon,
+        _pki: Pki,
+    },
+    /// An API server reached through a kubeconfig (see [`LocalCluster::attach`]).
+    Attached,
+}
+
+/// A link moved into the node namespace of an attached cluster, so the
+/// node reaches its API server: its name and the address it gets there
+/// (`10.0.2.15/24` for the kernel VM's user network).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Uplink {
+    /// The link's name (e.g. `eth0`).
+    pub link: String,
+    /// Its address with prefix length.
+    pub addr: String,
+}
+
+impl std::str::FromStr for Uplink {
+    type Err = String;
+    fn from_str(s: &str) -> std::result::Result<Self, String> {
+        match s.split_once('/') {
+            Some((link, addr)) if !link.is_empty() && addr.contains('/') => Ok(Uplink {
+                link: link.to_owned(),
+                addr: addr.to_owned(),
+            }),
+            _ => Err(format!("{s:?}: expected LINK/ADDRESS/PREFIX, e.g. eth0/10.0.2.15/24")),
+        }
+    }
 }
 
 #[derive(Debug, Clone)]
@@ -145,41 +181,7 @@ impl LocalCluster<Stopped> {
             None
         };
 
-        // The node: a dummy interface with its address, and the pod bridge.
-        // Some kernels (this machine's among them) have no dummy driver: an empty bridge holds the address as well.
-        ns.ip(["link", "add", "node0", "type", "bridge"])?;
-        ns.ip(["addr", "add", &format!("{NODE_IP}/32"), "dev", "node0"])?;
-        ns.ip(["link", "set", "node0", "up"])?;
-        ns.ip(["link", "add", BRIDGE, "type", "bridge"])?;
-        // A fixed address: a bridge otherwise takes the lowest of its ports'
-        // addresses, so a Pod joining could change the gateway's MAC under
-        // every other Pod's ARP cache (their traffic then vanished for
-        // seconds; the conformance runs saw DNS time out right after a Pod start).
-        ns.ip(["link", "set", BRIDGE, "address", "02:00:0a:f4:00:01"])?;
-        ns.ip(["addr", "add", &format!("{POD_GATEWAY}/16"), "dev", BRIDGE])?;
-        ns.ip([
-            "-6",
-            "addr",
-            "add",
-            &format!("{POD_GATEWAY_V6}/64"),
-            "dev",
-            BRIDGE,
-            "nodad",
-        ])?;
-        ns.ip(["link", "set", BRIDGE, "up"])?;
-        // A node routes for its Pods, and bridged Pod traffic passes the IP
-        // hooks (so a proxy's DNAT sees replies between Pods on the bridge).
-        ns.sysctl("net.ipv4.ip_forward", "1")?;
-        ns.sysctl("net.ipv6.conf.all.forwarding", "1")?;
-        ns.sysctl("net.bridge.bridge-nf-call-iptables", "1")?;
-        ns.sysctl("net.bridge.bridge-nf-call-ip6tables", "1")?;
-        // Stand-in for a node's default route: ClusterIP traffic that no
-        // proxy translated is forwarded, as on a real node, out of a link
-        // with no neighbours (node0 has no ports), so it goes nowhere. A
-        // proxy must reject it in the forward path; an earlier `local` route
-        // here hid that Signpost only rejected in input.
-        ns.ip(["route", "add", SERVICE_CIDR, "dev", "node0"])?;
-        ns.ip(["-6", "route", "add", SERVICE_CIDR_V6, "dev", "node0"])?;
+        node_setup(&ns)?;
 
         let pki_dir = dir.path().join("pki");
         std::fs::create_dir_all(&pki_dir).map_err(Error::io("creating pki dir"))?;
@@ -233,12 +235,16 @@ impl LocalCluster<Stopped> {
             logs.join("kube-apiserver.log"),
         )?;
 
+        let kubeconfig = pki.kubeconfig.clone();
         let mut running = LocalCluster {
             state: Running {
-                kcm: None,
-                apiserver,
-                etcd,
-                pki,
+                control: ControlPlane::Local {
+                    kcm: None,
+                    apiserver,
+                    etcd,
+                    _pki: pki,
+                },
+                kubeconfig,
                 startup: Duration::ZERO,
                 next_pod: AtomicU32::new(0),
             },
@@ -250,7 +256,7 @@ impl LocalCluster<Stopped> {
         running.state.startup = started.elapsed();
         if let Some(bin) = kcm_bin {
             let opts_controllers = running.opts.controllers;
-            let kc = s(&running.state.pki.kubeconfig);
+            let kc = s(&running.state.kubeconfig);
             let args = vec![
                 format!("--kubeconfig={kc}"),
                 format!("--authentication-kubeconfig={kc}"),
@@ -263,25 +269,113 @@ impl LocalCluster<Stopped> {
                 "--use-service-account-credentials=false".into(),
             ];
             let logs = running.dir.logs();
-            running.state.kcm = Some(Daemon::spawn(
+            let daemon = Daemon::spawn(
                 &running.ns,
                 "kube-controller-manager",
                 &bin,
                 &args,
                 logs.join("kube-controller-manager.log"),
-            )?);
+            )?;
+            if let ControlPlane::Local { kcm, .. } = &mut running.state.control {
+                *kcm = Some(daemon);
+            }
         }
         running.register_node()?;
         Ok(running)
     }
 }
 
+
+/// The node inside `ns`: its address on an empty bridge (`node0`; some
+/// kernels, this machine's among them, have no dummy driver), the pod
+/// bridge, forwarding, and the service CIDRs routed out of `node0`.
+fn node_setup(ns: &NetNs) -> Result<()> {
+    // Some kernels (this machine's among them) have no dummy driver: an empty bridge holds the address as well.
+    ns.ip(["link", "add", "node0", "type", "bridge"])?;
+    ns.ip(["addr", "add", &format!("{NODE_IP}/32"), "dev", "node0"])?;
+    ns.ip(["link", "set", "node0", "up"])?;
+    ns.ip(["link", "add", BRIDGE, "type", "bridge"])?;
+    // A fixed address: a bridge otherwise takes the lowest of its ports'
+    // addresses, so a Pod joining could change the gateway's MAC under
+    // every other Pod's ARP cache (their traffic then vanished for
+    // seconds; the conformance runs saw DNS time out right after a Pod start).
+    ns.ip(["link", "set", BRIDGE, "address", "02:00:0a:f4:00:01"])?;
+    ns.ip(["addr", "add", &format!("{POD_GATEWAY}/16"), "dev", BRIDGE])?;
+    ns.ip([
+        "-6",
+        "addr",
+        "add",
+        &format!("{POD_GATEWAY_V6}/64"),
+        "dev",
+        BRIDGE,
+        "nodad",
+    ])?;
+    ns.ip(["link", "set", BRIDGE, "up"])?;
+    // A node routes for its Pods, and bridged Pod traffic passes the IP
+    // hooks (so a proxy's DNAT sees replies between Pods on the bridge).
+    ns.sysctl("net.ipv4.ip_forward", "1")?;
+    ns.sysctl("net.ipv6.conf.all.forwarding", "1")?;
+    ns.sysctl("net.bridge.bridge-nf-call-iptables", "1")?;
+    ns.sysctl("net.bridge.bridge-nf-call-ip6tables", "1")?;
+    // Stand-in for a node's default route: ClusterIP traffic that no
+    // proxy translated is forwarded, as on a real node, out of a link
+    // with no neighbours (node0 has no ports), so it goes nowhere. A
+    // proxy must reject it in the forward path; an earlier `local` route
+    // here hid that Signpost only rejected in input.
+    ns.ip(["route", "add", SERVICE_CIDR, "dev", "node0"])?;
+    ns.ip(["-6", "route", "add", SERVICE_CIDR_V6, "dev", "node0"])?;
+    Ok(())
+}
+
 impl LocalCluster<Running> {
+    /// A node for a control plane that runs elsewhere, reached through
+    /// `kubeconfig`: the node namespace, pod bridge and routes as for a
+    /// local cluster, `uplink` (if given) moved into it so the node reaches
+    /// the API server, and the Node object registered (kept if it exists).
+    /// The kernel VM rig uses it: the API server runs on the host and the
+    /// guest is the node.
+    pub fn attach(name: &str, kubeconfig: &Path, uplink: Option<&Uplink>) -> Result<Self> {
+        let started = Instant::now();
+        let LocalCluster { ns, opts, dir, .. } = LocalCluster::new(name)?;
+        node_setup(&ns)?;
+        if let Some(u) = uplink {
+            crate::netns::run("ip", ["link", "set", &u.link, "netns", ns.name()])?;
+            ns.ip(["addr", "add", &u.addr, "dev", &u.link])?;
+            ns.ip(["link", "set", &u.link, "up"])?;
+        }
+        let mut cluster = LocalCluster {
+            state: Running {
+                control: ControlPlane::Attached,
+                kubeconfig: kubeconfig.to_owned(),
+                startup: Duration::ZERO,
+                next_pod: AtomicU32::new(0),
+            },
+            ns,
+            opts,
+            dir,
+        };
+        cluster.wait_ready()?;
+        cluster.state.startup = started.elapsed();
+        cluster.register_node()?;
+        Ok(cluster)
+    }
+
+    /// The echo server binary Pods run (for an attached cluster).
+    pub fn with_echo_binary(mut self, path: impl Into<PathBuf>) -> Self {
+        self.opts.echo_binary = Some(path.into());
+        self
+    }
+
     fn wait_ready(&mut self) -> Result<()> {
         let deadline = Instant::now() + self.opts.ready_timeout;
         loop {
-            self.state.etcd.check_running()?;
-            self.state.apiserver.check_running()?;
+            if let ControlPlane::Local {
+                etcd, apiserver, ..
+            } = &mut self.state.control
+            {
+                etcd.check_running()?;
+                apiserver.check_running()?;
+            }
             let ok = self.block_on(|client| async move {
                 let ns: Api<Namespace> = Api::all(client);
                 ns.get("default").await.is_ok()
@@ -313,7 +407,12 @@ impl LocalCluster<Running> {
         }});
         self.block_on(|client| async move {
             let nodes: Api<Node> = Api::all(client);
-            nodes.create(&PostParams::default(), &node).await?;
+            match nodes.create(&PostParams::default(), &node).await {
+                Ok(_) => {}
+                // An attached cluster's control plane may have registered it.
+                Err(kube::Error::Api(e)) if e.code == 409 => {}
+                Err(e) => return Err(e.into()),
+            }
             nodes
                 .patch_status(
                     NODE_NAME,
@@ -340,14 +439,14 @@ impl LocalCluster<Running> {
     /// namespace), for values that outlive a borrow of the cluster.
     pub fn api(&self) -> ApiHandle {
         ApiHandle {
-            kubeconfig: self.state.pki.kubeconfig.clone(),
+            kubeconfig: self.state.kubeconfig.clone(),
             netns: self.ns.name().to_owned(),
         }
     }
 
     /// The admin kubeconfig (server `https://127.0.0.1:6443`, reachable inside the node namespace).
     pub fn kubeconfig(&self) -> &Path {
-        &self.state.pki.kubeconfig
+        &self.state.kubeconfig
     }
 
     /// Reads a sample from the Prometheus endpoint `127.0.0.1:<port>/metrics`
@@ -377,9 +476,19 @@ impl LocalCluster<Running> {
 
     /// PIDs of the control-plane processes.
     pub fn pids(&self) -> Vec<u32> {
-        let mut p = vec![self.state.etcd.pid(), self.state.apiserver.pid()];
-        p.extend(self.state.kcm.as_ref().map(Daemon::pid));
-        p
+        match &self.state.control {
+            ControlPlane::Local {
+                kcm,
+                apiserver,
+                etcd,
+                ..
+            } => {
+                let mut p = vec![etcd.pid(), apiserver.pid()];
+                p.extend(kcm.as_ref().map(Daemon::pid));
+                p
+            }
+            ControlPlane::Attached => Vec::new(),
+        }
     }
 
     /// The echo server binary for Pods.
