@@ -237,7 +237,11 @@ fn run(a: Args) -> signpost_conformance::Result<i32> {
         ..Options::default()
     };
     eprintln!(
-        "signpost-conform: starting a local cluster with {}",
+        "signpost-conform: {} with {}",
+        match s.cluster {
+            ClusterChoice::Local => "starting a local cluster",
+            ClusterChoice::Kubeconfig { .. } => "attaching a node to the cluster",
+        },
         s.flags()
     );
     let mut live = Live::start(&s)?;

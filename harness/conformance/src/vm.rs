@@ -144,6 +144,7 @@ fn guest_script(sut: &Sut, guest_args: &[String]) -> String {
     format!(
         "set -e\n\
          mkdir -p /etc /tmp/out\n\
+         [ -e /bin/sh ] || ln -s bash /bin/sh\n\
          : > /etc/resolv.conf; : > /etc/hosts\n\
          echo 'hosts: files dns' > /etc/nsswitch.conf\n\
          for m in bridge br_netfilter ip_vs_rr; do modprobe $m; done\n\

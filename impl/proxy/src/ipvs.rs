@@ -9,8 +9,11 @@
 //!
 //! nftables (one `inet signpost-ipvs` table, changed element by element)
 //! carries what IPVS does not: a reject for virtual services without
-//! endpoints (PXY-3; IPVS alone would drop silently) and masquerade for
-//! hairpin connections (a Pod reaching itself through its Service).
+//! endpoints (PXY-3; IPVS alone would drop silently), a reject for whatever
+//! reaches a ClusterIP that IPVS did not take (an undeclared port would
+//! otherwise reach the node's own sockets, since the address is local), and
+//! masquerade for hairpin connections (a Pod reaching itself through its
+//! Service).
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::io::Write;
@@ -205,7 +208,7 @@ impl IpvsSink {
             }
         };
         let bound = bound_addresses(&rt, link).await?;
-        let nft = NftState::read()?;
+        let nft = NftState::new(node_ips.clone());
         Ok(IpvsSink {
             ipvs,
             rt,
@@ -558,20 +561,47 @@ pub struct NftElements {
     pub reject: BTreeSet<(IpAddr, Protocol, u16)>,
     /// Backend addresses (a connection from one to itself is masqueraded).
     pub hairpin: BTreeSet<IpAddr>,
+    /// ClusterIPs (virtual addresses but the node's own): a packet to one
+    /// that IPVS did not take is rejected (PXY-3, undeclared ports).
+    pub vips: BTreeSet<IpAddr>,
 }
 
 impl NftElements {
-    /// The elements for a table.
-    pub fn of(table: &ProxyTable) -> Self {
+    /// The elements for a table; `node_ips` carry NodePorts and are not ClusterIPs.
+    pub fn of(table: &ProxyTable, node_ips: &[IpAddr]) -> Self {
         let mut e = NftElements::default();
         for (k, vs) in table {
             if vs.rejects() {
                 e.reject.insert((k.ip, k.protocol, k.port));
             }
+            if !node_ips.contains(&k.ip) {
+                e.vips.insert(k.ip);
+            }
             e.hairpin.extend(vs.backends.iter().map(SocketAddr::ip));
         }
         e
     }
+
+    /// How many elements these are.
+    pub fn len(&self) -> usize {
+        self.reject.len() + self.hairpin.len() + self.vips.len()
+    }
+
+    /// No elements.
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+}
+
+/// Whether any virtual service of `table` has address `ip` (a range of the
+/// ordered keys: O(log n)).
+fn has_address(table: &ProxyTable, ip: IpAddr) -> bool {
+    let lo = VirtualKey {
+        ip,
+        protocol: Protocol::Tcp,
+        port: 0,
+    };
+    table.range(lo..).next().is_some_and(|(k, _)| k.ip == ip)
 }
 
 fn fam(ip: &IpAddr) -> &'static str {
@@ -589,6 +619,10 @@ fn hairpin_elem(ip: &IpAddr) -> (String, String) {
     (format!("hairpin_{}", fam(ip)), format!("{ip} . {ip}"))
 }
 
+fn vip_elem(ip: &IpAddr) -> (String, String) {
+    (format!("vips_{}", fam(ip)), ip.to_string())
+}
+
 /// The nft script that creates the table (idempotent) with empty sets.
 pub fn nft_base() -> String {
     format!(
@@ -597,16 +631,24 @@ add set inet {t} reject_v4 {{ type ipv4_addr . inet_proto . inet_service; }}
 add set inet {t} reject_v6 {{ type ipv6_addr . inet_proto . inet_service; }}
 add set inet {t} hairpin_v4 {{ type ipv4_addr . ipv4_addr; }}
 add set inet {t} hairpin_v6 {{ type ipv6_addr . ipv6_addr; }}
+add set inet {t} vips_v4 {{ type ipv4_addr; }}
+add set inet {t} vips_v6 {{ type ipv6_addr; }}
 add chain inet {t} input {{ type filter hook input priority -10; }}
+add chain inet {t} unclaimed {{ type filter hook input priority 200; }}
 add chain inet {t} postrouting {{ type nat hook postrouting priority srcnat; }}
 flush chain inet {t} input
+flush chain inet {t} unclaimed
 flush chain inet {t} postrouting
 flush set inet {t} reject_v4
 flush set inet {t} reject_v6
 flush set inet {t} hairpin_v4
 flush set inet {t} hairpin_v6
+flush set inet {t} vips_v4
+flush set inet {t} vips_v6
 add rule inet {t} input ip daddr . meta l4proto . th dport @reject_v4 reject
 add rule inet {t} input ip6 daddr . meta l4proto . th dport @reject_v6 reject
+add rule inet {t} unclaimed ip daddr @vips_v4 reject
+add rule inet {t} unclaimed ip6 daddr @vips_v6 reject
 add rule inet {t} postrouting ip saddr . ip daddr @hairpin_v4 masquerade
 add rule inet {t} postrouting ip6 saddr . ip6 daddr @hairpin_v6 masquerade
 ",
@@ -634,6 +676,12 @@ pub fn nft_delta(have: &NftElements, want: &NftElements) -> String {
     for ip in want.hairpin.difference(&have.hairpin) {
         line("add", hairpin_elem(ip));
     }
+    for ip in have.vips.difference(&want.vips) {
+        line("delete", vip_elem(ip));
+    }
+    for ip in want.vips.difference(&have.vips) {
+        line("add", vip_elem(ip));
+    }
     s
 }
 
@@ -642,6 +690,8 @@ pub fn nft_delta(have: &NftElements, want: &NftElements) -> String {
 /// costs O(1), here too).
 #[derive(Debug, Default)]
 struct NftState {
+    /// The node's addresses (NodePorts; never in the ClusterIP set).
+    node_ips: Vec<IpAddr>,
     /// The elements in the kernel; `None` before the first sync and after a
     /// failure (the next sync rebuilds the table).
     have: Option<NftElements>,
@@ -652,8 +702,11 @@ struct NftState {
 }
 
 impl NftState {
-    fn read() -> Result<Self, Error> {
-        Ok(NftState::default())
+    fn new(node_ips: Vec<IpAddr>) -> Self {
+        NftState {
+            node_ips,
+            ..NftState::default()
+        }
     }
 
     /// Forgets what was written: the next sync rebuilds the table.
@@ -664,7 +717,7 @@ impl NftState {
     /// Creates (or recreates) the table with the elements of `want`.
     fn rebuild(&mut self, want: &ProxyTable) -> Result<(), Error> {
         self.have = None;
-        let elements = NftElements::of(want);
+        let elements = NftElements::of(want, &self.node_ips);
         let mut script = nft_base();
         script.push_str(&nft_delta(&NftElements::default(), &elements));
         nft_script(&script)?;
@@ -696,6 +749,10 @@ impl NftState {
             have.hairpin.remove(ip);
         }
         have.hairpin.extend(d.add.hairpin.iter().copied());
+        for ip in &d.del.vips {
+            have.vips.remove(ip);
+        }
+        have.vips.extend(d.add.vips.iter().copied());
         for (key, ips) in d.backends {
             if ips.is_empty() {
                 self.backends.remove(&key);
@@ -716,9 +773,9 @@ impl NftState {
         let Some(have) = self.have.as_ref() else {
             return self.rebuild(want);
         };
-        let delta = element_delta(have, &self.backends, &self.refs, ops, want);
+        let delta = element_delta(have, &self.backends, &self.refs, &self.node_ips, ops, want);
         let (del, add) = (&delta.del, &delta.add);
-        let n = del.reject.len() + del.hairpin.len() + add.reject.len() + add.hairpin.len();
+        let n = del.len() + add.len();
         let sent = if n == 0 {
             Ok(())
         } else if n <= crate::nftnl::MAX_ELEMENTS {
@@ -757,6 +814,7 @@ fn element_delta(
     have: &NftElements,
     backends: &BTreeMap<VirtualKey, BTreeSet<IpAddr>>,
     refs: &BTreeMap<IpAddr, usize>,
+    node_ips: &[IpAddr],
     ops: &[ProxyOp],
     want: &ProxyTable,
 ) -> ElementDelta {
@@ -773,6 +831,22 @@ fn element_delta(
         .collect();
     let mut counts: BTreeMap<IpAddr, isize> = BTreeMap::new();
     let empty = BTreeSet::new();
+    let addresses: BTreeSet<IpAddr> = touched
+        .iter()
+        .map(|k| k.ip)
+        .filter(|ip| !node_ips.contains(ip))
+        .collect();
+    for ip in addresses {
+        match (have.vips.contains(&ip), has_address(want, ip)) {
+            (false, true) => {
+                d.add.vips.insert(ip);
+            }
+            (true, false) => {
+                d.del.vips.insert(ip);
+            }
+            _ => {}
+        }
+    }
     for key in touched {
         let reject = (key.ip, key.protocol, key.port);
         let rejects = want.get(&key).is_some_and(VirtualService::rejects);
@@ -858,14 +932,26 @@ mod tests {
             .unwrap()
             .backends
             .insert("10.244.0.6:8080".parse().unwrap());
-        let delta = nft_delta(&NftElements::of(&a), &NftElements::of(&b));
+        let delta = nft_delta(&NftElements::of(&a, &[]), &NftElements::of(&b, &[]));
         assert_eq!(
             delta,
             format!(
                 "delete element inet {NFT_TABLE} reject_v4 {{ 10.96.0.1 . tcp . 80 }}\nadd element inet {NFT_TABLE} hairpin_v4 {{ 10.244.0.6 . 10.244.0.6 }}\n"
             )
         );
-        assert_eq!(nft_delta(&NftElements::of(&b), &NftElements::of(&b)), "");
+        assert_eq!(nft_delta(&NftElements::of(&b, &[]), &NftElements::of(&b, &[])), "");
+        // A ClusterIP is in the set while any of its ports is a virtual
+        // service; a node address (NodePorts) never is.
+        let node: IpAddr = "10.0.0.1".parse().unwrap();
+        let mut c = b.clone();
+        c.insert(k("10.0.0.1"), VirtualService::default());
+        c.remove(&k("10.96.0.1"));
+        assert_eq!(
+            nft_delta(&NftElements::of(&b, &[node]), &NftElements::of(&c, &[node])),
+            format!(
+                "add element inet {NFT_TABLE} reject_v4 {{ 10.0.0.1 . tcp . 80 }}\ndelete element inet {NFT_TABLE} hairpin_v4 {{ 10.244.0.6 . 10.244.0.6 }}\ndelete element inet {NFT_TABLE} vips_v4 {{ 10.96.0.1 }}\n"
+            )
+        );
     }
 
     #[test]
@@ -913,20 +999,23 @@ mod tests {
         fn element_deltas_reach_the_elements_of_the_table(
             tables in proptest::collection::vec(arb_table(), 1..6)
         ) {
-            let mut state = NftState::default();
+            let node: IpAddr = IpAddr::from([10, 96, 0, 3]);
+            let mut state = NftState::new(vec![node]);
             let first = &tables[0];
-            state.record(first, NftElements::of(first));
+            state.record(first, NftElements::of(first, &[node]));
             let mut prev = first.clone();
             for next in &tables[1..] {
                 let ops = plan(next, &prev);
                 let have = state.have.clone().unwrap();
-                let d = element_delta(&have, &state.backends, &state.refs, &ops, next);
-                let want = NftElements::of(next);
+                let d = element_delta(&have, &state.backends, &state.refs, &[node], &ops, next);
+                let want = NftElements::of(next, &[node]);
                 // Exactly the difference, nothing else.
                 proptest::prop_assert_eq!(&d.del.reject, &have.reject.difference(&want.reject).copied().collect());
                 proptest::prop_assert_eq!(&d.add.reject, &want.reject.difference(&have.reject).copied().collect());
                 proptest::prop_assert_eq!(&d.del.hairpin, &have.hairpin.difference(&want.hairpin).copied().collect());
                 proptest::prop_assert_eq!(&d.add.hairpin, &want.hairpin.difference(&have.hairpin).copied().collect());
+                proptest::prop_assert_eq!(&d.del.vips, &have.vips.difference(&want.vips).copied().collect());
+                proptest::prop_assert_eq!(&d.add.vips, &want.vips.difference(&have.vips).copied().collect());
                 state.commit(d);
                 proptest::prop_assert_eq!(state.have.as_ref(), Some(&want));
                 prev = next.clone();

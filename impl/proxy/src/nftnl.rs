@@ -39,6 +39,7 @@ pub const MAX_ELEMENTS: usize = 2048;
 pub fn changed(have: &NftElements, want: &NftElements) -> usize {
     have.reject.symmetric_difference(&want.reject).count()
         + have.hairpin.symmetric_difference(&want.hairpin).count()
+        + have.vips.symmetric_difference(&want.vips).count()
 }
 
 /// How long to wait for the kernel's acknowledgements.
@@ -89,6 +90,11 @@ pub fn hairpin_key(ip: &IpAddr) -> (String, Vec<u8>) {
     (format!("hairpin_{}", fam(ip)), concat(&[&b, &b]))
 }
 
+/// `vips_v4`/`vips_v6` key: the address.
+pub fn vip_key(ip: &IpAddr) -> (String, Vec<u8>) {
+    (format!("vips_{}", fam(ip)), ip_bytes(ip))
+}
+
 /// Element keys by set name.
 pub type KeysBySet = BTreeMap<String, Vec<Vec<u8>>>;
 
@@ -111,6 +117,12 @@ pub fn changes(have: &NftElements, want: &NftElements) -> (KeysBySet, KeysBySet)
     }
     for ip in want.hairpin.difference(&have.hairpin) {
         put(&mut add, hairpin_key(ip));
+    }
+    for ip in have.vips.difference(&want.vips) {
+        put(&mut del, vip_key(ip));
+    }
+    for ip in want.vips.difference(&have.vips) {
+        put(&mut add, vip_key(ip));
     }
     (del, add)
 }
@@ -199,6 +211,7 @@ pub fn apply(have: &NftElements, want: &NftElements) -> Result<usize, Error> {
     let minus = |a: &NftElements, b: &NftElements| NftElements {
         reject: a.reject.difference(&b.reject).copied().collect(),
         hairpin: a.hairpin.difference(&b.hairpin).copied().collect(),
+        vips: a.vips.difference(&b.vips).copied().collect(),
     };
     apply_changes(&minus(have, want), &minus(want, have))
 }
@@ -300,6 +313,7 @@ mod tests {
             hairpin: (0..1000u32)
                 .map(|i| IpAddr::from(std::net::Ipv6Addr::from(0xfd00_u128 << 112 | u128::from(i))))
                 .collect(),
+            ..NftElements::default()
         };
         assert_eq!(changed(&NftElements::default(), &want), 1000);
         let (buf, acked) = batch(&NftElements::default(), &want, 1).unwrap();
@@ -317,10 +331,12 @@ mod tests {
         let have = NftElements {
             reject: [("10.96.0.1".parse().unwrap(), Protocol::Tcp, 80)].into(),
             hairpin: ["10.244.0.1".parse().unwrap()].into(),
+            ..NftElements::default()
         };
         let want = NftElements {
             reject: Default::default(),
             hairpin: ["10.244.0.2".parse().unwrap()].into(),
+            ..NftElements::default()
         };
         assert!(batch(&have, &have, 1).is_none());
         let (buf, acked) = batch(&have, &want, 1).unwrap();
