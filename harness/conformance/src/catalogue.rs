@@ -67,7 +67,7 @@ pub fn all() -> Vec<Scenario> {
         },
         Scenario {
             name: "no-endpoints",
-            focus: &["PXY-3", "DNS-5"],
+            focus: &["PXY-3", "PXY-12", "DNS-5"],
             steps: vec![
                 Step::Service("empty", ServiceSpec::selecting("nobody")),
                 Step::Service(

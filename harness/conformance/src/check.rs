@@ -298,7 +298,7 @@ fn proxy(live: &Live, ns: &str, snap: &Snapshot) -> Vec<Check> {
                 ),
             });
         }
-        // PXY-3: ports no Service declares are rejected on a ClusterIP, even
+        // PXY-12: ports no Service declares are rejected on a ClusterIP, even
         // where a Pod's target port or a node listener would answer.
         for ip in ips {
             for port in [8080, NODE_LISTENER_PORT] {
@@ -308,7 +308,7 @@ fn proxy(live: &Live, ns: &str, snap: &Snapshot) -> Vec<Check> {
                 let addr = SocketAddr::new(*ip, port);
                 let seen = live.connect(ns, addr, false, 1).unwrap_or_default();
                 out.push(Check::new(
-                    vec!["PXY-3"],
+                    vec!["PXY-12"],
                     format!("TCP to undeclared port {addr} ({})", svc.key.name),
                     format!("{:?}", [Seen::Refused]),
                     format!("{seen:?}"),

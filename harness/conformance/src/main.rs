@@ -315,17 +315,22 @@ fn run(a: Args) -> signpost_conformance::Result<i32> {
             }];
             tally.record(&checks, None, &ctx);
         }
+        let deviated = world::deviated_checks();
+        if !deviated.is_empty() {
+            let ctx = Failure {
+                scenario: "features (settling)".into(),
+                trace: vec![],
+                what: String::new(),
+                evidence: String::new(),
+                replay: format!("signpost-conform {} (features)", s.flags()),
+            };
+            tally.record(&deviated, None, &ctx);
+        }
         drop(back);
     } else {
         drop(live);
     }
-    let mut imps = vec![
-        s.proxy.to_string(),
-        s.dns.to_string(),
-        s.endpoints.to_string(),
-    ];
-    imps.retain(|x| x != "none");
-    let verdicts = judge(&tally, &imps);
+    let verdicts = judge(&tally, &s.implementations());
     let command = format!("signpost-conform {}", s.flags());
     let report = Report::new(
         s.implementation(),

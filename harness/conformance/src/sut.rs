@@ -237,6 +237,18 @@ impl Sut {
         s
     }
 
+    /// The implementations under test as named in `spec/deviations.md`
+    /// (the `--proxy`, `--dns`, `--endpoints` values; `none` left out).
+    pub fn implementations(&self) -> Vec<String> {
+        let mut imps = vec![
+            self.proxy.to_string(),
+            self.dns.to_string(),
+            self.endpoints.to_string(),
+        ];
+        imps.retain(|x| x != "none");
+        imps
+    }
+
     /// The implementation's name in reports.
     pub fn implementation(&self) -> String {
         let signpost = matches!(

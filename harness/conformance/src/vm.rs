@@ -74,6 +74,19 @@ pub fn certify(sut: &Sut, guest_args: &[String], out: &Path) -> Result<Outcome> 
     if sut.dns == DnsChoice::CoreDns {
         files.push((upstream::binary("coredns")?, "/test/upstream/coredns"));
     }
+    let features: Vec<PathBuf> = std::fs::read_dir(crate::world::features_dir())
+        .map_err(|e| Error::Io(format!("{}: {e}", crate::world::features_dir().display())))?
+        .flatten()
+        .map(|e| e.path())
+        .filter(|p| p.extension().is_some_and(|x| x == "feature"))
+        .collect();
+    let guest_paths: Vec<String> = features
+        .iter()
+        .map(|p| format!("/test/features/{}", p.file_name().unwrap_or_default().to_string_lossy()))
+        .collect();
+    for (p, g) in features.iter().zip(&guest_paths) {
+        files.push((p.clone(), g.as_str()));
+    }
     let script = guest_script(sut, guest_args);
     eprintln!(
         "signpost-conform: booting the VM (control plane on the host in {:.1}s; logs: {})",
@@ -150,7 +163,7 @@ fn guest_script(sut: &Sut, guest_args: &[String]) -> String {
          for m in bridge br_netfilter ip_vs_rr; do modprobe $m; done\n\
          # Kernel messages would interleave with the reports on the console.\n\
          echo 1 > /proc/sys/kernel/printk\n\
-         export HOME=/tmp SIGNPOST_UPSTREAM_BIN=/test/upstream\n\
+         export HOME=/tmp SIGNPOST_UPSTREAM_BIN=/test/upstream SIGNPOST_FEATURES_DIR=/test/features\n\
          /test/signpost-conform {}\n",
         quoted.join(" ")
     )
