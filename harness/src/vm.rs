@@ -17,7 +17,7 @@ use std::time::{Duration, Instant};
 use crate::{Error, Result};
 
 /// Bump when the base image's contents change.
-const RIG_VERSION: &str = "9";
+const RIG_VERSION: &str = "10";
 
 /// Userland programs copied into the base image (with their libraries).
 const PROGRAMS: &[&str] = &[
@@ -65,6 +65,10 @@ const MODULES: &[&str] = &[
     "xt_multiport",
     "xt_statistic",
     "xt_physdev",
+    // kube-proxy's IPVS filter rejects with iptables' REJECT target (without
+    // it the whole filter table's restore fails, and ClusterIPs reach the node).
+    "ipt_REJECT",
+    "ip6t_REJECT",
     "virtio_pci",
     "virtio_net",
     "ip_vs",

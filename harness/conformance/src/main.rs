@@ -82,6 +82,9 @@ struct Args {
     /// Print the report files to stdout for the kernel VM rig's host to collect.
     #[arg(long, hide = true)]
     emit_reports: bool,
+    /// Only print the files of this log directory for the VM rig's host, then exit.
+    #[arg(long, hide = true)]
+    emit_logs: Option<PathBuf>,
 }
 
 /// SIGINT and SIGTERM are caught by one thread that removes this run's
@@ -219,6 +222,10 @@ fn components(s: &Sut) -> BTreeMap<String, String> {
 
 fn run(a: Args) -> signpost_conformance::Result<i32> {
     let started = Instant::now();
+    if let Some(dir) = &a.emit_logs {
+        signpost_conformance::vm::emit_dir(dir, signpost_conformance::vm::GUEST_LOG)?;
+        return Ok(0);
+    }
     let s = sut(&a)?;
     if s.needs_vm() {
         s.validate()?;
@@ -343,7 +350,7 @@ fn run(a: Args) -> signpost_conformance::Result<i32> {
     print!("{}", report.table());
     report.write(&a.out, &stem)?;
     if a.emit_reports {
-        signpost_conformance::vm::emit_dir(&a.out)?;
+        signpost_conformance::vm::emit_dir(&a.out, "")?;
     }
     eprintln!(
         "reports: {0}/{stem}.json, {0}/{stem}.junit.xml, {0}/{stem}.html ({1:.0}s in all)",

@@ -20,6 +20,8 @@ use crate::{Error, Result};
 pub const TIMEOUT: Duration = Duration::from_secs(3600);
 
 const BEGIN: &str = "SIGNPOST-FILE ";
+/// Name prefix of the guest's component logs on the console.
+pub const GUEST_LOG: &str = "guest-log.";
 const DATA: &str = "SPF ";
 const END: &str = "SIGNPOST-FILE-END ";
 
@@ -119,9 +121,15 @@ pub fn certify(sut: &Sut, guest_args: &[String], out: &Path) -> Result<Outcome> 
     std::fs::create_dir_all(out).map_err(|e| Error::Io(format!("{}: {e}", out.display())))?;
     let mut written = Vec::new();
     for (name, data) in received {
-        let path = out.join(&name);
+        // The guest's component logs go with the host's logs, the reports to `out`.
+        let path = match name.strip_prefix(GUEST_LOG) {
+            Some(log) => cluster.logs().join(format!("guest-{log}")),
+            None => out.join(&name),
+        };
         std::fs::write(&path, data).map_err(|e| Error::Io(format!("{}: {e}", path.display())))?;
-        written.push(path);
+        if !name.starts_with(GUEST_LOG) {
+            written.push(path);
+        }
     }
     eprintln!(
         "signpost-conform: the VM run took {:.0}s (console: {})",
@@ -163,8 +171,12 @@ fn guest_script(sut: &Sut, guest_args: &[String]) -> String {
          for m in bridge br_netfilter ip_vs_rr; do modprobe $m; done\n\
          # Kernel messages would interleave with the reports on the console.\n\
          echo 1 > /proc/sys/kernel/printk\n\
-         export HOME=/tmp SIGNPOST_UPSTREAM_BIN=/test/upstream SIGNPOST_FEATURES_DIR=/test/features\n\
-         /test/signpost-conform {}\n",
+         export HOME=/tmp SIGNPOST_UPSTREAM_BIN=/test/upstream SIGNPOST_FEATURES_DIR=/test/features SIGNPOST_KEEP_LOGS=1\n\
+         status=0\n\
+         /test/signpost-conform {} || status=$?\n\
+         # The components' logs come back too (the host keeps them with its own).\n\
+         for d in /tmp/signpost-conform-*/logs; do /test/signpost-conform --emit-logs \"$d\" || true; done\n\
+         exit $status\n",
         quoted.join(" ")
     )
 }
@@ -233,15 +245,16 @@ pub fn encode(files: &[(String, Vec<u8>)]) -> String {
     s
 }
 
-/// Prints the files in `dir` to stdout as [`encode`] lines (the guest side).
-pub fn emit_dir(dir: &Path) -> Result<()> {
+/// Prints the files in `dir` to stdout as [`encode`] lines (the guest
+/// side), each name prefixed with `prefix`.
+pub fn emit_dir(dir: &Path, prefix: &str) -> Result<()> {
     let mut files = Vec::new();
     let entries = std::fs::read_dir(dir).map_err(|e| Error::Io(format!("{}: {e}", dir.display())))?;
     for e in entries.flatten() {
         let path = e.path();
         if path.is_file() {
             let data = std::fs::read(&path).map_err(|e| Error::Io(format!("{}: {e}", path.display())))?;
-            let name = e.file_name().to_string_lossy().into_owned();
+            let name = format!("{prefix}{}", e.file_name().to_string_lossy());
             files.push((name, data));
         }
     }

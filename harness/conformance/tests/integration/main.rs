@@ -4,6 +4,7 @@
 //! the upstream binaries; with `CI=true` a missing capability fails them.
 
 mod certify;
+mod ipvs;
 mod mutation;
 
 /// One live system at a time: the tests measure convergence against
