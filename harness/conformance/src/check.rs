@@ -421,15 +421,15 @@ fn questions(ns: &str, snap: &Snapshot, named: &BTreeSet<&'static str>) -> Vec<A
             }
         }
     }
-    if let Some(p) = snap.pods.iter().find(|p| p.key.namespace == ns) {
-        if let Some(IpAddr::V4(v4)) = p.ips.first() {
-            let dashed = v4.to_string().replace('.', "-");
-            qs.push(ask(
-                format!("{dashed}.{ns}.pod.{ZONE}"),
-                RType::A,
-                &["DNS-15"],
-            ));
-        }
+    if let Some(p) = snap.pods.iter().find(|p| p.key.namespace == ns)
+        && let Some(IpAddr::V4(v4)) = p.ips.first()
+    {
+        let dashed = v4.to_string().replace('.', "-");
+        qs.push(ask(
+            format!("{dashed}.{ns}.pod.{ZONE}"),
+            RType::A,
+            &["DNS-15"],
+        ));
     }
     qs
 }

@@ -231,10 +231,18 @@ fn run(a: Args) -> signpost_conformance::Result<i32> {
         s.validate()?;
         let stem = a.name.clone().unwrap_or_else(|| default_stem(&s));
         let outcome = signpost_conformance::vm::certify(&s, &guest_args(&a, &stem), &a.out)?;
-        let names: Vec<String> = outcome.written.iter().map(|p| p.display().to_string()).collect();
+        let names: Vec<String> = outcome
+            .written
+            .iter()
+            .map(|p| p.display().to_string())
+            .collect();
         eprintln!(
             "reports: {} ({:.0}s in all)",
-            if names.is_empty() { "none".to_owned() } else { names.join(", ") },
+            if names.is_empty() {
+                "none".to_owned()
+            } else {
+                names.join(", ")
+            },
             started.elapsed().as_secs_f64()
         );
         return Ok(outcome.code);

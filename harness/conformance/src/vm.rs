@@ -39,7 +39,10 @@ pub struct Outcome {
 /// reports land in `out`.
 pub fn certify(sut: &Sut, guest_args: &[String], out: &Path) -> Result<Outcome> {
     let image = vm::image()?;
-    eprintln!("signpost-conform: {} needs IPVS; this kernel has none: running it in the kernel VM rig", sut.proxy);
+    eprintln!(
+        "signpost-conform: {} needs IPVS; this kernel has none: running it in the kernel VM rig",
+        sut.proxy
+    );
     let c = LocalCluster::new("conform-vm")?;
     let c = match sut.endpoints {
         EndpointsChoice::KubeControllerManager => c.with_controller_manager(),
@@ -53,8 +56,10 @@ pub fn certify(sut: &Sut, guest_args: &[String], out: &Path) -> Result<Outcome> 
 
     // Our binaries go in without debug info: a debug build is ~300 MB,
     // and the initramfs lives in the guest's memory.
-    let small = tempfile::tempdir().map_err(|e| Error::Io(format!("a temporary directory: {e}")))?;
-    let me = std::env::current_exe().map_err(|e| Error::Io(format!("locating signpost-conform: {e}")))?;
+    let small =
+        tempfile::tempdir().map_err(|e| Error::Io(format!("a temporary directory: {e}")))?;
+    let me = std::env::current_exe()
+        .map_err(|e| Error::Io(format!("locating signpost-conform: {e}")))?;
     let mut files: Vec<(PathBuf, &str)> = vec![
         (stripped(&me, small.path())?, "/test/signpost-conform"),
         (
@@ -84,7 +89,12 @@ pub fn certify(sut: &Sut, guest_args: &[String], out: &Path) -> Result<Outcome> 
         .collect();
     let guest_paths: Vec<String> = features
         .iter()
-        .map(|p| format!("/test/features/{}", p.file_name().unwrap_or_default().to_string_lossy()))
+        .map(|p| {
+            format!(
+                "/test/features/{}",
+                p.file_name().unwrap_or_default().to_string_lossy()
+            )
+        })
         .collect();
     for (p, g) in features.iter().zip(&guest_paths) {
         files.push((p.clone(), g.as_str()));
@@ -182,7 +192,9 @@ fn guest_script(sut: &Sut, guest_args: &[String]) -> String {
 }
 
 fn shell_word(s: &str) -> String {
-    if s.chars().all(|c| c.is_ascii_alphanumeric() || "-_.:/=,".contains(c)) {
+    if s.chars()
+        .all(|c| c.is_ascii_alphanumeric() || "-_.:/=,".contains(c))
+    {
         s.to_owned()
     } else {
         format!("'{}'", s.replace('\'', "'\\''"))
@@ -199,7 +211,12 @@ fn stripped(bin: &Path, dir: &Path) -> Result<PathBuf> {
         .arg(&dest)
         .arg(bin)
         .output()
-        .map_err(|e| Error::Unsupported(format!("running strip (binutils) on {}: {e}", bin.display())))?;
+        .map_err(|e| {
+            Error::Unsupported(format!(
+                "running strip (binutils) on {}: {e}",
+                bin.display()
+            ))
+        })?;
     if !out.status.success() {
         return Err(Error::Io(format!(
             "strip {}: {}",
@@ -216,7 +233,11 @@ fn which(program: &str) -> Result<PathBuf> {
         .flat_map(|p| std::env::split_paths(&p).collect::<Vec<_>>())
         .map(|d| d.join(program))
         .find(|p| p.is_file())
-        .ok_or_else(|| Error::Unsupported(format!("{program} is not installed (the VM's Pods need it)")))
+        .ok_or_else(|| {
+            Error::Unsupported(format!(
+                "{program} is not installed (the VM's Pods need it)"
+            ))
+        })
 }
 
 /// FNV-1a, 64 bits: a check that a file crossed the console whole.
@@ -249,11 +270,13 @@ pub fn encode(files: &[(String, Vec<u8>)]) -> String {
 /// side), each name prefixed with `prefix`.
 pub fn emit_dir(dir: &Path, prefix: &str) -> Result<()> {
     let mut files = Vec::new();
-    let entries = std::fs::read_dir(dir).map_err(|e| Error::Io(format!("{}: {e}", dir.display())))?;
+    let entries =
+        std::fs::read_dir(dir).map_err(|e| Error::Io(format!("{}: {e}", dir.display())))?;
     for e in entries.flatten() {
         let path = e.path();
         if path.is_file() {
-            let data = std::fs::read(&path).map_err(|e| Error::Io(format!("{}: {e}", path.display())))?;
+            let data =
+                std::fs::read(&path).map_err(|e| Error::Io(format!("{}: {e}", path.display())))?;
             let name = format!("{prefix}{}", e.file_name().to_string_lossy());
             files.push((name, data));
         }
@@ -308,7 +331,9 @@ pub fn collect(console: &str) -> Result<Vec<(String, Vec<u8>)>> {
         }
     }
     if let Some((name, ..)) = current {
-        return Err(Error::Observe(format!("{name}: the console ended inside it")));
+        return Err(Error::Observe(format!(
+            "{name}: the console ended inside it"
+        )));
     }
     Ok(files)
 }
@@ -318,7 +343,9 @@ fn check_name(name: &str) -> Result<()> {
     let ok = !name.is_empty()
         && name != "."
         && name != ".."
-        && name.chars().all(|c| c.is_ascii_alphanumeric() || "-_.".contains(c));
+        && name
+            .chars()
+            .all(|c| c.is_ascii_alphanumeric() || "-_.".contains(c));
     if ok {
         Ok(())
     } else {
@@ -334,11 +361,17 @@ mod tests {
     fn files_cross_the_console_whole_among_other_lines() {
         let files = vec![
             ("a.json".to_owned(), b"{\"x\": 1}\n".to_vec()),
-            ("b.html".to_owned(), (0..=255u8).cycle().take(1000).collect()),
+            (
+                "b.html".to_owned(),
+                (0..=255u8).cycle().take(1000).collect(),
+            ),
             ("empty.xml".to_owned(), Vec::new()),
         ];
         let enc = encode(&files);
-        let console = format!("booting\r\n{}\r\nSIGNPOST-VM-EXIT 0\n", enc.replace('\n', "\r\nvm noise\r\n"));
+        let console = format!(
+            "booting\r\n{}\r\nSIGNPOST-VM-EXIT 0\n",
+            enc.replace('\n', "\r\nvm noise\r\n")
+        );
         assert_eq!(collect(&console).unwrap(), files);
     }
 

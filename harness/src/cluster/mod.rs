@@ -55,6 +55,8 @@ pub struct Running {
 
 /// Where the API server is: run here, or someone else's.
 #[derive(Debug)]
+// One per cluster, never moved around: boxing the large variant buys nothing.
+#[allow(clippy::large_enum_variant)]
 enum ControlPlane {
     /// etcd, kube-apiserver (and kube-controller-manager) in the node namespace.
     Local {
@@ -86,7 +88,9 @@ impl std::str::FromStr for Uplink {
                 link: link.to_owned(),
                 addr: addr.to_owned(),
             }),
-            _ => Err(format!("{s:?}: expected LINK/ADDRESS/PREFIX, e.g. eth0/10.0.2.15/24")),
+            _ => Err(format!(
+                "{s:?}: expected LINK/ADDRESS/PREFIX, e.g. eth0/10.0.2.15/24"
+            )),
         }
     }
 }
@@ -284,7 +288,6 @@ impl LocalCluster<Stopped> {
         Ok(running)
     }
 }
-
 
 /// The node inside `ns`: its address on an empty bridge (`node0`; some
 /// kernels, this machine's among them, have no dummy driver), the pod

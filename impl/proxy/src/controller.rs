@@ -3,7 +3,7 @@
 //! applies the difference from what the kernel holds (PXY-8). At start the
 //! kernel's table is read back, so a restart rewrites nothing that is right.
 
-use std::collections::HashSet;
+use std::collections::BTreeSet;
 use std::net::IpAddr;
 use std::sync::Arc;
 use std::sync::atomic::Ordering;
@@ -22,7 +22,7 @@ use signpost_model::spec::proxy_table;
 use tracing::{info, warn};
 
 use crate::metrics::Metrics;
-use crate::{nft, observed, sink};
+use crate::plane::nftables::{apply, build, readback};
 
 /// How the proxy runs.
 #[derive(Debug, Clone)]
@@ -42,17 +42,138 @@ pub struct Config {
 pub enum Error {
     /// A kernel transaction failed even after a full resync.
     #[error(transparent)]
-    Sink(#[from] sink::Error),
+    Sink(#[from] apply::Error),
     /// The IPVS data plane failed even after a read-back and retry.
     #[error(transparent)]
-    Ipvs(#[from] crate::ipvs::Error),
+    Ipvs(#[from] crate::plane::ipvs::Error),
 }
 
-fn stream<K>(
-    api: Api<K>,
-    wc: watcher::Config,
-    label: &'static str,
-) -> (Store<K>, futures::stream::BoxStream<'static, &'static str>)
+/// A cache the loop reads.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub enum Cache {
+    /// Services.
+    Services,
+    /// EndpointSlices.
+    EndpointSlices,
+    /// This Node.
+    Nodes,
+}
+
+impl Cache {
+    fn name(self) -> &'static str {
+        match self {
+            Cache::Services => "services",
+            Cache::EndpointSlices => "endpointslices",
+            Cache::Nodes => "nodes",
+        }
+    }
+}
+
+/// What the control loop hears.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Event {
+    /// A cache finished its initial list (again, after a relist).
+    Listed(Cache),
+    /// A cached object was added, changed or deleted.
+    Changed,
+    /// The resync period passed: read the kernel back and repair drift.
+    Resync,
+    /// The drain period passed (IPVS: delete destinations that drained).
+    Drain,
+    /// A failed sync's backoff passed: try again from what the kernel holds.
+    Retry,
+}
+
+/// What the control loop does after a batch of events.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Action {
+    /// Not every cache has listed yet: nothing is programmed from a partial view.
+    Wait,
+    /// Only drain ticks arrived: finish draining destinations, nothing else.
+    FinishDraining,
+    /// Compute the table and program the difference, reading the kernel
+    /// back first when `read_back` (a resync, a retry, or after a failure).
+    Sync {
+        /// Read the kernel's table back before planning.
+        read_back: bool,
+    },
+}
+
+/// The control loop's state between batches: which caches have listed,
+/// and whether the last sync failed. Pure: [`LoopState::step`] decides,
+/// the shells ([`run`], [`run_ipvs`]) do the I/O.
+#[derive(Debug, Clone, Default)]
+pub struct LoopState {
+    listed: BTreeSet<Cache>,
+    failed: bool,
+}
+
+impl LoopState {
+    /// The action for one batch of events.
+    pub fn step(&mut self, batch: &[Event]) -> Action {
+        for ev in batch {
+            if let Event::Listed(c) = ev {
+                self.listed.insert(*c);
+            }
+        }
+        if self.listed.len() < 3 {
+            return Action::Wait;
+        }
+        if !batch.is_empty() && batch.iter().all(|e| *e == Event::Drain) && !self.failed {
+            return Action::FinishDraining;
+        }
+        let read_back = self.failed
+            || batch
+                .iter()
+                .any(|e| matches!(e, Event::Resync | Event::Retry));
+        Action::Sync { read_back }
+    }
+
+    /// Records a sync's outcome: after a failure the next sync reads the
+    /// kernel back (the failed transaction may have left it anywhere).
+    pub fn synced(&mut self, ok: bool) {
+        self.failed = !ok;
+    }
+
+    /// Whether the last sync failed (a retry is due).
+    pub fn failing(&self) -> bool {
+        self.failed
+    }
+}
+
+/// The wait before retrying a failed sync: 200 ms, doubling to 10 s.
+pub fn backoff(previous: Option<Duration>) -> Duration {
+    match previous {
+        None => Duration::from_millis(200),
+        Some(d) => (d * 2).min(Duration::from_secs(10)),
+    }
+}
+
+/// The next event: from the streams, or [`Event::Retry`] once `retry_in`
+/// passes with nothing else arriving. `None` when the streams end.
+async fn next_event(
+    events: &mut futures::stream::SelectAll<Events>,
+    retry_in: Option<Duration>,
+) -> Option<Event> {
+    match retry_in {
+        None => events.next().await,
+        Some(d) => match tokio::time::timeout(d, events.next()).await {
+            Ok(ev) => ev,
+            Err(_) => Some(Event::Retry),
+        },
+    }
+}
+
+/// Everything already queued after `first`.
+fn batch_after(first: Event, events: &mut futures::stream::SelectAll<Events>) -> Vec<Event> {
+    let mut batch = vec![first];
+    while let Some(Some(ev)) = events.next().now_or_never() {
+        batch.push(ev);
+    }
+    batch
+}
+
+fn stream<K>(api: Api<K>, wc: watcher::Config, cache: Cache) -> (Store<K>, Events)
 where
     K: kube::Resource<DynamicType = ()>
         + Clone
@@ -66,11 +187,11 @@ where
     let s = reflector::reflector(writer, watcher(api, wc).default_backoff())
         .filter_map(move |ev| async move {
             match ev {
-                Ok(watcher::Event::InitDone) => Some(label),
-                Ok(watcher::Event::Apply(_) | watcher::Event::Delete(_)) => Some("change"),
+                Ok(watcher::Event::InitDone) => Some(Event::Listed(cache)),
+                Ok(watcher::Event::Apply(_) | watcher::Event::Delete(_)) => Some(Event::Changed),
                 Ok(_) => None,
                 Err(e) => {
-                    warn!(kind = label, error = %e, "watch failed; retrying with backoff");
+                    warn!(kind = cache.name(), error = %e, "watch failed; retrying with backoff");
                     None
                 }
             }
@@ -109,7 +230,18 @@ fn desired(
     }
     seam.proxy_inputs(&mut svcs, &mut sls);
     let refs: Vec<&EndpointSlice> = sls.iter().collect();
-    nft::normalize(seam.proxy_table(proxy_table(&svcs, &refs, node)))
+    build::normalize(seam.proxy_table(proxy_table(&svcs, &refs, node)))
+}
+
+/// What one nftables sync did.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Synced {
+    /// Nothing differed.
+    Nothing,
+    /// The whole table was written (this many virtual services).
+    Full(usize),
+    /// Only these many virtual services were rewritten.
+    Partial(usize),
 }
 
 /// Applies `want` over what the kernel holds (`have`): a partial sync, or a
@@ -121,19 +253,19 @@ pub fn sync(
     want: &ProxyTable,
     node_ips: &[IpAddr],
     metrics: &Metrics,
-) -> Result<(), sink::Error> {
+) -> Result<Synced, apply::Error> {
     let started = Instant::now();
-    let full = |metrics: &Metrics| -> Result<(&'static str, usize), sink::Error> {
-        sink::apply(&nft::full(want, node_ips))
-            .map(|()| ("full", want.len()))
+    let full = |metrics: &Metrics| -> Result<Synced, apply::Error> {
+        apply::apply(&build::full(want, node_ips))
+            .map(|()| Synced::Full(want.len()))
             .inspect_err(|_| {
                 metrics.errors.fetch_add(1, Ordering::Relaxed);
             })
     };
     let result = match have.as_ref() {
         None => full(metrics),
-        Some(old) => match nft::partial(old, want, node_ips) {
-            None => Ok(("none", 0)),
+        Some(old) => match build::partial(old, want, node_ips) {
+            None => Ok(Synced::Nothing),
             Some(tx) => {
                 let keys: Vec<_> = old
                     .iter()
@@ -146,8 +278,8 @@ pub fn sync(
                 } else {
                     tracing::debug!(changed = keys.len(), "partial sync");
                 }
-                match sink::apply(&tx) {
-                    Ok(()) => Ok(("partial", keys.len())),
+                match apply::apply(&tx) {
+                    Ok(()) => Ok(Synced::Partial(keys.len())),
                     Err(e) => {
                         metrics.errors.fetch_add(1, Ordering::Relaxed);
                         warn!(error = %e, "partial sync refused; doing a full sync");
@@ -158,8 +290,8 @@ pub fn sync(
         },
     };
     match result {
-        Ok((kind, changed)) => {
-            if kind != "none"
+        Ok(done) => {
+            if done != Synced::Nothing
                 && let Some(old) = have.as_ref()
             {
                 crate::conntrack::forget_stale(
@@ -169,20 +301,22 @@ pub fn sync(
                 );
             }
             *have = Some(want.clone());
-            if kind != "none" {
+            if done != Synced::Nothing {
                 metrics.observe_sync(started.elapsed());
             }
-            match kind {
-                "full" => metrics.full_syncs.fetch_add(1, Ordering::Relaxed),
-                "partial" => {
+            match done {
+                Synced::Full(_) => {
+                    metrics.full_syncs.fetch_add(1, Ordering::Relaxed);
+                }
+                Synced::Partial(changed) => {
                     metrics
                         .services_rewritten
                         .fetch_add(u64::try_from(changed).unwrap_or(0), Ordering::Relaxed);
-                    metrics.partial_syncs.fetch_add(1, Ordering::Relaxed)
+                    metrics.partial_syncs.fetch_add(1, Ordering::Relaxed);
                 }
-                _ => 0,
-            };
-            Ok(())
+                Synced::Nothing => {}
+            }
+            Ok(done)
         }
         Err(e) => {
             *have = None;
@@ -204,7 +338,7 @@ fn this_node(nodes: &Store<KNode>, name: &str) -> Node {
         })
 }
 
-type Events = futures::stream::BoxStream<'static, &'static str>;
+type Events = futures::stream::BoxStream<'static, Event>;
 
 /// The caches both data planes read (Services, EndpointSlices, this Node)
 /// and their event streams, plus the resync ticker.
@@ -213,59 +347,78 @@ fn watches(
     cfg: &Config,
 ) -> (Store<KService>, Store<KSlice>, Store<KNode>, Vec<Events>) {
     let wc = watcher::Config::default();
-    let (services, s1) = stream(Api::<KService>::all(client.clone()), wc.clone(), "services");
+    let (services, s1) = stream(
+        Api::<KService>::all(client.clone()),
+        wc.clone(),
+        Cache::Services,
+    );
     let (slices, s2) = stream(
         Api::<KSlice>::all(client.clone()),
         wc.clone(),
-        "endpointslices",
+        Cache::EndpointSlices,
     );
     let (nodes, s3) = stream(
         Api::<KNode>::all(client.clone()),
         wc.fields(&format!("metadata.name={}", cfg.node_name)),
-        "nodes",
+        Cache::Nodes,
     );
     let resync = cfg.resync;
     let ticks = futures::stream::unfold((), move |()| async move {
         tokio::time::sleep(resync).await;
-        Some(("resync", ()))
+        Some((Event::Resync, ()))
     })
     .boxed();
     (services, slices, nodes, vec![s1, s2, s3, ticks])
 }
 
-/// Runs the proxy until its watches end.
+/// The kernel's table as Signpost wrote it, read back (`None`: no table,
+/// or it could not be read, which is logged and counted: the next sync is
+/// then a full one).
+fn read_back(metrics: &Metrics) -> Option<ProxyTable> {
+    match apply::list() {
+        Ok(listing) => listing.as_ref().map(|l| readback::table(Some(l))),
+        Err(e) => {
+            metrics.errors.fetch_add(1, Ordering::Relaxed);
+            warn!(error = %e, "reading the table back failed; the next sync rewrites it whole");
+            None
+        }
+    }
+}
+
+/// Runs the proxy until its watches end. A failed sync is logged, counted
+/// and retried with backoff from what the kernel holds; it never ends the
+/// process (a node whose proxy exits programs nothing at all).
 pub async fn run(client: Client, cfg: Config, metrics: Arc<Metrics>) -> Result<(), Error> {
     let (services, slices, nodes, streams) = watches(&client, &cfg);
     let mut events = futures::stream::select_all(streams);
     // PROTO-3, PXY-8: adopt what the kernel holds instead of flushing it.
-    let listing = sink::list()?;
-    let mut have = listing.as_ref().map(|l| observed::table(Some(l)));
+    let mut have = read_back(&metrics);
     info!(node = %cfg.node_name, adopted = have.as_ref().map_or(0, |t| t.len()), "signpost proxy (nftables) starting");
-    let mut synced: HashSet<&'static str> = HashSet::new();
+    let mut state = LoopState::default();
+    let mut retry_in: Option<Duration> = None;
     let mut seam = Seam::with(cfg.mutant);
-    while let Some(first) = events.next().await {
-        let mut batch = vec![first];
-        while let Some(Some(ev)) = events.next().now_or_never() {
-            batch.push(ev);
-        }
-        for ev in &batch {
-            if matches!(*ev, "services" | "endpointslices" | "nodes") {
-                synced.insert(ev);
-            }
-            if *ev == "resync" {
-                // Repair drift: plan against what the kernel really holds.
-                have = sink::list()?.as_ref().map(|l| observed::table(Some(l)));
-            }
-        }
-        if synced.len() < 3 {
+    while let Some(first) = next_event(&mut events, retry_in).await {
+        let batch = batch_after(first, &mut events);
+        let Action::Sync { read_back: repair } = state.step(&batch) else {
             continue;
+        };
+        if repair {
+            // Repair drift: plan against what the kernel really holds.
+            have = read_back(&metrics);
         }
         let node = this_node(&nodes, &cfg.node_name);
         let want = desired(&services, &slices, &node, &metrics, &mut seam);
-        if let Err(e) = sync(&mut have, &want, &node.addresses, &metrics) {
-            warn!(error = %e, "sync failed; will retry with a full sync");
-            tokio::time::sleep(Duration::from_millis(200)).await;
-            sync(&mut have, &want, &node.addresses, &metrics)?;
+        match sync(&mut have, &want, &node.addresses, &metrics) {
+            Ok(_) => {
+                state.synced(true);
+                retry_in = None;
+            }
+            Err(e) => {
+                state.synced(false);
+                let wait = backoff(retry_in);
+                warn!(error = %e, retry_in = ?wait, "sync failed; retrying from the kernel's table");
+                retry_in = Some(wait);
+            }
         }
     }
     Ok(())
@@ -275,52 +428,41 @@ pub async fn run(client: Client, cfg: Config, metrics: Arc<Metrics>) -> Result<(
 /// table as the nftables mode, applied as the model's `plan` ops against
 /// the table read back from the kernel at start (and at every resync).
 pub async fn run_ipvs(client: Client, cfg: Config, metrics: Arc<Metrics>) -> Result<(), Error> {
-    use crate::ipvs::{IpvsSink, sysctls};
-    use signpost_model::reconcile::plan;
+    use crate::plane::ipvs::{IpvsSink, sysctls};
     sysctls()?;
     let (services, slices, nodes, mut streams) = watches(&client, &cfg);
     let drain_ticks = futures::stream::unfold((), |()| async {
         tokio::time::sleep(Duration::from_secs(2)).await;
-        Some(("drain", ()))
+        Some((Event::Drain, ()))
     })
     .boxed();
     streams.push(drain_ticks);
     let mut events = futures::stream::select_all(streams);
-    let mut synced: HashSet<&'static str> = HashSet::new();
+    let mut state = LoopState::default();
+    let mut retry_in: Option<Duration> = None;
     let mut sink: Option<IpvsSink> = None;
     let mut have: Option<ProxyTable> = None;
     let mut seam = Seam::with(cfg.mutant);
     info!(node = %cfg.node_name, "signpost proxy (ipvs) starting");
-    while let Some(first) = events.next().await {
-        let mut batch = vec![first];
-        while let Some(Some(ev)) = events.next().now_or_never() {
-            batch.push(ev);
-        }
-        let mut resync = false;
-        let mut drain = false;
-        for ev in &batch {
-            if matches!(*ev, "services" | "endpointslices" | "nodes") {
-                synced.insert(ev);
-            }
-            resync |= *ev == "resync";
-            drain |= *ev == "drain";
-        }
-        if synced.len() < 3 {
-            continue;
-        }
-        if drain && batch.iter().all(|e| *e == "drain") {
-            // Graceful termination: delete destinations whose connections ended.
-            if let Some(k) = sink.as_mut()
-                && k.draining() > 0
-            {
-                match k.finish_draining().await {
-                    Ok(n) if n > 0 => info!(deleted = n, "drained destinations removed"),
-                    Ok(_) => {}
-                    Err(e) => warn!(error = %e, "finishing drained destinations failed"),
+    while let Some(first) = next_event(&mut events, retry_in).await {
+        let batch = batch_after(first, &mut events);
+        let resync = match state.step(&batch) {
+            Action::Wait => continue,
+            Action::FinishDraining => {
+                // Graceful termination: delete destinations whose connections ended.
+                if let Some(k) = sink.as_mut()
+                    && k.draining() > 0
+                {
+                    match k.finish_draining().await {
+                        Ok(n) if n > 0 => info!(deleted = n, "drained destinations removed"),
+                        Ok(_) => {}
+                        Err(e) => warn!(error = %e, "finishing drained destinations failed"),
+                    }
                 }
+                continue;
             }
-            continue;
-        }
+            Action::Sync { read_back } => read_back,
+        };
         let node = this_node(&nodes, &cfg.node_name);
         let want = desired(&services, &slices, &node, &metrics, &mut seam);
         if sink.is_none() {
@@ -328,39 +470,122 @@ pub async fn run_ipvs(client: Client, cfg: Config, metrics: Arc<Metrics>) -> Res
         }
         let Some(k) = sink.as_mut() else { continue };
         let started = Instant::now();
-        if resync || have.is_none() {
-            // PROTO-3, PXY-8: plan against what the kernel really holds.
-            have = Some(k.observed().await?);
-        }
-        let ops = plan(&want, have.as_ref().unwrap_or(&ProxyTable::new()));
-        if ops.is_empty() && !resync {
-            continue;
-        }
-        match k.apply(&ops, &want).await {
-            Ok(applied) => {
-                metrics.observe_sync(started.elapsed());
-                metrics.partial_syncs.fetch_add(1, Ordering::Relaxed);
-                for (counter, n) in metrics.ops.iter().zip(applied.ops) {
-                    counter.fetch_add(n, Ordering::Relaxed);
+        match sync_ipvs(k, &mut have, &want, resync, &metrics).await {
+            Ok(ops) => {
+                state.synced(true);
+                retry_in = None;
+                if !ops.is_empty() {
+                    metrics.observe_sync(started.elapsed());
                 }
-                if ops.len() <= 3 {
-                    info!(?ops, "ipvs sync");
-                }
-                if let Some(old) = have.as_ref() {
-                    crate::conntrack::forget_stale(&ops, old, &metrics);
-                }
-                have = Some(want);
             }
             Err(e) => {
                 metrics.errors.fetch_add(1, Ordering::Relaxed);
-                warn!(error = %e, "ipvs sync failed; reading the kernel back and retrying");
-                let observed = k.observed().await?;
-                let ops = plan(&want, &observed);
-                k.apply(&ops, &want).await?;
-                crate::conntrack::forget_stale(&ops, &observed, &metrics);
-                have = Some(want);
+                state.synced(false);
+                have = None;
+                let wait = backoff(retry_in);
+                warn!(error = %e, retry_in = ?wait, "ipvs sync failed; retrying from the kernel's state");
+                retry_in = Some(wait);
             }
         }
     }
     Ok(())
+}
+
+/// One IPVS sync: plan `want` against `have` (read back from the kernel
+/// first when asked, or when nothing is known), apply the ops, forget the
+/// UDP flows they cut (PXY-11). Returns the ops applied.
+async fn sync_ipvs(
+    k: &mut crate::plane::ipvs::IpvsSink,
+    have: &mut Option<ProxyTable>,
+    want: &ProxyTable,
+    read_back: bool,
+    metrics: &Metrics,
+) -> Result<Vec<signpost_model::reconcile::ProxyOp>, crate::plane::ipvs::Error> {
+    use signpost_model::reconcile::plan;
+    if read_back || have.is_none() {
+        // PROTO-3, PXY-8: plan against what the kernel really holds.
+        *have = Some(k.observed().await?);
+    }
+    let old = have.take().unwrap_or_default();
+    let ops = plan(want, &old);
+    if ops.is_empty() && !read_back {
+        *have = Some(old);
+        return Ok(ops);
+    }
+    // (After a read-back an empty plan still applies: it unbinds addresses
+    // no virtual service uses and rebuilds the nft sets if they were lost.)
+    let applied = k.apply(&ops, want).await?;
+    metrics.partial_syncs.fetch_add(1, Ordering::Relaxed);
+    for (counter, n) in metrics.ops.iter().zip(applied.ops) {
+        counter.fetch_add(n, Ordering::Relaxed);
+    }
+    if ops.len() <= 3 {
+        info!(?ops, "ipvs sync");
+    }
+    crate::conntrack::forget_stale(&ops, &old, metrics);
+    *have = Some(want.clone());
+    Ok(ops)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const ALL: [Event; 3] = [
+        Event::Listed(Cache::Services),
+        Event::Listed(Cache::EndpointSlices),
+        Event::Listed(Cache::Nodes),
+    ];
+
+    #[test]
+    fn nothing_is_programmed_until_every_cache_has_listed() {
+        let mut s = LoopState::default();
+        assert_eq!(s.step(&ALL[..2]), Action::Wait);
+        assert_eq!(s.step(&[Event::Changed]), Action::Wait);
+        assert_eq!(s.step(&ALL[2..]), Action::Sync { read_back: false });
+        assert_eq!(s.step(&[Event::Changed]), Action::Sync { read_back: false });
+    }
+
+    #[test]
+    fn resyncs_retries_and_failures_read_the_kernel_back() {
+        let mut s = LoopState::default();
+        s.step(&ALL);
+        assert_eq!(s.step(&[Event::Resync]), Action::Sync { read_back: true });
+        assert_eq!(
+            s.step(&[Event::Changed, Event::Retry]),
+            Action::Sync { read_back: true }
+        );
+        s.synced(false);
+        assert!(s.failing());
+        // After a failure even a drain tick resyncs, from the kernel's table.
+        assert_eq!(s.step(&[Event::Drain]), Action::Sync { read_back: true });
+        s.synced(true);
+        assert_eq!(s.step(&[Event::Changed]), Action::Sync { read_back: false });
+    }
+
+    #[test]
+    fn drain_ticks_alone_only_finish_draining() {
+        let mut s = LoopState::default();
+        s.step(&ALL);
+        assert_eq!(
+            s.step(&[Event::Drain, Event::Drain]),
+            Action::FinishDraining
+        );
+        assert_eq!(
+            s.step(&[Event::Drain, Event::Changed]),
+            Action::Sync { read_back: false }
+        );
+    }
+
+    #[test]
+    fn backoff_doubles_to_a_cap() {
+        let mut d = None;
+        let mut seen = Vec::new();
+        for _ in 0..8 {
+            let next = backoff(d);
+            seen.push(next.as_millis());
+            d = Some(next);
+        }
+        assert_eq!(seen, [200, 400, 800, 1600, 3200, 6400, 10_000, 10_000]);
+    }
 }

@@ -10,8 +10,8 @@ use signpost_model::cluster::{
     ProxyTable, Selector, Service, ServiceKind, ServicePort, TargetPort, TrafficPolicy,
 };
 use signpost_model::spec::proxy_table;
-use signpost_proxy::nft::{full, partial};
-use signpost_proxy::tracer::Tracer;
+use signpost_proxy::nftables::build::{full, partial};
+use signpost_proxy::nftables::tracer::Tracer;
 
 fn pod_ip(i: u8, v6: bool) -> IpAddr {
     if v6 {

@@ -162,10 +162,12 @@ async fn main() -> anyhow::Result<()> {
                 match mode {
                     ProxyMode::Nftables => {
                         // Removing a table that is not there is not an error.
-                        if signpost_proxy::sink::list()?.is_some() {
-                            signpost_proxy::sink::apply(&signpost_proxy::nft::cleanup())?;
+                        if signpost_proxy::nftables::apply::list()?.is_some() {
+                            signpost_proxy::nftables::apply::apply(
+                                &signpost_proxy::nftables::build::cleanup(),
+                            )?;
                         }
-                        tracing::info!("removed table inet {}", signpost_proxy::TABLE);
+                        tracing::info!("removed table inet {}", signpost_proxy::nftables::TABLE);
                     }
                     ProxyMode::Ipvs => {
                         signpost_proxy::ipvs::IpvsSink::connect(Vec::new())

@@ -39,6 +39,9 @@ fn signpost_ipvs_certifies_in_the_kernel_vm() {
     assert!(status.success(), "signpost-conform exited {status}");
     assert_eq!(report["certified"], true);
     for ext in ["junit.xml", "html"] {
-        assert!(out.join(format!("test-signpost-ipvs.{ext}")).is_file(), "{ext} report");
+        assert!(
+            out.join(format!("test-signpost-ipvs.{ext}")).is_file(),
+            "{ext} report"
+        );
     }
 }

@@ -106,7 +106,7 @@ fn oracle(cluster: &LocalCluster<Running>) -> ProxyTable {
                 .filter_map(|s| EndpointSlice::try_from(s).ok())
                 .collect();
             let refs: Vec<&EndpointSlice> = slices.iter().collect();
-            signpost_proxy::nft::normalize(proxy_table(
+            signpost_proxy::nftables::build::normalize(proxy_table(
                 &svcs,
                 &refs,
                 &Node::try_from(&node).unwrap(),
@@ -127,7 +127,7 @@ fn kernel(cluster: &LocalCluster<Running>) -> Option<ProxyTable> {
         return None;
     }
     let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
-    Some(signpost_proxy::observed::table(Some(&v)))
+    Some(signpost_proxy::nftables::readback::table(Some(&v)))
 }
 
 /// Waits until the kernel holds the oracle's table and that table shows
@@ -503,7 +503,7 @@ fn a_proxy_restart_keeps_every_connection_and_cleanup_removes_the_table() {
     assert!(kernel(&cluster).is_none(), "--cleanup left the table");
 }
 
-/// The IPVS plane's reject and hairpin sets change over netlink (one batch,
+/// The IPVS plane's reject, ClusterIP and hairpin sets change over netlink (one batch,
 /// no `nft` process) on this kernel's nftables: after each step the sets
 /// `nft` lists are exactly the wanted elements; a refused batch changes
 /// nothing and says why.
@@ -530,12 +530,16 @@ fn ipvs_nft_sets_change_element_by_element_over_netlink() {
         for item in v["nftables"].as_array().unwrap() {
             let Some(set) = item.get("set") else { continue };
             for e in set["elem"].as_array().into_iter().flatten() {
-                let parts: Vec<String> = e["concat"]
-                    .as_array()
-                    .unwrap()
-                    .iter()
-                    .map(|p| p.as_str().map_or_else(|| p.to_string(), str::to_owned))
-                    .collect();
+                let parts: Vec<String> = match e.as_str() {
+                    // A plain address (vips_v4/v6).
+                    Some(a) => vec![a.to_owned()],
+                    None => e["concat"]
+                        .as_array()
+                        .unwrap()
+                        .iter()
+                        .map(|p| p.as_str().map_or_else(|| p.to_string(), str::to_owned))
+                        .collect(),
+                };
                 got.insert(format!(
                     "{} {}",
                     set["name"].as_str().unwrap(),
@@ -554,6 +558,7 @@ fn ipvs_nft_sets_change_element_by_element_over_netlink() {
             ]
             .into(),
             hairpin: [ip("10.244.0.1"), ip("fd00:10:244::1")].into(),
+            vips: [ip("10.96.0.1"), ip("fd00::1")].into(),
         },
         NftElements {
             reject: [
@@ -562,6 +567,7 @@ fn ipvs_nft_sets_change_element_by_element_over_netlink() {
             ]
             .into(),
             hairpin: [ip("10.244.0.2"), ip("fd00:10:244::1")].into(),
+            vips: [ip("fd00::1"), ip("10.96.0.2")].into(),
         },
         // Big enough to need several messages in one datagram.
         NftElements {
@@ -569,6 +575,7 @@ fn ipvs_nft_sets_change_element_by_element_over_netlink() {
             hairpin: (1..=1500u16)
                 .map(|i| IpAddr::from([0xfd00, 10, 244, 0, 0, 0, 1, i]))
                 .collect(),
+            vips: Default::default(),
         },
         NftElements::default(),
     ];
@@ -582,12 +589,13 @@ fn ipvs_nft_sets_change_element_by_element_over_netlink() {
                     .iter()
                     .map(|a| format!("hairpin_{} {a} . {a}", fam(a))),
             )
+            .chain(e.vips.iter().map(|a| format!("vips_{} {a}", fam(a))))
             .collect()
     };
     let mut have = NftElements::default();
     for want in &steps {
         let sent = ns
-            .within(|| signpost_proxy::nftnl::apply(&have, want))
+            .within(|| signpost_proxy::ipvs::sets::apply(&have, want))
             .unwrap()
             .unwrap();
         assert!(sent >= 1);
@@ -597,14 +605,15 @@ fn ipvs_nft_sets_change_element_by_element_over_netlink() {
     // Deleting an element that is not there: refused as a whole.
     let stale = NftElements {
         reject: [(ip("10.96.0.9"), Protocol::Tcp, 1)].into(),
-        hairpin: Default::default(),
+        ..NftElements::default()
     };
     let want = NftElements {
-        reject: Default::default(),
         hairpin: [ip("10.244.0.3")].into(),
+        vips: [ip("10.96.0.3")].into(),
+        ..NftElements::default()
     };
     let err = ns
-        .within(|| signpost_proxy::nftnl::apply(&stale, &want))
+        .within(|| signpost_proxy::ipvs::sets::apply(&stale, &want))
         .unwrap()
         .unwrap_err();
     assert!(err.to_string().contains("refused"), "{err}");

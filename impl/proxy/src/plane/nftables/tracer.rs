@@ -10,7 +10,7 @@ use std::net::{IpAddr, SocketAddr};
 use serde_json::Value;
 use signpost_model::cluster::Protocol;
 
-use crate::TABLE;
+use super::TABLE;
 
 /// Where a packet may go.
 #[derive(Debug, Clone, PartialEq, Eq, Default)]

@@ -6,7 +6,7 @@ use std::process::{Command, Stdio};
 
 use serde_json::Value;
 
-use crate::TABLE;
+use super::TABLE;
 
 /// A kernel refusal or a missing `nft`.
 #[derive(Debug, thiserror::Error)]

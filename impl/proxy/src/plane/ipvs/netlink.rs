@@ -1,13 +1,13 @@
 //! nftables set elements over netlink (`NETLINK_NETFILTER`, subsystem
-//! `NFTABLES`): the IPVS data plane's reject and hairpin sets change with one
-//! batch datagram per sync instead of one `nft` process. The table, its sets
-//! and rules are still created once by `nft` (`ipvs::nft_base`).
+//! `NFTABLES`): the IPVS data plane's sets change with one batch datagram
+//! per sync instead of one `nft` process. The table, its sets and rules are
+//! still created once by `nft` ([`super::sets::nft_base`]). This module
+//! knows set names and key bytes only; what the keys mean is `sets`'s.
 //!
 //! A batch is all or nothing, as an `nft -f` script is: the kernel applies
 //! every message between BATCH_BEGIN and BATCH_END or none of them.
 
 use std::collections::BTreeMap;
-use std::net::IpAddr;
 use std::time::{Duration, Instant};
 
 use netlink_packet_core::{
@@ -20,9 +20,6 @@ use netlink_packet_netfilter::nftables::{
 use netlink_packet_netfilter::none::ControlMessage;
 use netlink_packet_netfilter::{NetfilterHeader, NetfilterMessage, NetfilterProtoFamily};
 use netlink_sys::{Socket, SocketAddr as NlAddr, protocols::NETLINK_NETFILTER};
-use signpost_model::cluster::Protocol;
-
-use crate::ipvs::{Error, NFT_TABLE, NftElements};
 
 const NFNL_SUBSYS_NFTABLES: u16 = 10;
 
@@ -35,97 +32,11 @@ const PER_MESSAGE: usize = 256;
 /// socket buffers for big batches.
 pub const MAX_ELEMENTS: usize = 2048;
 
-/// How many elements change from `have` to `want`.
-pub fn changed(have: &NftElements, want: &NftElements) -> usize {
-    have.reject.symmetric_difference(&want.reject).count()
-        + have.hairpin.symmetric_difference(&want.hairpin).count()
-        + have.vips.symmetric_difference(&want.vips).count()
-}
-
 /// How long to wait for the kernel's acknowledgements.
 const REPLY_TIMEOUT: Duration = Duration::from_secs(5);
 
-fn proto_number(p: Protocol) -> u8 {
-    match p {
-        Protocol::Tcp => 6,
-        Protocol::Udp => 17,
-        Protocol::Sctp => 132,
-    }
-}
-
-fn ip_bytes(ip: &IpAddr) -> Vec<u8> {
-    match ip {
-        IpAddr::V4(a) => a.octets().to_vec(),
-        IpAddr::V6(a) => a.octets().to_vec(),
-    }
-}
-
-fn fam(ip: &IpAddr) -> &'static str {
-    if ip.is_ipv4() { "v4" } else { "v6" }
-}
-
-/// A concatenated set key: each part starts on a 4-byte boundary (nft
-/// registers are 32 bits wide), zero-padded.
-fn concat(parts: &[&[u8]]) -> Vec<u8> {
-    let mut out = Vec::new();
-    for p in parts {
-        out.extend_from_slice(p);
-        out.resize(out.len().next_multiple_of(4), 0);
-    }
-    out
-}
-
-/// `reject_v4`/`reject_v6` key: `addr . inet_proto . inet_service` (the
-/// protocol number as one byte, the port big-endian).
-pub fn reject_key(e: &(IpAddr, Protocol, u16)) -> (String, Vec<u8>) {
-    (
-        format!("reject_{}", fam(&e.0)),
-        concat(&[&ip_bytes(&e.0), &[proto_number(e.1)], &e.2.to_be_bytes()]),
-    )
-}
-
-/// `hairpin_v4`/`hairpin_v6` key: `addr . addr`.
-pub fn hairpin_key(ip: &IpAddr) -> (String, Vec<u8>) {
-    let b = ip_bytes(ip);
-    (format!("hairpin_{}", fam(ip)), concat(&[&b, &b]))
-}
-
-/// `vips_v4`/`vips_v6` key: the address.
-pub fn vip_key(ip: &IpAddr) -> (String, Vec<u8>) {
-    (format!("vips_{}", fam(ip)), ip_bytes(ip))
-}
-
 /// Element keys by set name.
 pub type KeysBySet = BTreeMap<String, Vec<Vec<u8>>>;
-
-/// The element changes taking `have` to `want`: deletions, then additions,
-/// grouped by set.
-pub fn changes(have: &NftElements, want: &NftElements) -> (KeysBySet, KeysBySet) {
-    let mut del = KeysBySet::new();
-    let mut add = KeysBySet::new();
-    let put = |m: &mut KeysBySet, (set, key): (String, Vec<u8>)| {
-        m.entry(set).or_default().push(key);
-    };
-    for e in have.reject.difference(&want.reject) {
-        put(&mut del, reject_key(e));
-    }
-    for e in want.reject.difference(&have.reject) {
-        put(&mut add, reject_key(e));
-    }
-    for ip in have.hairpin.difference(&want.hairpin) {
-        put(&mut del, hairpin_key(ip));
-    }
-    for ip in want.hairpin.difference(&have.hairpin) {
-        put(&mut add, hairpin_key(ip));
-    }
-    for ip in have.vips.difference(&want.vips) {
-        put(&mut del, vip_key(ip));
-    }
-    for ip in want.vips.difference(&have.vips) {
-        put(&mut add, vip_key(ip));
-    }
-    (del, add)
-}
 
 fn message(inner: NetfilterMessage, flags: u16, seq: u32) -> Vec<u8> {
     let mut header = NetlinkHeader::default();
@@ -138,10 +49,10 @@ fn message(inner: NetfilterMessage, flags: u16, seq: u32) -> Vec<u8> {
     buf
 }
 
-fn elements(set: &str, keys: &[Vec<u8>]) -> SetElementMessage {
+fn elements(table: &str, set: &str, keys: &[Vec<u8>]) -> SetElementMessage {
     SetElementMessage {
         attributes: vec![
-            SetElementList::Table(NFT_TABLE.to_owned()),
+            SetElementList::Table(table.to_owned()),
             SetElementList::Set(set.to_owned()),
             SetElementList::Elements(
                 keys.iter()
@@ -156,12 +67,16 @@ fn elements(set: &str, keys: &[Vec<u8>]) -> SetElementMessage {
     }
 }
 
-/// One batch datagram with the changes from `have` to `want`, sequence
-/// numbers from `seq`; also the sequence numbers that will be acknowledged.
-/// `None` when nothing changes.
-pub fn batch(have: &NftElements, want: &NftElements, seq: u32) -> Option<(Vec<u8>, Vec<u32>)> {
-    let (del, add) = changes(have, want);
-    if del.is_empty() && add.is_empty() {
+/// One batch datagram deleting `del` and adding `add` in `table`'s sets,
+/// sequence numbers from `seq`; also the sequence numbers that will be
+/// acknowledged. `None` when there is nothing to send.
+pub fn batch(
+    table: &str,
+    del: &KeysBySet,
+    add: &KeysBySet,
+    seq: u32,
+) -> Option<(Vec<u8>, Vec<u32>)> {
+    if del.values().all(Vec::is_empty) && add.values().all(Vec::is_empty) {
         return None;
     }
     let control = |m: ControlMessage| {
@@ -176,22 +91,24 @@ pub fn batch(have: &NftElements, want: &NftElements, seq: u32) -> Option<(Vec<u8
     let inet = || NetfilterHeader::new(NetfilterProtoFamily::Inet, 0, 0);
     // An attribute's length is 16 bits: at most PER_MESSAGE elements (of at
     // most 32 key bytes) go in one message.
-    for (set, keys) in &del {
+    for (set, keys) in del {
         for chunk in keys.chunks(PER_MESSAGE) {
             next += 1;
             let m = NetfilterMessage::new(
                 inet(),
-                NfTablesMessage::DeleteSetElement(elements(set, chunk)),
+                NfTablesMessage::DeleteSetElement(elements(table, set, chunk)),
             );
             buf.extend(message(m, NLM_F_REQUEST | NLM_F_ACK, next));
             acked.push(next);
         }
     }
-    for (set, keys) in &add {
+    for (set, keys) in add {
         for chunk in keys.chunks(PER_MESSAGE) {
             next += 1;
-            let m =
-                NetfilterMessage::new(inet(), NfTablesMessage::NewSetElement(elements(set, chunk)));
+            let m = NetfilterMessage::new(
+                inet(),
+                NfTablesMessage::NewSetElement(elements(table, set, chunk)),
+            );
             buf.extend(message(m, NLM_F_REQUEST | NLM_F_ACK | NLM_F_CREATE, next));
             acked.push(next);
         }
@@ -204,26 +121,16 @@ pub fn batch(have: &NftElements, want: &NftElements, seq: u32) -> Option<(Vec<u8
     Some((buf, acked))
 }
 
-/// Sends the changes from `have` to `want` as one batch and waits for the
-/// kernel's verdict on each message. Returns how many messages the batch held
-/// (0: nothing to do, nothing sent).
-pub fn apply(have: &NftElements, want: &NftElements) -> Result<usize, Error> {
-    let minus = |a: &NftElements, b: &NftElements| NftElements {
-        reject: a.reject.difference(&b.reject).copied().collect(),
-        hairpin: a.hairpin.difference(&b.hairpin).copied().collect(),
-        vips: a.vips.difference(&b.vips).copied().collect(),
-    };
-    apply_changes(&minus(have, want), &minus(want, have))
-}
-
-/// Deletes the elements of `del` and adds those of `add` (disjoint) in one
-/// batch; as `apply`.
-pub fn apply_changes(del: &NftElements, add: &NftElements) -> Result<usize, Error> {
+/// Deletes `del` and adds `add` (disjoint) in one batch and waits for the
+/// kernel's verdict on each message. Returns how many messages the batch
+/// held (0: nothing to do, nothing sent); an error says what the kernel or
+/// the socket refused.
+pub fn send(table: &str, del: &KeysBySet, add: &KeysBySet) -> Result<usize, String> {
     // With disjoint sets, "from `del` to `add`" deletes `del` and adds `add`.
-    let Some((buf, acked)) = batch(del, add, 1) else {
+    let Some((buf, acked)) = batch(table, del, add, 1) else {
         return Ok(0);
     };
-    let io = |what: &str, e: std::io::Error| Error::Nft(format!("netlink {what}: {e}"));
+    let io = |what: &str, e: std::io::Error| format!("netlink {what}: {e}");
     let mut socket = Socket::new(NETLINK_NETFILTER).map_err(|e| io("socket", e))?;
     socket.bind_auto().map_err(|e| io("bind", e))?;
     socket
@@ -241,11 +148,11 @@ pub fn apply_changes(del: &NftElements, add: &NftElements) -> Result<usize, Erro
             Ok((data, _)) => data,
             Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => {
                 if Instant::now() > deadline {
-                    return Err(Error::Nft(format!(
+                    return Err(format!(
                         "netlink: no answer for {} of {} set-element messages",
                         pending.len(),
                         acked.len()
-                    )));
+                    ));
                 }
                 std::thread::sleep(Duration::from_micros(200));
                 continue;
@@ -282,7 +189,7 @@ pub fn apply_changes(del: &NftElements, add: &NftElements) -> Result<usize, Erro
         }
     }
     match first_error {
-        Some(e) => Err(Error::Nft(e)),
+        Some(e) => Err(e),
         None => Ok(acked.len()),
     }
 }
@@ -291,32 +198,21 @@ pub fn apply_changes(del: &NftElements, add: &NftElements) -> Result<usize, Erro
 mod tests {
     use super::*;
 
-    #[test]
-    fn keys_are_concatenations_of_32_bit_registers() {
-        let (set, key) = reject_key(&("10.96.0.1".parse().unwrap(), Protocol::Udp, 53));
-        assert_eq!(set, "reject_v4");
-        assert_eq!(key, [10, 96, 0, 1, 17, 0, 0, 0, 0, 53, 0, 0]);
-        let (set, key) = reject_key(&("fd00::1".parse().unwrap(), Protocol::Sctp, 0x1f90));
-        assert_eq!(set, "reject_v6");
-        assert_eq!(key.len(), 24);
-        assert_eq!(&key[16..], &[132, 0, 0, 0, 0x1f, 0x90, 0, 0]);
-        let (set, key) = hairpin_key(&"10.244.0.5".parse().unwrap());
-        assert_eq!(set, "hairpin_v4");
-        assert_eq!(key, [10, 244, 0, 5, 10, 244, 0, 5]);
-        assert_eq!(hairpin_key(&"fd00::5".parse().unwrap()).1.len(), 32);
+    const T: &str = "signpost-ipvs";
+
+    fn keys(set: &str, n: u32, width: usize) -> KeysBySet {
+        let keys = (0..n).map(|i| {
+            let mut k = vec![0u8; width];
+            k[..4].copy_from_slice(&i.to_be_bytes());
+            k
+        });
+        KeysBySet::from([(set.to_owned(), keys.collect())])
     }
 
     #[test]
     fn big_changes_are_split_into_messages_below_the_attribute_limit() {
-        let want = NftElements {
-            reject: Default::default(),
-            hairpin: (0..1000u32)
-                .map(|i| IpAddr::from(std::net::Ipv6Addr::from(0xfd00_u128 << 112 | u128::from(i))))
-                .collect(),
-            ..NftElements::default()
-        };
-        assert_eq!(changed(&NftElements::default(), &want), 1000);
-        let (buf, acked) = batch(&NftElements::default(), &want, 1).unwrap();
+        let add = keys("hairpin_v6", 1000, 32);
+        let (buf, acked) = batch(T, &KeysBySet::new(), &add, 1).unwrap();
         assert_eq!(acked.len(), 1000usize.div_ceil(PER_MESSAGE));
         let mut off = 0;
         while off < buf.len() {
@@ -328,18 +224,11 @@ mod tests {
 
     #[test]
     fn a_batch_is_begin_deletes_adds_end() {
-        let have = NftElements {
-            reject: [("10.96.0.1".parse().unwrap(), Protocol::Tcp, 80)].into(),
-            hairpin: ["10.244.0.1".parse().unwrap()].into(),
-            ..NftElements::default()
-        };
-        let want = NftElements {
-            reject: Default::default(),
-            hairpin: ["10.244.0.2".parse().unwrap()].into(),
-            ..NftElements::default()
-        };
-        assert!(batch(&have, &have, 1).is_none());
-        let (buf, acked) = batch(&have, &want, 1).unwrap();
+        let mut del = keys("hairpin_v4", 1, 8);
+        del.extend(keys("reject_v4", 1, 12));
+        let add = keys("hairpin_v4", 1, 8);
+        assert!(batch(T, &KeysBySet::new(), &KeysBySet::new(), 1).is_none());
+        let (buf, acked) = batch(T, &del, &add, 1).unwrap();
         // Walk the datagram: (type, flags, seq, nfgen family, res_id).
         let mut seen = Vec::new();
         let mut off = 0;
@@ -365,19 +254,5 @@ mod tests {
             ]
         );
         assert_eq!(acked, vec![2, 3, 4]);
-        // The element messages parse back with their table, set and key.
-        let second = NetlinkMessage::<NetfilterMessage>::deserialize(&buf[20..]).unwrap();
-        let NetlinkPayload::InnerMessage(m) = second.payload else {
-            panic!("not a netfilter message")
-        };
-        assert_eq!(
-            m.inner,
-            netlink_packet_netfilter::NetfilterMessageInner::NfTables(
-                NfTablesMessage::DeleteSetElement(elements(
-                    "hairpin_v4",
-                    &[vec![10, 244, 0, 1, 10, 244, 0, 1]]
-                ))
-            )
-        );
     }
 }

@@ -22,7 +22,7 @@ use std::net::{IpAddr, SocketAddr};
 use serde_json::{Value, json};
 use signpost_model::cluster::{Protocol, ProxyTable, VirtualKey, VirtualService};
 
-use crate::{MASQ_MARK, TABLE};
+use super::{MASQ_MARK, TABLE};
 
 fn proto(p: Protocol) -> &'static str {
     p.as_lower()
