@@ -33,7 +33,7 @@ fn signpost_ipvs_certifies_in_the_kernel_vm() {
             .map(|r| r["verdict"].as_str().unwrap_or("").to_owned())
             .unwrap_or_default()
     };
-    for id in ["PXY-1", "PXY-2", "PXY-3", "PXY-6", "PXY-12", "DNS-1"] {
+    for id in ["PXY-1", "PXY-2", "PXY-3", "PXY-6", "PXY-12", "DNS-2"] {
         assert_eq!(verdict(id), "pass", "{id} in the VM:\n{json}");
     }
     assert!(status.success(), "signpost-conform exited {status}");

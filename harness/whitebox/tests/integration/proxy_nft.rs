@@ -623,3 +623,108 @@ fn ipvs_nft_sets_change_element_by_element_over_netlink() {
         "a refused batch applied part of itself"
     );
 }
+
+/// A data plane that refuses every write (here: `nft` transactions fail
+/// while a fault file exists, through a wrapper first on the proxy's PATH;
+/// listing still works) does not end the proxy: it logs, counts and
+/// retries with backoff, and once the kernel takes writes again it programs
+/// what changed meanwhile. (Before the fix the second failed sync in a row
+/// ended the process, so one refused Service crash-looped every node.)
+#[test]
+fn a_proxy_survives_a_refusing_data_plane_and_catches_up() {
+    require_rig!();
+    let cluster = LocalCluster::new("nft-fault")
+        .unwrap()
+        .echo_binary(echo_bin())
+        .start()
+        .unwrap();
+    let _eps = signpost(
+        &cluster,
+        "signpost-endpoints",
+        &["endpoints", "--metrics-addr=127.0.0.1:10280"],
+    );
+    let dir = tempfile::tempdir().unwrap();
+    let fault = dir.path().join("refuse-writes");
+    let real = ["/usr/sbin/nft", "/sbin/nft", "/usr/bin/nft"]
+        .into_iter()
+        .find(|p| std::path::Path::new(p).is_file())
+        .expect("nft is installed");
+    let wrapper = dir.path().join("nft");
+    std::fs::write(
+        &wrapper,
+        format!(
+            "#!/bin/sh\n# Fault injection: refuse transactions (-f) while {f} exists.\n\
+             for a in \"$@\"; do if [ \"$a\" = -f ] && [ -e {f} ]; then\n\
+             echo 'Error: injected fault: transaction refused' >&2; exit 1; fi; done\n\
+             exec {real} \"$@\"\n",
+            f = fault.display()
+        ),
+    )
+    .unwrap();
+    std::fs::set_permissions(
+        &wrapper,
+        std::os::unix::fs::PermissionsExt::from_mode(0o755),
+    )
+    .unwrap();
+    std::fs::write(&fault, "").unwrap();
+    let path = format!(
+        "PATH={}:{}",
+        dir.path().display(),
+        std::env::var("PATH").unwrap_or_default()
+    );
+    let bin = workspace_binary("signpost").unwrap();
+    let args: Vec<String> = vec![
+        path,
+        bin.display().to_string(),
+        format!("--kubeconfig={}", cluster.kubeconfig().display()),
+        "proxy".into(),
+        "--mode=nftables".into(),
+        "--node-name=node-a".into(),
+        "--metrics-addr=127.0.0.1:10281".into(),
+    ];
+    let mut proxy = Daemon::spawn(
+        cluster.node_namespace(),
+        "signpost-proxy",
+        std::path::Path::new("/usr/bin/env"),
+        &args,
+        cluster.logs().join("signpost-proxy.log"),
+    )
+    .unwrap();
+    let _v0 = cluster
+        .pod("voyager-0")
+        .label("app", "voy")
+        .start()
+        .unwrap();
+    let (vip, _) = create_service(&cluster, "voy", "voy", false);
+    // Several refused syncs (the first one and its retries).
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        proxy
+            .check_running()
+            .expect("the proxy keeps running while nft refuses");
+        let errors = cluster
+            .metric(10281, "signpost_proxy_errors_total")
+            .unwrap_or(0.0);
+        if errors >= 4.0 {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "only {errors} errors counted; logs in {}",
+            cluster.logs().display()
+        );
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    assert!(
+        kernel(&cluster).is_none(),
+        "nothing was written while refused"
+    );
+    proxy
+        .check_running()
+        .expect("still running after repeated failures");
+    // The kernel takes writes again: the proxy catches up on its own.
+    std::fs::remove_file(&fault).unwrap();
+    let t = converge(&cluster, |t| backends(t, vip, 80) == 1);
+    assert_eq!(backends(&t, vip, 80), 1);
+    proxy.check_running().expect("running after recovery");
+}
