@@ -47,7 +47,7 @@ impl Default for Config {
         Config {
             lease_namespace: "kube-system".into(),
             lease_name: "signpost-endpoints".into(),
-            identity: format!("signpost-endpoints-{}", std::process::id()),
+            identity: crate::lease::default_identity(),
             lease_duration: Duration::from_secs(15),
             debounce: Duration::ZERO,
         }
@@ -525,5 +525,17 @@ async fn delete(ctx: &mut Ctx, key: &Key, slice: &str, version: Option<String>) 
             Err(Error::Conflict(format!("{}/{slice}", key.0)))
         }
         Err(e) => Err(e.into()),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn two_replicas_started_alike_get_different_default_identities() {
+        // Same process ID (1 in every container), same host image: the
+        // old default `signpost-endpoints-<pid>` was equal, so both renewed.
+        let a = super::Config::default().identity;
+        let b = super::Config::default().identity;
+        assert_ne!(a, b, "replicas would share a lease identity");
     }
 }

@@ -46,6 +46,40 @@ pub fn decide(spec: Option<&LeaseSpec>, me: &str, now: Timestamp) -> Decision {
     }
 }
 
+/// A replica's default identity, unique per process start: this Pod's name
+/// (`$POD_NAME`, else `$HOSTNAME`, else the kernel's hostname) and 128
+/// random bits, as client-go's `hostname_uuid`. The process ID alone is not
+/// unique: in containers it is usually 1 in every replica, and two
+/// replicas with one identity would both renew the lease and both lead.
+pub fn default_identity() -> String {
+    let host = std::env::var("POD_NAME")
+        .ok()
+        .or_else(|| std::env::var("HOSTNAME").ok())
+        .filter(|h| !h.is_empty())
+        .or_else(|| {
+            std::fs::read_to_string("/proc/sys/kernel/hostname")
+                .ok()
+                .map(|h| h.trim().to_owned())
+        })
+        .unwrap_or_else(|| "signpost-endpoints".into());
+    format!("{host}_{}", random_hex())
+}
+
+/// 128 bits from the kernel's random source, as hex.
+fn random_hex() -> String {
+    use std::io::Read;
+    let mut b = [0u8; 16];
+    let read = std::fs::File::open("/dev/urandom").and_then(|mut f| f.read_exact(&mut b));
+    if read.is_err() {
+        // No /dev/urandom: fall back to what differs between processes and instants.
+        let t = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map_or(0, |d| d.as_nanos());
+        b = (t ^ (u128::from(std::process::id()) << 64)).to_le_bytes();
+    }
+    b.iter().map(|x| format!("{x:02x}")).collect()
+}
+
 /// A candidate for one lease.
 #[derive(Debug, Clone)]
 pub struct Elector {
@@ -164,6 +198,23 @@ mod tests {
         assert_eq!(
             decide(Some(&spec("", 99_000)), "a", now),
             Decision::TakeOver
+        );
+    }
+
+    #[test]
+    fn default_identities_differ_between_replicas_with_one_pid_and_host() {
+        // Two replicas in containers: same PID (1), same image; before, both
+        // were `signpost-endpoints-1` and `decide` told both to renew.
+        let a = super::default_identity();
+        let b = super::default_identity();
+        assert_ne!(a, b);
+        let (host, rand) = a.rsplit_once('_').unwrap();
+        assert!(!host.is_empty());
+        assert_eq!(rand.len(), 32);
+        let now = Timestamp::from_millisecond(100_000).unwrap();
+        assert_eq!(
+            decide(Some(&spec(&a, 99_000)), &b, now),
+            Decision::Wait { holder: a.clone() }
         );
     }
 }

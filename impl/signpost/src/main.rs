@@ -32,7 +32,8 @@ struct Cli {
 enum Command {
     /// Run the EndpointSlice controller.
     Endpoints {
-        /// This replica's identity in the leader lease (default: signpost-endpoints-<pid>).
+        /// This replica's identity in the leader lease (default: the Pod's name
+        /// from $POD_NAME or $HOSTNAME, an underscore and 128 random bits).
         #[arg(long)]
         identity: Option<String>,
         /// Namespace of the leader lease.
@@ -131,8 +132,7 @@ async fn main() -> anyhow::Result<()> {
             let cfg = signpost_endpoints::Config {
                 lease_namespace,
                 lease_name,
-                identity: identity
-                    .unwrap_or_else(|| format!("signpost-endpoints-{}", std::process::id())),
+                identity: identity.unwrap_or_else(signpost_endpoints::lease::default_identity),
                 lease_duration: Duration::from_secs(lease_duration),
                 debounce: Duration::from_millis(debounce_ms),
             };
