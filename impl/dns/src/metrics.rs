@@ -102,8 +102,10 @@ pub struct Metrics {
     pub forwarded: AtomicU64,
     /// Forwards that failed (timeout, refused connection, bad reply).
     pub forward_errors: AtomicU64,
-    /// Forwarding loops detected (a query of ours came back to us).
+    /// Forwarding loops detected (a loop probe of ours came back to us).
     pub forward_loops: AtomicU64,
+    /// Forwards refused because the bound on forwards in flight was reached.
+    pub forward_busy: AtomicU64,
     /// Requests that could not be parsed (answered FORMERR or dropped).
     pub malformed: AtomicU64,
     /// Objects skipped because they could not be read.
@@ -125,6 +127,7 @@ impl Default for Metrics {
             forwarded: AtomicU64::new(0),
             forward_errors: AtomicU64::new(0),
             forward_loops: AtomicU64::new(0),
+            forward_busy: AtomicU64::new(0),
             malformed: AtomicU64::new(0),
             invalid_objects: AtomicU64::new(0),
             watch_errors: AtomicU64::new(0),
@@ -201,6 +204,11 @@ impl Metrics {
                 "signpost_dns_forward_loops_total",
                 g(&self.forward_loops),
                 "Forwarding loops detected and refused.",
+            ),
+            (
+                "signpost_dns_forward_busy_total",
+                g(&self.forward_busy),
+                "Forwards answered SERVFAIL because too many were in flight.",
             ),
             (
                 "signpost_dns_malformed_requests_total",

@@ -238,6 +238,13 @@ impl Handler {
             .await
         {
             Ok(reply) => reply,
+            Err(ForwardError::Busy(limit)) => {
+                shared.metrics.forward_busy.fetch_add(1, Ordering::Relaxed);
+                tracing::debug!(%name, limit, "forward refused: too many in flight");
+                return self
+                    .error(request, handle, edns, ResponseCode::ServFail)
+                    .await;
+            }
             Err(ForwardError::Loop) => {
                 shared.metrics.forward_loops.fetch_add(1, Ordering::Relaxed);
                 warn!(%name, "every upstream loops back here; refusing");
@@ -335,9 +342,9 @@ impl Handler {
         }
         let (rcode, records) = match outcome {
             DnsOutcome::Forward => {
-                if shared.forwarder.is_loop(request.metadata.id, &name) {
+                if shared.forwarder.is_loop(&name) {
                     shared.metrics.forward_loops.fetch_add(1, Ordering::Relaxed);
-                    warn!(%name, src = %request.src(), "a query this server forwarded came back: forwarding loop; refused");
+                    warn!(%name, src = %request.src(), "this server's loop probe came back: an upstream forwards to us; it is skipped for a while");
                     return self
                         .error(request, handle, edns, ResponseCode::Refused)
                         .await;

@@ -313,6 +313,10 @@ async fn run_dns(kubeconfig: Option<PathBuf>, a: DnsArgs) -> anyhow::Result<()> 
         signpost_dns::server::serve(shared.clone(), &a.listen, Duration::from_secs(10))
             .await
             .with_context(|| format!("binding {:?}", a.listen))?;
+    // Loop probes (CoreDNS's loop plugin's idea): at start, periodically,
+    // and when the forwards in flight hit their bound.
+    let probes = shared.clone();
+    tokio::spawn(async move { probes.forwarder.run_loop_probes().await });
     let (render, ready) = (shared.clone(), shared.clone());
     let http = http::serve(
         a.metrics_addr,
