@@ -135,7 +135,8 @@ pub fn query(
 }
 
 /// Runs `signpost dns` in the node namespace, serving `listen`, metrics on
-/// `127.0.0.1:<metrics_port>`, with extra flags.
+/// `127.0.0.1:<metrics_port>`, with extra flags, authenticated as its
+/// ServiceAccount with deploy/'s RBAC.
 pub fn start_signpost(
     cluster: &LocalCluster<Running>,
     name: &str,
@@ -144,8 +145,9 @@ pub fn start_signpost(
     extra: &[&str],
 ) -> Result<Daemon> {
     let bin = workspace_binary("signpost")?;
+    let kc = cluster.component_kubeconfig(crate::deploy::Component::Dns)?;
     let mut args = vec![
-        format!("--kubeconfig={}", cluster.kubeconfig().display()),
+        format!("--kubeconfig={}", kc.display()),
         "dns".to_owned(),
         format!("--listen={listen}"),
         format!("--metrics-addr=127.0.0.1:{metrics_port}"),

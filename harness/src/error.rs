@@ -62,6 +62,9 @@ pub enum Error {
     /// The kubeconfig could not be loaded.
     #[error("kubeconfig: {0}")]
     Kubeconfig(String),
+    /// A manifest of `deploy/` did not parse or was refused.
+    #[error("manifest: {0}")]
+    Manifest(String),
     /// A DNS exchange failed or its reply did not parse.
     #[error("dns: {0}")]
     Dns(String),

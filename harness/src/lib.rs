@@ -4,6 +4,7 @@
 //! - [`upstream`]: where the pinned upstream binaries built by `ci/upstream` live;
 //! - [`netns`] and [`process`]: namespace and process guards that clean up in `Drop`;
 //! - [`pki`]: certificates, service-account keys and an admin kubeconfig;
+//! - [`deploy`]: `deploy/`'s RBAC applied and a ServiceAccount token per component;
 //! - [`cluster`]: [`LocalCluster`], etcd + kube-apiserver (+ kube-controller-manager)
 //!   in a node namespace with no route out, as a typestate fixture;
 //! - [`fabric`]: Pods as namespaces on a bridge, each running our echo server;
@@ -11,6 +12,7 @@
 //! - [`vm`]: the kernel VM rig (Debian cloud kernel under qemu TCG) for IPVS.
 
 pub mod cluster;
+pub mod deploy;
 pub mod dns;
 mod error;
 pub mod fabric;

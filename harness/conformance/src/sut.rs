@@ -374,8 +374,10 @@ pub fn start_proxy(
             } else {
                 "nftables"
             };
+            // Signpost's proxy runs with exactly deploy/'s RBAC.
+            let kc = cluster.component_kubeconfig(signpost_harness::deploy::Component::Proxy)?;
             let mut args = vec![
-                format!("--kubeconfig={kc}"),
+                format!("--kubeconfig={}", kc.display()),
                 "proxy".into(),
                 format!("--mode={mode}"),
                 format!("--node-name={NODE_NAME}"),
@@ -469,8 +471,9 @@ pub fn start_endpoints(
     if choice != EndpointsChoice::Signpost {
         return Ok(None);
     }
+    let kc = cluster.component_kubeconfig(signpost_harness::deploy::Component::Endpoints)?;
     let args = vec![
-        format!("--kubeconfig={}", cluster.kubeconfig().display()),
+        format!("--kubeconfig={}", kc.display()),
         "endpoints".into(),
         "--metrics-addr=127.0.0.1:10280".into(),
     ];

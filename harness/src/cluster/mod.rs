@@ -227,6 +227,9 @@ impl LocalCluster<Stopped> {
             "--authorization-mode=RBAC".into(),
             // No kubelet or service-account controller runs: Pods are plain API objects.
             "--disable-admission-plugins=ServiceAccount".into(),
+            // As some distributions run it: setting blockOwnerDeletion needs
+            // `update` on the owner's finalizers, which deploy/ must grant.
+            "--enable-admission-plugins=OwnerReferencesPermissionEnforcement".into(),
             "--enable-priority-and-fairness=false".into(),
             "--profiling=false".into(),
         ];
@@ -379,9 +382,15 @@ impl LocalCluster<Running> {
                 etcd.check_running()?;
                 apiserver.check_running()?;
             }
+            // /readyz: every post-start hook done, the bootstrap RBAC roles
+            // among them (least-privilege clients need system:basic-user).
             let ok = self.block_on(|client| async move {
-                let ns: Api<Namespace> = Api::all(client);
-                ns.get("default").await.is_ok()
+                let Ok(req) = http::Request::get("/readyz").body(Vec::new()) else {
+                    return false;
+                };
+                let ns: Api<Namespace> = Api::all(client.clone());
+                client.request_text(req).await.is_ok_and(|t| t.trim() == "ok")
+                    && ns.get("default").await.is_ok()
             });
             if matches!(ok, Ok(true)) {
                 return Ok(());
@@ -450,6 +459,19 @@ impl LocalCluster<Running> {
     /// The admin kubeconfig (server `https://127.0.0.1:6443`, reachable inside the node namespace).
     pub fn kubeconfig(&self) -> &Path {
         &self.state.kubeconfig
+    }
+
+    /// A kubeconfig with a token of `component`'s ServiceAccount, after
+    /// applying its RBAC from `deploy/`: what a component under test runs
+    /// with, so it has exactly the rights its deployment grants.
+    pub fn component_kubeconfig(&self, component: crate::deploy::Component) -> Result<PathBuf> {
+        let admin = self.state.kubeconfig.clone();
+        let out = self
+            .logs()
+            .join(format!("{}.kubeconfig", component.service_account()));
+        self.block_on(|client| async move {
+            crate::deploy::component_kubeconfig(&client, &admin, component, &out).await
+        })?
     }
 
     /// Reads a sample from the Prometheus endpoint `127.0.0.1:<port>/metrics`

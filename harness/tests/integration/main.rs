@@ -3,6 +3,7 @@
 //! the test; elsewhere the test says why it does not run and returns.
 
 mod cluster;
+mod deploy;
 mod fabric;
 
 use std::path::PathBuf;

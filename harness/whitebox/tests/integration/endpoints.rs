@@ -276,8 +276,12 @@ fn start_signpost(
 ) -> Daemon {
     let bin = workspace_binary("signpost")
         .expect("the signpost binary (cargo builds it for its own tests)");
+    // With exactly deploy/'s RBAC (a missing verb fails the test).
+    let kc = cluster
+        .component_kubeconfig(signpost_harness::deploy::Component::Endpoints)
+        .unwrap();
     let args = vec![
-        format!("--kubeconfig={}", cluster.kubeconfig().display()),
+        format!("--kubeconfig={}", kc.display()),
         "endpoints".into(),
         format!("--identity={identity}"),
         format!("--lease-duration={lease_secs}"),

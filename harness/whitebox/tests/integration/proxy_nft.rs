@@ -16,6 +16,7 @@ use k8s_openapi::api::core::v1::{Node as KNode, Service as KService};
 use k8s_openapi::api::discovery::v1::EndpointSlice as KSlice;
 use kube::api::{Api, ListParams, PostParams};
 use serde_json::json;
+use signpost_harness::deploy::Component;
 use signpost_harness::process::{Daemon, workspace_binary};
 use signpost_harness::{Error, LocalCluster, PodHandle, Running};
 use signpost_model::cluster::{EndpointSlice, Node, ProxyTable, Service};
@@ -25,7 +26,14 @@ use crate::{echo_bin, require_rig};
 
 fn signpost(cluster: &LocalCluster<Running>, name: &str, args: &[&str]) -> Daemon {
     let bin = workspace_binary("signpost").expect("the signpost binary");
-    let mut all = vec![format!("--kubeconfig={}", cluster.kubeconfig().display())];
+    // Each runs with exactly its deploy/ RBAC, as deployed.
+    let component = match args[0] {
+        "proxy" => Component::Proxy,
+        "dns" => Component::Dns,
+        _ => Component::Endpoints,
+    };
+    let kc = cluster.component_kubeconfig(component).unwrap();
+    let mut all = vec![format!("--kubeconfig={}", kc.display())];
     all.extend(args.iter().map(|a| (*a).to_owned()));
     Daemon::spawn(
         cluster.node_namespace(),
@@ -676,7 +684,13 @@ fn a_proxy_survives_a_refusing_data_plane_and_catches_up() {
     let args: Vec<String> = vec![
         path,
         bin.display().to_string(),
-        format!("--kubeconfig={}", cluster.kubeconfig().display()),
+        format!(
+            "--kubeconfig={}",
+            cluster
+                .component_kubeconfig(Component::Proxy)
+                .unwrap()
+                .display()
+        ),
         "proxy".into(),
         "--mode=nftables".into(),
         "--node-name=node-a".into(),
