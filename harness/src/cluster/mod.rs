@@ -389,7 +389,10 @@ impl LocalCluster<Running> {
                     return false;
                 };
                 let ns: Api<Namespace> = Api::all(client.clone());
-                client.request_text(req).await.is_ok_and(|t| t.trim() == "ok")
+                client
+                    .request_text(req)
+                    .await
+                    .is_ok_and(|t| t.trim() == "ok")
                     && ns.get("default").await.is_ok()
             });
             if matches!(ok, Ok(true)) {
@@ -480,6 +483,15 @@ impl LocalCluster<Running> {
     pub fn metric(&self, port: u16, name: &str) -> Option<f64> {
         self.ns
             .within(|| crate::process::local_metric(port, name))
+            .ok()
+            .flatten()
+    }
+
+    /// `GET path` from `127.0.0.1:<port>` inside the node namespace (a
+    /// component's `/healthz`, `/readyz`): status and body.
+    pub fn http_get(&self, port: u16, path: &str) -> Option<(u16, String)> {
+        self.ns
+            .within(|| crate::process::local_get(port, path))
             .ok()
             .flatten()
     }

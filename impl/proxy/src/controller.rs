@@ -34,6 +34,8 @@ pub struct Config {
     /// A deliberate fault for the conformance harness's mutation test
     /// (`None` in production: the seam is the identity).
     pub mutant: Option<signpost_model::mutant::Mutant>,
+    /// What `/healthz` reports: fed with every queued change and applied sync.
+    pub health: Arc<crate::health::Health>,
 }
 
 /// Errors that stop the proxy.
@@ -399,6 +401,8 @@ pub async fn run(client: Client, cfg: Config, metrics: Arc<Metrics>) -> Result<(
     let mut seam = Seam::with(cfg.mutant);
     while let Some(first) = next_event(&mut events, retry_in).await {
         let batch = batch_after(first, &mut events);
+        let began = Instant::now();
+        cfg.health.queued(began);
         let Action::Sync { read_back: repair } = state.step(&batch) else {
             continue;
         };
@@ -411,6 +415,7 @@ pub async fn run(client: Client, cfg: Config, metrics: Arc<Metrics>) -> Result<(
         match sync(&mut have, &want, &node.addresses, &metrics) {
             Ok(_) => {
                 state.synced(true);
+                cfg.health.applied(began);
                 retry_in = None;
             }
             Err(e) => {
@@ -446,6 +451,10 @@ pub async fn run_ipvs(client: Client, cfg: Config, metrics: Arc<Metrics>) -> Res
     info!(node = %cfg.node_name, "signpost proxy (ipvs) starting");
     while let Some(first) = next_event(&mut events, retry_in).await {
         let batch = batch_after(first, &mut events);
+        let began = Instant::now();
+        if batch.iter().any(|e| *e != Event::Drain) {
+            cfg.health.queued(began);
+        }
         let resync = match state.step(&batch) {
             Action::Wait => continue,
             Action::FinishDraining => {
@@ -473,6 +482,7 @@ pub async fn run_ipvs(client: Client, cfg: Config, metrics: Arc<Metrics>) -> Res
         match sync_ipvs(k, &mut have, &want, resync, &metrics).await {
             Ok(ops) => {
                 state.synced(true);
+                cfg.health.applied(began);
                 retry_in = None;
                 if !ops.is_empty() {
                     metrics.observe_sync(started.elapsed());

@@ -6,6 +6,7 @@
 
 pub mod conntrack;
 pub mod controller;
+pub mod health;
 pub mod metrics;
 pub mod plane;
 

@@ -67,6 +67,11 @@ enum Command {
         /// Seconds between read-back-and-repair resyncs.
         #[arg(long, default_value_t = 60)]
         resync_secs: u64,
+        /// `/healthz` answers 503 once a change has waited this many seconds
+        /// without reaching the kernel (default: twice --resync-secs, as
+        /// kube-proxy's is twice its sync period).
+        #[arg(long)]
+        healthz_timeout_secs: Option<u64>,
         /// Address for /healthz and /metrics.
         #[arg(long, default_value = "127.0.0.1:10281")]
         metrics_addr: SocketAddr,
@@ -139,8 +144,7 @@ async fn main() -> anyhow::Result<()> {
             let render = metrics.clone();
             let server = http::serve(
                 metrics_addr,
-                Arc::new(move || render.render()),
-                Arc::new(|| true),
+                http::Handlers::metrics_only(Arc::new(move || render.render())),
             )
             .await?;
             tracing::info!(%metrics_addr, identity = %cfg.identity, "signpost endpoints starting");
@@ -155,6 +159,7 @@ async fn main() -> anyhow::Result<()> {
             node_name,
             cleanup,
             resync_secs,
+            healthz_timeout_secs,
             metrics_addr,
             mutant,
         } => {
@@ -192,16 +197,24 @@ async fn main() -> anyhow::Result<()> {
             let client = client(cli.kubeconfig).await?;
             let metrics = Arc::new(signpost_proxy::metrics::Metrics::default());
             let render = metrics.clone();
+            // kube-proxy's healthz timeout is twice its sync period.
+            let timeout = Duration::from_secs(healthz_timeout_secs.unwrap_or(2 * resync_secs));
+            let health = Arc::new(signpost_proxy::health::Health::new(timeout));
+            let probe = health.clone();
             let server = http::serve(
                 metrics_addr,
-                Arc::new(move || render.render()),
-                Arc::new(|| true),
+                http::Handlers {
+                    metrics: Arc::new(move || render.render()),
+                    ready: Arc::new(|| true),
+                    healthy: Arc::new(move || probe.check(std::time::Instant::now())),
+                },
             )
             .await?;
             let cfg = signpost_proxy::controller::Config {
                 node_name,
                 resync: Duration::from_secs(resync_secs),
                 mutant,
+                health,
             };
             if let Some(m) = mutant {
                 tracing::warn!(
@@ -320,8 +333,10 @@ async fn run_dns(kubeconfig: Option<PathBuf>, a: DnsArgs) -> anyhow::Result<()> 
     let (render, ready) = (shared.clone(), shared.clone());
     let http = http::serve(
         a.metrics_addr,
-        Arc::new(move || render.metrics.render()),
-        Arc::new(move || ready.synced()),
+        http::Handlers {
+            ready: Arc::new(move || ready.synced()),
+            ..http::Handlers::metrics_only(Arc::new(move || render.metrics.render()))
+        },
     )
     .await?;
     tracing::info!(%zone, listen = ?a.listen, ?upstreams, ttl = a.ttl, metrics_addr = %a.metrics_addr, "signpost dns starting");

@@ -695,6 +695,7 @@ fn a_proxy_survives_a_refusing_data_plane_and_catches_up() {
         "--mode=nftables".into(),
         "--node-name=node-a".into(),
         "--metrics-addr=127.0.0.1:10281".into(),
+        "--healthz-timeout-secs=2".into(),
     ];
     let mut proxy = Daemon::spawn(
         cluster.node_namespace(),
@@ -736,9 +737,28 @@ fn a_proxy_survives_a_refusing_data_plane_and_catches_up() {
     proxy
         .check_running()
         .expect("still running after repeated failures");
+    // Changes have waited past the 2 s timeout: /healthz says so (503), as
+    // kube-proxy's does, so a probe or a load balancer sees this node.
+    let health = |want: u16| {
+        let deadline = Instant::now() + Duration::from_secs(20);
+        loop {
+            let got = cluster.http_get(10281, "/healthz");
+            if got.as_ref().is_some_and(|(code, _)| *code == want) {
+                return got.unwrap().1;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "/healthz never answered {want}: last {got:?}"
+            );
+            std::thread::sleep(Duration::from_millis(200));
+        }
+    };
+    let body = health(503);
+    assert!(body.contains("not in the kernel"), "{body}");
     // The kernel takes writes again: the proxy catches up on its own.
     std::fs::remove_file(&fault).unwrap();
     let t = converge(&cluster, |t| backends(t, vip, 80) == 1);
     assert_eq!(backends(&t, vip, 80), 1);
+    health(200);
     proxy.check_running().expect("running after recovery");
 }
