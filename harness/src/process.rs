@@ -86,6 +86,27 @@ impl Daemon {
         let _ = self.child.wait();
     }
 
+    /// Sends SIGTERM to the process group and returns at once (to watch a
+    /// graceful shutdown; [`Daemon::wait_exit`] then collects it).
+    pub fn terminate(&self) {
+        let pgid = Pid::from_raw(-i32::try_from(self.child.id()).unwrap_or(i32::MAX));
+        let _ = kill(pgid, Signal::SIGTERM);
+    }
+
+    /// The exit status once the process has exited, waiting up to `timeout`.
+    pub fn wait_exit(&mut self, timeout: Duration) -> Option<std::process::ExitStatus> {
+        let deadline = Instant::now() + timeout;
+        loop {
+            if let Ok(Some(status)) = self.child.try_wait() {
+                return Some(status);
+            }
+            if Instant::now() >= deadline {
+                return None;
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+
     /// Stops the process group: SIGTERM, then SIGKILL after `grace`.
     pub fn stop(&mut self, grace: Duration) {
         let pgid = Pid::from_raw(-i32::try_from(self.child.id()).unwrap_or(i32::MAX));

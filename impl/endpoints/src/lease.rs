@@ -167,6 +167,36 @@ impl Elector {
             Err(e) => Err(Error::Kube(e)),
         }
     }
+
+    /// Gives the lease up on a graceful shutdown, if we hold it: no holder
+    /// and a one-second duration, so a standby takes over at its next try
+    /// instead of waiting out the lease (client-go's ReleaseOnCancel does
+    /// the same). Returns whether we held it.
+    pub async fn release(&self) -> Result<bool> {
+        let Some(mut lease) = self.api.get_opt(&self.name).await? else {
+            return Ok(false);
+        };
+        let Some(spec) = lease.spec.as_mut() else {
+            return Ok(false);
+        };
+        if spec.holder_identity.as_deref() != Some(self.identity.as_str()) {
+            return Ok(false);
+        }
+        spec.holder_identity = None;
+        spec.lease_duration_seconds = Some(1);
+        spec.renew_time = Some(MicroTime(Timestamp::now()));
+        spec.acquire_time = None;
+        match self
+            .api
+            .replace(&self.name, &PostParams::default(), &lease)
+            .await
+        {
+            Ok(_) => Ok(true),
+            // Someone wrote in between: it is not ours to release any more.
+            Err(kube::Error::Api(e)) if e.code == 409 => Ok(false),
+            Err(e) => Err(Error::Kube(e)),
+        }
+    }
 }
 
 #[cfg(test)]

@@ -148,10 +148,24 @@ async fn main() -> anyhow::Result<()> {
             )
             .await?;
             tracing::info!(%metrics_addr, identity = %cfg.identity, "signpost endpoints starting");
+            let elector = signpost_endpoints::lease::Elector::new(
+                kube::Api::namespaced(client.clone(), &cfg.lease_namespace),
+                &cfg.lease_name,
+                &cfg.identity,
+                cfg.lease_duration,
+            );
             tokio::select! {
                 r = signpost_endpoints::run(client, cfg, metrics) => r.context("endpoints controller stopped")?,
                 r = server => r.context("metrics server panicked")?.context("metrics server stopped")?,
-                _ = shutdown() => tracing::info!("shutting down"),
+                _ = shutdown() => {
+                    // The controller is stopped (dropped): hand the lease over now.
+                    match tokio::time::timeout(Duration::from_secs(5), elector.release()).await {
+                        Ok(Ok(true)) => tracing::info!("released the lease; shutting down"),
+                        Ok(Ok(false)) => tracing::info!("not the leader; shutting down"),
+                        Ok(Err(e)) => tracing::warn!(error = %e, "releasing the lease failed; a standby waits it out"),
+                        Err(_) => tracing::warn!("releasing the lease timed out; a standby waits it out"),
+                    }
+                }
             }
         }
         Command::Proxy {
@@ -271,6 +285,10 @@ struct DnsArgs {
     /// Address for /healthz, /readyz and /metrics.
     #[arg(long, default_value = "127.0.0.1:10282")]
     metrics_addr: SocketAddr,
+    /// Seconds to keep answering after SIGTERM with /readyz at 503
+    /// (kubeadm's Corefile: `health { lameduck 5s }`).
+    #[arg(long, default_value_t = 5)]
+    lameduck_secs: u64,
     /// Build in a deliberate fault (the conformance harness's mutation test).
     #[arg(long, hide = true)]
     mutant: Option<signpost_model::mutant::Mutant>,
@@ -331,20 +349,44 @@ async fn run_dns(kubeconfig: Option<PathBuf>, a: DnsArgs) -> anyhow::Result<()> 
     let probes = shared.clone();
     tokio::spawn(async move { probes.forwarder.run_loop_probes().await });
     let (render, ready) = (shared.clone(), shared.clone());
+    // Lameduck (CoreDNS's `health { lameduck }`): after SIGTERM, /readyz
+    // says 503 so the Service stops sending here, while queries already on
+    // their way are still answered for --lameduck-secs.
+    let lameduck = Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let ducking = lameduck.clone();
     let http = http::serve(
         a.metrics_addr,
         http::Handlers {
-            ready: Arc::new(move || ready.synced()),
+            ready: Arc::new(move || {
+                ready.synced() && !ducking.load(std::sync::atomic::Ordering::Relaxed)
+            }),
             ..http::Handlers::metrics_only(Arc::new(move || render.metrics.render()))
         },
     )
     .await?;
     tracing::info!(%zone, listen = ?a.listen, ?upstreams, ttl = a.ttl, metrics_addr = %a.metrics_addr, "signpost dns starting");
+    let serving = async {
+        tokio::select! {
+            () = signpost_dns::watch::run(client, shared, pods_mode) => anyhow::bail!("watches stopped"),
+            r = server.block_until_done() => r.context("DNS server stopped")?,
+            r = http => r.context("metrics server panicked")?.context("metrics server stopped")?,
+        }
+        Ok::<_, anyhow::Error>(())
+    };
+    tokio::pin!(serving);
     tokio::select! {
-        () = signpost_dns::watch::run(client, shared, pods_mode) => anyhow::bail!("watches stopped"),
-        r = server.block_until_done() => r.context("DNS server stopped")?,
-        r = http => r.context("metrics server panicked")?.context("metrics server stopped")?,
-        _ = shutdown() => tracing::info!("shutting down"),
+        r = &mut serving => r?,
+        _ = shutdown() => {
+            let secs = a.lameduck_secs;
+            tracing::info!(secs, "lameduck: /readyz is 503, still answering");
+            lameduck.store(true, std::sync::atomic::Ordering::Relaxed);
+            tokio::select! {
+                r = &mut serving => r?,
+                () = tokio::time::sleep(Duration::from_secs(secs)) => {}
+                _ = shutdown() => tracing::info!("second signal: lameduck cut short"),
+            }
+            tracing::info!("shutting down");
+        }
     }
     Ok(())
 }

@@ -558,3 +558,62 @@ fn servfail_until_synced_and_loops_refused() {
     assert_eq!(a.rcode, "NoError");
     assert_eq!(a.records.len(), 1);
 }
+
+#[test]
+fn lameduck_keeps_answering_with_readyz_503_then_exits() {
+    require_rig!();
+    let cluster = LocalCluster::new("dnsduck").unwrap().start().unwrap();
+    create_service(
+        &cluster,
+        "default",
+        "voy",
+        json!({ "ports": [{ "name": "http", "port": 80 }] }),
+    );
+    let addr: SocketAddr = "127.0.0.1:5410".parse().unwrap();
+    let mut server = start_signpost(
+        &cluster,
+        "dns-duck",
+        addr,
+        10293,
+        &["--upstream=127.0.0.1:1", "--lameduck-secs=3"],
+    )
+    .unwrap();
+    wait_ready(&cluster, addr, Duration::from_secs(30)).unwrap();
+    assert_eq!(http_status(&cluster, 10293, "/readyz"), 200);
+    let asked = || {
+        dns::query(
+            &cluster,
+            addr,
+            "voy.default.svc.cluster.local.",
+            hickory_proto::rr::RecordType::A,
+            false,
+        )
+    };
+    let t0 = Instant::now();
+    server.terminate();
+    // Within the lameduck: not ready, yet every query is answered.
+    let deadline = t0 + Duration::from_secs(2);
+    let mut seen_503 = false;
+    let mut answered = 0;
+    while Instant::now() < deadline {
+        seen_503 |= http_status(&cluster, 10293, "/readyz") == 503;
+        let a = asked().expect("answered during lameduck");
+        assert_eq!(a.rcode, "NoError");
+        answered += 1;
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    assert!(seen_503, "/readyz never went 503 after SIGTERM");
+    assert!(
+        server.wait_exit(Duration::from_millis(10)).is_none(),
+        "exited before its lameduck"
+    );
+    let status = server
+        .wait_exit(Duration::from_secs(5))
+        .expect("exits after the lameduck");
+    eprintln!(
+        "lameduck: {answered} queries answered after SIGTERM; exited {status} after {:.1}s",
+        t0.elapsed().as_secs_f64()
+    );
+    assert!(status.success(), "clean exit: {status}");
+    assert!(t0.elapsed() >= Duration::from_secs(3));
+}

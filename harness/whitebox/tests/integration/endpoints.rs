@@ -516,3 +516,54 @@ fn one_leader_writes_and_the_standby_takes_over_within_the_lease() {
     );
     assert!(metric(&cluster, standby_port, "signpost_endpoints_writes_total").unwrap() > 0);
 }
+
+#[test]
+fn a_leader_stopped_gracefully_hands_the_lease_over_at_once() {
+    require_rig!();
+    // A long lease: without a release the standby would wait it out (20 s).
+    let lease = 20;
+    let cluster = LocalCluster::new("eps-release").unwrap().start().unwrap();
+    let mut a = start_signpost(&cluster, "a", 10284, lease);
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while holder(&cluster).as_deref() != Some("a") {
+        assert!(
+            Instant::now() < deadline,
+            "a never led; logs in {}",
+            cluster.logs().display()
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    let mut b = start_signpost(&cluster, "b", 10285, lease);
+    std::thread::sleep(Duration::from_secs(1));
+    assert_eq!(
+        holder(&cluster).as_deref(),
+        Some("a"),
+        "b waits while a leads"
+    );
+    let stopped = Instant::now();
+    a.terminate();
+    let status = a
+        .wait_exit(Duration::from_secs(10))
+        .expect("a exits on SIGTERM");
+    assert!(status.success(), "a exits cleanly: {status}");
+    let log = std::fs::read_to_string(cluster.logs().join("signpost-a.log")).unwrap();
+    assert!(
+        log.contains("released the lease"),
+        "a says it released:\n{log}"
+    );
+    let deadline = stopped + Duration::from_secs(lease / 2);
+    while holder(&cluster).as_deref() != Some("b") {
+        assert!(
+            Instant::now() < deadline,
+            "b did not take over within {}s of a's graceful stop (lease {lease}s); holder {:?}",
+            lease / 2,
+            holder(&cluster)
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    eprintln!(
+        "b leads {:.1}s after a's SIGTERM (lease {lease}s)",
+        stopped.elapsed().as_secs_f64()
+    );
+    b.check_running().unwrap();
+}
