@@ -45,6 +45,10 @@ pub struct Shared {
     pub zone: String,
     /// The mutation seam (the identity in production).
     pub seam: signpost_model::mutant::Seam,
+    /// Rotate the order of address answers per query (CoreDNS's
+    /// `loadbalance`): clients that take the first address spread out.
+    pub loadbalance: bool,
+    rotor: std::sync::atomic::AtomicUsize,
 }
 
 impl Shared {
@@ -58,7 +62,15 @@ impl Shared {
             forwarder,
             serial: AtomicU32::new(epoch_secs()),
             seam: signpost_model::mutant::Seam::identity(),
+            loadbalance: false,
+            rotor: std::sync::atomic::AtomicUsize::new(0),
         }
+    }
+
+    /// The same with address answers rotated per query.
+    pub fn with_loadbalance(mut self, on: bool) -> Self {
+        self.loadbalance = on;
+        self
     }
 
     /// The same with a deliberate fault built in (the conformance harness's mutation test).
@@ -365,6 +377,16 @@ impl Handler {
             .iter()
             .filter_map(|r| record(&owner, &r.data, shared.ttl))
             .collect();
+        if shared.loadbalance
+            && answers.len() > 1
+            && answers
+                .iter()
+                .all(|r| matches!(r.record_type(), RecordType::A | RecordType::AAAA))
+        {
+            let turn = shared.rotor.fetch_add(1, Ordering::Relaxed);
+            let n = answers.len();
+            answers.rotate_left(turn % n);
+        }
         let mut authorities = Vec::new();
         if negative {
             let zone = &shared.zone;

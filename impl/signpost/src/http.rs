@@ -43,12 +43,13 @@ impl Handlers {
 
     fn answer(&self, path: Option<&str>) -> (&'static str, String) {
         match path {
-            Some("/healthz" | "/livez") => match (self.healthy)() {
+            // CoreDNS's paths too (`health`'s /health, `ready`'s /ready).
+            Some("/healthz" | "/livez" | "/health") => match (self.healthy)() {
                 Ok(s) => ("200 OK", format!("{s}\n")),
                 Err(e) => ("503 Service Unavailable", format!("unhealthy: {e}\n")),
             },
-            Some("/readyz") if (self.ready)() => ("200 OK", "ok\n".to_owned()),
-            Some("/readyz") => ("503 Service Unavailable", "not ready\n".to_owned()),
+            Some("/readyz" | "/ready") if (self.ready)() => ("200 OK", "ok\n".to_owned()),
+            Some("/readyz" | "/ready") => ("503 Service Unavailable", "not ready\n".to_owned()),
             Some("/metrics") => ("200 OK", (self.metrics)()),
             Some(_) => ("404 Not Found", "not found\n".to_owned()),
             None => ("400 Bad Request", "bad request\n".to_owned()),

@@ -289,6 +289,23 @@ struct DnsArgs {
     /// (kubeadm's Corefile: `health { lameduck 5s }`).
     #[arg(long, default_value_t = 5)]
     lameduck_secs: u64,
+    /// Forwarded queries in flight at most; more get SERVFAIL at once
+    /// (CoreDNS's `forward { max_concurrent }`).
+    #[arg(long, default_value_t = signpost_dns::forward::MAX_IN_FLIGHT)]
+    max_concurrent: usize,
+    /// Rotate the order of A/AAAA answers per query (CoreDNS's `loadbalance`).
+    #[arg(long)]
+    loadbalance: bool,
+    /// Take the configuration from a CoreDNS Corefile (kubeadm's default
+    /// works as it is): its `kubernetes`, `forward`, `health`, `ready`,
+    /// `prometheus`, `bind` and `loadbalance` settings replace the flags
+    /// above; a plugin Signpost lacks is an error naming its line.
+    #[arg(long)]
+    corefile: Option<PathBuf>,
+    /// Extra addresses serving /health(z), /ready(z) and /metrics (from a
+    /// Corefile's `health`, `ready` and `prometheus`).
+    #[arg(skip)]
+    more_http: Vec<SocketAddr>,
     /// Build in a deliberate fault (the conformance harness's mutation test).
     #[arg(long, hide = true)]
     mutant: Option<signpost_model::mutant::Mutant>,
@@ -304,9 +321,74 @@ fn parse_upstream(s: &str) -> anyhow::Result<SocketAddr> {
     Ok(SocketAddr::new(ip, 53))
 }
 
-async fn run_dns(kubeconfig: Option<PathBuf>, a: DnsArgs) -> anyhow::Result<()> {
+/// Replaces `a`'s settings with a Corefile's (see `--corefile`).
+fn apply_corefile(
+    path: &std::path::Path,
+    a: &mut DnsArgs,
+    kubeconfig: &mut Option<PathBuf>,
+) -> anyhow::Result<()> {
+    use signpost_dns::corefile::{Forward, Pods};
+    let text =
+        std::fs::read_to_string(path).with_context(|| format!("reading {}", path.display()))?;
+    let cf = signpost_dns::corefile::parse(&text)
+        .with_context(|| format!("--corefile {}", path.display()))?;
+    for note in &cf.notes {
+        tracing::info!(corefile = %path.display(), "{note}");
+    }
+    a.zone = cf.zone;
+    a.listen = cf.listen;
+    a.ttl = cf.ttl;
+    a.pods = match cf.pods {
+        Pods::Disabled => PodsArg::Disabled,
+        Pods::Insecure => PodsArg::Insecure,
+        Pods::Verified => PodsArg::Verified,
+    };
+    match cf.forward {
+        Forward::None => a.upstream = Vec::new(),
+        Forward::ResolvConf(p) => {
+            a.upstream = Vec::new();
+            a.resolv_conf = p;
+        }
+        Forward::Addrs(addrs) => a.upstream = addrs.iter().map(ToString::to_string).collect(),
+    }
+    if let Some(n) = cf.max_concurrent {
+        a.max_concurrent = n;
+    }
+    if let Some(d) = cf.lameduck {
+        a.lameduck_secs = d.as_secs_f64().ceil() as u64;
+    }
+    if let Some(ttl) = cf.cache {
+        tracing::warn!(
+            cap_secs = ttl.as_secs(),
+            "cache: forwarded answers are not cached by Signpost yet; every outside name is asked upstream"
+        );
+    }
+    a.loadbalance = cf.loadbalance;
+    let http: Vec<SocketAddr> = [cf.health, cf.ready, cf.prometheus]
+        .into_iter()
+        .flatten()
+        .fold(Vec::new(), |mut v, x| {
+            if !v.contains(&x) {
+                v.push(x);
+            }
+            v
+        });
+    if let Some((first, rest)) = http.split_first() {
+        a.metrics_addr = *first;
+        a.more_http = rest.to_vec();
+    }
+    if kubeconfig.is_none() {
+        *kubeconfig = cf.kubeconfig;
+    }
+    Ok(())
+}
+
+async fn run_dns(mut kubeconfig: Option<PathBuf>, mut a: DnsArgs) -> anyhow::Result<()> {
     use signpost_dns::forward::{Forwarder, dedup, upstreams_from_resolv_conf};
     use signpost_model::spec::PodsMode;
+    if let Some(path) = a.corefile.clone() {
+        apply_corefile(&path, &mut a, &mut kubeconfig)?;
+    }
     let zone = a.zone.trim_end_matches('.').to_ascii_lowercase();
     signpost_model::cluster::validate_dns1123_subdomain("--zone", &zone)
         .map_err(|e| anyhow::anyhow!("--zone {zone:?}: {e}"))?;
@@ -330,9 +412,14 @@ async fn run_dns(kubeconfig: Option<PathBuf>, a: DnsArgs) -> anyhow::Result<()> 
         signpost_dns::server::Shared::new(
             signpost_dns::ZoneIndex::with_pods(&zone, pods_mode),
             a.ttl,
-            Forwarder::new(upstreams.clone(), Duration::from_secs(a.forward_timeout)),
+            Forwarder::with_limit(
+                upstreams.clone(),
+                Duration::from_secs(a.forward_timeout),
+                a.max_concurrent,
+            ),
         )
-        .with_mutant(a.mutant),
+        .with_mutant(a.mutant)
+        .with_loadbalance(a.loadbalance),
     );
     if let Some(m) = a.mutant {
         tracing::warn!(
@@ -354,16 +441,23 @@ async fn run_dns(kubeconfig: Option<PathBuf>, a: DnsArgs) -> anyhow::Result<()> 
     // their way are still answered for --lameduck-secs.
     let lameduck = Arc::new(std::sync::atomic::AtomicBool::new(false));
     let ducking = lameduck.clone();
-    let http = http::serve(
-        a.metrics_addr,
-        http::Handlers {
-            ready: Arc::new(move || {
-                ready.synced() && !ducking.load(std::sync::atomic::Ordering::Relaxed)
-            }),
-            ..http::Handlers::metrics_only(Arc::new(move || render.metrics.render()))
-        },
-    )
-    .await?;
+    let handlers = http::Handlers {
+        ready: Arc::new(move || {
+            ready.synced() && !ducking.load(std::sync::atomic::Ordering::Relaxed)
+        }),
+        ..http::Handlers::metrics_only(Arc::new(move || render.metrics.render()))
+    };
+    for addr in &a.more_http {
+        // Each serves every path; they end with the process.
+        drop(
+            http::serve(*addr, handlers.clone())
+                .await
+                .with_context(|| format!("binding {addr}"))?,
+        );
+    }
+    let http = http::serve(a.metrics_addr, handlers)
+        .await
+        .with_context(|| format!("binding {}", a.metrics_addr))?;
     tracing::info!(%zone, listen = ?a.listen, ?upstreams, ttl = a.ttl, metrics_addr = %a.metrics_addr, "signpost dns starting");
     let serving = async {
         tokio::select! {

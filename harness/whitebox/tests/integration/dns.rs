@@ -617,3 +617,113 @@ fn lameduck_keeps_answering_with_readyz_503_then_exits() {
     assert!(status.success(), "clean exit: {status}");
     assert!(t0.elapsed() >= Duration::from_secs(3));
 }
+
+/// kubeadm's default Corefile, as `kubeadm init` writes it.
+const KUBEADM_COREFILE: &str = ".:53 {
+    errors
+    health {
+       lameduck 5s
+    }
+    ready
+    kubernetes cluster.local in-addr.arpa ip6.arpa {
+       pods insecure
+       fallthrough in-addr.arpa ip6.arpa
+       ttl 30
+    }
+    prometheus :9153
+    forward . /etc/resolv.conf {
+       max_concurrent 1000
+    }
+    cache 30 {
+       disable success cluster.local
+       disable denial cluster.local
+    }
+    loop
+    reload
+    loadbalance
+}
+";
+
+#[test]
+fn the_kubeadm_corefile_runs_signpost_dns() {
+    require_rig!();
+    let cluster = LocalCluster::new("dnscorefile").unwrap().start().unwrap();
+    create_service(
+        &cluster,
+        "default",
+        "lb",
+        json!({ "clusterIP": "None", "ports": [{ "name": "http", "port": 80 }] }),
+    );
+    create_slice(
+        &cluster,
+        "default",
+        json!({
+            "metadata": { "name": "lb-1", "labels": { "kubernetes.io/service-name": "lb" } },
+            "addressType": "IPv4",
+            "ports": [{ "name": "http", "port": 80, "protocol": "TCP" }],
+            "endpoints": (1..=3).map(|i| json!({ "addresses": [format!("10.244.7.{i}")], "conditions": { "ready": true } })).collect::<Vec<_>>(),
+        }),
+    );
+    // The Corefile as kubeadm writes it; only its resolv.conf is the
+    // test's (loopback, where nothing answers), so nothing leaves the rig.
+    let dir = tempfile::tempdir().unwrap();
+    let resolv = dir.path().join("resolv.conf");
+    std::fs::write(&resolv, "nameserver 127.0.0.1\n").unwrap();
+    let corefile = dir.path().join("Corefile");
+    std::fs::write(
+        &corefile,
+        KUBEADM_COREFILE.replace("/etc/resolv.conf", &resolv.display().to_string()),
+    )
+    .unwrap();
+    let _dns = start_signpost(
+        &cluster,
+        "dns-corefile",
+        "127.0.0.1:1".parse().unwrap(),
+        1,
+        &[&format!("--corefile={}", corefile.display())],
+    )
+    .unwrap();
+    let server: SocketAddr = "127.0.0.1:53".parse().unwrap();
+    wait_ready(&cluster, server, Duration::from_secs(30)).unwrap();
+    // kubeadm's plugins, on kubeadm's ports: /health 8080, /ready 8181, /metrics 9153.
+    assert_eq!(http_status(&cluster, 8080, "/health"), 200);
+    assert_eq!(http_status(&cluster, 8181, "/ready"), 200);
+    assert!(cluster.metric(9153, "signpost_dns_queries_total").is_some());
+    // ttl 30 from the kubernetes block.
+    let out = dig(
+        &cluster,
+        &[
+            "@127.0.0.1",
+            "+noall",
+            "+answer",
+            "lb.default.svc.cluster.local",
+            "A",
+        ],
+    );
+    let ttls: BTreeSet<&str> = out
+        .lines()
+        .filter_map(|l| l.split_whitespace().nth(1))
+        .collect();
+    assert_eq!(ttls, BTreeSet::from(["30"]), "{out}");
+    // loadbalance: the first address changes from query to query.
+    let firsts: BTreeSet<String> = (0..6)
+        .map(|_| {
+            dig(
+                &cluster,
+                &["@127.0.0.1", "+short", "lb.default.svc.cluster.local", "A"],
+            )
+            .lines()
+            .next()
+            .unwrap_or_default()
+            .to_owned()
+        })
+        .collect();
+    assert_eq!(
+        firsts.len(),
+        3,
+        "every address comes first in turn: {firsts:?}"
+    );
+    // Its log names what it took as a no-op.
+    let log = std::fs::read_to_string(cluster.logs().join("dns-corefile.log")).unwrap();
+    assert!(log.contains("reload"), "{log}");
+}
