@@ -12,6 +12,33 @@ use std::net::{IpAddr, Ipv4Addr, SocketAddr};
 use std::path::PathBuf;
 use std::time::Duration;
 
+/// The Corefile `kubeadm init` writes (kubeadm 1.30 onwards): what an
+/// operator replacing CoreDNS already runs; [`parse`] takes it whole.
+pub const KUBEADM_DEFAULT: &str = r#".:53 {
+    errors
+    health {
+       lameduck 5s
+    }
+    ready
+    kubernetes cluster.local in-addr.arpa ip6.arpa {
+       pods insecure
+       fallthrough in-addr.arpa ip6.arpa
+       ttl 30
+    }
+    prometheus :9153
+    forward . /etc/resolv.conf {
+       max_concurrent 1000
+    }
+    cache 30 {
+       disable success cluster.local
+       disable denial cluster.local
+    }
+    loop
+    reload
+    loadbalance
+}
+"#;
+
 /// What a Corefile configures, in Signpost's terms.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Corefile {
@@ -640,35 +667,9 @@ pub fn parse(text: &str) -> Result<Corefile, Error> {
 mod tests {
     use super::*;
 
-    /// The Corefile `kubeadm init` writes (kubeadm 1.30 onwards).
-    const KUBEADM: &str = r#".:53 {
-    errors
-    health {
-       lameduck 5s
-    }
-    ready
-    kubernetes cluster.local in-addr.arpa ip6.arpa {
-       pods insecure
-       fallthrough in-addr.arpa ip6.arpa
-       ttl 30
-    }
-    prometheus :9153
-    forward . /etc/resolv.conf {
-       max_concurrent 1000
-    }
-    cache 30 {
-       disable success cluster.local
-       disable denial cluster.local
-    }
-    loop
-    reload
-    loadbalance
-}
-"#;
-
     #[test]
     fn the_kubeadm_corefile_is_taken_whole() {
-        let cf = parse(KUBEADM).unwrap();
+        let cf = parse(KUBEADM_DEFAULT).unwrap();
         let any = |p| SocketAddr::new(IpAddr::V4(Ipv4Addr::UNSPECIFIED), p);
         assert_eq!(cf.listen, vec![any(53)]);
         assert_eq!(cf.zone, "cluster.local");
@@ -687,10 +688,11 @@ mod tests {
 
     #[test]
     fn what_signpost_cannot_honour_is_an_error_with_its_line() {
-        let e = parse(&KUBEADM.replace("    loop\n", "    rewrite name foo bar\n")).unwrap_err();
+        let e = parse(&KUBEADM_DEFAULT.replace("    loop\n", "    rewrite name foo bar\n"))
+            .unwrap_err();
         assert_eq!(e.line, 20);
         assert!(e.message.contains("rewrite"), "{e}");
-        let e = parse(&KUBEADM.replace("ttl 30", "namespaces default")).unwrap_err();
+        let e = parse(&KUBEADM_DEFAULT.replace("ttl 30", "namespaces default")).unwrap_err();
         assert!(e.message.contains("namespaces"), "{e}");
         let e = parse(".:53 {\n forward . 8.8.8.8\n}\n").unwrap_err();
         assert!(e.message.contains("kubernetes"), "{e}");
@@ -700,7 +702,7 @@ mod tests {
         );
         assert!(
             parse(&format!(
-                "{KUBEADM}\nexample.org {{\n forward . 1.1.1.1\n}}\n"
+                "{KUBEADM_DEFAULT}\nexample.org {{\n forward . 1.1.1.1\n}}\n"
             ))
             .is_err()
         );

@@ -618,32 +618,6 @@ fn lameduck_keeps_answering_with_readyz_503_then_exits() {
     assert!(t0.elapsed() >= Duration::from_secs(3));
 }
 
-/// kubeadm's default Corefile, as `kubeadm init` writes it.
-const KUBEADM_COREFILE: &str = ".:53 {
-    errors
-    health {
-       lameduck 5s
-    }
-    ready
-    kubernetes cluster.local in-addr.arpa ip6.arpa {
-       pods insecure
-       fallthrough in-addr.arpa ip6.arpa
-       ttl 30
-    }
-    prometheus :9153
-    forward . /etc/resolv.conf {
-       max_concurrent 1000
-    }
-    cache 30 {
-       disable success cluster.local
-       disable denial cluster.local
-    }
-    loop
-    reload
-    loadbalance
-}
-";
-
 #[test]
 fn the_kubeadm_corefile_runs_signpost_dns() {
     require_rig!();
@@ -672,7 +646,8 @@ fn the_kubeadm_corefile_runs_signpost_dns() {
     let corefile = dir.path().join("Corefile");
     std::fs::write(
         &corefile,
-        KUBEADM_COREFILE.replace("/etc/resolv.conf", &resolv.display().to_string()),
+        signpost_dns::corefile::KUBEADM_DEFAULT
+            .replace("/etc/resolv.conf", &resolv.display().to_string()),
     )
     .unwrap();
     let _dns = start_signpost(
