@@ -4,6 +4,7 @@
 //! names only. Its answers equal the oracle's
 //! [`dns_answer`](signpost_model::spec::dns_answer) (property-tested).
 
+pub mod cache;
 pub mod corefile;
 pub mod forward;
 mod index;

@@ -106,6 +106,10 @@ pub struct Metrics {
     pub forward_loops: AtomicU64,
     /// Forwards refused because the bound on forwards in flight was reached.
     pub forward_busy: AtomicU64,
+    /// Outside names answered from the cache.
+    pub cache_hits: AtomicU64,
+    /// Outside names not in the cache (asked upstream).
+    pub cache_misses: AtomicU64,
     /// Requests that could not be parsed (answered FORMERR or dropped).
     pub malformed: AtomicU64,
     /// Objects skipped because they could not be read.
@@ -128,6 +132,8 @@ impl Default for Metrics {
             forward_errors: AtomicU64::new(0),
             forward_loops: AtomicU64::new(0),
             forward_busy: AtomicU64::new(0),
+            cache_hits: AtomicU64::new(0),
+            cache_misses: AtomicU64::new(0),
             malformed: AtomicU64::new(0),
             invalid_objects: AtomicU64::new(0),
             watch_errors: AtomicU64::new(0),
@@ -209,6 +215,16 @@ impl Metrics {
                 "signpost_dns_forward_busy_total",
                 g(&self.forward_busy),
                 "Forwards answered SERVFAIL because too many were in flight.",
+            ),
+            (
+                "signpost_dns_cache_hits_total",
+                g(&self.cache_hits),
+                "Outside names answered from the cache of forwarded answers.",
+            ),
+            (
+                "signpost_dns_cache_misses_total",
+                g(&self.cache_misses),
+                "Outside names not in the cache, asked upstream.",
             ),
             (
                 "signpost_dns_malformed_requests_total",

@@ -49,6 +49,8 @@ pub struct Shared {
     /// `loadbalance`): clients that take the first address spread out.
     pub loadbalance: bool,
     rotor: std::sync::atomic::AtomicUsize,
+    /// Forwarded answers kept for their TTL (none: every outside name is asked upstream).
+    pub cache: Option<crate::cache::AnswerCache>,
 }
 
 impl Shared {
@@ -64,7 +66,14 @@ impl Shared {
             seam: signpost_model::mutant::Seam::identity(),
             loadbalance: false,
             rotor: std::sync::atomic::AtomicUsize::new(0),
+            cache: None,
         }
+    }
+
+    /// The same with forwarded answers cached at most `max_ttl` (zero: no cache).
+    pub fn with_cache(mut self, max_ttl: Duration) -> Self {
+        self.cache = (!max_ttl.is_zero()).then(|| crate::cache::AnswerCache::new(max_ttl));
+        self
     }
 
     /// The same with address answers rotated per query.
@@ -240,8 +249,22 @@ impl Handler {
         handle: R,
         edns: Option<&Edns>,
         name: &str,
+        qtype: RecordType,
     ) -> ResponseInfo {
         let shared = &self.0;
+        let key: crate::cache::Key = (name.to_owned(), u16::from(qtype), 1);
+        if let Some(cache) = &shared.cache {
+            if let Some(hit) = cache.get(&key, Instant::now()) {
+                shared.metrics.cache_hits.fetch_add(1, Ordering::Relaxed);
+                let mut metadata = hit.metadata;
+                metadata.id = request.metadata.id;
+                let [a, n, x] = &hit.sections;
+                return self
+                    .respond(request, handle, edns, metadata, [a, n, x])
+                    .await;
+            }
+            shared.metrics.cache_misses.fetch_add(1, Ordering::Relaxed);
+        }
         shared.metrics.forwarded.fetch_add(1, Ordering::Relaxed);
         let tcp = !matches!(request.protocol(), Protocol::Udp);
         let reply = match shared
@@ -288,6 +311,9 @@ impl Handler {
                     .await;
             }
         };
+        if let Some(cache) = &shared.cache {
+            cache.put(key, &msg, Instant::now());
+        }
         let mut metadata = msg.metadata;
         metadata.id = request.metadata.id;
         self.respond(
@@ -361,7 +387,7 @@ impl Handler {
                         .error(request, handle, edns, ResponseCode::Refused)
                         .await;
                 }
-                return self.forward(request, handle, edns, &name).await;
+                return self.forward(request, handle, edns, &name, qtype).await;
             }
             DnsOutcome::Answer { rcode, records } => (rcode, records),
         };

@@ -296,6 +296,10 @@ struct DnsArgs {
     /// Rotate the order of A/AAAA answers per query (CoreDNS's `loadbalance`).
     #[arg(long)]
     loadbalance: bool,
+    /// Keep forwarded answers for their TTL, at most this many seconds
+    /// (CoreDNS's `cache`; 0: no cache). Cluster answers are never cached.
+    #[arg(long, default_value_t = 0)]
+    cache_secs: u64,
     /// Take the configuration from a CoreDNS Corefile (kubeadm's default
     /// works as it is): its `kubernetes`, `forward`, `health`, `ready`,
     /// `prometheus`, `bind` and `loadbalance` settings replace the flags
@@ -358,10 +362,7 @@ fn apply_corefile(
         a.lameduck_secs = d.as_secs_f64().ceil() as u64;
     }
     if let Some(ttl) = cf.cache {
-        tracing::warn!(
-            cap_secs = ttl.as_secs(),
-            "cache: forwarded answers are not cached by Signpost yet; every outside name is asked upstream"
-        );
+        a.cache_secs = ttl.as_secs();
     }
     a.loadbalance = cf.loadbalance;
     let http: Vec<SocketAddr> = [cf.health, cf.ready, cf.prometheus]
@@ -419,7 +420,8 @@ async fn run_dns(mut kubeconfig: Option<PathBuf>, mut a: DnsArgs) -> anyhow::Res
             ),
         )
         .with_mutant(a.mutant)
-        .with_loadbalance(a.loadbalance),
+        .with_loadbalance(a.loadbalance)
+        .with_cache(Duration::from_secs(a.cache_secs)),
     );
     if let Some(m) = a.mutant {
         tracing::warn!(
