@@ -103,11 +103,10 @@ impl AnswerCache {
         let negative = rcode == ResponseCode::NXDomain || msg.answers.is_empty();
         let ttl = if negative {
             // RFC 2308: the SOA's TTL, no longer than its minimum.
-            let soa = msg.authorities.iter().find_map(|r| match &r.data {
+            msg.authorities.iter().find_map(|r| match &r.data {
                 hickory_proto::rr::RData::SOA(soa) => Some(r.ttl.min(soa.minimum)),
                 _ => None,
-            })?;
-            soa
+            })?
         } else {
             msg.answers
                 .iter()
