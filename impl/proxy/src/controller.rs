@@ -15,7 +15,7 @@ use k8s_openapi::api::discovery::v1::EndpointSlice as KSlice;
 use kube::api::Api;
 use kube::runtime::reflector::{self, Store};
 use kube::runtime::{WatchStreamExt, watcher};
-use kube::{Client, ResourceExt};
+use kube::Client;
 use signpost_model::cluster::{EndpointSlice, Node, ProxyTable, Service};
 use signpost_model::mutant::Seam;
 use signpost_model::spec::proxy_table;
@@ -202,34 +202,78 @@ where
     (store, s)
 }
 
-/// The desired table from the caches (invalid objects are skipped and counted).
+/// An object's identity in the caches: namespace, name and UID (a
+/// re-created object is another one).
+type ObjKey = (String, String, String);
+
+/// The last form of each cached object that converted. An object the
+/// model cannot read (admitted by the API server, refused by the
+/// conversion) keeps its last good state instead of vanishing from the
+/// table, which would delete its virtual services or backends on every
+/// node; the DNS index does the same. Objects gone from a cache are
+/// dropped from here.
+#[derive(Debug, Default)]
+pub struct LastGood {
+    services: std::collections::HashMap<ObjKey, Service>,
+    slices: std::collections::HashMap<ObjKey, EndpointSlice>,
+}
+
+/// Converts every cached object, keeping the last good form of one that
+/// does not convert (counted and logged); objects never good are skipped.
+fn convert_all<K, M, E>(
+    objs: Vec<Arc<K>>,
+    last: &mut std::collections::HashMap<ObjKey, M>,
+    metrics: &Metrics,
+    kind: &'static str,
+) -> Vec<M>
+where
+    K: kube::Resource,
+    M: for<'a> TryFrom<&'a K, Error = E> + Clone,
+    E: std::fmt::Display,
+{
+    let mut out = Vec::with_capacity(objs.len());
+    let mut seen = std::collections::HashSet::with_capacity(objs.len());
+    for o in objs {
+        let key = (
+            o.meta().namespace.clone().unwrap_or_default(),
+            o.meta().name.clone().unwrap_or_default(),
+            o.meta().uid.clone().unwrap_or_default(),
+        );
+        match M::try_from(&*o) {
+            Ok(m) => {
+                last.insert(key.clone(), m.clone());
+                out.push(m);
+            }
+            Err(e) => {
+                metrics.invalid_objects.fetch_add(1, Ordering::Relaxed);
+                match last.get(&key) {
+                    Some(m) => {
+                        warn!(kind, name = %format!("{}/{}", key.0, key.1), error = %e, "cannot read this version; keeping its last good state");
+                        out.push(m.clone());
+                    }
+                    None => {
+                        warn!(kind, name = %format!("{}/{}", key.0, key.1), error = %e, "skipping an object that never converted");
+                    }
+                }
+            }
+        }
+        seen.insert(key);
+    }
+    last.retain(|k, _| seen.contains(k));
+    out
+}
+
+/// The desired table from the caches (see [`LastGood`] for objects that do not convert).
 fn desired(
     services: &Store<KService>,
     slices: &Store<KSlice>,
     node: &Node,
     metrics: &Metrics,
     seam: &mut Seam,
+    last: &mut LastGood,
 ) -> ProxyTable {
-    let mut svcs = Vec::new();
-    for s in services.state() {
-        match Service::try_from(&*s) {
-            Ok(s) => svcs.push(s),
-            Err(e) => {
-                metrics.invalid_objects.fetch_add(1, Ordering::Relaxed);
-                warn!(service = %s.name_any(), error = %e, "skipping invalid Service");
-            }
-        }
-    }
-    let mut sls = Vec::new();
-    for s in slices.state() {
-        match EndpointSlice::try_from(&*s) {
-            Ok(s) => sls.push(s),
-            Err(e) => {
-                metrics.invalid_objects.fetch_add(1, Ordering::Relaxed);
-                warn!(slice = %s.name_any(), error = %e, "skipping invalid EndpointSlice");
-            }
-        }
-    }
+    let mut svcs = convert_all(services.state(), &mut last.services, metrics, "Service");
+    let mut sls = convert_all(slices.state(), &mut last.slices, metrics, "EndpointSlice");
     seam.proxy_inputs(&mut svcs, &mut sls);
     let refs: Vec<&EndpointSlice> = sls.iter().collect();
     build::normalize(seam.proxy_table(proxy_table(&svcs, &refs, node)))
@@ -399,6 +443,7 @@ pub async fn run(client: Client, cfg: Config, metrics: Arc<Metrics>) -> Result<(
     let mut state = LoopState::default();
     let mut retry_in: Option<Duration> = None;
     let mut seam = Seam::with(cfg.mutant);
+    let mut last_good = LastGood::default();
     while let Some(first) = next_event(&mut events, retry_in).await {
         let batch = batch_after(first, &mut events);
         let began = Instant::now();
@@ -411,7 +456,14 @@ pub async fn run(client: Client, cfg: Config, metrics: Arc<Metrics>) -> Result<(
             have = read_back(&metrics);
         }
         let node = this_node(&nodes, &cfg.node_name);
-        let want = desired(&services, &slices, &node, &metrics, &mut seam);
+        let want = desired(
+            &services,
+            &slices,
+            &node,
+            &metrics,
+            &mut seam,
+            &mut last_good,
+        );
         match sync(&mut have, &want, &node.addresses, &metrics) {
             Ok(_) => {
                 state.synced(true);
@@ -448,6 +500,7 @@ pub async fn run_ipvs(client: Client, cfg: Config, metrics: Arc<Metrics>) -> Res
     let mut sink: Option<IpvsSink> = None;
     let mut have: Option<ProxyTable> = None;
     let mut seam = Seam::with(cfg.mutant);
+    let mut last_good = LastGood::default();
     info!(node = %cfg.node_name, "signpost proxy (ipvs) starting");
     while let Some(first) = next_event(&mut events, retry_in).await {
         let batch = batch_after(first, &mut events);
@@ -473,7 +526,14 @@ pub async fn run_ipvs(client: Client, cfg: Config, metrics: Arc<Metrics>) -> Res
             Action::Sync { read_back } => read_back,
         };
         let node = this_node(&nodes, &cfg.node_name);
-        let want = desired(&services, &slices, &node, &metrics, &mut seam);
+        let want = desired(
+            &services,
+            &slices,
+            &node,
+            &metrics,
+            &mut seam,
+            &mut last_good,
+        );
         if sink.is_none() {
             sink = Some(IpvsSink::connect(node.addresses.clone()).await?);
         }
@@ -540,6 +600,60 @@ async fn sync_ipvs(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    fn slice(uid: &str, address: &str) -> Arc<KSlice> {
+        Arc::new(
+            serde_json::from_value(serde_json::json!({
+                "metadata": { "name": "voy-1", "namespace": "default", "uid": uid,
+                              "labels": { "kubernetes.io/service-name": "voy" } },
+                "addressType": "IPv4",
+                "ports": [{ "name": "http", "port": 8080, "protocol": "TCP" }],
+                "endpoints": [{ "addresses": [address] }],
+            }))
+            .unwrap(),
+        )
+    }
+
+    #[test]
+    fn an_object_that_stops_converting_keeps_its_last_good_state() {
+        let metrics = Metrics::default();
+        let mut last = std::collections::HashMap::new();
+        let good = convert_all::<_, EndpointSlice, _>(
+            vec![slice("u1", "10.244.0.5")],
+            &mut last,
+            &metrics,
+            "EndpointSlice",
+        );
+        assert_eq!(good.len(), 1);
+        // The same object, now unreadable: its last good form stays.
+        let kept = convert_all::<_, EndpointSlice, _>(
+            vec![slice("u1", "banana")],
+            &mut last,
+            &metrics,
+            "EndpointSlice",
+        );
+        assert_eq!(kept, good);
+        assert_eq!(metrics.invalid_objects.load(Ordering::Relaxed), 1);
+        // A re-created object (another UID) that never converted is skipped.
+        let other = convert_all::<_, EndpointSlice, _>(
+            vec![slice("u2", "banana")],
+            &mut last,
+            &metrics,
+            "EndpointSlice",
+        );
+        assert!(other.is_empty());
+        // Gone from the cache: forgotten, so it does not come back.
+        assert!(last.is_empty());
+        assert!(
+            convert_all::<_, EndpointSlice, _>(
+                vec![slice("u1", "banana")],
+                &mut last,
+                &metrics,
+                "EndpointSlice"
+            )
+            .is_empty()
+        );
+    }
 
     const ALL: [Event; 3] = [
         Event::Listed(Cache::Services),

@@ -42,8 +42,8 @@ enum Command {
         /// Name of the leader lease.
         #[arg(long, default_value = "signpost-endpoints")]
         lease_name: String,
-        /// Lease duration in seconds.
-        #[arg(long, default_value_t = 15)]
+        /// Lease duration in seconds (1 to 3600).
+        #[arg(long, default_value_t = 15, value_parser = clap::value_parser!(u64).range(1..=3600))]
         lease_duration: u64,
         /// Also wait this many milliseconds for more events before reconciling a batch
         /// (events that queue up while a batch is reconciled are always coalesced).
@@ -64,13 +64,13 @@ enum Command {
         /// Remove everything Signpost programmed and exit.
         #[arg(long)]
         cleanup: bool,
-        /// Seconds between read-back-and-repair resyncs.
-        #[arg(long, default_value_t = 60)]
+        /// Seconds between read-back-and-repair resyncs (1 to 86400).
+        #[arg(long, default_value_t = 60, value_parser = clap::value_parser!(u64).range(1..=86_400))]
         resync_secs: u64,
         /// `/healthz` answers 503 once a change has waited this many seconds
         /// without reaching the kernel (default: twice --resync-secs, as
         /// kube-proxy's is twice its sync period).
-        #[arg(long)]
+        #[arg(long, value_parser = clap::value_parser!(u64).range(1..=172_800))]
         healthz_timeout_secs: Option<u64>,
         /// Address for /healthz and /metrics.
         #[arg(long, default_value = "127.0.0.1:10281")]

@@ -317,6 +317,14 @@ impl TryFrom<&discovery::EndpointSlice> for EndpointSlice {
         let family = family(&object, "addressType", &slice.address_type)?;
         let mut ports = Vec::new();
         for p in slice.ports.iter().flatten() {
+            // The API admits a port without a number ("not restricted, to
+            // be interpreted by the consumer"): no Service port maps to it,
+            // so it is left out, and the slice's other ports and its
+            // endpoints stay (as kube-proxy ignores such a port). Rejecting
+            // the whole slice turned an admitted object into a deletion.
+            if p.port.is_none_or(|n| n == 0) {
+                continue;
+            }
             ports.push(EndpointPort {
                 name: p.name.clone().unwrap_or_default(),
                 port: port(&object, "ports[].port", p.port.unwrap_or(0))?,
@@ -550,8 +558,29 @@ mod tests {
             EndpointSlice::try_from(&wrong),
             Err(Error::Unsupported { .. })
         ));
-        let mut mixed = slice;
+        let mut mixed = slice.clone();
         mixed.endpoints.as_mut().unwrap()[0].addresses = vec!["fd00::1".into()];
         assert!(EndpointSlice::try_from(&mixed).unwrap_err().is_bad_ip());
+        // A port without a number is admitted by the API server: it is left
+        // out, the rest of the slice stays (it was rejected whole before).
+        let mut nil_port = slice;
+        nil_port.ports = Some(vec![
+            discovery::EndpointPort {
+                name: Some("any".into()),
+                port: None,
+                protocol: Some("TCP".into()),
+                ..Default::default()
+            },
+            discovery::EndpointPort {
+                name: Some("http".into()),
+                port: Some(8080),
+                protocol: Some("TCP".into()),
+                ..Default::default()
+            },
+        ]);
+        let s = EndpointSlice::try_from(&nil_port).unwrap();
+        assert_eq!(s.ports.len(), 1);
+        assert_eq!(s.ports[0].name, "http");
+        assert_eq!(s.endpoints.len(), 1);
     }
 }

@@ -762,3 +762,51 @@ fn a_proxy_survives_a_refusing_data_plane_and_catches_up() {
     health(200);
     proxy.check_running().expect("running after recovery");
 }
+
+#[test]
+fn an_admitted_slice_port_without_a_number_keeps_the_rest_of_the_slice() {
+    require_rig!();
+    let cluster = LocalCluster::new("nft-nilport").unwrap().start().unwrap();
+    let _proxy = start_proxy(&cluster, "signpost-proxy", 10281);
+    // A Service without a selector and a slice written by hand whose ports
+    // hold one without a number: the API server admits it.
+    let svc: KService = serde_json::from_value(json!({
+        "metadata": { "name": "ext" },
+        "spec": { "ports": [{ "name": "http", "port": 80, "targetPort": 8080, "protocol": "TCP" }] },
+    }))
+    .unwrap();
+    let slice: KSlice = serde_json::from_value(json!({
+        "metadata": { "name": "ext-1", "labels": { "kubernetes.io/service-name": "ext" } },
+        "addressType": "IPv4",
+        "ports": [
+            { "name": "any", "protocol": "TCP" },
+            { "name": "http", "port": 8080, "protocol": "TCP" },
+        ],
+        "endpoints": [{ "addresses": ["10.244.0.77"], "conditions": { "ready": true } }],
+    }))
+    .unwrap();
+    let vip: IpAddr = cluster
+        .block_on(|client| async move {
+            let created = Api::<KService>::namespaced(client.clone(), "default")
+                .create(&PostParams::default(), &svc)
+                .await
+                .unwrap();
+            Api::<KSlice>::namespaced(client, "default")
+                .create(&PostParams::default(), &slice)
+                .await
+                .expect("the API server admits a slice port without a number");
+            created.spec.unwrap().cluster_ip.unwrap()
+        })
+        .unwrap()
+        .parse()
+        .unwrap();
+    // The endpoint behind port http is programmed (the whole slice was
+    // rejected before, so the ClusterIP had no backend).
+    let t = converge(&cluster, |t| backends(t, vip, 80) == 1);
+    assert_eq!(backends(&t, vip, 80), 1);
+    assert_eq!(
+        cluster.metric(10281, "signpost_proxy_invalid_objects_total"),
+        Some(0.0),
+        "nothing about the slice is invalid"
+    );
+}
