@@ -12,10 +12,10 @@ use std::time::{Duration, Instant};
 use futures::{FutureExt, StreamExt};
 use k8s_openapi::api::core::v1::{Node as KNode, Service as KService};
 use k8s_openapi::api::discovery::v1::EndpointSlice as KSlice;
+use kube::Client;
 use kube::api::Api;
 use kube::runtime::reflector::{self, Store};
 use kube::runtime::{WatchStreamExt, watcher};
-use kube::Client;
 use signpost_model::cluster::{EndpointSlice, Node, ProxyTable, Service};
 use signpost_model::mutant::Seam;
 use signpost_model::spec::proxy_table;
@@ -386,6 +386,12 @@ fn this_node(nodes: &Store<KNode>, name: &str) -> Node {
 
 type Events = futures::stream::BoxStream<'static, Event>;
 
+/// The label selector of the objects this proxy programs: none labelled
+/// `service.kubernetes.io/service-proxy-name` (meant for another proxy)
+/// or `service.kubernetes.io/headless`.
+pub const NOT_OURS_SELECTOR: &str =
+    "!service.kubernetes.io/service-proxy-name,!service.kubernetes.io/headless";
+
 /// The caches both data planes read (Services, EndpointSlices, this Node)
 /// and their event streams, plus the resync ticker.
 fn watches(
@@ -393,14 +399,17 @@ fn watches(
     cfg: &Config,
 ) -> (Store<KService>, Store<KSlice>, Store<KNode>, Vec<Events>) {
     let wc = watcher::Config::default();
+    // As kube-proxy: a Service labelled for another proxy is that proxy's
+    // (its slices carry the label too), and headless ones have nothing to program.
+    let ours = watcher::Config::default().labels(NOT_OURS_SELECTOR);
     let (services, s1) = stream(
         Api::<KService>::all(client.clone()),
-        wc.clone(),
+        ours.clone(),
         Cache::Services,
     );
     let (slices, s2) = stream(
         Api::<KSlice>::all(client.clone()),
-        wc.clone(),
+        ours,
         Cache::EndpointSlices,
     );
     let (nodes, s3) = stream(

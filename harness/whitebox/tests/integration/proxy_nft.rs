@@ -763,29 +763,31 @@ fn a_proxy_survives_a_refusing_data_plane_and_catches_up() {
     proxy.check_running().expect("running after recovery");
 }
 
-#[test]
-fn an_admitted_slice_port_without_a_number_keeps_the_rest_of_the_slice() {
-    require_rig!();
-    let cluster = LocalCluster::new("nft-nilport").unwrap().start().unwrap();
-    let _proxy = start_proxy(&cluster, "signpost-proxy", 10281);
-    // A Service without a selector and a slice written by hand whose ports
-    // hold one without a number: the API server admits it.
+/// A Service without a selector (port http 80 → 8080) and its slice
+/// written by hand with one ready endpoint, both carrying `labels`; the
+/// slice's ports are `ports`. Returns the ClusterIP.
+fn hand_service(
+    cluster: &LocalCluster<Running>,
+    name: &str,
+    labels: serde_json::Value,
+    ports: serde_json::Value,
+    address: &str,
+) -> IpAddr {
     let svc: KService = serde_json::from_value(json!({
-        "metadata": { "name": "ext" },
+        "metadata": { "name": name, "labels": labels },
         "spec": { "ports": [{ "name": "http", "port": 80, "targetPort": 8080, "protocol": "TCP" }] },
     }))
     .unwrap();
+    let mut slice_labels = labels;
+    slice_labels["kubernetes.io/service-name"] = json!(name);
     let slice: KSlice = serde_json::from_value(json!({
-        "metadata": { "name": "ext-1", "labels": { "kubernetes.io/service-name": "ext" } },
+        "metadata": { "name": format!("{name}-1"), "labels": slice_labels },
         "addressType": "IPv4",
-        "ports": [
-            { "name": "any", "protocol": "TCP" },
-            { "name": "http", "port": 8080, "protocol": "TCP" },
-        ],
-        "endpoints": [{ "addresses": ["10.244.0.77"], "conditions": { "ready": true } }],
+        "ports": ports,
+        "endpoints": [{ "addresses": [address], "conditions": { "ready": true } }],
     }))
     .unwrap();
-    let vip: IpAddr = cluster
+    cluster
         .block_on(|client| async move {
             let created = Api::<KService>::namespaced(client.clone(), "default")
                 .create(&PostParams::default(), &svc)
@@ -794,12 +796,30 @@ fn an_admitted_slice_port_without_a_number_keeps_the_rest_of_the_slice() {
             Api::<KSlice>::namespaced(client, "default")
                 .create(&PostParams::default(), &slice)
                 .await
-                .expect("the API server admits a slice port without a number");
+                .expect("the API server admits the slice");
             created.spec.unwrap().cluster_ip.unwrap()
         })
         .unwrap()
         .parse()
-        .unwrap();
+        .unwrap()
+}
+
+#[test]
+fn an_admitted_slice_port_without_a_number_keeps_the_rest_of_the_slice() {
+    require_rig!();
+    let cluster = LocalCluster::new("nft-nilport").unwrap().start().unwrap();
+    let _proxy = start_proxy(&cluster, "signpost-proxy", 10281);
+    // One of the slice's ports has no number: the API server admits it.
+    let vip = hand_service(
+        &cluster,
+        "ext",
+        json!({}),
+        json!([
+            { "name": "any", "protocol": "TCP" },
+            { "name": "http", "port": 8080, "protocol": "TCP" },
+        ]),
+        "10.244.0.77",
+    );
     // The endpoint behind port http is programmed (the whole slice was
     // rejected before, so the ClusterIP had no backend).
     let t = converge(&cluster, |t| backends(t, vip, 80) == 1);
@@ -808,5 +828,35 @@ fn an_admitted_slice_port_without_a_number_keeps_the_rest_of_the_slice() {
         cluster.metric(10281, "signpost_proxy_invalid_objects_total"),
         Some(0.0),
         "nothing about the slice is invalid"
+    );
+}
+
+#[test]
+fn a_service_labelled_for_another_proxy_is_left_to_it() {
+    require_rig!();
+    let cluster = LocalCluster::new("nft-proxyname").unwrap().start().unwrap();
+    let _proxy = start_proxy(&cluster, "signpost-proxy", 10281);
+    let http = json!([{ "name": "http", "port": 8080, "protocol": "TCP" }]);
+    let theirs = hand_service(
+        &cluster,
+        "theirs",
+        json!({ "service.kubernetes.io/service-proxy-name": "other-proxy" }),
+        http.clone(),
+        "10.244.0.78",
+    );
+    let mine = hand_service(&cluster, "mine", json!({}), http, "10.244.0.79");
+    let deadline = Instant::now() + Duration::from_secs(30);
+    let table = loop {
+        let t = kernel(&cluster).unwrap_or_default();
+        if backends(&t, mine, 80) == 1 {
+            break t;
+        }
+        assert!(Instant::now() < deadline, "mine never programmed: {t:#?}");
+        std::thread::sleep(Duration::from_millis(100));
+    };
+    // Programmed after theirs was created, so theirs was seen and skipped.
+    assert!(
+        table.keys().all(|k| k.ip != theirs),
+        "a Service labelled for another proxy was programmed: {table:#?}"
     );
 }
