@@ -40,6 +40,9 @@ pub struct Config {
     /// Extra time to gather events into a batch; every Service in a batch is
     /// reconciled once, and events that queue up during a batch are coalesced.
     pub debounce: Duration,
+    /// Lead through the lease before writing (false: write at once, for a
+    /// single replica, as kube-controller-manager's `--leader-elect=false`).
+    pub leader_elect: bool,
 }
 
 impl Default for Config {
@@ -50,6 +53,7 @@ impl Default for Config {
             identity: crate::lease::default_identity(),
             lease_duration: Duration::from_secs(15),
             debounce: Duration::ZERO,
+            leader_elect: true,
         }
     }
 }
@@ -178,6 +182,13 @@ fn services_in(ns: &str, services: &Store<KService>) -> Vec<Key> {
 /// Runs the controller: waits to become leader, then reconciles until the
 /// lease is lost (an error) or the watches end.
 pub async fn run(client: Client, cfg: Config, metrics: Arc<Metrics>) -> Result<()> {
+    if !cfg.leader_elect {
+        info!(identity = %cfg.identity, "leader election off: writing at once");
+        metrics
+            .leader
+            .store(1, std::sync::atomic::Ordering::Relaxed);
+        return reconcile_loop(client, cfg.debounce, metrics).await;
+    }
     let elector = Elector::new(
         Api::namespaced(client.clone(), &cfg.lease_namespace),
         &cfg.lease_name,
@@ -192,29 +203,45 @@ pub async fn run(client: Client, cfg: Config, metrics: Arc<Metrics>) -> Result<(
     metrics
         .leader
         .store(1, std::sync::atomic::Ordering::Relaxed);
-    let renew = async {
-        let mut last = Instant::now();
-        loop {
-            tokio::time::sleep(retry).await;
-            match elector.try_acquire_or_renew().await {
-                Ok(true) => last = Instant::now(),
-                Ok(false) => return Err(Error::LostLease(cfg.lease_name.clone())),
-                Err(e) => warn!(error = %e, "lease renewal failed"),
-            }
-            // Stop before anyone else may take over (they wait the full duration).
-            if last.elapsed() > cfg.lease_duration * 2 / 3 {
-                return Err(Error::LostLease(cfg.lease_name.clone()));
-            }
-        }
-    };
+    let renew = hold(cfg.lease_duration, retry, &cfg.lease_name, || {
+        elector.try_acquire_or_renew()
+    });
     let result = tokio::select! {
         r = reconcile_loop(client, cfg.debounce, metrics.clone()) => r,
-        r = renew => r,
+        e = renew => Err(e),
     };
     metrics
         .leader
         .store(0, std::sync::atomic::Ordering::Relaxed);
     result
+}
+
+/// Keeps renewing every `retry`; returns (the reason to stop writing) when
+/// a renewal is refused or when no renewal succeeded for two thirds of the
+/// lease, counted also while one attempt hangs: nobody may take over
+/// before the full duration, so the leader stops first.
+async fn hold<F, Fut>(lease: Duration, retry: Duration, name: &str, mut renew: F) -> Error
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = Result<bool>>,
+{
+    let budget = lease * 2 / 3;
+    let mut last = tokio::time::Instant::now();
+    loop {
+        tokio::time::sleep(retry).await;
+        match tokio::time::timeout_at(last + budget, renew()).await {
+            Ok(Ok(true)) => last = tokio::time::Instant::now(),
+            Ok(Ok(false)) => return Error::LostLease(name.to_owned()),
+            Ok(Err(e)) => warn!(error = %e, "lease renewal failed"),
+            Err(_) => {
+                warn!("a lease renewal hung past the renew deadline; stepping down");
+                return Error::LostLease(name.to_owned());
+            }
+        }
+        if last.elapsed() > budget {
+            return Error::LostLease(name.to_owned());
+        }
+    }
 }
 
 async fn reconcile_loop(client: Client, debounce: Duration, metrics: Arc<Metrics>) -> Result<()> {
@@ -530,6 +557,36 @@ async fn delete(ctx: &mut Ctx, key: &Key, slice: &str, version: Option<String>) 
 
 #[cfg(test)]
 mod tests {
+    use super::{Duration, Error, Instant, Result, hold};
+
+    #[tokio::test]
+    async fn a_hung_renewal_stops_the_leader_at_the_renew_deadline() {
+        let lease = Duration::from_millis(600);
+        let retry = Duration::from_millis(50);
+        let calls = std::sync::atomic::AtomicU32::new(0);
+        let started = Instant::now();
+        // Two renewals succeed, the third never returns (an API server
+        // that accepted the connection and went silent).
+        let stopped = tokio::time::timeout(
+            Duration::from_secs(5),
+            hold(lease, retry, "l", || {
+                let n = calls.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                async move {
+                    if n < 2 {
+                        Ok(true)
+                    } else {
+                        std::future::pending::<Result<bool>>().await
+                    }
+                }
+            }),
+        )
+        .await
+        .expect("the leader steps down while its renewal hangs");
+        assert!(matches!(stopped, Error::LostLease(_)));
+        // Within two thirds of the lease after the last renewal.
+        assert!(started.elapsed() < retry * 3 + lease * 2 / 3 + Duration::from_millis(200));
+    }
+
     #[test]
     fn two_replicas_started_alike_get_different_default_identities() {
         // Same process ID (1 in every container), same host image: the

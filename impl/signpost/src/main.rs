@@ -52,14 +52,18 @@ enum Command {
         /// Address for /healthz and /metrics.
         #[arg(long, default_value = "127.0.0.1:10280")]
         metrics_addr: SocketAddr,
+        /// Lead through the lease before writing; `--leader-elect=false`
+        /// writes at once (one replica only).
+        #[arg(long, default_value_t = true, action = clap::ArgAction::Set)]
+        leader_elect: bool,
     },
     /// Run the service proxy on this node.
     Proxy {
         /// The data plane.
         #[arg(long, value_enum, default_value = "nftables")]
         mode: ProxyMode,
-        /// This node's name (default: the hostname).
-        #[arg(long)]
+        /// This node's name (default: $NODE_NAME, then the hostname).
+        #[arg(long, alias = "hostname-override")]
         node_name: Option<String>,
         /// Remove everything Signpost programmed and exit.
         #[arg(long)]
@@ -131,6 +135,7 @@ async fn main() -> anyhow::Result<()> {
             lease_duration,
             debounce_ms,
             metrics_addr,
+            leader_elect,
         } => {
             let client = client(cli.kubeconfig).await?;
             let metrics = Arc::new(Metrics::default());
@@ -140,6 +145,7 @@ async fn main() -> anyhow::Result<()> {
                 identity: identity.unwrap_or_else(signpost_endpoints::lease::default_identity),
                 lease_duration: Duration::from_secs(lease_duration),
                 debounce: Duration::from_millis(debounce_ms),
+                leader_elect,
             };
             let render = metrics.clone();
             let server = http::serve(
@@ -202,7 +208,11 @@ async fn main() -> anyhow::Result<()> {
                 }
                 return Ok(());
             }
-            let node_name = match node_name {
+            let node_name = match node_name.or_else(|| {
+                std::env::var("NODE_NAME")
+                    .ok()
+                    .filter(|n| !n.trim().is_empty())
+            }) {
                 Some(n) => n,
                 None => std::fs::read_to_string("/proc/sys/kernel/hostname")?
                     .trim()

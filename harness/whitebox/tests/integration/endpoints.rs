@@ -567,3 +567,63 @@ fn a_leader_stopped_gracefully_hands_the_lease_over_at_once() {
     );
     b.check_running().unwrap();
 }
+
+#[test]
+fn without_leader_election_it_writes_at_once_and_takes_no_lease() {
+    require_rig!();
+    let cluster = LocalCluster::new("eps-noelect").unwrap().start().unwrap();
+    let kc = cluster
+        .component_kubeconfig(signpost_harness::deploy::Component::Endpoints)
+        .unwrap();
+    let _eps = Daemon::spawn(
+        cluster.node_namespace(),
+        "signpost endpoints solo",
+        &workspace_binary("signpost").unwrap(),
+        &[
+            format!("--kubeconfig={}", kc.display()),
+            "endpoints".into(),
+            "--leader-elect=false".into(),
+            "--metrics-addr=127.0.0.1:10286".into(),
+        ],
+        cluster.logs().join("signpost-solo.log"),
+    )
+    .unwrap();
+    cluster
+        .block_on(|client| async move {
+            let svc = Op::Service {
+                svc: 0,
+                app: 0,
+                named_target: false,
+                publish_not_ready: false,
+                headless: false,
+            };
+            apply(&client, "default", 0, &svc).await.unwrap();
+            let pod = Op::Pod {
+                pod: 0,
+                app: 0,
+                ready: true,
+                serves_http: true,
+                hostname: false,
+            };
+            apply(&client, "default", 0, &pod).await.unwrap();
+        })
+        .unwrap();
+    let deadline = Instant::now() + Duration::from_secs(20);
+    loop {
+        let written = metric(&cluster, 10286, "signpost_endpoints_writes_total").unwrap_or(0);
+        if written > 0 {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "nothing written; logs in {}",
+            cluster.logs().display()
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    assert_eq!(
+        metric(&cluster, 10286, "signpost_endpoints_leader"),
+        Some(1)
+    );
+    assert_eq!(holder(&cluster), None, "no lease was taken");
+}
