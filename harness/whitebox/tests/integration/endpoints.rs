@@ -453,10 +453,13 @@ fn one_leader_writes_and_the_standby_takes_over_within_the_lease() {
         })
         .unwrap();
     wait_slices(0);
-    assert!(
-        metric(&cluster, leader_port, "signpost_endpoints_writes_total").unwrap() > 0,
-        "the leader wrote"
-    );
+    // The counter moves once the create has returned, which can be after
+    // the slice is already visible through the API: wait for it.
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while metric(&cluster, leader_port, "signpost_endpoints_writes_total").unwrap_or(0) == 0 {
+        assert!(Instant::now() < deadline, "the leader wrote");
+        std::thread::sleep(Duration::from_millis(50));
+    }
     assert_eq!(
         metric(&cluster, standby_port, "signpost_endpoints_writes_total"),
         Some(0),
