@@ -447,21 +447,7 @@ fn real_clients_resolve_cluster_names() {
 
 /// The HTTP status of GET `path` on 127.0.0.1:`port` in the node namespace.
 fn http_status(cluster: &LocalCluster<Running>, port: u16, path: &str) -> u16 {
-    let req = format!("GET {path} HTTP/1.1\r\nhost: localhost\r\nconnection: close\r\n\r\n");
-    cluster
-        .node_namespace()
-        .within(move || {
-            use std::io::{Read, Write};
-            let mut s = std::net::TcpStream::connect(("127.0.0.1", port)).unwrap();
-            s.write_all(req.as_bytes()).unwrap();
-            let mut text = String::new();
-            s.read_to_string(&mut text).unwrap();
-            text.split_whitespace()
-                .nth(1)
-                .and_then(|c| c.parse().ok())
-                .unwrap_or(0)
-        })
-        .unwrap()
+    cluster.http_get(port, path).map_or(0, |(code, _)| code)
 }
 
 #[test]
