@@ -230,7 +230,8 @@ impl Live {
         Ok(())
     }
 
-    fn pod(&self, ns: &str, name: &str) -> Result<&PodHandle> {
+    /// A Pod this harness started.
+    pub fn pod(&self, ns: &str, name: &str) -> Result<&PodHandle> {
         self.pods
             .get(&(ns.to_owned(), name.to_owned()))
             .ok_or_else(|| Error::Scenario(format!("no Pod {ns}/{name}")))

@@ -279,38 +279,10 @@ fn blocks(text: &str) -> Result<Vec<Block>, Error> {
     Ok(out)
 }
 
-/// A Go-style duration: `30s`, `5m`, `1h30m`, `500ms`, or bare seconds.
+/// A Go-style duration: `30s`, `5m`, `1h30m`, `500ms`, or bare seconds
+/// (`signpost_runtime::duration`, which every flag uses too).
 pub fn parse_duration(s: &str) -> Option<Duration> {
-    if let Ok(secs) = s.parse::<u64>() {
-        return Some(Duration::from_secs(secs));
-    }
-    let mut total = Duration::ZERO;
-    let mut rest = s;
-    if rest.is_empty() {
-        return None;
-    }
-    while !rest.is_empty() {
-        let digits = rest
-            .find(|c: char| !(c.is_ascii_digit() || c == '.'))
-            .unwrap_or(rest.len());
-        let n: f64 = rest[..digits].parse().ok()?;
-        rest = &rest[digits..];
-        let unit_len = rest
-            .find(|c: char| c.is_ascii_digit() || c == '.')
-            .unwrap_or(rest.len());
-        let scale = match &rest[..unit_len] {
-            "ns" => 1e-9,
-            "us" | "µs" => 1e-6,
-            "ms" => 1e-3,
-            "s" => 1.0,
-            "m" => 60.0,
-            "h" => 3600.0,
-            _ => return None,
-        };
-        rest = &rest[unit_len..];
-        total += Duration::try_from_secs_f64(n * scale).ok()?;
-    }
-    Some(total)
+    signpost_runtime::duration::parse(s).ok()
 }
 
 /// `.:53`, `dns://.:53`, `cluster.local:53`, `:53`, `.`: the port (53 by default).

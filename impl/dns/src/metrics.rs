@@ -1,10 +1,18 @@
-//! The DNS server's metrics in the Prometheus text format: queries by type
-//! and response code, answer latency, DNS programming latency (a change seen
-//! on a watch → the first answer that carries it), forwarding and loops.
+//! The DNS server's metrics, registered in a `prometheus-client` registry
+//! (see `signpost_runtime::metrics`): queries by type and response code,
+//! answer latency, DNS programming latency (a change seen on a watch → the
+//! first answer that carries it), forwarding, the cache and loops; and
+//! CoreDNS's own names and labels for the same events, so dashboards and
+//! alerts written for CoreDNS keep working.
+//!
+//! The query path touches only atomics: every labelled series a query can
+//! move is created up front.
 
-use std::fmt::Write;
-use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
+
+use signpost_runtime::metrics::{
+    self, Counter, EncodeLabelSet, Family, Gauge, Histogram, Registry,
+};
 
 /// The query types counted by name; everything else is `other`.
 pub const QTYPES: [&str; 11] = [
@@ -15,146 +23,363 @@ pub const RCODES: [&str; 8] = [
     "NOERROR", "FORMERR", "SERVFAIL", "NXDOMAIN", "NOTIMP", "REFUSED", "BADVERS", "other",
 ];
 
-/// A latency histogram with fixed buckets.
-#[derive(Debug)]
-pub struct Histogram {
-    bounds_us: &'static [u64],
-    buckets: Vec<AtomicU64>,
-    count: AtomicU64,
-    sum_us: AtomicU64,
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct TypeRcode {
+    r#type: &'static str,
+    rcode: &'static str,
 }
 
-impl Histogram {
-    fn new(bounds_us: &'static [u64]) -> Self {
-        Histogram {
-            bounds_us,
-            buckets: bounds_us.iter().map(|_| AtomicU64::new(0)).collect(),
-            count: AtomicU64::new(0),
-            sum_us: AtomicU64::new(0),
-        }
-    }
-
-    /// Records one observation.
-    pub fn observe(&self, d: Duration) {
-        let us = u64::try_from(d.as_micros()).unwrap_or(u64::MAX);
-        self.count.fetch_add(1, Ordering::Relaxed);
-        self.sum_us.fetch_add(us, Ordering::Relaxed);
-        // Only the first bucket that holds it; cumulative sums are made when rendering.
-        if let Some(i) = self.bounds_us.iter().position(|b| us <= *b) {
-            self.buckets[i].fetch_add(1, Ordering::Relaxed);
-        }
-    }
-
-    /// How many observations.
-    pub fn count(&self) -> u64 {
-        self.count.load(Ordering::Relaxed)
-    }
-
-    fn render(&self, out: &mut String, name: &str, help: &str) {
-        let _ = writeln!(out, "# HELP {name} {help}\n# TYPE {name} histogram");
-        let mut cumulative = 0;
-        for (b, n) in self.bounds_us.iter().zip(&self.buckets) {
-            cumulative += n.load(Ordering::Relaxed);
-            let _ = writeln!(
-                out,
-                "{name}_bucket{{le=\"{}\"}} {cumulative}",
-                *b as f64 / 1e6
-            );
-        }
-        let count = self.count.load(Ordering::Relaxed);
-        let _ = writeln!(out, "{name}_bucket{{le=\"+Inf\"}} {count}");
-        let _ = writeln!(
-            out,
-            "{name}_sum {}",
-            self.sum_us.load(Ordering::Relaxed) as f64 / 1e6
-        );
-        let _ = writeln!(out, "{name}_count {count}");
-    }
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct CoreRequest {
+    server: String,
+    zone: String,
+    view: String,
+    proto: &'static str,
+    family: &'static str,
+    r#type: &'static str,
 }
 
-const ANSWER_US: [u64; 12] = [
-    25, 50, 100, 250, 500, 1_000, 2_500, 5_000, 10_000, 50_000, 250_000, 1_000_000,
-];
-const PROGRAMMING_US: [u64; 12] = [
-    1_000,
-    5_000,
-    10_000,
-    25_000,
-    50_000,
-    100_000,
-    250_000,
-    500_000,
-    1_000_000,
-    5_000_000,
-    30_000_000,
-    300_000_000,
-];
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct CoreResponse {
+    server: String,
+    zone: String,
+    view: String,
+    rcode: &'static str,
+    plugin: &'static str,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct CoreDuration {
+    server: String,
+    zone: String,
+    view: String,
+    r#type: &'static str,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct CoreCache {
+    server: String,
+    r#type: &'static str,
+    zones: String,
+    view: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct CoreServer {
+    server: String,
+    zones: String,
+    view: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct Build {
+    version: &'static str,
+}
+
+fn index(table: &[&str], x: &str) -> usize {
+    table
+        .iter()
+        .position(|t| *t == x)
+        .unwrap_or(table.len() - 1)
+}
 
 /// Everything the DNS server counts.
 #[derive(Debug)]
 pub struct Metrics {
-    queries: [[AtomicU64; RCODES.len()]; QTYPES.len()],
+    queries: Vec<Vec<Counter>>,
+    /// CoreDNS's requests by [tcp][v6][type].
+    core_requests: [[Vec<Counter>; 2]; 2],
+    core_responses: Vec<Counter>,
+    core_durations: Vec<Histogram>,
+    core_cache_success: Counter,
+    core_cache_misses: Counter,
     /// Request received → response sent.
     pub answer_latency: Histogram,
     /// Object change seen → first answer carrying it.
     pub programming_latency: Histogram,
     /// Queries forwarded upstream.
-    pub forwarded: AtomicU64,
+    pub forwarded: Counter,
     /// Forwards that failed (timeout, refused connection, bad reply).
-    pub forward_errors: AtomicU64,
+    pub forward_errors: Counter,
     /// Forwarding loops detected (a loop probe of ours came back to us).
-    pub forward_loops: AtomicU64,
+    pub forward_loops: Counter,
     /// Forwards refused because the bound on forwards in flight was reached.
-    pub forward_busy: AtomicU64,
+    pub forward_busy: Counter,
     /// Outside names answered from the cache.
-    pub cache_hits: AtomicU64,
+    pub cache_hits: Counter,
     /// Outside names not in the cache (asked upstream).
-    pub cache_misses: AtomicU64,
+    pub cache_misses: Counter,
     /// Requests that could not be parsed (answered FORMERR or dropped).
-    pub malformed: AtomicU64,
+    pub malformed: Counter,
     /// Objects skipped because they could not be read.
-    pub invalid_objects: AtomicU64,
+    pub invalid_objects: Counter,
     /// Watch errors (retried with backoff).
-    pub watch_errors: AtomicU64,
+    pub watch_errors: Counter,
     /// Names in the zone.
-    pub zone_names: AtomicU64,
+    pub zone_names: Gauge,
     /// 1 once the first full sync is done.
-    pub synced: AtomicU64,
+    pub synced: Gauge,
+    registry: Registry,
 }
 
 impl Default for Metrics {
     fn default() -> Self {
-        Metrics {
-            queries: std::array::from_fn(|_| std::array::from_fn(|_| AtomicU64::new(0))),
-            answer_latency: Histogram::new(&ANSWER_US),
-            programming_latency: Histogram::new(&PROGRAMMING_US),
-            forwarded: AtomicU64::new(0),
-            forward_errors: AtomicU64::new(0),
-            forward_loops: AtomicU64::new(0),
-            forward_busy: AtomicU64::new(0),
-            cache_hits: AtomicU64::new(0),
-            cache_misses: AtomicU64::new(0),
-            malformed: AtomicU64::new(0),
-            invalid_objects: AtomicU64::new(0),
-            watch_errors: AtomicU64::new(0),
-            zone_names: AtomicU64::new(0),
-            synced: AtomicU64::new(0),
-        }
+        Metrics::new("dns://:53")
     }
 }
 
 impl Metrics {
-    /// Counts one answered query.
-    pub fn count_query(&self, qtype: &str, rcode: &str) {
-        let t = QTYPES
+    /// The metrics of a server whose CoreDNS `server` label is `server`
+    /// (as CoreDNS writes it: `dns://:53`).
+    pub fn new(server: &str) -> Self {
+        let mut r = Registry::default();
+        let server = server.to_owned();
+        let (zone, view) = (".".to_owned(), String::new());
+        let queries_family = Family::<TypeRcode, Counter>::default();
+        let queries = QTYPES
             .iter()
-            .position(|x| *x == qtype)
-            .unwrap_or(QTYPES.len() - 1);
-        let r = RCODES
+            .map(|t| {
+                RCODES
+                    .iter()
+                    .map(|rc| {
+                        queries_family
+                            .get_or_create(&TypeRcode {
+                                r#type: t,
+                                rcode: rc,
+                            })
+                            .clone()
+                    })
+                    .collect()
+            })
+            .collect();
+        let requests = Family::<CoreRequest, Counter>::default();
+        let core_requests = [("udp", 0), ("tcp", 1)].map(|(proto, _)| {
+            [("1", 0), ("2", 1)].map(|(family, _)| {
+                QTYPES
+                    .iter()
+                    .map(|t| {
+                        requests
+                            .get_or_create(&CoreRequest {
+                                server: server.clone(),
+                                zone: zone.clone(),
+                                view: view.clone(),
+                                proto,
+                                family,
+                                r#type: t,
+                            })
+                            .clone()
+                    })
+                    .collect()
+            })
+        });
+        let responses = Family::<CoreResponse, Counter>::default();
+        let core_responses = RCODES
             .iter()
-            .position(|x| *x == rcode)
-            .unwrap_or(RCODES.len() - 1);
-        self.queries[t][r].fetch_add(1, Ordering::Relaxed);
+            .map(|rc| {
+                responses
+                    .get_or_create(&CoreResponse {
+                        server: server.clone(),
+                        zone: zone.clone(),
+                        view: view.clone(),
+                        rcode: rc,
+                        plugin: "",
+                    })
+                    .clone()
+            })
+            .collect();
+        let durations = Family::<CoreDuration, Histogram>::new_with_constructor(
+            metrics::histogram as fn() -> Histogram,
+        );
+        let core_durations = QTYPES
+            .iter()
+            .map(|t| {
+                durations
+                    .get_or_create(&CoreDuration {
+                        server: server.clone(),
+                        zone: zone.clone(),
+                        view: view.clone(),
+                        r#type: t,
+                    })
+                    .clone()
+            })
+            .collect();
+        let cache_hits = Family::<CoreCache, Counter>::default();
+        let core_cache_success = cache_hits
+            .get_or_create(&CoreCache {
+                server: server.clone(),
+                r#type: "success",
+                zones: ".".into(),
+                view: view.clone(),
+            })
+            .clone();
+        let cache_misses = Family::<CoreServer, Counter>::default();
+        let core_cache_misses = cache_misses
+            .get_or_create(&CoreServer {
+                server: server.clone(),
+                zones: ".".into(),
+                view,
+            })
+            .clone();
+        let build = Family::<Build, Gauge>::default();
+        build
+            .get_or_create(&Build {
+                version: env!("CARGO_PKG_VERSION"),
+            })
+            .set(1);
+        let m = Metrics {
+            queries,
+            core_requests,
+            core_responses,
+            core_durations,
+            core_cache_success,
+            core_cache_misses,
+            answer_latency: metrics::histogram(),
+            programming_latency: metrics::histogram(),
+            forwarded: Counter::default(),
+            forward_errors: Counter::default(),
+            forward_loops: Counter::default(),
+            forward_busy: Counter::default(),
+            cache_hits: Counter::default(),
+            cache_misses: Counter::default(),
+            malformed: Counter::default(),
+            invalid_objects: Counter::default(),
+            watch_errors: Counter::default(),
+            zone_names: Gauge::default(),
+            synced: Gauge::default(),
+            registry: Registry::default(),
+        };
+        r.register(
+            "signpost_dns_queries",
+            "Queries answered, by type and response code",
+            queries_family,
+        );
+        r.register(
+            "signpost_dns_request_duration_seconds",
+            "Request received to response sent",
+            m.answer_latency.clone(),
+        );
+        r.register(
+            "signpost_dns_programming_duration_seconds",
+            "Object change seen on a watch to the first answer carrying it",
+            m.programming_latency.clone(),
+        );
+        r.register(
+            "signpost_dns_forwarded",
+            "Queries forwarded upstream",
+            m.forwarded.clone(),
+        );
+        r.register(
+            "signpost_dns_forward_errors",
+            "Forwards that failed",
+            m.forward_errors.clone(),
+        );
+        r.register(
+            "signpost_dns_forward_loops",
+            "Forwarding loops detected and refused",
+            m.forward_loops.clone(),
+        );
+        r.register(
+            "signpost_dns_forward_busy",
+            "Forwards answered SERVFAIL because too many were in flight",
+            m.forward_busy.clone(),
+        );
+        r.register(
+            "signpost_dns_cache_hits",
+            "Outside names answered from the cache of forwarded answers",
+            m.cache_hits.clone(),
+        );
+        r.register(
+            "signpost_dns_cache_misses",
+            "Outside names not in the cache, asked upstream",
+            m.cache_misses.clone(),
+        );
+        r.register(
+            "signpost_dns_malformed_requests",
+            "Requests that could not be parsed",
+            m.malformed.clone(),
+        );
+        r.register(
+            "signpost_dns_invalid_objects",
+            "Objects skipped as invalid",
+            m.invalid_objects.clone(),
+        );
+        r.register(
+            "signpost_dns_watch_errors",
+            "Watch errors, retried with backoff",
+            m.watch_errors.clone(),
+        );
+        r.register(
+            "signpost_dns_zone_names",
+            "Names in the cluster zone",
+            m.zone_names.clone(),
+        );
+        r.register(
+            "signpost_dns_synced",
+            "1 once the first full list of every watched kind is done",
+            m.synced.clone(),
+        );
+        r.register("signpost_build_info", "The running Signpost version", build);
+        // CoreDNS's names (its `prometheus`, `cache` and `forward` plugins).
+        r.register(
+            "coredns_dns_requests",
+            "Requests by protocol, family and type (CoreDNS's name)",
+            requests,
+        );
+        r.register(
+            "coredns_dns_responses",
+            "Responses by response code (CoreDNS's name)",
+            responses,
+        );
+        r.register(
+            "coredns_dns_request_duration_seconds",
+            "Request duration by type (CoreDNS's name)",
+            durations,
+        );
+        r.register(
+            "coredns_cache_hits",
+            "Cache hits (CoreDNS's name)",
+            cache_hits,
+        );
+        r.register(
+            "coredns_cache_misses",
+            "Cache misses (CoreDNS's name)",
+            cache_misses,
+        );
+        r.register(
+            "coredns_forward_requests",
+            "Queries forwarded (CoreDNS's name)",
+            m.forwarded.clone(),
+        );
+        r.register(
+            "coredns_kubernetes_dns_programming_duration_seconds",
+            "Object change seen to the first answer carrying it (CoreDNS's name)",
+            m.programming_latency.clone(),
+        );
+        Metrics { registry: r, ..m }
+    }
+
+    /// Counts one answered query: its type, response code, transport,
+    /// client address family and time to answer.
+    pub fn count_query(&self, qtype: &str, rcode: &str, tcp: bool, v6: bool, took: Duration) {
+        let t = index(&QTYPES, qtype);
+        let r = index(&RCODES, rcode);
+        self.queries[t][r].inc();
+        self.core_requests[usize::from(tcp)][usize::from(v6)][t].inc();
+        self.core_responses[r].inc();
+        metrics::observe(&self.core_durations[t], took);
+        metrics::observe(&self.answer_latency, took);
+    }
+
+    /// Counts a forwarded name answered from the cache.
+    pub fn cache_hit(&self) {
+        self.cache_hits.inc();
+        self.core_cache_success.inc();
+    }
+
+    /// Counts a forwarded name not in the cache.
+    pub fn cache_miss(&self) {
+        self.cache_misses.inc();
+        self.core_cache_misses.inc();
     }
 
     /// Queries answered with this type and response code.
@@ -163,105 +388,39 @@ impl Metrics {
             QTYPES.iter().position(|x| *x == qtype),
             RCODES.iter().position(|x| *x == rcode),
         ) {
-            (Some(t), Some(r)) => self.queries[t][r].load(Ordering::Relaxed),
+            (Some(t), Some(r)) => self.queries[t][r].get(),
             _ => 0,
         }
     }
 
-    /// The Prometheus exposition.
+    /// The exposition.
     pub fn render(&self) -> String {
-        let mut out = String::new();
-        let name = "signpost_dns_queries_total";
-        let _ = writeln!(
-            out,
-            "# HELP {name} Queries answered, by type and response code.\n# TYPE {name} counter"
-        );
-        for (t, row) in QTYPES.iter().zip(&self.queries) {
-            for (r, n) in RCODES.iter().zip(row) {
-                let n = n.load(Ordering::Relaxed);
-                if n > 0 {
-                    let _ = writeln!(out, "{name}{{type=\"{t}\",rcode=\"{r}\"}} {n}");
-                }
-            }
-        }
-        self.answer_latency.render(
-            &mut out,
-            "signpost_dns_request_duration_seconds",
-            "Request received to response sent.",
-        );
-        self.programming_latency.render(
-            &mut out,
-            "signpost_dns_programming_duration_seconds",
-            "Object change seen on a watch to the first answer carrying it.",
-        );
-        let g = |a: &AtomicU64| a.load(Ordering::Relaxed);
-        for (name, v, help) in [
-            (
-                "signpost_dns_forwarded_total",
-                g(&self.forwarded),
-                "Queries forwarded upstream.",
-            ),
-            (
-                "signpost_dns_forward_errors_total",
-                g(&self.forward_errors),
-                "Forwards that failed.",
-            ),
-            (
-                "signpost_dns_forward_loops_total",
-                g(&self.forward_loops),
-                "Forwarding loops detected and refused.",
-            ),
-            (
-                "signpost_dns_forward_busy_total",
-                g(&self.forward_busy),
-                "Forwards answered SERVFAIL because too many were in flight.",
-            ),
-            (
-                "signpost_dns_cache_hits_total",
-                g(&self.cache_hits),
-                "Outside names answered from the cache of forwarded answers.",
-            ),
-            (
-                "signpost_dns_cache_misses_total",
-                g(&self.cache_misses),
-                "Outside names not in the cache, asked upstream.",
-            ),
-            (
-                "signpost_dns_malformed_requests_total",
-                g(&self.malformed),
-                "Requests that could not be parsed.",
-            ),
-            (
-                "signpost_dns_invalid_objects_total",
-                g(&self.invalid_objects),
-                "Objects skipped as invalid.",
-            ),
-            (
-                "signpost_dns_watch_errors_total",
-                g(&self.watch_errors),
-                "Watch errors, retried with backoff.",
-            ),
-            (
-                "signpost_dns_zone_names",
-                g(&self.zone_names),
-                "Names in the cluster zone.",
-            ),
-            (
-                "signpost_dns_synced",
-                g(&self.synced),
-                "1 once the first full list of every watched kind is done.",
-            ),
+        metrics::render(&self.registry)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn one_query_moves_ours_and_coredns_series() {
+        let m = Metrics::new("dns://:53");
+        m.count_query("A", "NOERROR", false, false, Duration::from_micros(300));
+        m.count_query("SRV", "NXDOMAIN", true, true, Duration::from_millis(3));
+        assert_eq!(m.queries("A", "NOERROR"), 1);
+        let text = m.render();
+        for line in [
+            "signpost_dns_queries_total{type=\"A\",rcode=\"NOERROR\"} 1",
+            "coredns_dns_requests_total{server=\"dns://:53\",zone=\".\",view=\"\",proto=\"udp\",family=\"1\",type=\"A\"} 1",
+            "coredns_dns_requests_total{server=\"dns://:53\",zone=\".\",view=\"\",proto=\"tcp\",family=\"2\",type=\"SRV\"} 1",
+            "coredns_dns_responses_total{server=\"dns://:53\",zone=\".\",view=\"\",rcode=\"NXDOMAIN\",plugin=\"\"} 1",
+            "signpost_dns_request_duration_seconds_bucket{le=\"0.0005\"} 1",
         ] {
-            let kind = if name.ends_with("_total") {
-                "counter"
-            } else {
-                "gauge"
-            };
-            let _ = writeln!(
-                out,
-                "# HELP {name} {help}\n# TYPE {name} {kind}\n{name} {v}"
+            assert!(
+                text.lines().any(|l| l == line),
+                "{line} missing from\n{text}"
             );
         }
-        out
     }
 }

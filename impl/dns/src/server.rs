@@ -255,7 +255,7 @@ impl Handler {
         let key: crate::cache::Key = (name.to_owned(), u16::from(qtype), 1);
         if let Some(cache) = &shared.cache {
             if let Some(hit) = cache.get(&key, Instant::now()) {
-                shared.metrics.cache_hits.fetch_add(1, Ordering::Relaxed);
+                shared.metrics.cache_hit();
                 let mut metadata = hit.metadata;
                 metadata.id = request.metadata.id;
                 let [a, n, x] = &hit.sections;
@@ -263,9 +263,9 @@ impl Handler {
                     .respond(request, handle, edns, metadata, [a, n, x])
                     .await;
             }
-            shared.metrics.cache_misses.fetch_add(1, Ordering::Relaxed);
+            shared.metrics.cache_miss();
         }
-        shared.metrics.forwarded.fetch_add(1, Ordering::Relaxed);
+        shared.metrics.forwarded.inc();
         let tcp = !matches!(request.protocol(), Protocol::Udp);
         let reply = match shared
             .forwarder
@@ -274,24 +274,21 @@ impl Handler {
         {
             Ok(reply) => reply,
             Err(ForwardError::Busy(limit)) => {
-                shared.metrics.forward_busy.fetch_add(1, Ordering::Relaxed);
+                shared.metrics.forward_busy.inc();
                 tracing::debug!(%name, limit, "forward refused: too many in flight");
                 return self
                     .error(request, handle, edns, ResponseCode::ServFail)
                     .await;
             }
             Err(ForwardError::Loop) => {
-                shared.metrics.forward_loops.fetch_add(1, Ordering::Relaxed);
+                shared.metrics.forward_loops.inc();
                 warn!(%name, "every upstream loops back here; refusing");
                 return self
                     .error(request, handle, edns, ResponseCode::Refused)
                     .await;
             }
             Err(e) => {
-                shared
-                    .metrics
-                    .forward_errors
-                    .fetch_add(1, Ordering::Relaxed);
+                shared.metrics.forward_errors.inc();
                 warn!(%name, error = %e, "forward failed");
                 return self
                     .error(request, handle, edns, ResponseCode::ServFail)
@@ -301,10 +298,7 @@ impl Handler {
         let msg = match Message::from_vec(&reply) {
             Ok(m) => m,
             Err(e) => {
-                shared
-                    .metrics
-                    .forward_errors
-                    .fetch_add(1, Ordering::Relaxed);
+                shared.metrics.forward_errors.inc();
                 warn!(%name, error = %e, "upstream reply does not parse");
                 return self
                     .error(request, handle, edns, ResponseCode::ServFail)
@@ -353,7 +347,7 @@ impl Handler {
                 .await;
         }
         let Ok(info) = request.request_info() else {
-            shared.metrics.malformed.fetch_add(1, Ordering::Relaxed);
+            shared.metrics.malformed.inc();
             debug!(src = %request.src(), "not exactly one question");
             return self
                 .error(request, handle, edns, ResponseCode::FormErr)
@@ -376,12 +370,12 @@ impl Handler {
             .answer_timed(&question);
         let outcome = shared.seam.dns_outcome(&question, outcome);
         if let Some(d) = first_served {
-            shared.metrics.programming_latency.observe(d);
+            signpost_runtime::metrics::observe(&shared.metrics.programming_latency, d);
         }
         let (rcode, records) = match outcome {
             DnsOutcome::Forward => {
                 if shared.forwarder.is_loop(&name) {
-                    shared.metrics.forward_loops.fetch_add(1, Ordering::Relaxed);
+                    shared.metrics.forward_loops.inc();
                     warn!(%name, src = %request.src(), "this server's loop probe came back: an upstream forwards to us; it is skipped for a while");
                     return self
                         .error(request, handle, edns, ResponseCode::Refused)
@@ -452,10 +446,13 @@ impl RequestHandler for Handler {
             .map(|i| qtype_label(i.query.query_type()))
             .unwrap_or("other");
         let info = self.handle(request, response_handle).await;
-        self.0
-            .metrics
-            .count_query(qtype, rcode_label(info.response_code));
-        self.0.metrics.answer_latency.observe(started.elapsed());
+        self.0.metrics.count_query(
+            qtype,
+            rcode_label(info.response_code),
+            !matches!(request.protocol(), Protocol::Udp),
+            request.src().is_ipv6(),
+            started.elapsed(),
+        );
         info
     }
 }

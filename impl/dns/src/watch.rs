@@ -16,12 +16,12 @@ use futures::StreamExt;
 use k8s_openapi::api::core::v1::{Namespace as KNamespace, Pod as KPod, Service as KService};
 use k8s_openapi::api::discovery::v1::EndpointSlice as KSlice;
 use kube::api::Api;
-use kube::runtime::{WatchStreamExt, watcher};
 use kube::{Client, ResourceExt};
 use signpost_model::cluster::{EndpointSlice, ObjectKey, Pod, Service};
 use signpost_model::spec::PodsMode;
+use signpost_runtime::{Object, watch};
 use tokio::sync::mpsc;
-use tracing::{info, warn};
+use tracing::info;
 
 use crate::Change;
 use crate::server::{Shared, epoch_secs};
@@ -36,68 +36,36 @@ fn key_of<K: kube::Resource>(obj: &K) -> ObjectKey {
 }
 
 /// Runs one watch, sending its changes until the receiver goes away.
-async fn watch_kind<K>(
+async fn watch_kind<K: Object>(
     api: Api<K>,
     kind: &'static str,
     convert: fn(&K) -> Result<Change, String>,
     deleted: fn(ObjectKey) -> Change,
     tx: mpsc::UnboundedSender<Msg>,
     shared: Arc<Shared>,
-) where
-    K: kube::Resource<DynamicType = ()>
-        + Clone
-        + serde::de::DeserializeOwned
-        + std::fmt::Debug
-        + Send
-        + Sync
-        + 'static,
-{
-    let mut stream = watcher(api, watcher::Config::default())
-        .default_backoff()
-        .boxed();
-    let mut known: HashSet<ObjectKey> = HashSet::new();
-    let mut relisted: HashSet<ObjectKey> = HashSet::new();
+) {
+    let mut stream = watch::events(
+        api,
+        watch::Config::default(),
+        kind,
+        shared.metrics.watch_errors.clone(),
+    );
+    let mut known = watch::Known::default();
     let send = |c: Change| tx.send(Msg::Change(c, Instant::now())).is_ok();
-    let read = |obj: &K| match convert(obj) {
-        Ok(c) => Some(c),
-        Err(e) => {
-            shared
-                .metrics
-                .invalid_objects
-                .fetch_add(1, Ordering::Relaxed);
-            warn!(kind, object = %key_of(obj), error = %e, "skipping an object that cannot be read; keeping what was known");
-            None
-        }
-    };
+    let invalid = &shared.metrics.invalid_objects;
     while let Some(ev) = stream.next().await {
+        let gone = known.observe(&ev);
         let ok = match ev {
-            Ok(watcher::Event::Init) => {
-                relisted.clear();
-                true
+            watch::Event::Init => true,
+            watch::Event::InitApply(obj) | watch::Event::Apply(obj) => {
+                signpost_runtime::convert::read_with(&obj, kind, invalid, convert).is_none_or(send)
             }
-            Ok(watcher::Event::InitApply(obj)) => {
-                relisted.insert(key_of(&obj));
-                read(&obj).is_none_or(send)
+            watch::Event::InitDone => {
+                gone.into_iter()
+                    .all(|(ns, name)| send(deleted(ObjectKey::new(ns, name))))
+                    && tx.send(Msg::ListDone(kind)).is_ok()
             }
-            Ok(watcher::Event::InitDone) => {
-                let gone: Vec<ObjectKey> = known.difference(&relisted).cloned().collect();
-                known = std::mem::take(&mut relisted);
-                gone.into_iter().all(|k| send(deleted(k))) && tx.send(Msg::ListDone(kind)).is_ok()
-            }
-            Ok(watcher::Event::Apply(obj)) => {
-                known.insert(key_of(&obj));
-                read(&obj).is_none_or(send)
-            }
-            Ok(watcher::Event::Delete(obj)) => {
-                let k = key_of(&obj);
-                known.remove(&k);
-                send(deleted(k))
-            }
-            Err(e) => {
-                shared.metrics.watch_errors.fetch_add(1, Ordering::Relaxed);
-                warn!(kind, error = %e, "watch failed; answering from the last known state and retrying");
-                true
-            }
+            watch::Event::Delete(obj) => send(deleted(key_of(&obj))),
         };
         if !ok {
             return;
@@ -207,13 +175,13 @@ pub async fn run(client: Client, shared: Arc<Shared>, pods_mode: PodsMode) {
             shared
                 .metrics
                 .zone_names
-                .store(index.len() as u64, Ordering::Relaxed);
+                .set(i64::try_from(index.len()).unwrap_or(i64::MAX));
         }
         shared.serial.store(epoch_secs(), Ordering::Relaxed);
         if newly_synced {
-            shared.metrics.synced.store(1, Ordering::Relaxed);
+            shared.metrics.synced.set(1);
             info!(
-                names = shared.metrics.zone_names.load(Ordering::Relaxed),
+                names = shared.metrics.zone_names.get(),
                 "first full sync done; answering for the cluster zone"
             );
         }

@@ -273,7 +273,7 @@ fn hostile_input_never_breaks_the_server() {
     eprintln!(
         "hostile input: {sent} UDP inputs + 200 TCP in {elapsed:.1?} ({:.0}/s), {replies} replies, all well-formed; {} malformed requests counted",
         sent as f64 / elapsed.as_secs_f64(),
-        shared.metrics.malformed.load(Ordering::Relaxed)
+        shared.metrics.malformed.get()
     );
     assert_eq!(PANICS.load(Ordering::SeqCst), 0, "a task panicked");
     assert!(

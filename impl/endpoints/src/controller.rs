@@ -12,12 +12,14 @@ use futures::{StreamExt, stream::BoxStream};
 use k8s_openapi::api::core::v1::{Node as KNode, Pod as KPod, Service as KService};
 use k8s_openapi::api::discovery::v1::EndpointSlice as KSlice;
 use kube::api::{Api, DeleteParams, PostParams, Preconditions};
-use kube::runtime::reflector::{self, ObjectRef, Store};
-use kube::runtime::{WatchStreamExt, watcher};
+use kube::runtime::reflector::{ObjectRef, Store};
 use kube::{Client, ResourceExt};
 use signpost_model::cluster::{EndpointSlice, Pod, Service};
-use signpost_model::reconcile::{SliceWrite, plan_slices};
+use signpost_model::reconcile::{SliceWrite, plan_slices_with};
 use signpost_model::spec::endpoints_for;
+use signpost_runtime::metrics::Counter;
+use signpost_runtime::watch::{self, Config as WatchConfig};
+use signpost_runtime::{Object, convert};
 use tokio::sync::mpsc;
 use tracing::{debug, info, warn};
 
@@ -35,8 +37,15 @@ pub struct Config {
     pub lease_name: String,
     /// This replica's identity.
     pub identity: String,
-    /// Lease duration; the leader stops writing two thirds into it without a renewal.
+    /// Lease duration: how long a standby waits out a silent leader.
     pub lease_duration: Duration,
+    /// The leader stops writing this long after its last good renewal
+    /// (less than the lease duration; kube-controller-manager's `--leader-elect-renew-deadline`).
+    pub renew_deadline: Duration,
+    /// Time between attempts to acquire or renew (`--leader-elect-retry-period`).
+    pub retry_period: Duration,
+    /// At most this many endpoints in one slice (`--max-endpoints-per-slice`, 1 to 1000).
+    pub max_endpoints_per_slice: usize,
     /// Extra time to gather events into a batch; every Service in a batch is
     /// reconciled once, and events that queue up during a batch are coalesced.
     pub debounce: Duration,
@@ -52,11 +61,17 @@ impl Default for Config {
             lease_name: "signpost-endpoints".into(),
             identity: crate::lease::default_identity(),
             lease_duration: Duration::from_secs(15),
+            renew_deadline: Duration::from_secs(10),
+            retry_period: Duration::from_secs(2),
+            max_endpoints_per_slice: signpost_model::spec::MAX_ENDPOINTS_PER_SLICE,
             debounce: Duration::ZERO,
             leader_elect: true,
         }
     }
 }
+
+/// A Service waiting this long for the slice cache is reported as stuck.
+const STUCK_AFTER: Duration = Duration::from_secs(30);
 
 /// A Service key: namespace and name.
 type Key = (String, String);
@@ -124,47 +139,46 @@ struct Ctx {
     nodes: Store<KNode>,
     metrics: Arc<Metrics>,
     tracker: Tracker,
+    max_per_slice: usize,
 }
 
-fn watch<K>(
+/// One kind's watch through a reflector, its events turned into the
+/// Services to reconcile. A slice that vanished across a relist (no Delete
+/// is sent for it) is reported as deleted, so the tracker stops waiting for
+/// it.
+fn watch<K: Object>(
     api: Api<K>,
-    cfg: watcher::Config,
+    cfg: WatchConfig,
     kind: &'static str,
     keys: fn(&K, &Store<KService>) -> Vec<Key>,
     services: Store<KService>,
-) -> (Store<K>, BoxStream<'static, Ev>)
-where
-    K: kube::Resource<DynamicType = ()>
-        + Clone
-        + serde::de::DeserializeOwned
-        + std::fmt::Debug
-        + Send
-        + Sync
-        + 'static,
-{
-    let (store, writer) = reflector::store();
-    let stream = reflector::reflector(writer, watcher(api, cfg).default_backoff())
-        .filter_map(move |ev| {
-            let services = services.clone();
-            async move {
-                match ev {
-                    Ok(watcher::Event::Delete(o)) if kind == "endpointslices" => {
-                        Some(Ev::SliceDeleted(
-                            (o.namespace().unwrap_or_default(), o.name_any()),
-                            keys(&o, &services),
-                        ))
-                    }
-                    Ok(watcher::Event::Apply(o) | watcher::Event::Delete(o)) => {
-                        Some(Ev::Keys(keys(&o, &services)))
-                    }
-                    Ok(watcher::Event::InitDone) => Some(Ev::Synced(kind)),
-                    Ok(_) => None,
-                    Err(e) => {
-                        warn!(kind, error = %e, "watch failed; retrying with backoff");
-                        None
-                    }
+    errors: Counter,
+) -> (Store<K>, BoxStream<'static, Ev>) {
+    let (store, stream) = watch::reflect(api, cfg, kind, errors);
+    let mut known = watch::Known::default();
+    let stream = stream
+        .flat_map(move |ev| {
+            let gone = if kind == "endpointslices" {
+                known.observe(&ev)
+            } else {
+                Vec::new()
+            };
+            let mut out: Vec<Ev> = gone
+                .into_iter()
+                .map(|slice| Ev::SliceDeleted(slice, Vec::new()))
+                .collect();
+            match ev {
+                watch::Event::Delete(o) if kind == "endpointslices" => out.push(Ev::SliceDeleted(
+                    (o.namespace().unwrap_or_default(), o.name_any()),
+                    keys(&o, &services),
+                )),
+                watch::Event::Apply(o) | watch::Event::Delete(o) => {
+                    out.push(Ev::Keys(keys(&o, &services)));
                 }
+                watch::Event::InitDone => out.push(Ev::Synced(kind)),
+                watch::Event::Init | watch::Event::InitApply(_) => {}
             }
+            futures::stream::iter(out)
         })
         .boxed();
     (store, stream)
@@ -184,10 +198,8 @@ fn services_in(ns: &str, services: &Store<KService>) -> Vec<Key> {
 pub async fn run(client: Client, cfg: Config, metrics: Arc<Metrics>) -> Result<()> {
     if !cfg.leader_elect {
         info!(identity = %cfg.identity, "leader election off: writing at once");
-        metrics
-            .leader
-            .store(1, std::sync::atomic::Ordering::Relaxed);
-        return reconcile_loop(client, cfg.debounce, metrics).await;
+        metrics.leader.set(1);
+        return reconcile_loop(client, &cfg, metrics).await;
     }
     let elector = Elector::new(
         Api::namespaced(client.clone(), &cfg.lease_namespace),
@@ -195,37 +207,33 @@ pub async fn run(client: Client, cfg: Config, metrics: Arc<Metrics>) -> Result<(
         &cfg.identity,
         cfg.lease_duration,
     );
-    let retry = cfg.lease_duration / 5;
+    let retry = cfg.retry_period;
     while !elector.try_acquire_or_renew().await? {
         tokio::time::sleep(retry).await;
     }
     info!(identity = %cfg.identity, lease = %cfg.lease_name, "became leader");
-    metrics
-        .leader
-        .store(1, std::sync::atomic::Ordering::Relaxed);
-    let renew = hold(cfg.lease_duration, retry, &cfg.lease_name, || {
+    metrics.leader.set(1);
+    let renew = hold(cfg.renew_deadline, retry, &cfg.lease_name, || {
         elector.try_acquire_or_renew()
     });
     let result = tokio::select! {
-        r = reconcile_loop(client, cfg.debounce, metrics.clone()) => r,
+        r = reconcile_loop(client, &cfg, metrics.clone()) => r,
         e = renew => Err(e),
     };
-    metrics
-        .leader
-        .store(0, std::sync::atomic::Ordering::Relaxed);
+    metrics.leader.set(0);
     result
 }
 
 /// Keeps renewing every `retry`; returns (the reason to stop writing) when
-/// a renewal is refused or when no renewal succeeded for two thirds of the
-/// lease, counted also while one attempt hangs: nobody may take over
-/// before the full duration, so the leader stops first.
-async fn hold<F, Fut>(lease: Duration, retry: Duration, name: &str, mut renew: F) -> Error
+/// a renewal is refused or when no renewal succeeded for `budget` (the
+/// renew deadline, shorter than the lease), counted also while one attempt
+/// hangs: nobody may take over before the full lease duration, so the
+/// leader stops first.
+async fn hold<F, Fut>(budget: Duration, retry: Duration, name: &str, mut renew: F) -> Error
 where
     F: FnMut() -> Fut,
     Fut: std::future::Future<Output = Result<bool>>,
 {
-    let budget = lease * 2 / 3;
     let mut last = tokio::time::Instant::now();
     loop {
         tokio::time::sleep(retry).await;
@@ -244,34 +252,34 @@ where
     }
 }
 
-async fn reconcile_loop(client: Client, debounce: Duration, metrics: Arc<Metrics>) -> Result<()> {
-    let wc = watcher::Config::default();
-    let (services, writer) = reflector::store::<KService>();
-    let svc_stream = reflector::reflector(
-        writer,
-        watcher(Api::<KService>::all(client.clone()), wc.clone()).default_backoff(),
-    )
-    .filter_map(|ev| async move {
-        match ev {
-            Ok(watcher::Event::Apply(s) | watcher::Event::Delete(s)) => Some(Ev::Keys(vec![(
-                s.namespace().unwrap_or_default(),
-                s.name_any(),
-            )])),
-            Ok(watcher::Event::InitDone) => Some(Ev::Synced("services")),
-            Ok(_) => None,
-            Err(e) => {
-                warn!(kind = "services", error = %e, "watch failed; retrying with backoff");
-                None
+async fn reconcile_loop(client: Client, cfg: &Config, metrics: Arc<Metrics>) -> Result<()> {
+    let debounce = cfg.debounce;
+    let wc = WatchConfig::default();
+    let (services, svc_stream) = watch::reflect(
+        Api::<KService>::all(client.clone()),
+        wc.clone(),
+        "services",
+        metrics.watch_errors.clone(),
+    );
+    let svc_stream = svc_stream
+        .filter_map(|ev| async move {
+            match ev {
+                watch::Event::Apply(s) | watch::Event::Delete(s) => Some(Ev::Keys(vec![(
+                    s.namespace().unwrap_or_default(),
+                    s.name_any(),
+                )])),
+                watch::Event::InitDone => Some(Ev::Synced("services")),
+                _ => None,
             }
-        }
-    })
-    .boxed();
+        })
+        .boxed();
     let (pods, pod_stream) = watch(
         Api::<KPod>::all(client.clone()),
         wc.clone(),
         "pods",
         |p, s| services_in(&p.namespace().unwrap_or_default(), s),
         services.clone(),
+        metrics.watch_errors.clone(),
     );
     let slice_wc = wc.clone().labels(&format!(
         "endpointslice.kubernetes.io/managed-by={MANAGED_BY}"
@@ -287,6 +295,7 @@ async fn reconcile_loop(client: Client, debounce: Duration, metrics: Arc<Metrics
                 .unwrap_or_default()
         },
         services.clone(),
+        metrics.watch_errors.clone(),
     );
     let (nodes, node_stream) = watch(
         Api::<KNode>::all(client.clone()),
@@ -294,6 +303,7 @@ async fn reconcile_loop(client: Client, debounce: Duration, metrics: Arc<Metrics
         "nodes",
         |_, _| Vec::new(),
         services.clone(),
+        metrics.watch_errors.clone(),
     );
     let node_stream = node_stream
         .map(|ev| {
@@ -326,9 +336,13 @@ async fn reconcile_loop(client: Client, debounce: Duration, metrics: Arc<Metrics
         nodes,
         metrics,
         tracker: Tracker::default(),
+        max_per_slice: cfg.max_endpoints_per_slice,
     };
     let mut synced: HashSet<&'static str> = HashSet::new();
     let mut pending: BTreeSet<Key> = BTreeSet::new();
+    // Services whose last reconcile waited for the slice cache, since when.
+    let mut waiting: HashMap<Key, Instant> = HashMap::new();
+    let mut warned: HashSet<Key> = HashSet::new();
     loop {
         // Collect a batch: block for the first event, then take what arrives within the debounce window.
         let first = events.next().await;
@@ -368,19 +382,23 @@ async fn reconcile_loop(client: Client, debounce: Duration, metrics: Arc<Metrics
         }
         for key in std::mem::take(&mut pending) {
             let started = Instant::now();
-            match reconcile(&mut ctx, &key).await {
+            let result = reconcile(&mut ctx, &key).await;
+            if matches!(result, Err(Error::StaleCache(_))) {
+                let since = *waiting.entry(key.clone()).or_insert(started);
+                if started.duration_since(since) > STUCK_AFTER && warned.insert(key.clone()) {
+                    warn!(service = %format!("{}/{}", key.0, key.1), waited = ?started.duration_since(since), "still waiting for the slice cache to show our writes");
+                }
+            } else {
+                waiting.remove(&key);
+                warned.remove(&key);
+            }
+            match result {
                 Ok(()) => {}
                 Err(e) => {
                     match &e {
-                        Error::Conflict(_) => ctx
-                            .metrics
-                            .conflicts
-                            .fetch_add(1, std::sync::atomic::Ordering::Relaxed),
+                        Error::Conflict(_) => ctx.metrics.conflicts.inc(),
                         Error::StaleCache(_) => 0,
-                        _ => ctx
-                            .metrics
-                            .errors
-                            .fetch_add(1, std::sync::atomic::Ordering::Relaxed),
+                        _ => ctx.metrics.errors.inc(),
                     };
                     debug!(service = %format!("{}/{}", key.0, key.1), error = %e, "requeue");
                     let tx = requeue_tx.clone();
@@ -397,6 +415,18 @@ async fn reconcile_loop(client: Client, debounce: Duration, metrics: Arc<Metrics
             }
             ctx.metrics.observe_sync(started.elapsed());
         }
+        // Services deleted while waiting are not waiting any more.
+        waiting
+            .retain(|(ns, name), _| ctx.services.get(&ObjectRef::new(name).within(ns)).is_some());
+        ctx.metrics.waiting_on_cache.set(waiting.len() as i64);
+        let longest = waiting
+            .values()
+            .map(|t| t.elapsed().as_secs())
+            .max()
+            .unwrap_or(0);
+        ctx.metrics
+            .longest_wait_seconds
+            .set(i64::try_from(longest).unwrap_or(i64::MAX));
     }
 }
 
@@ -410,34 +440,18 @@ async fn reconcile(ctx: &mut Ctx, key: &Key) -> Result<()> {
     if !ctx.tracker.caught_up(key, &ctx.slices) {
         return Err(Error::StaleCache(format!("{ns}/{name}")));
     }
-    let model_svc = match Service::try_from(&*svc) {
-        Ok(s) => s,
-        Err(e) => {
-            // EPS-10: log, count, skip; everything else keeps working.
-            warn!(service = %format!("{ns}/{name}"), error = %e, "skipping invalid Service");
-            ctx.metrics
-                .invalid_objects
-                .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-            return Ok(());
-        }
+    // EPS-10: an object that cannot be read is logged, counted and skipped.
+    let invalid = &ctx.metrics.invalid_objects;
+    let Some(model_svc) = convert::read::<_, Service, _>(&*svc, "Service", invalid) else {
+        return Ok(());
     };
-    let mut pods = Vec::new();
-    for p in ctx
+    let pods: Vec<Pod> = ctx
         .pods
         .state()
         .iter()
         .filter(|p| p.namespace().as_deref() == Some(ns))
-    {
-        match Pod::try_from(&**p) {
-            Ok(p) => pods.push(p),
-            Err(e) => {
-                warn!(pod = %p.name_any(), error = %e, "skipping invalid Pod");
-                ctx.metrics
-                    .invalid_objects
-                    .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-            }
-        }
-    }
+        .filter_map(|p| convert::read(&**p, "Pod", invalid))
+        .collect();
     let zones: BTreeMap<String, String> = ctx
         .nodes
         .state()
@@ -476,7 +490,7 @@ async fn reconcile(ctx: &mut Ctx, key: &Key) -> Result<()> {
         }
     }
     let refs: Vec<&EndpointSlice> = existing.iter().collect();
-    for write in plan_slices(&desired, &refs) {
+    for write in plan_slices_with(&desired, &refs, ctx.max_per_slice) {
         let api: Api<KSlice> = Api::namespaced(ctx.client.clone(), ns);
         match write {
             SliceWrite::Create { shape, endpoints } => {
@@ -486,9 +500,7 @@ async fn reconcile(ctx: &mut Ctx, key: &Key) -> Result<()> {
                     (ns.clone(), created.name_any()),
                     (key.clone(), rv(&created)),
                 );
-                ctx.metrics
-                    .writes
-                    .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                ctx.metrics.writes.inc();
             }
             SliceWrite::Update(slice) => {
                 let original = &originals[&slice.key.name];
@@ -509,9 +521,7 @@ async fn reconcile(ctx: &mut Ctx, key: &Key) -> Result<()> {
                             (ns.clone(), updated.name_any()),
                             (key.clone(), rv(&updated)),
                         );
-                        ctx.metrics
-                            .writes
-                            .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                        ctx.metrics.writes.inc();
                     }
                     Err(kube::Error::Api(e)) if e.code == 409 => {
                         return Err(Error::Conflict(slice.key.to_string()));
@@ -542,9 +552,7 @@ async fn delete(ctx: &mut Ctx, key: &Key, slice: &str, version: Option<String>) 
             ctx.tracker
                 .deleted
                 .insert((key.0.clone(), slice.to_owned()), key.clone());
-            ctx.metrics
-                .writes
-                .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+            ctx.metrics.writes.inc();
             Ok(())
         }
         Err(kube::Error::Api(e)) if e.code == 404 => Ok(()),
@@ -569,7 +577,7 @@ mod tests {
         // that accepted the connection and went silent).
         let stopped = tokio::time::timeout(
             Duration::from_secs(5),
-            hold(lease, retry, "l", || {
+            hold(lease * 2 / 3, retry, "l", || {
                 let n = calls.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
                 async move {
                     if n < 2 {

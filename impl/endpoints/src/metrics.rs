@@ -1,99 +1,108 @@
-//! Counters and a latency histogram, rendered in the Prometheus text format.
+//! The controller's metrics, registered in a `prometheus-client` registry
+//! (see `signpost_runtime::metrics`).
 
-use std::fmt::Write;
-use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 
-const BUCKETS_MS: [u64; 10] = [1, 5, 10, 25, 50, 100, 250, 500, 1000, 5000];
+use signpost_runtime::metrics::{self, Counter, Gauge, Histogram, Registry};
 
 /// The controller's metrics.
-#[derive(Debug, Default)]
+#[derive(Debug)]
 pub struct Metrics {
     /// Slice creates, updates and deletes that succeeded.
-    pub writes: AtomicU64,
+    pub writes: Counter,
     /// Writes that lost an optimistic-concurrency race.
-    pub conflicts: AtomicU64,
+    pub conflicts: Counter,
     /// Objects skipped because they could not be converted (EPS-10).
-    pub invalid_objects: AtomicU64,
+    pub invalid_objects: Counter,
     /// Reconciles that failed for another reason.
-    pub errors: AtomicU64,
+    pub errors: Counter,
+    /// Watch errors (retried with backoff).
+    pub watch_errors: Counter,
     /// 1 while this replica holds the lease.
-    pub leader: AtomicU64,
-    sync_count: AtomicU64,
-    sync_sum_us: AtomicU64,
-    sync_buckets: [AtomicU64; BUCKETS_MS.len()],
+    pub leader: Gauge,
+    /// Services whose reconcile waits for the slice cache to show our own
+    /// writes (PROTO-4); one that stays here is stuck.
+    pub waiting_on_cache: Gauge,
+    /// The longest such wait now, in seconds.
+    pub longest_wait_seconds: Gauge,
+    /// One reconcile's duration.
+    pub sync_duration: Histogram,
+    registry: Registry,
+}
+
+impl Default for Metrics {
+    fn default() -> Self {
+        let mut registry = Registry::default();
+        let m = Metrics {
+            writes: Counter::default(),
+            conflicts: Counter::default(),
+            invalid_objects: Counter::default(),
+            errors: Counter::default(),
+            watch_errors: Counter::default(),
+            leader: Gauge::default(),
+            waiting_on_cache: Gauge::default(),
+            longest_wait_seconds: Gauge::default(),
+            sync_duration: metrics::histogram(),
+            registry: Registry::default(),
+        };
+        let r = &mut registry;
+        r.register(
+            "signpost_endpoints_writes",
+            "EndpointSlice writes",
+            m.writes.clone(),
+        );
+        r.register(
+            "signpost_endpoints_conflicts",
+            "EndpointSlice write conflicts",
+            m.conflicts.clone(),
+        );
+        r.register(
+            "signpost_endpoints_invalid_objects",
+            "Objects skipped as invalid",
+            m.invalid_objects.clone(),
+        );
+        r.register(
+            "signpost_endpoints_errors",
+            "Failed reconciles",
+            m.errors.clone(),
+        );
+        r.register(
+            "signpost_endpoints_watch_errors",
+            "Watch errors, retried with backoff",
+            m.watch_errors.clone(),
+        );
+        r.register(
+            "signpost_endpoints_leader",
+            "1 while holding the lease",
+            m.leader.clone(),
+        );
+        r.register(
+            "signpost_endpoints_services_waiting_on_cache",
+            "Services waiting for the slice cache to show this controller's writes",
+            m.waiting_on_cache.clone(),
+        );
+        r.register(
+            "signpost_endpoints_longest_cache_wait_seconds",
+            "The longest current wait for the slice cache, whole seconds",
+            m.longest_wait_seconds.clone(),
+        );
+        r.register(
+            "signpost_endpoints_sync_duration_seconds",
+            "Reconcile duration",
+            m.sync_duration.clone(),
+        );
+        Metrics { registry, ..m }
+    }
 }
 
 impl Metrics {
     /// Records one reconcile's duration.
     pub fn observe_sync(&self, d: Duration) {
-        self.sync_count.fetch_add(1, Ordering::Relaxed);
-        self.sync_sum_us.fetch_add(
-            u64::try_from(d.as_micros()).unwrap_or(u64::MAX),
-            Ordering::Relaxed,
-        );
-        let ms = u64::try_from(d.as_millis()).unwrap_or(u64::MAX);
-        for (i, le) in BUCKETS_MS.iter().enumerate() {
-            if ms <= *le {
-                self.sync_buckets[i].fetch_add(1, Ordering::Relaxed);
-            }
-        }
+        metrics::observe(&self.sync_duration, d);
     }
 
-    /// The Prometheus text exposition.
+    /// The exposition.
     pub fn render(&self) -> String {
-        let g = |a: &AtomicU64| a.load(Ordering::Relaxed);
-        let mut out = String::new();
-        for (name, help, v) in [
-            (
-                "signpost_endpoints_writes_total",
-                "EndpointSlice writes",
-                g(&self.writes),
-            ),
-            (
-                "signpost_endpoints_conflicts_total",
-                "EndpointSlice write conflicts",
-                g(&self.conflicts),
-            ),
-            (
-                "signpost_endpoints_invalid_objects_total",
-                "objects skipped as invalid",
-                g(&self.invalid_objects),
-            ),
-            (
-                "signpost_endpoints_errors_total",
-                "failed reconciles",
-                g(&self.errors),
-            ),
-            (
-                "signpost_endpoints_leader",
-                "1 while holding the lease",
-                g(&self.leader),
-            ),
-        ] {
-            let _ = writeln!(
-                out,
-                "# HELP {name} {help}\n# TYPE {name} {}\n{name} {v}",
-                if name.ends_with("_total") {
-                    "counter"
-                } else {
-                    "gauge"
-                }
-            );
-        }
-        let h = "signpost_endpoints_sync_duration_seconds";
-        let _ = writeln!(out, "# HELP {h} reconcile duration\n# TYPE {h} histogram");
-        for (i, le) in BUCKETS_MS.iter().enumerate() {
-            let _ = writeln!(
-                out,
-                "{h}_bucket{{le=\"{}\"}} {}",
-                *le as f64 / 1000.0,
-                g(&self.sync_buckets[i])
-            );
-        }
-        let _ = writeln!(out, "{h}_bucket{{le=\"+Inf\"}} {}", g(&self.sync_count));
-        let _ = writeln!(out, "{h}_sum {}", g(&self.sync_sum_us) as f64 / 1e6);
-        let _ = writeln!(out, "{h}_count {}", g(&self.sync_count));
-        out
+        metrics::render(&self.registry)
     }
 }

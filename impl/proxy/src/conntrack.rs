@@ -282,16 +282,13 @@ pub fn forget_stale(ops: &[ProxyOp], observed: &ProxyTable, metrics: &Metrics) {
     }
     match forget(&flows) {
         Ok(n) => {
-            metrics.conntrack_deleted.fetch_add(
-                u64::try_from(n).unwrap_or(0),
-                std::sync::atomic::Ordering::Relaxed,
-            );
+            metrics
+                .conntrack_deleted
+                .inc_by(u64::try_from(n).unwrap_or(0));
             info!(flows = flows.len(), deleted = n, "forgot stale UDP flows");
         }
         Err(e) => {
-            metrics
-                .conntrack_errors
-                .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+            metrics.conntrack_errors.inc();
             warn!(flows = flows.len(), error = %e, "deleting stale UDP conntrack entries failed");
         }
     }

@@ -6,7 +6,6 @@
 use std::collections::BTreeSet;
 use std::net::IpAddr;
 use std::sync::Arc;
-use std::sync::atomic::Ordering;
 use std::time::{Duration, Instant};
 
 use futures::{FutureExt, StreamExt};
@@ -14,11 +13,13 @@ use k8s_openapi::api::core::v1::{Node as KNode, Service as KService};
 use k8s_openapi::api::discovery::v1::EndpointSlice as KSlice;
 use kube::Client;
 use kube::api::Api;
-use kube::runtime::reflector::{self, Store};
-use kube::runtime::{WatchStreamExt, watcher};
+use kube::runtime::reflector::Store;
 use signpost_model::cluster::{EndpointSlice, Node, ProxyTable, Service};
 use signpost_model::mutant::Seam;
 use signpost_model::spec::proxy_table;
+use signpost_runtime::metrics::Counter;
+use signpost_runtime::watch::{self, Config as WatchConfig};
+use signpost_runtime::{Object, convert};
 use tracing::{info, warn};
 
 use crate::metrics::Metrics;
@@ -175,92 +176,43 @@ fn batch_after(first: Event, events: &mut futures::stream::SelectAll<Events>) ->
     batch
 }
 
-fn stream<K>(api: Api<K>, wc: watcher::Config, cache: Cache) -> (Store<K>, Events)
-where
-    K: kube::Resource<DynamicType = ()>
-        + Clone
-        + serde::de::DeserializeOwned
-        + std::fmt::Debug
-        + Send
-        + Sync
-        + 'static,
-{
-    let (store, writer) = reflector::store();
-    let s = reflector::reflector(writer, watcher(api, wc).default_backoff())
+fn stream<K: Object>(
+    api: Api<K>,
+    wc: WatchConfig,
+    cache: Cache,
+    errors: Counter,
+) -> (Store<K>, Events) {
+    let (store, s) = watch::reflect(api, wc, cache.name(), errors);
+    let s = s
         .filter_map(move |ev| async move {
             match ev {
-                Ok(watcher::Event::InitDone) => Some(Event::Listed(cache)),
-                Ok(watcher::Event::Apply(_) | watcher::Event::Delete(_)) => Some(Event::Changed),
-                Ok(_) => None,
-                Err(e) => {
-                    warn!(kind = cache.name(), error = %e, "watch failed; retrying with backoff");
-                    None
-                }
+                watch::Event::InitDone => Some(Event::Listed(cache)),
+                watch::Event::Apply(_) | watch::Event::Delete(_) => Some(Event::Changed),
+                watch::Event::Init | watch::Event::InitApply(_) => None,
             }
         })
         .boxed();
     (store, s)
 }
 
-/// An object's identity in the caches: namespace, name and UID (a
-/// re-created object is another one).
-type ObjKey = (String, String, String);
-
 /// The last form of each cached object that converted. An object the
 /// model cannot read (admitted by the API server, refused by the
 /// conversion) keeps its last good state instead of vanishing from the
 /// table, which would delete its virtual services or backends on every
-/// node; the DNS index does the same. Objects gone from a cache are
-/// dropped from here.
-#[derive(Debug, Default)]
+/// node; the DNS index does the same.
+#[derive(Debug)]
 pub struct LastGood {
-    services: std::collections::HashMap<ObjKey, Service>,
-    slices: std::collections::HashMap<ObjKey, EndpointSlice>,
+    services: convert::LastGood<Service>,
+    slices: convert::LastGood<EndpointSlice>,
 }
 
-/// Converts every cached object, keeping the last good form of one that
-/// does not convert (counted and logged); objects never good are skipped.
-fn convert_all<K, M, E>(
-    objs: Vec<Arc<K>>,
-    last: &mut std::collections::HashMap<ObjKey, M>,
-    metrics: &Metrics,
-    kind: &'static str,
-) -> Vec<M>
-where
-    K: kube::Resource,
-    M: for<'a> TryFrom<&'a K, Error = E> + Clone,
-    E: std::fmt::Display,
-{
-    let mut out = Vec::with_capacity(objs.len());
-    let mut seen = std::collections::HashSet::with_capacity(objs.len());
-    for o in objs {
-        let key = (
-            o.meta().namespace.clone().unwrap_or_default(),
-            o.meta().name.clone().unwrap_or_default(),
-            o.meta().uid.clone().unwrap_or_default(),
-        );
-        match M::try_from(&*o) {
-            Ok(m) => {
-                last.insert(key.clone(), m.clone());
-                out.push(m);
-            }
-            Err(e) => {
-                metrics.invalid_objects.fetch_add(1, Ordering::Relaxed);
-                match last.get(&key) {
-                    Some(m) => {
-                        warn!(kind, name = %format!("{}/{}", key.0, key.1), error = %e, "cannot read this version; keeping its last good state");
-                        out.push(m.clone());
-                    }
-                    None => {
-                        warn!(kind, name = %format!("{}/{}", key.0, key.1), error = %e, "skipping an object that never converted");
-                    }
-                }
-            }
+impl Default for LastGood {
+    fn default() -> Self {
+        LastGood {
+            services: convert::LastGood::new("Service"),
+            slices: convert::LastGood::new("EndpointSlice"),
         }
-        seen.insert(key);
     }
-    last.retain(|k, _| seen.contains(k));
-    out
 }
 
 /// The desired table from the caches (see [`LastGood`] for objects that do not convert).
@@ -272,8 +224,12 @@ fn desired(
     seam: &mut Seam,
     last: &mut LastGood,
 ) -> ProxyTable {
-    let mut svcs = convert_all(services.state(), &mut last.services, metrics, "Service");
-    let mut sls = convert_all(slices.state(), &mut last.slices, metrics, "EndpointSlice");
+    let mut svcs = last
+        .services
+        .convert_all(services.state(), &metrics.invalid_objects);
+    let mut sls = last
+        .slices
+        .convert_all(slices.state(), &metrics.invalid_objects);
     seam.proxy_inputs(&mut svcs, &mut sls);
     let refs: Vec<&EndpointSlice> = sls.iter().collect();
     build::normalize(seam.proxy_table(proxy_table(&svcs, &refs, node)))
@@ -305,7 +261,7 @@ pub fn sync(
         apply::apply(&build::full(want, node_ips))
             .map(|()| Synced::Full(want.len()))
             .inspect_err(|_| {
-                metrics.errors.fetch_add(1, Ordering::Relaxed);
+                metrics.errors.inc();
             })
     };
     let result = match have.as_ref() {
@@ -327,7 +283,7 @@ pub fn sync(
                 match apply::apply(&tx) {
                     Ok(()) => Ok(Synced::Partial(keys.len())),
                     Err(e) => {
-                        metrics.errors.fetch_add(1, Ordering::Relaxed);
+                        metrics.errors.inc();
                         warn!(error = %e, "partial sync refused; doing a full sync");
                         full(metrics)
                     }
@@ -352,13 +308,13 @@ pub fn sync(
             }
             match done {
                 Synced::Full(_) => {
-                    metrics.full_syncs.fetch_add(1, Ordering::Relaxed);
+                    metrics.full_syncs.inc();
                 }
                 Synced::Partial(changed) => {
                     metrics
                         .services_rewritten
-                        .fetch_add(u64::try_from(changed).unwrap_or(0), Ordering::Relaxed);
-                    metrics.partial_syncs.fetch_add(1, Ordering::Relaxed);
+                        .inc_by(u64::try_from(changed).unwrap_or(0));
+                    metrics.partial_syncs.inc();
                 }
                 Synced::Nothing => {}
             }
@@ -397,25 +353,29 @@ pub const NOT_OURS_SELECTOR: &str =
 fn watches(
     client: &Client,
     cfg: &Config,
+    metrics: &Metrics,
 ) -> (Store<KService>, Store<KSlice>, Store<KNode>, Vec<Events>) {
-    let wc = watcher::Config::default();
+    let wc = WatchConfig::default();
     // As kube-proxy: a Service labelled for another proxy is that proxy's
     // (its slices carry the label too), and headless ones have nothing to program.
-    let ours = watcher::Config::default().labels(NOT_OURS_SELECTOR);
+    let ours = WatchConfig::default().labels(NOT_OURS_SELECTOR);
     let (services, s1) = stream(
         Api::<KService>::all(client.clone()),
         ours.clone(),
         Cache::Services,
+        metrics.watch_errors.clone(),
     );
     let (slices, s2) = stream(
         Api::<KSlice>::all(client.clone()),
         ours,
         Cache::EndpointSlices,
+        metrics.watch_errors.clone(),
     );
     let (nodes, s3) = stream(
         Api::<KNode>::all(client.clone()),
         wc.fields(&format!("metadata.name={}", cfg.node_name)),
         Cache::Nodes,
+        metrics.watch_errors.clone(),
     );
     let resync = cfg.resync;
     let ticks = futures::stream::unfold((), move |()| async move {
@@ -433,7 +393,7 @@ fn read_back(metrics: &Metrics) -> Option<ProxyTable> {
     match apply::list() {
         Ok(listing) => listing.as_ref().map(|l| readback::table(Some(l))),
         Err(e) => {
-            metrics.errors.fetch_add(1, Ordering::Relaxed);
+            metrics.errors.inc();
             warn!(error = %e, "reading the table back failed; the next sync rewrites it whole");
             None
         }
@@ -444,7 +404,7 @@ fn read_back(metrics: &Metrics) -> Option<ProxyTable> {
 /// and retried with backoff from what the kernel holds; it never ends the
 /// process (a node whose proxy exits programs nothing at all).
 pub async fn run(client: Client, cfg: Config, metrics: Arc<Metrics>) -> Result<(), Error> {
-    let (services, slices, nodes, streams) = watches(&client, &cfg);
+    let (services, slices, nodes, streams) = watches(&client, &cfg, &metrics);
     let mut events = futures::stream::select_all(streams);
     // PROTO-3, PXY-8: adopt what the kernel holds instead of flushing it.
     let mut have = read_back(&metrics);
@@ -496,7 +456,7 @@ pub async fn run(client: Client, cfg: Config, metrics: Arc<Metrics>) -> Result<(
 pub async fn run_ipvs(client: Client, cfg: Config, metrics: Arc<Metrics>) -> Result<(), Error> {
     use crate::plane::ipvs::{IpvsSink, sysctls};
     sysctls()?;
-    let (services, slices, nodes, mut streams) = watches(&client, &cfg);
+    let (services, slices, nodes, mut streams) = watches(&client, &cfg, &metrics);
     let drain_ticks = futures::stream::unfold((), |()| async {
         tokio::time::sleep(Duration::from_secs(2)).await;
         Some((Event::Drain, ()))
@@ -558,7 +518,7 @@ pub async fn run_ipvs(client: Client, cfg: Config, metrics: Arc<Metrics>) -> Res
                 }
             }
             Err(e) => {
-                metrics.errors.fetch_add(1, Ordering::Relaxed);
+                metrics.errors.inc();
                 state.synced(false);
                 have = None;
                 let wait = backoff(retry_in);
@@ -594,9 +554,9 @@ async fn sync_ipvs(
     // (After a read-back an empty plan still applies: it unbinds addresses
     // no virtual service uses and rebuilds the nft sets if they were lost.)
     let applied = k.apply(&ops, want).await?;
-    metrics.partial_syncs.fetch_add(1, Ordering::Relaxed);
+    metrics.partial_syncs.inc();
     for (counter, n) in metrics.ops.iter().zip(applied.ops) {
-        counter.fetch_add(n, Ordering::Relaxed);
+        counter.inc_by(n);
     }
     if ops.len() <= 3 {
         info!(?ops, "ipvs sync");
@@ -626,41 +586,27 @@ mod tests {
     #[test]
     fn an_object_that_stops_converting_keeps_its_last_good_state() {
         let metrics = Metrics::default();
-        let mut last = std::collections::HashMap::new();
-        let good = convert_all::<_, EndpointSlice, _>(
-            vec![slice("u1", "10.244.0.5")],
-            &mut last,
-            &metrics,
-            "EndpointSlice",
-        );
+        let mut last = LastGood::default();
+        let good = last
+            .slices
+            .convert_all(vec![slice("u1", "10.244.0.5")], &metrics.invalid_objects);
         assert_eq!(good.len(), 1);
         // The same object, now unreadable: its last good form stays.
-        let kept = convert_all::<_, EndpointSlice, _>(
-            vec![slice("u1", "banana")],
-            &mut last,
-            &metrics,
-            "EndpointSlice",
-        );
+        let kept = last
+            .slices
+            .convert_all(vec![slice("u1", "banana")], &metrics.invalid_objects);
         assert_eq!(kept, good);
-        assert_eq!(metrics.invalid_objects.load(Ordering::Relaxed), 1);
+        assert_eq!(metrics.invalid_objects.get(), 1);
         // A re-created object (another UID) that never converted is skipped.
-        let other = convert_all::<_, EndpointSlice, _>(
-            vec![slice("u2", "banana")],
-            &mut last,
-            &metrics,
-            "EndpointSlice",
-        );
+        let other = last
+            .slices
+            .convert_all(vec![slice("u2", "banana")], &metrics.invalid_objects);
         assert!(other.is_empty());
         // Gone from the cache: forgotten, so it does not come back.
-        assert!(last.is_empty());
         assert!(
-            convert_all::<_, EndpointSlice, _>(
-                vec![slice("u1", "banana")],
-                &mut last,
-                &metrics,
-                "EndpointSlice"
-            )
-            .is_empty()
+            last.slices
+                .convert_all(vec![slice("u1", "banana")], &metrics.invalid_objects)
+                .is_empty()
         );
     }
 

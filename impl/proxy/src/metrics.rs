@@ -1,10 +1,11 @@
-//! The proxy's metrics in the Prometheus text format.
+//! The proxy's metrics, registered in a `prometheus-client` registry (see
+//! `signpost_runtime::metrics`), kube-proxy's names alongside ours.
 
-use std::fmt::Write;
-use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 
-const BUCKETS_MS: [u64; 12] = [1, 2, 5, 10, 25, 50, 100, 250, 500, 1000, 2500, 10000];
+use signpost_runtime::metrics::{
+    self, Counter, EncodeLabelSet, Family, Gauge, Histogram, Registry,
+};
 
 /// The kinds of ops, in the order of [`Metrics::ops`].
 pub const OP_KINDS: [&str; 5] = [
@@ -15,107 +16,151 @@ pub const OP_KINDS: [&str; 5] = [
     "remove_backend",
 ];
 
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct Kind {
+    kind: &'static str,
+}
+
 /// Sync latency, ops by kind, errors.
-#[derive(Debug, Default)]
+#[derive(Debug)]
 pub struct Metrics {
     /// Full syncs applied.
-    pub full_syncs: AtomicU64,
+    pub full_syncs: Counter,
     /// Partial syncs applied.
-    pub partial_syncs: AtomicU64,
+    pub partial_syncs: Counter,
     /// Virtual services rewritten by partial syncs.
-    pub services_rewritten: AtomicU64,
+    pub services_rewritten: Counter,
     /// Transactions the kernel rejected.
-    pub errors: AtomicU64,
+    pub errors: Counter,
     /// Objects skipped as invalid.
-    pub invalid_objects: AtomicU64,
+    pub invalid_objects: Counter,
+    /// Watch errors (retried with backoff).
+    pub watch_errors: Counter,
     /// Duration of the last sync in microseconds.
-    pub last_sync_us: AtomicU64,
+    pub last_sync_us: Gauge,
     /// Conntrack entries of stale UDP flows deleted (PXY-11).
-    pub conntrack_deleted: AtomicU64,
+    pub conntrack_deleted: Counter,
     /// Failed attempts to delete stale UDP flows.
-    pub conntrack_errors: AtomicU64,
+    pub conntrack_errors: Counter,
     /// IPVS mode: ops applied, by kind (add/edit/delete service, add/remove backend).
-    pub ops: [AtomicU64; 5],
-    sync_count: AtomicU64,
-    sync_sum_us: AtomicU64,
-    sync_buckets: [AtomicU64; BUCKETS_MS.len()],
+    pub ops: [Counter; 5],
+    /// One sync's duration (also as kube-proxy's `kubeproxy_sync_proxy_rules_duration_seconds`).
+    pub sync_duration: Histogram,
+    /// When the last sync was applied, seconds since the epoch (kube-proxy's
+    /// `kubeproxy_sync_proxy_rules_last_timestamp_seconds`).
+    pub last_sync_timestamp: Gauge,
+    registry: Registry,
+}
+
+impl Default for Metrics {
+    fn default() -> Self {
+        let mut r = Registry::default();
+        let ops_family = Family::<Kind, Counter>::default();
+        let m = Metrics {
+            full_syncs: Counter::default(),
+            partial_syncs: Counter::default(),
+            services_rewritten: Counter::default(),
+            errors: Counter::default(),
+            invalid_objects: Counter::default(),
+            watch_errors: Counter::default(),
+            last_sync_us: Gauge::default(),
+            conntrack_deleted: Counter::default(),
+            conntrack_errors: Counter::default(),
+            ops: OP_KINDS.map(|kind| ops_family.get_or_create(&Kind { kind }).clone()),
+            sync_duration: metrics::histogram(),
+            last_sync_timestamp: Gauge::default(),
+            registry: Registry::default(),
+        };
+        r.register(
+            "signpost_proxy_full_syncs",
+            "Full syncs applied",
+            m.full_syncs.clone(),
+        );
+        r.register(
+            "signpost_proxy_partial_syncs",
+            "Partial syncs applied",
+            m.partial_syncs.clone(),
+        );
+        r.register(
+            "signpost_proxy_services_rewritten",
+            "Virtual services rewritten by partial syncs",
+            m.services_rewritten.clone(),
+        );
+        r.register(
+            "signpost_proxy_errors",
+            "Kernel transactions that failed",
+            m.errors.clone(),
+        );
+        r.register(
+            "signpost_proxy_conntrack_entries_deleted",
+            "Conntrack entries of stale UDP flows deleted",
+            m.conntrack_deleted.clone(),
+        );
+        r.register(
+            "signpost_proxy_conntrack_errors",
+            "Failed deletions of stale UDP flows",
+            m.conntrack_errors.clone(),
+        );
+        r.register(
+            "signpost_proxy_invalid_objects",
+            "Objects skipped as invalid",
+            m.invalid_objects.clone(),
+        );
+        r.register(
+            "signpost_proxy_watch_errors",
+            "Watch errors, retried with backoff",
+            m.watch_errors.clone(),
+        );
+        r.register(
+            "signpost_proxy_last_sync_microseconds",
+            "Duration of the last sync",
+            m.last_sync_us.clone(),
+        );
+        r.register(
+            "signpost_proxy_ops",
+            "IPVS ops applied, by kind",
+            ops_family,
+        );
+        r.register(
+            "signpost_proxy_sync_duration_seconds",
+            "Sync duration",
+            m.sync_duration.clone(),
+        );
+        // kube-proxy's names, for dashboards and alerts written for it.
+        r.register(
+            "kubeproxy_sync_proxy_rules_duration_seconds",
+            "Sync duration (kube-proxy's name)",
+            m.sync_duration.clone(),
+        );
+        r.register(
+            "kubeproxy_sync_proxy_rules_last_timestamp_seconds",
+            "When the last sync was applied (kube-proxy's name)",
+            m.last_sync_timestamp.clone(),
+        );
+        r.register(
+            "kubeproxy_sync_proxy_rules_iptables_restore_failures",
+            "Kernel transactions that failed (kube-proxy's name; nft or netlink here)",
+            m.errors.clone(),
+        );
+        Metrics { registry: r, ..m }
+    }
 }
 
 impl Metrics {
     /// Records one sync.
     pub fn observe_sync(&self, d: Duration) {
-        let us = u64::try_from(d.as_micros()).unwrap_or(u64::MAX);
-        self.last_sync_us.store(us, Ordering::Relaxed);
-        self.sync_count.fetch_add(1, Ordering::Relaxed);
-        self.sync_sum_us.fetch_add(us, Ordering::Relaxed);
-        for (i, le) in BUCKETS_MS.iter().enumerate() {
-            if us <= le * 1000 {
-                self.sync_buckets[i].fetch_add(1, Ordering::Relaxed);
-            }
-        }
+        self.last_sync_us
+            .set(i64::try_from(d.as_micros()).unwrap_or(i64::MAX));
+        metrics::observe(&self.sync_duration, d);
+        let now = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map_or(0, |d| d.as_secs());
+        self.last_sync_timestamp
+            .set(i64::try_from(now).unwrap_or(i64::MAX));
     }
 
-    /// The Prometheus exposition.
+    /// The exposition.
     pub fn render(&self) -> String {
-        let g = |a: &AtomicU64| a.load(Ordering::Relaxed);
-        let mut out = String::new();
-        for (name, v) in [
-            ("signpost_proxy_full_syncs_total", g(&self.full_syncs)),
-            ("signpost_proxy_partial_syncs_total", g(&self.partial_syncs)),
-            (
-                "signpost_proxy_services_rewritten_total",
-                g(&self.services_rewritten),
-            ),
-            ("signpost_proxy_errors_total", g(&self.errors)),
-            (
-                "signpost_proxy_conntrack_entries_deleted_total",
-                g(&self.conntrack_deleted),
-            ),
-            (
-                "signpost_proxy_conntrack_errors_total",
-                g(&self.conntrack_errors),
-            ),
-            (
-                "signpost_proxy_invalid_objects_total",
-                g(&self.invalid_objects),
-            ),
-            (
-                "signpost_proxy_last_sync_microseconds",
-                g(&self.last_sync_us),
-            ),
-        ] {
-            let _ = writeln!(
-                out,
-                "# TYPE {name} {}\n{name} {v}",
-                if name.ends_with("_total") {
-                    "counter"
-                } else {
-                    "gauge"
-                }
-            );
-        }
-        let ops = "signpost_proxy_ops_total";
-        let _ = writeln!(out, "# TYPE {ops} counter");
-        for (kind, n) in OP_KINDS.iter().zip(&self.ops) {
-            let _ = writeln!(out, "{ops}{{kind=\"{kind}\"}} {}", g(n));
-        }
-        let h = "signpost_proxy_sync_duration_seconds";
-        let _ = writeln!(out, "# TYPE {h} histogram");
-        for (i, le) in BUCKETS_MS.iter().enumerate() {
-            let _ = writeln!(
-                out,
-                "{h}_bucket{{le=\"{}\"}} {}",
-                *le as f64 / 1000.0,
-                g(&self.sync_buckets[i])
-            );
-        }
-        let _ = writeln!(
-            out,
-            "{h}_bucket{{le=\"+Inf\"}} {}\n{h}_sum {}\n{h}_count {}",
-            g(&self.sync_count),
-            g(&self.sync_sum_us) as f64 / 1e6,
-            g(&self.sync_count)
-        );
-        out
+        metrics::render(&self.registry)
     }
 }

@@ -3,16 +3,18 @@
 //! `signpost proxy --mode nftables|ipvs` (the service proxy) and
 //! `signpost dns` (the cluster DNS).
 
-mod http;
-
 use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::Duration;
 
+mod proxyconfig;
+
 use anyhow::Context;
 use clap::{Parser, Subcommand};
 use signpost_endpoints::metrics::Metrics;
+use signpost_runtime::shutdown::signal as shutdown;
+use signpost_runtime::{duration, http};
 
 #[derive(Parser)]
 #[command(
@@ -24,6 +26,8 @@ struct Cli {
     /// Path to a kubeconfig; without it, in-cluster configuration (or the default kubeconfig).
     #[arg(long, global = true)]
     kubeconfig: Option<PathBuf>,
+    #[command(flatten)]
+    log: signpost_runtime::log::Args,
     #[command(subcommand)]
     command: Command,
 }
@@ -42,16 +46,39 @@ enum Command {
         /// Name of the leader lease.
         #[arg(long, default_value = "signpost-endpoints")]
         lease_name: String,
-        /// Lease duration in seconds (1 to 3600).
-        #[arg(long, default_value_t = 15, value_parser = clap::value_parser!(u64).range(1..=3600))]
-        lease_duration: u64,
-        /// Also wait this many milliseconds for more events before reconciling a batch
-        /// (events that queue up while a batch is reconciled are always coalesced).
-        #[arg(long, default_value_t = 0)]
+        /// Lease duration: a standby takes over after the leader has been
+        /// silent this long (Go duration or seconds, 1s to 1h;
+        /// kube-controller-manager's `--leader-elect-lease-duration`).
+        #[arg(long, alias = "leader-elect-lease-duration", default_value = "15s", value_parser = duration::within(Duration::from_secs(1), Duration::from_secs(3600)))]
+        lease_duration: Duration,
+        /// The leader stops writing this long after its last good renewal;
+        /// less than --lease-duration (default: two thirds of it).
+        #[arg(long, alias = "leader-elect-renew-deadline", value_parser = duration::within(Duration::from_millis(100), Duration::from_secs(3600)))]
+        renew_deadline: Option<Duration>,
+        /// Time between attempts to acquire or renew the lease (default: a
+        /// fifth of --lease-duration).
+        #[arg(long, alias = "leader-elect-retry-period", value_parser = duration::within(Duration::from_millis(50), Duration::from_secs(600)))]
+        retry_period: Option<Duration>,
+        /// Also wait this long for more events before reconciling a batch
+        /// (events that queue up while a batch is reconciled are always
+        /// coalesced; kube-controller-manager's
+        /// `--endpointslice-updates-batch-period`). Go duration, or milliseconds
+        /// for --debounce-ms.
+        #[arg(long = "endpointslice-updates-batch-period", value_parser = duration::within(Duration::ZERO, Duration::from_secs(60)))]
+        batch_period: Option<Duration>,
+        /// As --endpointslice-updates-batch-period, in milliseconds.
+        #[arg(long, default_value_t = 0, value_parser = clap::value_parser!(u64).range(0..=60_000))]
         debounce_ms: u64,
-        /// Address for /healthz and /metrics.
+        /// At most this many endpoints in one EndpointSlice (1 to 1000).
+        #[arg(long, default_value_t = signpost_model::spec::MAX_ENDPOINTS_PER_SLICE, value_parser = max_per_slice)]
+        max_endpoints_per_slice: usize,
+        /// Address for /healthz, /readyz and /metrics.
         #[arg(long, default_value = "127.0.0.1:10280")]
         metrics_addr: SocketAddr,
+        /// Another address for /healthz and /readyz (and /metrics), e.g. the
+        /// Pod address the kubelet probes.
+        #[arg(long)]
+        healthz_addr: Option<SocketAddr>,
         /// Lead through the lease before writing; `--leader-elect=false`
         /// writes at once (one replica only).
         #[arg(long, default_value_t = true, action = clap::ArgAction::Set)]
@@ -68,23 +95,49 @@ enum Command {
         /// Remove everything Signpost programmed and exit.
         #[arg(long)]
         cleanup: bool,
-        /// Seconds between read-back-and-repair resyncs (1 to 86400).
-        #[arg(long, default_value_t = 60, value_parser = clap::value_parser!(u64).range(1..=86_400))]
-        resync_secs: u64,
-        /// `/healthz` answers 503 once a change has waited this many seconds
-        /// without reaching the kernel (default: twice --resync-secs, as
-        /// kube-proxy's is twice its sync period).
-        #[arg(long, value_parser = clap::value_parser!(u64).range(1..=172_800))]
-        healthz_timeout_secs: Option<u64>,
-        /// Address for /healthz and /metrics.
-        #[arg(long, default_value = "127.0.0.1:10281")]
+        /// Time between read-back-and-repair resyncs (1s to 24h; Go
+        /// duration or seconds; kube-proxy's `--sync-period`).
+        #[arg(long, alias = "sync-period", default_value = "60s", value_parser = duration::within(Duration::from_secs(1), Duration::from_secs(86_400)))]
+        resync_secs: Duration,
+        /// `/healthz` answers 503 once a change has waited this long without
+        /// reaching the kernel (default: twice --resync-secs, as kube-proxy's
+        /// is twice its sync period).
+        #[arg(long, value_parser = duration::within(Duration::from_secs(1), Duration::from_secs(172_800)))]
+        healthz_timeout_secs: Option<Duration>,
+        /// Address for /healthz and /metrics (kube-proxy's
+        /// `--metrics-bind-address`).
+        #[arg(
+            long,
+            alias = "metrics-bind-address",
+            default_value = "127.0.0.1:10281"
+        )]
         metrics_addr: SocketAddr,
+        /// Another address for /healthz (and /metrics), e.g. `0.0.0.0:10256`
+        /// for the kubelet's probe and load balancers (kube-proxy's
+        /// `--healthz-bind-address`).
+        #[arg(long, alias = "healthz-bind-address")]
+        healthz_addr: Option<SocketAddr>,
+        /// A KubeProxyConfiguration file (kubeproxy.config.k8s.io/v1alpha1):
+        /// its mode, hostnameOverride, syncPeriod, metricsBindAddress and
+        /// healthzBindAddress replace the flags above; a field Signpost
+        /// does not implement is an error naming it.
+        #[arg(long)]
+        config: Option<PathBuf>,
         /// Build in a deliberate fault (the conformance harness's mutation test).
         #[arg(long, hide = true)]
         mutant: Option<signpost_model::mutant::Mutant>,
     },
     /// Run the cluster DNS.
     Dns(DnsArgs),
+    /// The seed's story, live on a local cluster: registration step by step,
+    /// then enterprise resolves and reaches voyager (runs the rig's
+    /// `signpost-demo` from beside this binary; needs root and the upstream
+    /// build: `ci/demo`).
+    Demo {
+        /// Flags for the demo (see `signpost demo --help`).
+        #[arg(trailing_var_arg = true, allow_hyphen_values = true)]
+        args: Vec<String>,
+    },
 }
 
 #[derive(Clone, Copy, clap::ValueEnum)]
@@ -119,40 +172,45 @@ async fn client(kubeconfig: Option<PathBuf>) -> anyhow::Result<kube::Client> {
 
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
-    tracing_subscriber::fmt()
-        .with_env_filter(
-            // hickory-server logs every query at info: two lines per request.
-            tracing_subscriber::EnvFilter::try_from_default_env()
-                .unwrap_or_else(|_| "info,hickory_server=warn,hickory_proto=warn".into()),
-        )
-        .init();
     let cli = Cli::parse();
+    signpost_runtime::log::init(&cli.log);
     match cli.command {
         Command::Endpoints {
             identity,
             lease_namespace,
             lease_name,
             lease_duration,
+            renew_deadline,
+            retry_period,
+            batch_period,
             debounce_ms,
+            max_endpoints_per_slice,
             metrics_addr,
+            healthz_addr,
             leader_elect,
         } => {
+            let renew_deadline = renew_deadline.unwrap_or(lease_duration * 2 / 3);
+            if renew_deadline >= lease_duration {
+                anyhow::bail!(
+                    "--renew-deadline {renew_deadline:?} must be less than --lease-duration {lease_duration:?}"
+                );
+            }
             let client = client(cli.kubeconfig).await?;
             let metrics = Arc::new(Metrics::default());
             let cfg = signpost_endpoints::Config {
                 lease_namespace,
                 lease_name,
                 identity: identity.unwrap_or_else(signpost_endpoints::lease::default_identity),
-                lease_duration: Duration::from_secs(lease_duration),
-                debounce: Duration::from_millis(debounce_ms),
+                lease_duration,
+                renew_deadline,
+                retry_period: retry_period.unwrap_or(lease_duration / 5),
+                max_endpoints_per_slice,
+                debounce: batch_period.unwrap_or(Duration::from_millis(debounce_ms)),
                 leader_elect,
             };
             let render = metrics.clone();
-            let server = http::serve(
-                metrics_addr,
-                http::Handlers::metrics_only(Arc::new(move || render.render())),
-            )
-            .await?;
+            let handlers = http::Handlers::metrics_only(Arc::new(move || render.render()));
+            let server = serve_all(metrics_addr, healthz_addr, handlers).await?;
             tracing::info!(%metrics_addr, identity = %cfg.identity, "signpost endpoints starting");
             let elector = signpost_endpoints::lease::Elector::new(
                 kube::Api::namespaced(client.clone(), &cfg.lease_namespace),
@@ -175,37 +233,38 @@ async fn main() -> anyhow::Result<()> {
             }
         }
         Command::Proxy {
-            mode,
-            node_name,
+            mut mode,
+            mut node_name,
             cleanup,
-            resync_secs,
+            mut resync_secs,
             healthz_timeout_secs,
-            metrics_addr,
+            mut metrics_addr,
+            mut healthz_addr,
+            config,
             mutant,
         } => {
-            if cleanup {
-                match mode {
-                    ProxyMode::Nftables => {
-                        // Removing a table that is not there is not an error.
-                        if signpost_proxy::nftables::apply::list()?.is_some() {
-                            signpost_proxy::nftables::apply::apply(
-                                &signpost_proxy::nftables::build::cleanup(),
-                            )?;
-                        }
-                        tracing::info!("removed table inet {}", signpost_proxy::nftables::TABLE);
-                    }
-                    ProxyMode::Ipvs => {
-                        signpost_proxy::ipvs::IpvsSink::connect(Vec::new())
-                            .await?
-                            .cleanup()
-                            .await?;
-                        tracing::info!(
-                            "removed Signpost's IPVS services, {} and table inet {}",
-                            signpost_proxy::ipvs::DUMMY,
-                            signpost_proxy::ipvs::NFT_TABLE
-                        );
-                    }
+            let mut kubeconfig = cli.kubeconfig;
+            if let Some(path) = &config {
+                let text = std::fs::read_to_string(path)
+                    .with_context(|| format!("reading {}", path.display()))?;
+                let pc = proxyconfig::parse(&text)
+                    .map_err(|e| anyhow::anyhow!("--config {}: {e}", path.display()))?;
+                for note in &pc.notes {
+                    tracing::info!(config = %path.display(), "{note}");
                 }
+                match pc.mode.as_deref() {
+                    Some("ipvs") => mode = ProxyMode::Ipvs,
+                    Some(_) => mode = ProxyMode::Nftables,
+                    None => {}
+                }
+                node_name = pc.hostname_override.or(node_name);
+                resync_secs = pc.sync_period.unwrap_or(resync_secs);
+                metrics_addr = pc.metrics_bind_address.unwrap_or(metrics_addr);
+                healthz_addr = pc.healthz_bind_address.or(healthz_addr);
+                kubeconfig = kubeconfig.or(pc.kubeconfig);
+            }
+            if cleanup {
+                cleanup_all().await?;
                 return Ok(());
             }
             let node_name = match node_name.or_else(|| {
@@ -218,25 +277,22 @@ async fn main() -> anyhow::Result<()> {
                     .trim()
                     .to_owned(),
             };
-            let client = client(cli.kubeconfig).await?;
+            let client = client(kubeconfig).await?;
             let metrics = Arc::new(signpost_proxy::metrics::Metrics::default());
             let render = metrics.clone();
             // kube-proxy's healthz timeout is twice its sync period.
-            let timeout = Duration::from_secs(healthz_timeout_secs.unwrap_or(2 * resync_secs));
+            let timeout = healthz_timeout_secs.unwrap_or(2 * resync_secs);
             let health = Arc::new(signpost_proxy::health::Health::new(timeout));
             let probe = health.clone();
-            let server = http::serve(
-                metrics_addr,
-                http::Handlers {
-                    metrics: Arc::new(move || render.render()),
-                    ready: Arc::new(|| true),
-                    healthy: Arc::new(move || probe.check(std::time::Instant::now())),
-                },
-            )
-            .await?;
+            let handlers = http::Handlers {
+                metrics: Arc::new(move || render.render()),
+                ready: Arc::new(|| true),
+                healthy: Arc::new(move || probe.check(std::time::Instant::now())),
+            };
+            let server = serve_all(metrics_addr, healthz_addr, handlers).await?;
             let cfg = signpost_proxy::controller::Config {
                 node_name,
-                resync: Duration::from_secs(resync_secs),
+                resync: resync_secs,
                 mutant,
                 health,
             };
@@ -263,6 +319,7 @@ async fn main() -> anyhow::Result<()> {
             }
         }
         Command::Dns(args) => run_dns(cli.kubeconfig, args).await?,
+        Command::Demo { args } => demo(&args)?,
     }
     Ok(())
 }
@@ -497,13 +554,68 @@ async fn run_dns(mut kubeconfig: Option<PathBuf>, mut a: DnsArgs) -> anyhow::Res
     Ok(())
 }
 
-async fn shutdown() {
-    let mut term = match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
-        Ok(s) => s,
-        Err(_) => return std::future::pending().await,
-    };
-    tokio::select! {
-        _ = term.recv() => {}
-        _ = tokio::signal::ctrl_c() => {}
+fn max_per_slice(s: &str) -> Result<usize, String> {
+    match s.parse::<usize>() {
+        Ok(n) if (1..=1000).contains(&n) => Ok(n),
+        _ => Err(format!("{s:?}: a number from 1 to 1000")),
     }
+}
+
+/// `--cleanup`: removes what either data plane programmed (as kube-proxy's
+/// `--cleanup` removes every mode's rules), whichever mode is asked for.
+async fn cleanup_all() -> anyhow::Result<()> {
+    // Removing a table that is not there is not an error.
+    if signpost_proxy::nftables::apply::list()?.is_some() {
+        signpost_proxy::nftables::apply::apply(&signpost_proxy::nftables::build::cleanup())?;
+        tracing::info!("removed table inet {}", signpost_proxy::nftables::TABLE);
+    }
+    match signpost_proxy::ipvs::IpvsSink::connect(Vec::new()).await {
+        Ok(sink) => {
+            sink.cleanup().await?;
+            tracing::info!(
+                "removed Signpost's IPVS services, {} and table inet {}",
+                signpost_proxy::ipvs::DUMMY,
+                signpost_proxy::ipvs::NFT_TABLE
+            );
+        }
+        // No IPVS in this kernel: there is nothing of that mode to remove.
+        Err(e) => tracing::info!(error = %e, "no IPVS here; nothing of the ipvs mode to remove"),
+    }
+    Ok(())
+}
+
+/// Serves the handlers on `main` and, when given, on `extra` too; the
+/// returned task ends when the main server does.
+async fn serve_all(
+    main: SocketAddr,
+    extra: Option<SocketAddr>,
+    handlers: http::Handlers,
+) -> anyhow::Result<tokio::task::JoinHandle<std::io::Result<()>>> {
+    if let Some(addr) = extra.filter(|a| *a != main) {
+        drop(
+            http::serve(addr, handlers.clone())
+                .await
+                .with_context(|| format!("binding {addr}"))?,
+        );
+    }
+    http::serve(main, handlers)
+        .await
+        .with_context(|| format!("binding {main}"))
+}
+
+/// `signpost demo`: runs the rig's `signpost-demo` from beside this binary
+/// (the demo drives a local cluster, which is the harness's job, and the
+/// components it starts are this binary).
+fn demo(args: &[String]) -> anyhow::Result<()> {
+    use std::os::unix::process::CommandExt;
+    let exe = std::env::current_exe().context("finding this binary")?;
+    let beside = exe.with_file_name("signpost-demo");
+    if !beside.exists() {
+        anyhow::bail!(
+            "{} is missing: build it with `cargo build -p signpost-conformance --bin signpost-demo` (ci/demo does)",
+            beside.display()
+        );
+    }
+    let err = std::process::Command::new(&beside).args(args).exec();
+    Err(anyhow::Error::new(err).context(format!("running {}", beside.display())))
 }

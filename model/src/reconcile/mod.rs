@@ -8,4 +8,4 @@ mod slices;
 
 pub use cache::{Keyed, WatchCache, WatchEvent};
 pub use proxy::{ProxyOp, apply_ops, plan, stale_udp_flows};
-pub use slices::{SliceWrite, plan_slices};
+pub use slices::{SliceWrite, plan_slices, plan_slices_with};

@@ -31,6 +31,18 @@ pub fn plan_slices(
     desired: &BTreeMap<SliceShape, BTreeSet<Endpoint>>,
     existing: &[&EndpointSlice],
 ) -> Vec<SliceWrite> {
+    plan_slices_with(desired, existing, MAX_ENDPOINTS_PER_SLICE)
+}
+
+/// [`plan_slices`] with at most `max` endpoints in a slice
+/// (kube-controller-manager's `--max-endpoints-per-slice`, 1 to 1000); a
+/// slice over it, from a larger setting before, gives up its excess.
+pub fn plan_slices_with(
+    desired: &BTreeMap<SliceShape, BTreeSet<Endpoint>>,
+    existing: &[&EndpointSlice],
+    max: usize,
+) -> Vec<SliceWrite> {
+    let max = max.max(1);
     let mut want: BTreeMap<&SliceShape, BTreeMap<IpAddr, &Endpoint>> = desired
         .iter()
         .map(|(s, eps)| (s, eps.iter().map(|e| (e.address, e)).collect()))
@@ -50,11 +62,15 @@ pub fn plan_slices(
             writes.push(SliceWrite::Delete(slice.key.clone()));
             continue;
         };
-        let endpoints: Vec<Endpoint> = slice
+        let mut staying: Vec<&Endpoint> = slice
             .endpoints
             .iter()
-            .filter_map(|ep| wanted.remove(&ep.address).cloned())
+            .filter_map(|ep| wanted.remove(&ep.address))
             .collect();
+        for excess in staying.split_off(staying.len().min(max)) {
+            wanted.insert(excess.address, excess);
+        }
+        let endpoints: Vec<Endpoint> = staying.into_iter().cloned().collect();
         let changed = endpoints != slice.endpoints;
         let mut next = slice.clone();
         next.endpoints = endpoints;
@@ -63,12 +79,12 @@ pub fn plan_slices(
     for (shape, wanted) in want {
         let mut rest: Vec<Endpoint> = wanted.into_values().cloned().collect();
         for (slice, changed) in kept.entry(shape.clone()).or_default() {
-            while slice.endpoints.len() < MAX_ENDPOINTS_PER_SLICE && !rest.is_empty() {
+            while slice.endpoints.len() < max && !rest.is_empty() {
                 slice.endpoints.push(rest.remove(0));
                 *changed = true;
             }
         }
-        for chunk in rest.chunks(MAX_ENDPOINTS_PER_SLICE) {
+        for chunk in rest.chunks(max) {
             writes.push(SliceWrite::Create {
                 shape: shape.clone(),
                 endpoints: chunk.to_vec(),

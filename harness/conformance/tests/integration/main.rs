@@ -4,6 +4,7 @@
 //! the upstream binaries; with `CI=true` a missing capability fails them.
 
 mod certify;
+mod demo;
 mod ipvs;
 mod mutation;
 

@@ -620,25 +620,18 @@ async fn drain() -> Result<(), BoxError> {
     let metrics = signpost_proxy::metrics::Metrics::default();
     signpost_proxy::conntrack::forget_stale(&ops, &have, &metrics);
     let remaining = entries_to(b1)?;
-    let deleted = metrics
-        .conntrack_deleted
-        .load(std::sync::atomic::Ordering::Relaxed);
+    let deleted = metrics.conntrack_deleted.get();
     check(
         // IPVS may drop its own entries (expire_nodest_conn flushes them from a
         // work queue) between the count and Signpost's dump: at most `still`.
         deleted <= still as u64
             && remaining == 0
             && entries_to(b2)? == kept
-            && metrics
-                .conntrack_errors
-                .load(std::sync::atomic::Ordering::Relaxed)
-                == 0,
+            && metrics.conntrack_errors.get() == 0,
         || {
             format!(
                 "deleted {deleted} of {stale} entries to b1 ({still} after the sync, {remaining} after forgetting, {} errors; ops {ops:?}); {kept} to b2 before",
-                metrics
-                    .conntrack_errors
-                    .load(std::sync::atomic::Ordering::Relaxed)
+                metrics.conntrack_errors.get()
             )
         },
     )?;
