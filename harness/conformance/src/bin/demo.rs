@@ -93,6 +93,11 @@ fn run(a: &Args) -> Result<()> {
             )));
         }
     };
+    if proxy == ProxyChoice::SignpostIpvs && !signpost_conformance::sut::ipvs_here() {
+        return Err(Error::Unsupported(
+            "--dataplane ipvs: this kernel has no IPVS, and the demo does not yet run in the kernel VM rig (certification does: ci/certify all)".into(),
+        ));
+    }
     if a.voyagers == 0 || a.scale_to < a.voyagers {
         return Err(Error::Usage(
             "need 1 or more voyagers, and --scale-to at least that".into(),
