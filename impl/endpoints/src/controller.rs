@@ -46,6 +46,9 @@ pub struct Config {
     pub retry_period: Duration,
     /// At most this many endpoints in one slice (`--max-endpoints-per-slice`, 1 to 1000).
     pub max_endpoints_per_slice: usize,
+    /// Services reconciled at once (kube-controller-manager's
+    /// `--concurrent-service-endpoint-syncs`, default 5).
+    pub concurrent_syncs: usize,
     /// Extra time to gather events into a batch; every Service in a batch is
     /// reconciled once, and events that queue up during a batch are coalesced.
     pub debounce: Duration,
@@ -64,6 +67,7 @@ impl Default for Config {
             renew_deadline: Duration::from_secs(10),
             retry_period: Duration::from_secs(2),
             max_endpoints_per_slice: signpost_model::spec::MAX_ENDPOINTS_PER_SLICE,
+            concurrent_syncs: 5,
             debounce: Duration::ZERO,
             leader_elect: true,
         }
@@ -138,8 +142,15 @@ struct Ctx {
     slices: Store<KSlice>,
     nodes: Store<KNode>,
     metrics: Arc<Metrics>,
-    tracker: Tracker,
+    /// Held only between awaits, never across one.
+    tracker: std::sync::Mutex<Tracker>,
     max_per_slice: usize,
+}
+
+impl Ctx {
+    fn tracker(&self) -> std::sync::MutexGuard<'_, Tracker> {
+        self.tracker.lock().unwrap_or_else(|e| e.into_inner())
+    }
 }
 
 /// One kind's watch through a reflector, its events turned into the
@@ -328,14 +339,15 @@ async fn reconcile_loop(client: Client, cfg: &Config, metrics: Arc<Metrics>) -> 
         requeue_stream,
     ]);
 
-    let mut ctx = Ctx {
+    let concurrency = cfg.concurrent_syncs.max(1);
+    let ctx = Ctx {
         client,
         services,
         pods,
         slices,
         nodes,
         metrics,
-        tracker: Tracker::default(),
+        tracker: std::sync::Mutex::new(Tracker::default()),
         max_per_slice: cfg.max_endpoints_per_slice,
     };
     let mut synced: HashSet<&'static str> = HashSet::new();
@@ -356,7 +368,7 @@ async fn reconcile_loop(client: Client, cfg: &Config, metrics: Arc<Metrics>) -> 
             match ev {
                 Ev::Keys(keys) => pending.extend(keys),
                 Ev::SliceDeleted(slice, keys) => {
-                    ctx.tracker.written.remove(&slice);
+                    ctx.tracker().written.remove(&slice);
                     pending.extend(keys);
                 }
                 Ev::AllServices => pending.extend(
@@ -380,9 +392,18 @@ async fn reconcile_loop(client: Client, cfg: &Config, metrics: Arc<Metrics>) -> 
         if synced.len() < 4 {
             continue;
         }
-        for key in std::mem::take(&mut pending) {
-            let started = Instant::now();
-            let result = reconcile(&mut ctx, &key).await;
+        // Up to --concurrent-syncs Services at once; the keys are distinct,
+        // so no two reconciles of one Service overlap.
+        let ctx_ref = &ctx;
+        let mut done = futures::stream::iter(std::mem::take(&mut pending))
+            .map(|key| async move {
+                let started = Instant::now();
+                let result = reconcile(ctx_ref, &key).await;
+                ctx_ref.metrics.observe_sync(started.elapsed());
+                (key, started, result)
+            })
+            .buffer_unordered(concurrency);
+        while let Some((key, started, result)) = done.next().await {
             if matches!(result, Err(Error::StaleCache(_))) {
                 let since = *waiting.entry(key.clone()).or_insert(started);
                 if started.duration_since(since) > STUCK_AFTER && warned.insert(key.clone()) {
@@ -413,8 +434,8 @@ async fn reconcile_loop(client: Client, cfg: &Config, metrics: Arc<Metrics>) -> 
                     });
                 }
             }
-            ctx.metrics.observe_sync(started.elapsed());
         }
+        drop(done);
         // Services deleted while waiting are not waiting any more.
         waiting
             .retain(|(ns, name), _| ctx.services.get(&ObjectRef::new(name).within(ns)).is_some());
@@ -431,13 +452,13 @@ async fn reconcile_loop(client: Client, cfg: &Config, metrics: Arc<Metrics>) -> 
 }
 
 /// EPS-11: make one Service's slices equal the oracle's endpoints.
-async fn reconcile(ctx: &mut Ctx, key: &Key) -> Result<()> {
+async fn reconcile(ctx: &Ctx, key: &Key) -> Result<()> {
     let (ns, name) = key;
     let Some(svc) = ctx.services.get(&ObjectRef::new(name).within(ns)) else {
         // Deleted: its slices go with it through their owner references (EPS-13).
         return Ok(());
     };
-    if !ctx.tracker.caught_up(key, &ctx.slices) {
+    if !ctx.tracker().caught_up(key, &ctx.slices) {
         return Err(Error::StaleCache(format!("{ns}/{name}")));
     }
     // EPS-10: an object that cannot be read is logged, counted and skipped.
@@ -496,7 +517,7 @@ async fn reconcile(ctx: &mut Ctx, key: &Key) -> Result<()> {
             SliceWrite::Create { shape, endpoints } => {
                 let obj = slice_object(&svc, None, shape.family, &shape.ports, &endpoints)?;
                 let created = api.create(&PostParams::default(), &obj).await?;
-                ctx.tracker.written.insert(
+                ctx.tracker().written.insert(
                     (ns.clone(), created.name_any()),
                     (key.clone(), rv(&created)),
                 );
@@ -517,7 +538,7 @@ async fn reconcile(ctx: &mut Ctx, key: &Key) -> Result<()> {
                     .await
                 {
                     Ok(updated) => {
-                        ctx.tracker.written.insert(
+                        ctx.tracker().written.insert(
                             (ns.clone(), updated.name_any()),
                             (key.clone(), rv(&updated)),
                         );
@@ -538,7 +559,7 @@ async fn reconcile(ctx: &mut Ctx, key: &Key) -> Result<()> {
     Ok(())
 }
 
-async fn delete(ctx: &mut Ctx, key: &Key, slice: &str, version: Option<String>) -> Result<()> {
+async fn delete(ctx: &Ctx, key: &Key, slice: &str, version: Option<String>) -> Result<()> {
     let api: Api<KSlice> = Api::namespaced(ctx.client.clone(), &key.0);
     let dp = DeleteParams {
         preconditions: Some(Preconditions {
@@ -549,7 +570,7 @@ async fn delete(ctx: &mut Ctx, key: &Key, slice: &str, version: Option<String>) 
     };
     match api.delete(slice, &dp).await {
         Ok(_) => {
-            ctx.tracker
+            ctx.tracker()
                 .deleted
                 .insert((key.0.clone(), slice.to_owned()), key.clone());
             ctx.metrics.writes.inc();

@@ -41,10 +41,18 @@ enum Command {
         #[arg(long)]
         identity: Option<String>,
         /// Namespace of the leader lease.
-        #[arg(long, default_value = "kube-system")]
+        #[arg(
+            long,
+            alias = "leader-elect-resource-namespace",
+            default_value = "kube-system"
+        )]
         lease_namespace: String,
         /// Name of the leader lease.
-        #[arg(long, default_value = "signpost-endpoints")]
+        #[arg(
+            long,
+            alias = "leader-elect-resource-name",
+            default_value = "signpost-endpoints"
+        )]
         lease_name: String,
         /// Lease duration: a standby takes over after the leader has been
         /// silent this long (Go duration or seconds, 1s to 1h;
@@ -69,6 +77,10 @@ enum Command {
         /// As --endpointslice-updates-batch-period, in milliseconds.
         #[arg(long, default_value_t = 0, value_parser = clap::value_parser!(u64).range(0..=60_000))]
         debounce_ms: u64,
+        /// Services reconciled at once (1 to 100; kube-controller-manager's
+        /// `--concurrent-service-endpoint-syncs`).
+        #[arg(long, alias = "concurrent-service-endpoint-syncs", default_value_t = 5, value_parser = clap::value_parser!(u8).range(1..=100))]
+        concurrent_syncs: u8,
         /// At most this many endpoints in one EndpointSlice (1 to 1000).
         #[arg(long, default_value_t = signpost_model::spec::MAX_ENDPOINTS_PER_SLICE, value_parser = max_per_slice)]
         max_endpoints_per_slice: usize,
@@ -87,7 +99,7 @@ enum Command {
     /// Run the service proxy on this node.
     Proxy {
         /// The data plane.
-        #[arg(long, value_enum, default_value = "nftables")]
+        #[arg(long, alias = "proxy-mode", value_enum, default_value = "nftables")]
         mode: ProxyMode,
         /// This node's name (default: $NODE_NAME, then the hostname).
         #[arg(long, alias = "hostname-override")]
@@ -184,6 +196,7 @@ async fn main() -> anyhow::Result<()> {
             retry_period,
             batch_period,
             debounce_ms,
+            concurrent_syncs,
             max_endpoints_per_slice,
             metrics_addr,
             healthz_addr,
@@ -205,6 +218,7 @@ async fn main() -> anyhow::Result<()> {
                 renew_deadline,
                 retry_period: retry_period.unwrap_or(lease_duration / 5),
                 max_endpoints_per_slice,
+                concurrent_syncs: usize::from(concurrent_syncs),
                 debounce: batch_period.unwrap_or(Duration::from_millis(debounce_ms)),
                 leader_elect,
             };
