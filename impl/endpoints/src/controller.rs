@@ -168,31 +168,44 @@ fn watch<K: Object>(
     let (store, stream) = watch::reflect(api, cfg, kind, errors);
     let mut known = watch::Known::default();
     let stream = stream
-        .flat_map(move |ev| {
-            let gone = if kind == "endpointslices" {
-                known.observe(&ev)
-            } else {
-                Vec::new()
-            };
-            let mut out: Vec<Ev> = gone
-                .into_iter()
-                .map(|slice| Ev::SliceDeleted(slice, Vec::new()))
-                .collect();
-            match ev {
-                watch::Event::Delete(o) if kind == "endpointslices" => out.push(Ev::SliceDeleted(
-                    (o.namespace().unwrap_or_default(), o.name_any()),
-                    keys(&o, &services),
-                )),
-                watch::Event::Apply(o) | watch::Event::Delete(o) => {
-                    out.push(Ev::Keys(keys(&o, &services)));
-                }
-                watch::Event::InitDone => out.push(Ev::Synced(kind)),
-                watch::Event::Init | watch::Event::InitApply(_) => {}
-            }
-            futures::stream::iter(out)
-        })
+        .flat_map(move |ev| futures::stream::iter(translate(kind, &mut known, ev, keys, &services)))
         .boxed();
     (store, stream)
+}
+
+/// One watch event as the loop's events. A slice that vanished across a
+/// relist (no Delete is sent for it) is reported as deleted, so the
+/// tracker stops waiting for it: without this a slice of ours deleted
+/// while the watch was down (by the garbage collector, by hand) kept its
+/// Service waiting for ever (StaleCache).
+fn translate<K: Object>(
+    kind: &'static str,
+    known: &mut watch::Known,
+    ev: watch::Event<K>,
+    keys: fn(&K, &Store<KService>) -> Vec<Key>,
+    services: &Store<KService>,
+) -> Vec<Ev> {
+    let gone = if kind == "endpointslices" {
+        known.observe(&ev)
+    } else {
+        Vec::new()
+    };
+    let mut out: Vec<Ev> = gone
+        .into_iter()
+        .map(|slice| Ev::SliceDeleted(slice, Vec::new()))
+        .collect();
+    match ev {
+        watch::Event::Delete(o) if kind == "endpointslices" => out.push(Ev::SliceDeleted(
+            (o.namespace().unwrap_or_default(), o.name_any()),
+            keys(&o, services),
+        )),
+        watch::Event::Apply(o) | watch::Event::Delete(o) => {
+            out.push(Ev::Keys(keys(&o, services)));
+        }
+        watch::Event::InitDone => out.push(Ev::Synced(kind)),
+        watch::Event::Init | watch::Event::InitApply(_) => {}
+    }
+    out
 }
 
 fn services_in(ns: &str, services: &Store<KService>) -> Vec<Key> {
@@ -587,6 +600,57 @@ async fn delete(ctx: &Ctx, key: &Key, slice: &str, version: Option<String>) -> R
 #[cfg(test)]
 mod tests {
     use super::{Duration, Error, Instant, Result, hold};
+
+    #[test]
+    fn a_slice_gone_across_a_relist_no_longer_holds_its_service() {
+        use super::{Ev, KService, KSlice, Key, Tracker, translate, watch};
+        use kube::runtime::reflector;
+        let slice = |name: &str, rv: &str| -> KSlice {
+            serde_json::from_value(serde_json::json!({
+                "metadata": { "name": name, "namespace": "default", "resourceVersion": rv,
+                              "labels": { "kubernetes.io/service-name": "voy" } },
+                "addressType": "IPv4", "endpoints": [],
+            }))
+            .unwrap()
+        };
+        let keys = |_: &KSlice, _: &reflector::Store<KService>| Vec::<Key>::new();
+        let (services, _w) = reflector::store::<KService>();
+        let (slices, _w2) = reflector::store::<KSlice>();
+        let svc: Key = ("default".into(), "voy".into());
+        let mut known = watch::Known::default();
+        let mut tracker = Tracker::default();
+        // The watch shows voy-a; we wrote voy-b (rv 7) and then the watch
+        // broke; meanwhile voy-b was deleted. The relist shows only voy-a.
+        for ev in [
+            watch::Event::Init,
+            watch::Event::InitApply(slice("voy-a", "3")),
+            watch::Event::InitDone,
+            watch::Event::Apply(slice("voy-b", "7")),
+        ] {
+            translate("endpointslices", &mut known, ev, keys, &services);
+        }
+        tracker
+            .written
+            .insert(("default".into(), "voy-b".into()), (svc.clone(), 8));
+        assert!(!tracker.caught_up(&svc, &slices), "waits for its write");
+        let mut out = Vec::new();
+        for ev in [
+            watch::Event::Init,
+            watch::Event::InitApply(slice("voy-a", "3")),
+            watch::Event::InitDone,
+        ] {
+            out.extend(translate("endpointslices", &mut known, ev, keys, &services));
+        }
+        for ev in out {
+            if let Ev::SliceDeleted(s, _) = ev {
+                tracker.written.remove(&s);
+            }
+        }
+        assert!(
+            tracker.caught_up(&svc, &slices),
+            "still waiting for a slice that is gone"
+        );
+    }
 
     #[tokio::test]
     async fn a_hung_renewal_stops_the_leader_at_the_renew_deadline() {
