@@ -7,6 +7,7 @@
 pub mod cache;
 pub mod corefile;
 pub mod forward;
+pub mod guard;
 mod index;
 pub mod metrics;
 pub mod server;

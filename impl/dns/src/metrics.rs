@@ -105,6 +105,12 @@ pub struct Metrics {
     pub forward_loops: Counter,
     /// Forwards refused because the bound on forwards in flight was reached.
     pub forward_busy: Counter,
+    /// Outside names refused to a client outside the forwarding allow-list.
+    pub forward_refused: Counter,
+    /// UDP responses over the client's rate sent as empty truncated answers.
+    pub rrl_slipped: Counter,
+    /// UDP responses over the client's rate not sent.
+    pub rrl_dropped: Counter,
     /// Outside names answered from the cache.
     pub cache_hits: Counter,
     /// Outside names not in the cache (asked upstream).
@@ -239,6 +245,9 @@ impl Metrics {
             forward_errors: Counter::default(),
             forward_loops: Counter::default(),
             forward_busy: Counter::default(),
+            forward_refused: Counter::default(),
+            rrl_slipped: Counter::default(),
+            rrl_dropped: Counter::default(),
             cache_hits: Counter::default(),
             cache_misses: Counter::default(),
             malformed: Counter::default(),
@@ -282,6 +291,21 @@ impl Metrics {
             "signpost_dns_forward_busy",
             "Forwards answered SERVFAIL because too many were in flight",
             m.forward_busy.clone(),
+        );
+        r.register(
+            "signpost_dns_forward_refused",
+            "Outside names refused to clients outside the forwarding allow-list",
+            m.forward_refused.clone(),
+        );
+        r.register(
+            "signpost_dns_rrl_slipped",
+            "UDP responses over the client's rate sent as empty truncated answers",
+            m.rrl_slipped.clone(),
+        );
+        r.register(
+            "signpost_dns_rrl_dropped",
+            "UDP responses over the client's rate not sent",
+            m.rrl_dropped.clone(),
         );
         r.register(
             "signpost_dns_cache_hits",

@@ -51,6 +51,10 @@ pub struct Shared {
     rotor: std::sync::atomic::AtomicUsize,
     /// Forwarded answers kept for their TTL (none: every outside name is asked upstream).
     pub cache: Option<crate::cache::AnswerCache>,
+    /// Clients whose outside names are forwarded; others get REFUSED.
+    pub forward_allow: Vec<crate::guard::Cidr>,
+    /// Rate limit of forwarded and NXDOMAIN answers over UDP, per client.
+    pub rrl: Option<crate::guard::Rrl>,
 }
 
 impl Shared {
@@ -67,12 +71,27 @@ impl Shared {
             loadbalance: false,
             rotor: std::sync::atomic::AtomicUsize::new(0),
             cache: None,
+            forward_allow: crate::guard::default_forward_allow(),
+            rrl: None,
         }
     }
 
     /// The same with forwarded answers cached at most `max_ttl` (zero: no cache).
     pub fn with_cache(mut self, max_ttl: Duration) -> Self {
         self.cache = (!max_ttl.is_zero()).then(|| crate::cache::AnswerCache::new(max_ttl));
+        self
+    }
+
+    /// The same forwarding only for clients in `allow`.
+    pub fn with_forward_allow(mut self, allow: Vec<crate::guard::Cidr>) -> Self {
+        self.forward_allow = allow;
+        self
+    }
+
+    /// The same with forwarded and NXDOMAIN answers over UDP limited to
+    /// `rate` a second per client (0: no limit).
+    pub fn with_rrl(mut self, rate: u32) -> Self {
+        self.rrl = (rate > 0).then(|| crate::guard::Rrl::new(rate));
         self
     }
 
@@ -320,6 +339,44 @@ impl Handler {
         .await
     }
 
+    /// RRL: `Some(what was done)` when a UDP response to this client is
+    /// over the rate (an empty truncated answer, or nothing), `None` to answer.
+    async fn limited<R: ResponseHandler>(
+        &self,
+        request: &Request,
+        handle: R,
+        edns: Option<&Edns>,
+    ) -> Result<R, ResponseInfo> {
+        let shared = &self.0;
+        let Some(rrl) = &shared.rrl else {
+            return Ok(handle);
+        };
+        if !matches!(request.protocol(), Protocol::Udp) {
+            return Ok(handle);
+        }
+        match rrl.check(request.src().ip(), Instant::now()) {
+            crate::guard::Limit::Answer => Ok(handle),
+            crate::guard::Limit::Slip => {
+                shared.metrics.rrl_slipped.inc();
+                let mut metadata = Metadata::response_from_request(&request.metadata);
+                metadata.truncation = true;
+                metadata.recursion_available = true;
+                Err(self
+                    .respond(request, handle, edns, metadata, [&[], &[], &[]])
+                    .await)
+            }
+            crate::guard::Limit::Drop => {
+                shared.metrics.rrl_dropped.inc();
+                let mut metadata = Metadata::response_from_request(&request.metadata);
+                metadata.response_code = ResponseCode::Refused;
+                Err(ResponseInfo::from(Header {
+                    metadata,
+                    counts: HeaderCounts::default(),
+                }))
+            }
+        }
+    }
+
     async fn handle<R: ResponseHandler>(&self, request: &Request, handle: R) -> ResponseInfo {
         let shared = &self.0;
         let mut resp_edns = Edns::new();
@@ -381,9 +438,32 @@ impl Handler {
                         .error(request, handle, edns, ResponseCode::Refused)
                         .await;
                 }
+                if !shared
+                    .forward_allow
+                    .iter()
+                    .any(|c| c.contains(request.src().ip()))
+                {
+                    shared.metrics.forward_refused.inc();
+                    debug!(%name, src = %request.src(), "not forwarding for a client outside --forward-allow");
+                    return self
+                        .error(request, handle, edns, ResponseCode::Refused)
+                        .await;
+                }
+                let handle = match self.limited(request, handle, edns).await {
+                    Ok(h) => h,
+                    Err(done) => return done,
+                };
                 return self.forward(request, handle, edns, &name, qtype).await;
             }
             DnsOutcome::Answer { rcode, records } => (rcode, records),
+        };
+        let handle = if rcode == Rcode::NxDomain {
+            match self.limited(request, handle, edns).await {
+                Ok(h) => h,
+                Err(done) => return done,
+            }
+        } else {
+            handle
         };
         let negative = rcode == Rcode::NxDomain || (rcode == Rcode::NoError && records.is_empty());
         let code = match rcode {

@@ -374,6 +374,19 @@ struct DnsArgs {
     /// (CoreDNS's `forward { max_concurrent }`).
     #[arg(long, default_value_t = signpost_dns::forward::MAX_IN_FLIGHT)]
     max_concurrent: usize,
+    /// Clients whose outside names are forwarded (repeatable CIDR); others
+    /// get REFUSED for them, cluster names are answered to all. Default:
+    /// private, CGNAT, loopback and link-local ranges, where a cluster's
+    /// Pods and nodes are (not an open resolver). `0.0.0.0/0` and `::/0`
+    /// forward for anyone.
+    #[arg(long, value_delimiter = ',', default_values_t = signpost_dns::guard::default_forward_allow())]
+    forward_allow: Vec<signpost_dns::guard::Cidr>,
+    /// Response rate limit per client address (IPv6: per /64) for
+    /// forwarded and NXDOMAIN answers over UDP; over it, every second
+    /// response slips out truncated (the client retries over TCP) and the
+    /// rest are dropped. 0: no limit.
+    #[arg(long, default_value_t = 1000)]
+    rrl_responses_per_second: u32,
     /// Rotate the order of A/AAAA answers per query (CoreDNS's `loadbalance`).
     #[arg(long)]
     loadbalance: bool,
@@ -502,6 +515,8 @@ async fn run_dns(mut kubeconfig: Option<PathBuf>, mut a: DnsArgs) -> anyhow::Res
         )
         .with_mutant(a.mutant)
         .with_loadbalance(a.loadbalance)
+        .with_forward_allow(a.forward_allow.clone())
+        .with_rrl(a.rrl_responses_per_second)
         .with_cache(Duration::from_secs(a.cache_secs)),
     );
     if let Some(m) = a.mutant {
