@@ -74,6 +74,18 @@ impl Default for Config {
     }
 }
 
+fn lock(r: &std::sync::Mutex<Routes>) -> std::sync::MutexGuard<'_, Routes> {
+    r.lock().unwrap_or_else(|e| e.into_inner())
+}
+
+/// The indexes that route events to Services.
+#[derive(Debug, Default)]
+struct Routes {
+    services: crate::route::Services,
+    pods: crate::route::Pods,
+    zones: crate::route::Zones,
+}
+
 /// A Service waiting this long for the slice cache is reported as stuck.
 const STUCK_AFTER: Duration = Duration::from_secs(30);
 
@@ -144,6 +156,8 @@ struct Ctx {
     metrics: Arc<Metrics>,
     /// Held only between awaits, never across one.
     tracker: std::sync::Mutex<Tracker>,
+    /// Which Pods a namespace has, fed by the Pod watch.
+    routes: Arc<std::sync::Mutex<Routes>>,
     max_per_slice: usize,
 }
 
@@ -208,15 +222,6 @@ fn translate<K: Object>(
     out
 }
 
-fn services_in(ns: &str, services: &Store<KService>) -> Vec<Key> {
-    services
-        .state()
-        .iter()
-        .filter(|s| s.namespace().as_deref() == Some(ns))
-        .map(|s| (ns.to_owned(), s.name_any()))
-        .collect()
-}
-
 /// Runs the controller: waits to become leader, then reconciles until the
 /// lease is lost (an error) or the watches end.
 pub async fn run(client: Client, cfg: Config, metrics: Arc<Metrics>) -> Result<()> {
@@ -279,32 +284,76 @@ where
 async fn reconcile_loop(client: Client, cfg: &Config, metrics: Arc<Metrics>) -> Result<()> {
     let debounce = cfg.debounce;
     let wc = WatchConfig::default();
+    let routes: Arc<std::sync::Mutex<Routes>> = Arc::default();
     let (services, svc_stream) = watch::reflect(
         Api::<KService>::all(client.clone()),
         wc.clone(),
         "services",
         metrics.watch_errors.clone(),
     );
+    let (r, mut known) = (routes.clone(), watch::Known::default());
     let svc_stream = svc_stream
-        .filter_map(|ev| async move {
-            match ev {
-                watch::Event::Apply(s) | watch::Event::Delete(s) => Some(Ev::Keys(vec![(
-                    s.namespace().unwrap_or_default(),
-                    s.name_any(),
-                )])),
-                watch::Event::InitDone => Some(Ev::Synced("services")),
-                _ => None,
+        .flat_map(move |ev| {
+            let mut rt = lock(&r);
+            let mut out = Vec::new();
+            for (ns, name) in known.observe(&ev) {
+                rt.services.delete(&ns, &name);
             }
+            match ev {
+                watch::Event::InitApply(s) => rt.services.apply(&s),
+                watch::Event::Apply(s) => {
+                    rt.services.apply(&s);
+                    out.push(Ev::Keys(vec![(
+                        s.namespace().unwrap_or_default(),
+                        s.name_any(),
+                    )]));
+                }
+                watch::Event::Delete(s) => {
+                    let key = (s.namespace().unwrap_or_default(), s.name_any());
+                    rt.services.delete(&key.0, &key.1);
+                    out.push(Ev::Keys(vec![key]));
+                }
+                watch::Event::InitDone => out.push(Ev::Synced("services")),
+                watch::Event::Init => {}
+            }
+            futures::stream::iter(out)
         })
         .boxed();
-    let (pods, pod_stream) = watch(
+    let (pods, pod_stream) = watch::reflect(
         Api::<KPod>::all(client.clone()),
         wc.clone(),
         "pods",
-        |p, s| services_in(&p.namespace().unwrap_or_default(), s),
-        services.clone(),
         metrics.watch_errors.clone(),
     );
+    let (r, mut known) = (routes.clone(), watch::Known::default());
+    let pod_stream = pod_stream
+        .flat_map(move |ev| {
+            let mut guard = lock(&r);
+            let rt = &mut *guard;
+            let mut keys = Vec::new();
+            for (ns, name) in known.observe(&ev) {
+                keys.extend(rt.pods.delete(&ns, &name, &rt.services));
+            }
+            let mut out = Vec::new();
+            match ev {
+                watch::Event::InitApply(p) => {
+                    keys.extend(rt.pods.apply(&p, &rt.services));
+                }
+                watch::Event::Apply(p) => keys.extend(rt.pods.apply(&p, &rt.services)),
+                watch::Event::Delete(p) => keys.extend(rt.pods.delete(
+                    &p.namespace().unwrap_or_default(),
+                    &p.name_any(),
+                    &rt.services,
+                )),
+                watch::Event::InitDone => out.push(Ev::Synced("pods")),
+                watch::Event::Init => {}
+            }
+            if !keys.is_empty() {
+                out.insert(0, Ev::Keys(keys));
+            }
+            futures::stream::iter(out)
+        })
+        .boxed();
     let slice_wc = wc.clone().labels(&format!(
         "endpointslice.kubernetes.io/managed-by={MANAGED_BY}"
     ));
@@ -321,21 +370,33 @@ async fn reconcile_loop(client: Client, cfg: &Config, metrics: Arc<Metrics>) -> 
         services.clone(),
         metrics.watch_errors.clone(),
     );
-    let (nodes, node_stream) = watch(
+    let (nodes, node_stream) = watch::reflect(
         Api::<KNode>::all(client.clone()),
         wc,
         "nodes",
-        |_, _| Vec::new(),
-        services.clone(),
         metrics.watch_errors.clone(),
     );
+    let (r, mut known) = (routes.clone(), watch::Known::default());
     let node_stream = node_stream
-        .map(|ev| {
-            if matches!(ev, Ev::Keys(_)) {
-                Ev::AllServices
-            } else {
-                ev
+        .filter_map(move |ev| {
+            let mut rt = lock(&r);
+            let mut all = false;
+            for (_, name) in known.observe(&ev) {
+                all |= rt.zones.delete(&name);
             }
+            let out = match ev {
+                watch::Event::InitApply(n) => {
+                    rt.zones.apply(&n);
+                    None
+                }
+                watch::Event::Apply(n) => (rt.zones.apply(&n) || all).then_some(Ev::AllServices),
+                watch::Event::Delete(n) => {
+                    (rt.zones.delete(&n.name_any()) || all).then_some(Ev::AllServices)
+                }
+                watch::Event::InitDone => Some(Ev::Synced("nodes")),
+                watch::Event::Init => None,
+            };
+            futures::future::ready(out)
         })
         .boxed();
 
@@ -361,6 +422,7 @@ async fn reconcile_loop(client: Client, cfg: &Config, metrics: Arc<Metrics>) -> 
         nodes,
         metrics,
         tracker: std::sync::Mutex::new(Tracker::default()),
+        routes,
         max_per_slice: cfg.max_endpoints_per_slice,
     };
     let mut synced: HashSet<&'static str> = HashSet::new();
@@ -479,12 +541,16 @@ async fn reconcile(ctx: &Ctx, key: &Key) -> Result<()> {
     let Some(model_svc) = convert::read::<_, Service, _>(&*svc, "Service", invalid) else {
         return Ok(());
     };
-    let pods: Vec<Pod> = ctx
+    let names = ctx
+        .routes
+        .lock()
+        .unwrap_or_else(|e| e.into_inner())
         .pods
-        .state()
+        .in_namespace(ns);
+    let pods: Vec<Pod> = names
         .iter()
-        .filter(|p| p.namespace().as_deref() == Some(ns))
-        .filter_map(|p| convert::read(&**p, "Pod", invalid))
+        .filter_map(|n| ctx.pods.get(&ObjectRef::new(n).within(ns)))
+        .filter_map(|p| convert::read(&*p, "Pod", invalid))
         .collect();
     let zones: BTreeMap<String, String> = ctx
         .nodes

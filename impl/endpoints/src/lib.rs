@@ -13,6 +13,7 @@ pub mod convert;
 mod error;
 pub mod lease;
 pub mod metrics;
+pub mod route;
 
 pub use controller::{Config, run};
 pub use error::{Error, Result};

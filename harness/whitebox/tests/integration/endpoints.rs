@@ -630,3 +630,118 @@ fn without_leader_election_it_writes_at_once_and_takes_no_lease() {
     );
     assert_eq!(holder(&cluster), None, "no lease was taken");
 }
+
+/// Issue 13, finding 7: a Node status update (as a kubelet heartbeat) makes
+/// no reconcile, and a Pod change reconciles only the Service selecting
+/// it — before, every Node update requeued every Service and every Pod
+/// event its whole namespace. Counted from the reconcile histogram.
+#[test]
+fn node_heartbeats_and_a_pod_change_reconcile_only_what_they_touch() {
+    require_rig!();
+    let cluster = LocalCluster::new("eps-route").unwrap().start().unwrap();
+    let kc = cluster
+        .component_kubeconfig(signpost_harness::deploy::Component::Endpoints)
+        .unwrap();
+    let _eps = Daemon::spawn(
+        cluster.node_namespace(),
+        "signpost endpoints routing",
+        &workspace_binary("signpost").unwrap(),
+        &[
+            format!("--kubeconfig={}", kc.display()),
+            "endpoints".into(),
+            "--leader-elect=false".into(),
+            "--metrics-addr=127.0.0.1:10287".into(),
+        ],
+        cluster.logs().join("signpost-route.log"),
+    )
+    .unwrap();
+    const OTHERS: usize = 12;
+    cluster
+        .block_on(|client| async move {
+            let svc = Op::Service {
+                svc: 0,
+                app: 0,
+                named_target: false,
+                publish_not_ready: false,
+                headless: false,
+            };
+            apply(&client, "default", 0, &svc).await.unwrap();
+            let services: Api<KService> = Api::namespaced(client.clone(), "default");
+            for i in 0..OTHERS {
+                let obj: KService = serde_json::from_value(json!({
+                    "metadata": { "name": format!("other-{i}") },
+                    "spec": { "selector": { "app": format!("other-{i}") }, "ports": [{ "port": 80 }] },
+                }))
+                .unwrap();
+                services.create(&PostParams::default(), &obj).await.unwrap();
+            }
+            let pod = Op::Pod {
+                pod: 0,
+                app: 0,
+                ready: true,
+                serves_http: true,
+                hostname: false,
+            };
+            apply(&client, "default", 0, &pod).await.unwrap();
+        })
+        .unwrap();
+    let syncs = || {
+        metric(
+            &cluster,
+            10287,
+            "signpost_endpoints_sync_duration_seconds_count",
+        )
+        .unwrap_or(0)
+    };
+    // Quiet: the slice of svc-0 is written and nothing more happens for 1 s.
+    let deadline = Instant::now() + Duration::from_secs(30);
+    let mut last = (syncs(), Instant::now());
+    while metric(&cluster, 10287, "signpost_endpoints_writes_total").unwrap_or(0) == 0
+        || last.1.elapsed() < Duration::from_secs(1)
+    {
+        assert!(
+            Instant::now() < deadline,
+            "never quiet; logs in {}",
+            cluster.logs().display()
+        );
+        std::thread::sleep(Duration::from_millis(100));
+        let now = syncs();
+        if now != last.0 {
+            last = (now, Instant::now());
+        }
+    }
+    let before = syncs();
+    cluster
+        .block_on(|client| async move {
+            let nodes: Api<k8s_openapi::api::core::v1::Node> = Api::all(client);
+            for beat in 0..5 {
+                let patch = json!({ "metadata": { "annotations": { "signpost.test/heartbeat": beat.to_string() } } });
+                nodes
+                    .patch(signpost_harness::cluster::NODE_NAME, &PatchParams::default(), &Patch::Merge(&patch))
+                    .await
+                    .unwrap();
+                tokio::time::sleep(Duration::from_millis(100)).await;
+            }
+        })
+        .unwrap();
+    std::thread::sleep(Duration::from_secs(1));
+    let after_nodes = syncs();
+    assert_eq!(after_nodes, before, "Node heartbeats reconciled Services");
+    cluster
+        .block_on(|client| async move {
+            let pods: Api<KPod> = Api::namespaced(client, "default");
+            let patch = json!({ "metadata": { "labels": { "signpost.test/touched": "yes" } } });
+            pods.patch(&pod_name(0), &PatchParams::default(), &Patch::Merge(&patch))
+                .await
+                .unwrap();
+        })
+        .unwrap();
+    std::thread::sleep(Duration::from_secs(1));
+    let after_pod = syncs();
+    assert!(
+        after_pod > after_nodes && after_pod - after_nodes <= 2,
+        "one Pod change made {} reconciles with {} other Services in its namespace",
+        after_pod - after_nodes,
+        OTHERS
+    );
+}

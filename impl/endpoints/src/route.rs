@@ -1,0 +1,215 @@
+//! Which Services an event concerns (issue 13, finding 7): a Pod event
+//! touches only the Services of its namespace whose selector matches the
+//! Pod's labels now or before the event (a relabelled Pod leaves one
+//! Service and joins another); a Node event touches Services only when the
+//! Node's zone changes (status heartbeats every few seconds do not); and a
+//! reconcile reads only the Pods of its namespace. Without this, every Node
+//! update requeued every Service and every Pod event its whole namespace,
+//! and each reconcile scanned every Pod of the cluster.
+
+use std::collections::{BTreeMap, BTreeSet, HashMap};
+
+use k8s_openapi::api::core::v1::{Node as KNode, Pod as KPod, Service as KService};
+use kube::ResourceExt;
+
+/// A Service key: namespace and name.
+pub type Key = (String, String);
+
+type Labels = BTreeMap<String, String>;
+
+/// Services by namespace, with their selectors (`None`: no selector, no
+/// managed endpoints).
+#[derive(Debug, Default)]
+pub struct Services {
+    by_ns: HashMap<String, BTreeMap<String, Option<Labels>>>,
+}
+
+impl Services {
+    /// Follows a Service applied.
+    pub fn apply(&mut self, s: &KService) {
+        let selector = s
+            .spec
+            .as_ref()
+            .and_then(|spec| spec.selector.clone())
+            .filter(|sel| !sel.is_empty());
+        self.by_ns
+            .entry(s.namespace().unwrap_or_default())
+            .or_default()
+            .insert(s.name_any(), selector);
+    }
+
+    /// Follows a Service deleted.
+    pub fn delete(&mut self, ns: &str, name: &str) {
+        if let Some(m) = self.by_ns.get_mut(ns) {
+            m.remove(name);
+            if m.is_empty() {
+                self.by_ns.remove(ns);
+            }
+        }
+    }
+
+    /// Services of `ns` whose selector matches any of `labels`.
+    fn selecting<'a>(
+        &self,
+        ns: &str,
+        labels: impl IntoIterator<Item = &'a Labels> + Clone,
+    ) -> Vec<Key> {
+        let Some(m) = self.by_ns.get(ns) else {
+            return Vec::new();
+        };
+        m.iter()
+            .filter(|(_, sel)| {
+                sel.as_ref().is_some_and(|sel| {
+                    labels
+                        .clone()
+                        .into_iter()
+                        .any(|l| sel.iter().all(|(k, v)| l.get(k) == Some(v)))
+                })
+            })
+            .map(|(name, _)| (ns.to_owned(), name.clone()))
+            .collect()
+    }
+}
+
+/// Pods by namespace with the labels last seen.
+#[derive(Debug, Default)]
+pub struct Pods {
+    by_ns: HashMap<String, BTreeMap<String, Labels>>,
+}
+
+impl Pods {
+    /// Follows a Pod applied: the Services it concerns.
+    pub fn apply(&mut self, p: &KPod, services: &Services) -> Vec<Key> {
+        let ns = p.namespace().unwrap_or_default();
+        let now = p.labels().clone();
+        let before = self
+            .by_ns
+            .entry(ns.clone())
+            .or_default()
+            .insert(p.name_any(), now.clone());
+        match before {
+            Some(b) => services.selecting(&ns, [&b, &now]),
+            None => services.selecting(&ns, [&now]),
+        }
+    }
+
+    /// Follows a Pod deleted (or gone across a relist): the Services it concerned.
+    pub fn delete(&mut self, ns: &str, name: &str, services: &Services) -> Vec<Key> {
+        let Some(m) = self.by_ns.get_mut(ns) else {
+            return Vec::new();
+        };
+        let before = m.remove(name);
+        if m.is_empty() {
+            self.by_ns.remove(ns);
+        }
+        before.map_or_else(Vec::new, |b| services.selecting(ns, [&b]))
+    }
+
+    /// The names of the Pods of `ns`.
+    pub fn in_namespace(&self, ns: &str) -> Vec<String> {
+        self.by_ns
+            .get(ns)
+            .map(|m| m.keys().cloned().collect())
+            .unwrap_or_default()
+    }
+}
+
+/// Nodes' zones (`topology.kubernetes.io/zone`), the only Node field the
+/// slices carry.
+#[derive(Debug, Default)]
+pub struct Zones {
+    zone: HashMap<String, Option<String>>,
+}
+
+impl Zones {
+    /// Follows a Node applied: whether its zone changed (then every
+    /// Service may carry it).
+    pub fn apply(&mut self, n: &KNode) -> bool {
+        let z = n.labels().get("topology.kubernetes.io/zone").cloned();
+        let had_zone = z.is_some();
+        match self.zone.insert(n.name_any(), z.clone()) {
+            Some(before) => before != z,
+            None => had_zone,
+        }
+    }
+
+    /// Follows a Node deleted: whether it had a zone.
+    pub fn delete(&mut self, name: &str) -> bool {
+        self.zone.remove(name).flatten().is_some()
+    }
+}
+
+/// Namespaces with a Service: a set for tests.
+pub fn namespaces(s: &Services) -> BTreeSet<String> {
+    s.by_ns.keys().cloned().collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn svc(name: &str, app: Option<&str>) -> KService {
+        serde_json::from_value(serde_json::json!({
+            "metadata": { "name": name, "namespace": "ns" },
+            "spec": { "selector": app.map(|a| serde_json::json!({ "app": a })) },
+        }))
+        .unwrap()
+    }
+
+    fn pod(name: &str, app: &str) -> KPod {
+        serde_json::from_value(serde_json::json!({
+            "metadata": { "name": name, "namespace": "ns", "labels": { "app": app } },
+        }))
+        .unwrap()
+    }
+
+    fn node(name: &str, zone: Option<&str>, heartbeat: &str) -> KNode {
+        let mut labels = serde_json::Map::new();
+        if let Some(z) = zone {
+            labels.insert("topology.kubernetes.io/zone".into(), z.into());
+        }
+        serde_json::from_value(serde_json::json!({
+            "metadata": { "name": name, "labels": labels, "annotations": { "beat": heartbeat } },
+        }))
+        .unwrap()
+    }
+
+    #[test]
+    fn a_pod_event_concerns_only_the_services_that_select_it_now_or_before() {
+        let mut services = Services::default();
+        for i in 0..20 {
+            services.apply(&svc(&format!("s{i}"), Some(&format!("app{i}"))));
+        }
+        services.apply(&svc("no-selector", None));
+        let key = |n: &str| ("ns".to_owned(), n.to_owned());
+        let mut pods = Pods::default();
+        assert_eq!(pods.apply(&pod("p", "app3"), &services), [key("s3")]);
+        // Relabelled from app3 to app7: both Services, no other.
+        let mut moved = pods.apply(&pod("p", "app7"), &services);
+        moved.sort();
+        assert_eq!(moved, [key("s3"), key("s7")]);
+        assert_eq!(pods.in_namespace("ns"), ["p"]);
+        assert!(pods.in_namespace("other").is_empty());
+        assert_eq!(pods.delete("ns", "p", &services), [key("s7")]);
+        assert!(pods.in_namespace("ns").is_empty());
+        services.delete("ns", "s7");
+        assert!(pods.apply(&pod("q", "app7"), &services).is_empty());
+        assert_eq!(namespaces(&services), BTreeSet::from(["ns".to_owned()]));
+    }
+
+    #[test]
+    fn node_heartbeats_concern_no_service_and_a_zone_change_all() {
+        let mut z = Zones::default();
+        assert!(!z.apply(&node("a", None, "1")), "a new node without a zone");
+        assert!(!z.apply(&node("a", None, "2")), "a heartbeat");
+        assert!(z.apply(&node("a", Some("z1"), "3")), "the zone appears");
+        assert!(!z.apply(&node("a", Some("z1"), "4")), "a heartbeat");
+        assert!(z.apply(&node("a", Some("z2"), "5")), "the zone moves");
+        assert!(
+            z.apply(&node("b", Some("z1"), "1")),
+            "a new node with a zone"
+        );
+        assert!(z.delete("b"));
+        assert!(!z.delete("nope"));
+    }
+}
