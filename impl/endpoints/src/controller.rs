@@ -8,7 +8,7 @@ use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use futures::{StreamExt, stream::BoxStream};
+use futures::StreamExt;
 use k8s_openapi::api::core::v1::{Node as KNode, Pod as KPod, Service as KService};
 use k8s_openapi::api::discovery::v1::EndpointSlice as KSlice;
 use kube::api::{Api, DeleteParams, PostParams, Preconditions};
@@ -17,9 +17,8 @@ use kube::{Client, ResourceExt};
 use signpost_model::cluster::{EndpointSlice, Pod, Service};
 use signpost_model::reconcile::{SliceWrite, plan_slices_with};
 use signpost_model::spec::endpoints_for;
-use signpost_runtime::metrics::Counter;
 use signpost_runtime::watch::{self, Config as WatchConfig};
-use signpost_runtime::{Object, convert};
+use signpost_runtime::convert;
 use tokio::sync::mpsc;
 use tracing::{debug, info, warn};
 
@@ -92,6 +91,24 @@ const STUCK_AFTER: Duration = Duration::from_secs(30);
 /// A Service key: namespace and name.
 type Key = (String, String);
 
+/// The caches the controller reads; it writes nothing until each has listed.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+enum Cache {
+    Services,
+    Pods,
+    EndpointSlices,
+    Nodes,
+}
+
+impl Cache {
+    const ALL: [Cache; 4] = [
+        Cache::Services,
+        Cache::Pods,
+        Cache::EndpointSlices,
+        Cache::Nodes,
+    ];
+}
+
 /// Which object event kinds arrive on the merged stream.
 enum Ev {
     Keys(Vec<Key>),
@@ -99,7 +116,7 @@ enum Ev {
     /// after its owner went): stop waiting for it in the tracker.
     SliceDeleted(Key, Vec<Key>),
     AllServices,
-    Synced(&'static str),
+    Synced(Cache),
 }
 
 /// Our own writes, to tell when the slice cache has caught up with them (PROTO-4).
@@ -167,56 +184,32 @@ impl Ctx {
     }
 }
 
-/// One kind's watch through a reflector, its events turned into the
-/// Services to reconcile. A slice that vanished across a relist (no Delete
-/// is sent for it) is reported as deleted, so the tracker stops waiting for
-/// it.
-fn watch<K: Object>(
-    api: Api<K>,
-    cfg: WatchConfig,
-    kind: &'static str,
-    keys: fn(&K, &Store<KService>) -> Vec<Key>,
-    services: Store<KService>,
-    errors: Counter,
-) -> (Store<K>, BoxStream<'static, Ev>) {
-    let (store, stream) = watch::reflect(api, cfg, kind, errors);
-    let mut known = watch::Known::default();
-    let stream = stream
-        .flat_map(move |ev| futures::stream::iter(translate(kind, &mut known, ev, keys, &services)))
-        .boxed();
-    (store, stream)
+/// The Service a slice of ours belongs to.
+fn owner(s: &KSlice) -> Vec<Key> {
+    s.labels()
+        .get("kubernetes.io/service-name")
+        .map(|n| vec![(s.namespace().unwrap_or_default(), n.clone())])
+        .unwrap_or_default()
 }
 
-/// One watch event as the loop's events. A slice that vanished across a
-/// relist (no Delete is sent for it) is reported as deleted, so the
-/// tracker stops waiting for it: without this a slice of ours deleted
+/// One slice watch event as the loop's events. A slice that vanished
+/// across a relist (no Delete is sent for it) is reported as deleted, so
+/// the tracker stops waiting for it: without this a slice of ours deleted
 /// while the watch was down (by the garbage collector, by hand) kept its
 /// Service waiting for ever (StaleCache).
-fn translate<K: Object>(
-    kind: &'static str,
-    known: &mut watch::Known,
-    ev: watch::Event<K>,
-    keys: fn(&K, &Store<KService>) -> Vec<Key>,
-    services: &Store<KService>,
-) -> Vec<Ev> {
-    let gone = if kind == "endpointslices" {
-        known.observe(&ev)
-    } else {
-        Vec::new()
-    };
-    let mut out: Vec<Ev> = gone
+fn translate(known: &mut watch::Known, ev: watch::Event<KSlice>) -> Vec<Ev> {
+    let mut out: Vec<Ev> = known
+        .observe(&ev)
         .into_iter()
         .map(|slice| Ev::SliceDeleted(slice, Vec::new()))
         .collect();
     match ev {
-        watch::Event::Delete(o) if kind == "endpointslices" => out.push(Ev::SliceDeleted(
+        watch::Event::Delete(o) => out.push(Ev::SliceDeleted(
             (o.namespace().unwrap_or_default(), o.name_any()),
-            keys(&o, services),
+            owner(&o),
         )),
-        watch::Event::Apply(o) | watch::Event::Delete(o) => {
-            out.push(Ev::Keys(keys(&o, services)));
-        }
-        watch::Event::InitDone => out.push(Ev::Synced(kind)),
+        watch::Event::Apply(o) => out.push(Ev::Keys(owner(&o))),
+        watch::Event::InitDone => out.push(Ev::Synced(Cache::EndpointSlices)),
         watch::Event::Init | watch::Event::InitApply(_) => {}
     }
     out
@@ -313,7 +306,7 @@ async fn reconcile_loop(client: Client, cfg: &Config, metrics: Arc<Metrics>) -> 
                     rt.services.delete(&key.0, &key.1);
                     out.push(Ev::Keys(vec![key]));
                 }
-                watch::Event::InitDone => out.push(Ev::Synced("services")),
+                watch::Event::InitDone => out.push(Ev::Synced(Cache::Services)),
                 watch::Event::Init => {}
             }
             futures::stream::iter(out)
@@ -345,7 +338,7 @@ async fn reconcile_loop(client: Client, cfg: &Config, metrics: Arc<Metrics>) -> 
                     &p.name_any(),
                     &rt.services,
                 )),
-                watch::Event::InitDone => out.push(Ev::Synced("pods")),
+                watch::Event::InitDone => out.push(Ev::Synced(Cache::Pods)),
                 watch::Event::Init => {}
             }
             if !keys.is_empty() {
@@ -357,19 +350,16 @@ async fn reconcile_loop(client: Client, cfg: &Config, metrics: Arc<Metrics>) -> 
     let slice_wc = wc.clone().labels(&format!(
         "endpointslice.kubernetes.io/managed-by={MANAGED_BY}"
     ));
-    let (slices, slice_stream) = watch(
+    let (slices, slice_stream) = watch::reflect(
         Api::<KSlice>::all(client.clone()),
         slice_wc,
         "endpointslices",
-        |s, _| {
-            s.labels()
-                .get("kubernetes.io/service-name")
-                .map(|n| vec![(s.namespace().unwrap_or_default(), n.clone())])
-                .unwrap_or_default()
-        },
-        services.clone(),
         metrics.watch_errors.clone(),
     );
+    let mut known = watch::Known::default();
+    let slice_stream = slice_stream
+        .flat_map(move |ev| futures::stream::iter(translate(&mut known, ev)))
+        .boxed();
     let (nodes, node_stream) = watch::reflect(
         Api::<KNode>::all(client.clone()),
         wc,
@@ -393,7 +383,7 @@ async fn reconcile_loop(client: Client, cfg: &Config, metrics: Arc<Metrics>) -> 
                 watch::Event::Delete(n) => {
                     (rt.zones.delete(&n.name_any()) || all).then_some(Ev::AllServices)
                 }
-                watch::Event::InitDone => Some(Ev::Synced("nodes")),
+                watch::Event::InitDone => Some(Ev::Synced(Cache::Nodes)),
                 watch::Event::Init => None,
             };
             futures::future::ready(out)
@@ -425,7 +415,7 @@ async fn reconcile_loop(client: Client, cfg: &Config, metrics: Arc<Metrics>) -> 
         routes,
         max_per_slice: cfg.max_endpoints_per_slice,
     };
-    let mut synced: HashSet<&'static str> = HashSet::new();
+    let mut synced: HashSet<Cache> = HashSet::new();
     let mut pending: BTreeSet<Key> = BTreeSet::new();
     // Services whose last reconcile waited for the slice cache, since when.
     let mut waiting: HashMap<Key, Instant> = HashMap::new();
@@ -464,7 +454,7 @@ async fn reconcile_loop(client: Client, cfg: &Config, metrics: Arc<Metrics>) -> 
             }
         }
         // Acting on a partial list would delete endpoints of Pods not yet seen.
-        if synced.len() < 4 {
+        if synced.len() < Cache::ALL.len() {
             continue;
         }
         // Up to --concurrent-syncs Services at once; the keys are distinct,
@@ -669,7 +659,7 @@ mod tests {
 
     #[test]
     fn a_slice_gone_across_a_relist_no_longer_holds_its_service() {
-        use super::{Ev, KService, KSlice, Key, Tracker, translate, watch};
+        use super::{Ev, KSlice, Key, Tracker, translate, watch};
         use kube::runtime::reflector;
         let slice = |name: &str, rv: &str| -> KSlice {
             serde_json::from_value(serde_json::json!({
@@ -679,8 +669,6 @@ mod tests {
             }))
             .unwrap()
         };
-        let keys = |_: &KSlice, _: &reflector::Store<KService>| Vec::<Key>::new();
-        let (services, _w) = reflector::store::<KService>();
         let (slices, _w2) = reflector::store::<KSlice>();
         let svc: Key = ("default".into(), "voy".into());
         let mut known = watch::Known::default();
@@ -693,7 +681,7 @@ mod tests {
             watch::Event::InitDone,
             watch::Event::Apply(slice("voy-b", "7")),
         ] {
-            translate("endpointslices", &mut known, ev, keys, &services);
+            translate(&mut known, ev);
         }
         tracker
             .written
@@ -705,7 +693,7 @@ mod tests {
             watch::Event::InitApply(slice("voy-a", "3")),
             watch::Event::InitDone,
         ] {
-            out.extend(translate("endpointslices", &mut known, ev, keys, &services));
+            out.extend(translate(&mut known, ev));
         }
         for ev in out {
             if let Ev::SliceDeleted(s, _) = ev {
