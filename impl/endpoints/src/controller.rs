@@ -17,8 +17,8 @@ use kube::{Client, ResourceExt};
 use signpost_model::cluster::{EndpointSlice, Pod, Service};
 use signpost_model::reconcile::{SliceWrite, plan_slices_with};
 use signpost_model::spec::endpoints_for;
-use signpost_runtime::watch::{self, Config as WatchConfig};
 use signpost_runtime::convert;
+use signpost_runtime::watch::{self, Config as WatchConfig};
 use tokio::sync::mpsc;
 use tracing::{debug, info, warn};
 

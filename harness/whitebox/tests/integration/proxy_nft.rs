@@ -860,3 +860,70 @@ fn a_service_labelled_for_another_proxy_is_left_to_it() {
         "a Service labelled for another proxy was programmed: {table:#?}"
     );
 }
+
+/// Issue 13, finding 11, in the kernel: a client stuck to a backend (an
+/// element in that backend's affinity set) stays stuck when another backend
+/// joins the Service. Before, the partial sync deleted and recreated every
+/// affinity set of the Service, so every sticky client was reshuffled.
+#[test]
+fn a_sticky_client_stays_stuck_when_a_backend_joins() {
+    use signpost_harness::netns::{NetNs, unique};
+    use signpost_model::cluster::{VirtualKey, VirtualService};
+    use signpost_proxy::nftables::{TABLE, build};
+    require_rig!();
+    let ns = NetNs::create(unique("sticky")).unwrap();
+    let nft = |input: String| {
+        let mut c = ns.command("nft");
+        c.args(["-j", "-f", "-"])
+            .stdin(std::process::Stdio::piped())
+            .stderr(std::process::Stdio::piped());
+        let mut child = c.spawn().unwrap();
+        std::io::Write::write_all(&mut child.stdin.take().unwrap(), input.as_bytes()).unwrap();
+        let out = child.wait_with_output().unwrap();
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert!(out.status.success(), "nft refused: {err}");
+    };
+    let key = VirtualKey {
+        ip: "10.96.0.1".parse().unwrap(),
+        protocol: signpost_model::cluster::Protocol::Tcp,
+        port: 80,
+    };
+    let a: SocketAddr = "10.244.0.2:8080".parse().unwrap();
+    let b: SocketAddr = "10.244.0.3:8080".parse().unwrap();
+    let sticky = |backends: &[SocketAddr]| VirtualService {
+        backends: backends.iter().copied().collect(),
+        affinity_timeout: Some(600),
+    };
+    let old: ProxyTable = [(key, sticky(&[a]))].into();
+    let new: ProxyTable = [(key, sticky(&[a, b]))].into();
+    nft(build::full(&old, &[]).to_string());
+    // The client 10.244.0.9 is stuck to a (as the endpoint chain's update would record).
+    let set_a = build::affinity_set(&key, &a);
+    let st = ns
+        .command("nft")
+        .args(["add", "element", "inet", TABLE, &set_a, "{ 10.244.0.9 }"])
+        .status()
+        .unwrap();
+    assert!(st.success());
+    nft(build::partial(&old, &new, &[]).unwrap().to_string());
+    let out = ns
+        .command("nft")
+        .args(["list", "set", "inet", TABLE, &set_a])
+        .output()
+        .unwrap();
+    let listing = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        listing.contains("10.244.0.9"),
+        "the sticky client was forgotten:\n{listing}"
+    );
+    // The new backend's chain and set are there, and the service chain
+    // chooses between both.
+    let out = ns
+        .command("nft")
+        .args(["list", "chain", "inet", TABLE, &build::service_chain(&key)])
+        .output()
+        .unwrap();
+    let chain = String::from_utf8_lossy(&out.stdout);
+    assert_eq!(chain.matches("numgen random mod 2").count(), 1, "{chain}");
+    assert!(chain.contains(&build::affinity_set(&key, &b)), "{chain}");
+}

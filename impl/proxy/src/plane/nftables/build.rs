@@ -210,6 +210,18 @@ fn skeleton() -> Vec<Value> {
 
 /// The commands that create one virtual service (its chains and map element).
 fn add_service(key: &VirtualKey, vs: &VirtualService, node_ips: &[IpAddr], out: &mut Vec<Value>) {
+    add_service_keeping(key, vs, node_ips, &BTreeSet::new(), out);
+}
+
+/// [`add_service`] where the affinity sets of the backends in `kept` are
+/// already there (the kernel refuses to add a set twice).
+fn add_service_keeping(
+    key: &VirtualKey,
+    vs: &VirtualService,
+    node_ips: &[IpAddr],
+    kept: &BTreeSet<SocketAddr>,
+    out: &mut Vec<Value>,
+) {
     if vs.rejects() {
         out.push(add(element(
             &format!("rejecting-{}", v(&key.ip)),
@@ -218,7 +230,10 @@ fn add_service(key: &VirtualKey, vs: &VirtualService, node_ips: &[IpAddr], out: 
         return;
     }
     let svc = service_chain(key);
+    // `add chain` keeps a chain the kernel already has (one the table read
+    // back did not show): flushing it makes re-adding never duplicate rules.
     out.push(add(chain(&svc)));
+    out.push(json!({ "flush": chain(&svc) }));
     if node_ips.contains(&key.ip) {
         // A NodePort: traffic from off the node is masqueraded so replies come back through it.
         out.push(add(rule(&svc, vec![json!({ "mangle": { "key": meta("mark"), "value": { "|": [meta("mark"), MASQ_MARK] } } })])));
@@ -227,6 +242,7 @@ fn add_service(key: &VirtualKey, vs: &VirtualService, node_ips: &[IpAddr], out: 
     for b in &backends {
         let ep = endpoint_chain(key, b);
         out.push(add(chain(&ep)));
+        out.push(json!({ "flush": chain(&ep) }));
         let f = fam(&b.ip());
         out.push(add(rule(
             &ep,
@@ -239,7 +255,9 @@ fn add_service(key: &VirtualKey, vs: &VirtualService, node_ips: &[IpAddr], out: 
             } else {
                 "ipv6_addr"
             };
-            out.push(add(obj("set", json!({ "family": "inet", "table": TABLE, "name": set, "type": addr, "flags": ["timeout"], "timeout": timeout }))));
+            if !kept.contains(b) {
+                out.push(add(obj("set", json!({ "family": "inet", "table": TABLE, "name": set, "type": addr, "flags": ["timeout"], "timeout": timeout }))));
+            }
             out.push(add(rule(&ep, vec![json!({ "set": { "op": "update", "elem": payload(f, "saddr"), "set": format!("@{set}") } })])));
             out.push(add(rule(
                 &svc,
@@ -274,6 +292,16 @@ fn add_service(key: &VirtualKey, vs: &VirtualService, node_ips: &[IpAddr], out: 
 
 /// The commands that remove one virtual service.
 fn delete_service(key: &VirtualKey, vs: &VirtualService, out: &mut Vec<Value>) {
+    delete_service_keeping(key, vs, &BTreeSet::new(), out);
+}
+
+/// [`delete_service`], keeping the affinity sets of the backends in `keep`.
+fn delete_service_keeping(
+    key: &VirtualKey,
+    vs: &VirtualService,
+    keep: &BTreeSet<SocketAddr>,
+    out: &mut Vec<Value>,
+) {
     if vs.rejects() {
         out.push(
             json!({ "delete": element(&format!("rejecting-{}", v(&key.ip)), vec![map_key(key)]) }),
@@ -292,7 +320,7 @@ fn delete_service(key: &VirtualKey, vs: &VirtualService, out: &mut Vec<Value>) {
     out.push(json!({ "delete": chain(&svc) }));
     for b in &vs.backends {
         out.push(json!({ "delete": chain(&endpoint_chain(key, b)) }));
-        if vs.affinity_timeout.is_some() {
+        if vs.affinity_timeout.is_some() && !keep.contains(b) {
             out.push(json!({ "delete": obj("set", base(&affinity_set(key, b))) }));
         }
     }
@@ -340,8 +368,15 @@ pub fn full(table: &ProxyTable, node_ips: &[IpAddr]) -> Value {
 pub fn partial(old: &ProxyTable, new: &ProxyTable, node_ips: &[IpAddr]) -> Option<Value> {
     let mut out = Vec::new();
     for (key, vs) in old {
-        if new.get(key) != Some(vs) {
-            delete_service(key, vs, &mut out);
+        match new.get(key) {
+            Some(n) if n == vs => {}
+            // Affinity sets of backends that stay (same timeout) are kept:
+            // the clients stuck to them stay stuck (the set is re-referenced
+            // by the chains re-added below in the same transaction).
+            Some(n) if n.affinity_timeout == vs.affinity_timeout && !n.rejects() => {
+                delete_service_keeping(key, vs, &n.backends, &mut out);
+            }
+            _ => delete_service(key, vs, &mut out),
         }
     }
     let (before, after) = (cluster_ips(old, node_ips), cluster_ips(new, node_ips));
@@ -356,8 +391,12 @@ pub fn partial(old: &ProxyTable, new: &ProxyTable, node_ips: &[IpAddr]) -> Optio
         "add",
     );
     for (key, vs) in new {
-        if old.get(key) != Some(vs) {
-            add_service(key, vs, node_ips, &mut out);
+        match old.get(key) {
+            Some(o) if o == vs => {}
+            Some(o) if o.affinity_timeout == vs.affinity_timeout && !o.rejects() => {
+                add_service_keeping(key, vs, node_ips, &o.backends, &mut out);
+            }
+            _ => add_service(key, vs, node_ips, &mut out),
         }
     }
     if out.is_empty() {
@@ -413,6 +452,43 @@ mod tests {
             endpoint_chain(&k, &"10.244.0.2:8080".parse().unwrap()),
             "e-0a600001-tcp-80-0af40002-8080"
         );
+    }
+
+    #[test]
+    fn a_backend_added_to_a_sticky_service_keeps_the_other_backends_affinity_sets() {
+        // Issue 13, finding 11: every endpoint change deleted and recreated
+        // every affinity set of the service, so every client was reshuffled.
+        let k = key("10.96.0.1", 80);
+        let sticky = |backends: &[&str]| VirtualService {
+            affinity_timeout: Some(60),
+            ..vs(backends)
+        };
+        let old: ProxyTable = [(k, sticky(&["10.244.0.2:8080"]))].into();
+        let new: ProxyTable = [(k, sticky(&["10.244.0.2:8080", "10.244.0.3:8080"]))].into();
+        let deletes = |tx: &str, set: &str| {
+            tx.contains(&format!(
+                r#"{{"delete":{{"set":{{"family":"inet","name":"{set}""#
+            ))
+        };
+        let kept = affinity_set(&k, &"10.244.0.2:8080".parse().unwrap());
+        let added = affinity_set(&k, &"10.244.0.3:8080".parse().unwrap());
+        let tx = partial(&old, &new, &[]).unwrap().to_string();
+        assert!(!deletes(&tx, &kept), "{tx}");
+        assert!(tx.contains(&format!(r#""name":"{added}""#)), "{tx}");
+        // The backend that goes takes its set, the one that stays keeps its own.
+        let tx = partial(&new, &old, &[]).unwrap().to_string();
+        assert!(deletes(&tx, &added) && !deletes(&tx, &kept), "{tx}");
+        // A changed timeout replaces the sets.
+        let longer: ProxyTable = [(
+            k,
+            VirtualService {
+                affinity_timeout: Some(120),
+                ..sticky(&["10.244.0.2:8080"])
+            },
+        )]
+        .into();
+        let tx = partial(&old, &longer, &[]).unwrap().to_string();
+        assert!(deletes(&tx, &kept), "{tx}");
     }
 
     #[test]
