@@ -51,6 +51,10 @@ pub fn plan_slices_with(
     existing.sort_by(|a, b| a.key.cmp(&b.key));
 
     let mut writes = Vec::new();
+    // Deletes go last: when a Service's ports change, the slice of the new
+    // shape is written before the old one goes, so there is no moment
+    // without endpoints.
+    let mut deletes = Vec::new();
     // Slices kept, per shape: (new content, changed?).
     let mut kept: BTreeMap<SliceShape, Vec<(EndpointSlice, bool)>> = BTreeMap::new();
     for slice in existing {
@@ -59,7 +63,7 @@ pub fn plan_slices_with(
             ports: slice.ports.clone(),
         };
         let Some(wanted) = want.get_mut(&shape) else {
-            writes.push(SliceWrite::Delete(slice.key.clone()));
+            deletes.push(SliceWrite::Delete(slice.key.clone()));
             continue;
         };
         let mut staying: Vec<&Endpoint> = slice
@@ -93,10 +97,11 @@ pub fn plan_slices_with(
     }
     for (slice, changed) in kept.into_values().flatten() {
         if slice.endpoints.is_empty() {
-            writes.push(SliceWrite::Delete(slice.key));
+            deletes.push(SliceWrite::Delete(slice.key));
         } else if changed {
             writes.push(SliceWrite::Update(slice));
         }
     }
+    writes.extend(deletes);
     writes
 }

@@ -382,6 +382,10 @@ proptest! {
         let home: BTreeMap<IpAddr, ObjectKey> = slices.iter().flat_map(|s| s.endpoints.iter().map(|e| (e.address, s.key.clone()))).collect();
         let refs: Vec<_> = slices.iter().collect();
         let writes = plan_slices_with(&desired_after, &refs, max_after);
+        // No moment without endpoints: every delete comes after every create and update.
+        if let Some(first_delete) = writes.iter().position(|w| matches!(w, SliceWrite::Delete(_))) {
+            prop_assert!(writes[first_delete..].iter().all(|w| matches!(w, SliceWrite::Delete(_))), "a write after a delete: {:?}", writes);
+        }
         apply(&mut slices, writes);
         let got: BTreeSet<_> = slices.iter().flat_map(|s| s.endpoints.iter().cloned()).collect();
         prop_assert_eq!(&got, &desired_after[&shape]);
@@ -478,4 +482,47 @@ mod conversion {
             let _ = Pod::try_from(&pod);
         }
     }
+}
+
+/// Issue 13, finding 11: when a Service's ports change, the slice of the
+/// new shape is created before the old one is deleted — deletes used to
+/// come first, leaving a window in which the Service had no endpoints.
+#[test]
+fn a_port_change_creates_the_new_slice_before_deleting_the_old() {
+    use signpost_model::cluster::EndpointPort;
+    let ep = signpost_model::cluster::Endpoint {
+        address: IpAddr::from([10, 244, 0, 5]),
+        ready: true,
+        serving: true,
+        terminating: false,
+        hostname: None,
+        node: None,
+        zone: None,
+        pod: None,
+    };
+    let port = |p: u16| EndpointPort {
+        name: "http".into(),
+        port: p,
+        protocol: Protocol::Tcp,
+    };
+    let old = EndpointSlice {
+        key: ObjectKey::new("default", "voy-abc"),
+        service: "voy".into(),
+        family: AddressFamily::V4,
+        ports: vec![port(8080)],
+        endpoints: vec![ep.clone()],
+    };
+    let shape = SliceShape {
+        family: AddressFamily::V4,
+        ports: vec![port(9090)],
+    };
+    let desired: BTreeMap<SliceShape, BTreeSet<_>> = [(shape, [ep].into())].into();
+    let writes = plan_slices(&desired, &[&old]);
+    assert!(
+        matches!(
+            writes.as_slice(),
+            [SliceWrite::Create { .. }, SliceWrite::Delete(k)] if *k == old.key
+        ),
+        "{writes:?}"
+    );
 }
