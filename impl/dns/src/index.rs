@@ -9,7 +9,7 @@ use std::time::{Duration, Instant};
 use signpost_model::cluster::{
     DnsOutcome, EndpointSlice, ObjectKey, Pod, PodPhase, Question, RData, Service,
 };
-use signpost_model::spec::{DnsSnapshot, PodsMode, name_records, pod_label_ip};
+use signpost_model::spec::{DnsSnapshot, PodsMode, name_records, pod_label_ip, service_records};
 
 /// One watch event the index takes.
 #[derive(Debug, Clone)]
@@ -77,6 +77,8 @@ pub struct ZoneIndex {
     pod_ips: HashMap<ObjectKey, Vec<IpAddr>>,
     /// (namespace, address) → how many Pods there have it.
     pod_addrs: HashMap<(String, IpAddr), usize>,
+    /// Services recomputed so far (one per Service a batch touched).
+    refreshes: u64,
 }
 
 impl ZoneIndex {
@@ -104,6 +106,7 @@ impl ZoneIndex {
             pods_mode,
             pod_ips: HashMap::new(),
             pod_addrs: HashMap::new(),
+            refreshes: 0,
         }
     }
 
@@ -122,6 +125,11 @@ impl ZoneIndex {
         self.names.len()
     }
 
+    /// How many times a Service's names were recomputed.
+    pub fn refreshes(&self) -> u64 {
+        self.refreshes
+    }
+
     /// Whether the zone holds no names.
     pub fn is_empty(&self) -> bool {
         self.names.is_empty()
@@ -135,6 +143,31 @@ impl ZoneIndex {
     /// Applies one event seen at `seen`; only the affected Service's names
     /// are recomputed.
     pub fn apply_at(&mut self, change: Change, seen: Instant) {
+        self.apply_batch([(change, seen)]);
+    }
+
+    /// Applies events in order, then recomputes each Service they touched
+    /// once: a burst of changes to one large headless Service costs one
+    /// refresh of it, not one per change. A name's change time is the
+    /// earliest event that touched its Service.
+    pub fn apply_batch(&mut self, changes: impl IntoIterator<Item = (Change, Instant)>) {
+        let mut dirty: HashMap<ObjectKey, Instant> = HashMap::new();
+        for (change, seen) in changes {
+            self.stage(change, seen, &mut dirty);
+        }
+        for (key, seen) in dirty {
+            self.refresh(&key, seen);
+        }
+    }
+
+    /// Records one event; the Services whose names it may change go to `dirty`.
+    fn stage(&mut self, change: Change, seen: Instant, dirty: &mut HashMap<ObjectKey, Instant>) {
+        let mut touch = |key: ObjectKey| {
+            dirty
+                .entry(key)
+                .and_modify(|t| *t = (*t).min(seen))
+                .or_insert(seen);
+        };
         match change {
             Change::Synced => self.synced = true,
             Change::Namespace(ns) => {
@@ -161,7 +194,7 @@ impl ZoneIndex {
                     *self.namespaces.entry(key.namespace.clone()).or_default() += 1;
                 }
                 self.services.insert(key.clone(), svc);
-                self.refresh(&key, seen);
+                touch(key);
             }
             Change::ServiceDeleted(key) => {
                 if self.services.remove(&key).is_some()
@@ -172,7 +205,7 @@ impl ZoneIndex {
                         self.namespaces.remove(&key.namespace);
                     }
                 }
-                self.refresh(&key, seen);
+                touch(key);
             }
             Change::Slice(mut slice) => {
                 // What DNS does not read is not kept.
@@ -189,7 +222,7 @@ impl ZoneIndex {
                     let old_owner = old.service_key();
                     if old_owner != owner {
                         self.unlink_slice(&old_owner, &key);
-                        self.refresh(&old_owner, seen);
+                        touch(old_owner);
                     }
                 }
                 // Sorted by key: where two slices hold one address, the
@@ -198,13 +231,13 @@ impl ZoneIndex {
                 if let Err(at) = list.binary_search(&key) {
                     list.insert(at, key);
                 }
-                self.refresh(&owner, seen);
+                touch(owner);
             }
             Change::SliceDeleted(key) => {
                 if let Some(old) = self.slices.remove(&key) {
                     let owner = old.service_key();
                     self.unlink_slice(&owner, &key);
-                    self.refresh(&owner, seen);
+                    touch(owner);
                 }
             }
         }
@@ -234,6 +267,7 @@ impl ZoneIndex {
     /// Recomputes the names of one Service with the oracle's own rules, run
     /// over that Service and its slices only.
     fn refresh(&mut self, key: &ObjectKey, seen: Instant) {
+        self.refreshes += 1;
         let mut previous: HashMap<Arc<str>, Entry> = HashMap::new();
         if let Some(old) = self.owned.remove(key) {
             for name in old.names {
@@ -258,49 +292,31 @@ impl ZoneIndex {
         };
         let snap = snapshot_of(&self.zone, &self.slices_of, &self.slices, svc);
         let fqdn = format!("{}.{}.svc.{}", svc.key.name, svc.key.namespace, self.zone);
-        // The names a Service can own: itself, its `_port` and SRV names, its endpoints.
-        let mut candidates = vec![fqdn.clone()];
-        // Port names come from the Service and, for endpoints, from their slices.
-        let ports = svc.ports.iter().map(|p| (&p.name, p.protocol)).chain(
-            snap.slices
-                .iter()
-                .flat_map(|s| s.ports.iter().map(|p| (&p.name, p.protocol))),
-        );
-        for (name, protocol) in ports.filter(|(n, _)| !n.is_empty()) {
-            candidates.push(format!("_{}.{fqdn}", protocol.as_lower()));
-            candidates.push(format!("_{name}._{}.{fqdn}", protocol.as_lower()));
-        }
         let mut endpoint_ips: BTreeMap<IpAddr, String> = BTreeMap::new();
         for slice in &snap.slices {
             for ep in slice.endpoints.iter().filter(|e| e.ready) {
-                let name = format!("{}.{fqdn}", signpost_model::spec::endpoint_dns_name(ep));
-                endpoint_ips
-                    .entry(ep.address)
-                    .or_insert_with(|| name.clone());
-                // Endpoint names of Services with ClusterIPs (DNS-6, for
-                // CoreDNS compatibility) are rarely asked and are most of a
-                // cluster's names: they are answered on demand.
-                if svc.is_headless() {
-                    candidates.push(name);
-                }
+                endpoint_ips.entry(ep.address).or_insert_with(|| {
+                    format!("{}.{fqdn}", signpost_model::spec::endpoint_dns_name(ep))
+                });
             }
         }
+        // Endpoint names of Services with ClusterIPs (DNS-6, for CoreDNS
+        // compatibility) are rarely asked and are most of a cluster's
+        // names: they are answered on demand.
         let mut owned = Owned::default();
-        for name in candidates.into_iter().collect::<BTreeSet<_>>() {
-            if let Some(records) = name_records(&snap, &name) {
-                // A name whose records did not change keeps its change time.
-                let entry = match previous.remove(name.as_str()) {
-                    Some(e) if *e.records == *records => e,
-                    _ => Entry {
-                        records: records.into_boxed_slice(),
-                        changed: seen,
-                        served: AtomicBool::new(false),
-                    },
-                };
-                let name: Arc<str> = name.into();
-                self.names.insert(name.clone(), entry);
-                owned.names.push(name);
-            }
+        for (name, records) in service_records(&snap, svc, svc.is_headless()) {
+            // A name whose records did not change keeps its change time.
+            let entry = match previous.remove(name.as_str()) {
+                Some(e) if *e.records == *records => e,
+                _ => Entry {
+                    records: records.into_boxed_slice(),
+                    changed: seen,
+                    served: AtomicBool::new(false),
+                },
+            };
+            let name: Arc<str> = name.into();
+            self.names.insert(name.clone(), entry);
+            owned.names.push(name);
         }
         // Reverse targets share the names' strings.
         let shared = |names: &HashMap<Arc<str>, Entry>, n: &str| -> Arc<str> {

@@ -151,27 +151,31 @@ pub async fn run(client: Client, shared: Arc<Shared>, pods_mode: PodsMode) {
     let mut listed: HashSet<&'static str> = HashSet::new();
     let mut synced = false;
     let mut batch = Vec::new();
-    while rx.recv_many(&mut batch, 4096).await > 0 {
+    // A batch is applied under one write lock, each Service it touches
+    // recomputed once; batches are bounded so queries wait briefly.
+    while rx.recv_many(&mut batch, 1024).await > 0 {
         let mut newly_synced = false;
-        {
-            let mut index = shared.index.write().unwrap_or_else(|e| e.into_inner());
-            for msg in batch.drain(..) {
-                match msg {
-                    Msg::Change(c, seen) => {
-                        if let Some(c) = through_seam(&shared.seam, c) {
-                            index.apply_at(c, seen);
-                        }
+        let mut changes = Vec::with_capacity(batch.len());
+        for msg in batch.drain(..) {
+            match msg {
+                Msg::Change(c, seen) => {
+                    if let Some(c) = through_seam(&shared.seam, c) {
+                        changes.push((c, seen));
                     }
-                    Msg::ListDone(kind) => {
-                        listed.insert(kind);
-                        if !synced && kinds.iter().all(|k| listed.contains(k)) {
-                            index.apply(Change::Synced);
-                            synced = true;
-                            newly_synced = true;
-                        }
+                }
+                Msg::ListDone(kind) => {
+                    listed.insert(kind);
+                    if !synced && kinds.iter().all(|k| listed.contains(k)) {
+                        changes.push((Change::Synced, Instant::now()));
+                        synced = true;
+                        newly_synced = true;
                     }
                 }
             }
+        }
+        {
+            let mut index = shared.index.write().unwrap_or_else(|e| e.into_inner());
+            index.apply_batch(changes);
             shared
                 .metrics
                 .zone_names

@@ -63,6 +63,9 @@ pub fn endpoint_dns_name(ep: &Endpoint) -> String {
     }
 }
 
+/// DNS-4: ready endpoints of one Service by address, with the slice each came from.
+type Ready<'a> = BTreeMap<IpAddr, (&'a Endpoint, &'a EndpointSlice)>;
+
 enum Node {
     /// Not in the cluster zone or a reverse zone we hold data for.
     NotOurs,
@@ -94,10 +97,7 @@ impl<'a> DnsSnapshot<'a> {
 
     /// DNS-4: ready endpoints of a Service (never not-ready ones) with the
     /// slice each came from, deduplicated by address.
-    fn ready_endpoints(
-        &self,
-        svc: &Service,
-    ) -> BTreeMap<IpAddr, (&'a Endpoint, &'a EndpointSlice)> {
+    fn ready_endpoints(&self, svc: &Service) -> Ready<'a> {
         let mut out = BTreeMap::new();
         for slice in &self.slices {
             if slice.key.namespace != svc.key.namespace || slice.service != svc.key.name {
@@ -121,20 +121,22 @@ impl<'a> DnsSnapshot<'a> {
     fn srv_pairs(
         &self,
         svc: &Service,
+        ready: &Ready<'a>,
         port: impl Fn(&str, crate::cluster::Protocol) -> bool,
         endpoint: Option<&str>,
     ) -> Vec<(String, u16, IpAddr)> {
         let mut out = Vec::new();
+        let fqdn = self.fqdn(svc);
         match (&svc.cluster_ips, endpoint) {
             (ClusterIps::Ips(ips), None) => {
                 for ip in ips {
                     for sp in svc.ports.iter().filter(|p| port(&p.name, p.protocol)) {
-                        out.push((self.fqdn(svc), sp.port, *ip));
+                        out.push((fqdn.clone(), sp.port, *ip));
                     }
                 }
             }
             (ClusterIps::Ips(_) | ClusterIps::Headless, _) => {
-                for (ep, slice) in self.ready_endpoints(svc).into_values() {
+                for (ep, slice) in ready.values() {
                     let label = endpoint_dns_name(ep);
                     if endpoint.is_some_and(|e| e != label) {
                         continue;
@@ -143,7 +145,7 @@ impl<'a> DnsSnapshot<'a> {
                         continue;
                     }
                     for p in slice.ports.iter().filter(|p| port(&p.name, p.protocol)) {
-                        out.push((format!("{label}.{}", self.fqdn(svc)), p.port, ep.address));
+                        out.push((format!("{label}.{fqdn}"), p.port, ep.address));
                     }
                 }
             }
@@ -169,7 +171,7 @@ impl<'a> DnsSnapshot<'a> {
     }
 
     /// DNS-2..DNS-5, DNS-7: the records at `<svc>.<ns>.svc.<zone>`.
-    fn service_node(&self, svc: &Service) -> Node {
+    fn service_node(&self, svc: &Service, ready: &Ready<'a>) -> Node {
         if let Some(target) = svc.external_name() {
             return Node::Exists(vec![RData::Cname(target.to_owned())]);
         }
@@ -177,7 +179,7 @@ impl<'a> DnsSnapshot<'a> {
             ClusterIps::Ips(ips) => ips.iter().copied().map(addr).collect(),
             // DNS-3: a headless Service answers with its ready endpoints.
             ClusterIps::Headless => {
-                let eps = self.ready_endpoints(svc);
+                let eps = ready;
                 if eps.is_empty() {
                     // DNS-5: a headless Service with no ready endpoints does not exist.
                     return Node::Missing;
@@ -187,15 +189,19 @@ impl<'a> DnsSnapshot<'a> {
             ClusterIps::Unset => return Node::Missing,
         };
         // DNS-7: SRV over every port at the Service name.
-        records.extend(Self::srv_records(&self.srv_pairs(svc, |_, _| true, None)));
+        records.extend(Self::srv_records(&self.srv_pairs(
+            svc,
+            ready,
+            |_, _| true,
+            None,
+        )));
         Node::Exists(records)
     }
 
     /// DNS-6: `<endpoint>.<svc>.<ns>.svc.<zone>`: its addresses, and SRV over its ports.
-    fn endpoint_node(&self, svc: &Service, label: &str) -> Node {
-        let mut records: Vec<RData> = self
-            .ready_endpoints(svc)
-            .into_values()
+    fn endpoint_node(&self, svc: &Service, ready: &Ready<'a>, label: &str) -> Node {
+        let mut records: Vec<RData> = ready
+            .values()
             .filter(|(ep, _)| endpoint_dns_name(ep) == label)
             .map(|(ep, _)| addr(ep.address))
             .collect();
@@ -204,6 +210,7 @@ impl<'a> DnsSnapshot<'a> {
         }
         records.extend(Self::srv_records(&self.srv_pairs(
             svc,
+            ready,
             |_, _| true,
             Some(label),
         )));
@@ -212,9 +219,10 @@ impl<'a> DnsSnapshot<'a> {
 
     /// DNS-7, DNS-8: `_<port>._<proto>.<svc>.<ns>.svc.<zone>`: SRV over the
     /// named port, and the addresses behind it.
-    fn srv_node(&self, svc: &Service, port: &str, proto: &str) -> Node {
+    fn srv_node(&self, svc: &Service, ready: &Ready<'a>, port: &str, proto: &str) -> Node {
         let pairs = self.srv_pairs(
             svc,
+            ready,
             |name, protocol| !name.is_empty() && name == port && protocol.as_lower() == proto,
             None,
         );
@@ -274,6 +282,35 @@ impl<'a> DnsSnapshot<'a> {
         }
     }
 
+    /// DNS-7: the named ports under a Service: its own and, for its
+    /// endpoints, their slices', each (name, protocol) once.
+    fn port_names<'s>(
+        svc: &'s Service,
+        ready: &'s Ready<'_>,
+    ) -> BTreeSet<(&'s str, crate::cluster::Protocol)> {
+        svc.ports
+            .iter()
+            .map(|p| (p.name.as_str(), p.protocol))
+            .chain(
+                ready
+                    .values()
+                    .flat_map(|(_, sl)| sl.ports.iter().map(|p| (p.name.as_str(), p.protocol))),
+            )
+            .filter(|(name, _)| !name.is_empty())
+            .collect()
+    }
+
+    /// DNS-7: `_<proto>` under a Service is an empty non-terminal exactly
+    /// when some `_<port>._<proto>` below it exists.
+    fn proto_exists(&self, svc: &Service, ready: &Ready<'a>, proto: &str) -> bool {
+        Self::port_names(svc, ready)
+            .into_iter()
+            .any(|(name, protocol)| {
+                protocol.as_lower() == proto
+                    && matches!(self.srv_node(svc, ready, name, proto), Node::Exists(_))
+            })
+    }
+
     fn zone_node(&self, rest: &[&str]) -> Node {
         match rest {
             [] | ["svc"] | ["pod"] => Node::Exists(Vec::new()),
@@ -286,36 +323,28 @@ impl<'a> DnsSnapshot<'a> {
                 }
             }
             ["svc", ns, name] => match self.service(ns, name) {
-                Some(svc) => self.service_node(svc),
+                Some(svc) => self.service_node(svc, &self.ready_endpoints(svc)),
                 None => Node::Missing,
             },
             ["svc", ns, name, label] => match self.service(ns, name) {
                 None => Node::Missing,
                 // DNS-7: `_<proto>` under a Service is an empty non-terminal when a named port has that protocol.
                 Some(svc) if label.starts_with('_') => {
-                    let proto = &label[1..];
-                    // It exists exactly when some `_<port>._<proto>` below it does.
-                    let mut names = svc.ports.iter().map(|p| (&p.name, p.protocol)).chain(
-                        self.ready_endpoints(svc)
-                            .into_values()
-                            .flat_map(|(_, sl)| sl.ports.iter().map(|p| (&p.name, p.protocol))),
-                    );
-                    if names.any(|(name, protocol)| {
-                        !name.is_empty()
-                            && protocol.as_lower() == proto
-                            && matches!(self.srv_node(svc, name, proto), Node::Exists(_))
-                    }) {
+                    let ready = self.ready_endpoints(svc);
+                    if self.proto_exists(svc, &ready, &label[1..]) {
                         Node::Exists(Vec::new())
                     } else {
                         Node::Missing
                     }
                 }
-                Some(svc) => self.endpoint_node(svc, label),
+                Some(svc) => self.endpoint_node(svc, &self.ready_endpoints(svc), label),
             },
             // Labels run from the zone outwards: `_<port>._<proto>.<svc>` reads svc, proto, port.
             ["svc", ns, name, proto, port] if port.starts_with('_') && proto.starts_with('_') => {
                 match self.service(ns, name) {
-                    Some(svc) => self.srv_node(svc, &port[1..], &proto[1..]),
+                    Some(svc) => {
+                        self.srv_node(svc, &self.ready_endpoints(svc), &port[1..], &proto[1..])
+                    }
                     None => Node::Missing,
                 }
             }
@@ -439,6 +468,54 @@ pub fn name_records(snap: &DnsSnapshot<'_>, name: &str) -> Option<Vec<RData>> {
         Node::Exists(r) => Some(r),
         Node::Missing | Node::NotOurs => None,
     }
+}
+
+/// Every name under one Service that exists, with its records — what
+/// [`name_records`] gives for each of them: the Service name, its
+/// `_<port>._<proto>` and `_<proto>` names and, with `endpoints`, its
+/// endpoint names (DNS-2..DNS-8). One pass over the Service's ready
+/// endpoints, so an index refreshing a headless Service of E endpoints
+/// does O(E log E) work, where asking name by name is O(E²).
+pub fn service_records(
+    snap: &DnsSnapshot<'_>,
+    svc: &Service,
+    endpoints: bool,
+) -> Vec<(String, Vec<RData>)> {
+    let fqdn = snap.fqdn(svc);
+    let ready = snap.ready_endpoints(svc);
+    let mut out = Vec::new();
+    if let Node::Exists(r) = snap.service_node(svc, &ready) {
+        out.push((fqdn.clone(), r));
+    }
+    let mut protos = BTreeSet::new();
+    for (name, protocol) in DnsSnapshot::port_names(svc, &ready) {
+        let proto = protocol.as_lower();
+        if let Node::Exists(r) = snap.srv_node(svc, &ready, name, proto) {
+            out.push((format!("_{name}._{proto}.{fqdn}"), r));
+            protos.insert(proto);
+        }
+    }
+    out.extend(
+        protos
+            .into_iter()
+            .map(|proto| (format!("_{proto}.{fqdn}"), Vec::new())),
+    );
+    if endpoints {
+        let mut by_label: BTreeMap<String, Ready<'_>> = BTreeMap::new();
+        for (ip, found) in &ready {
+            by_label
+                .entry(endpoint_dns_name(found.0))
+                .or_default()
+                .insert(*ip, *found);
+        }
+        // A label starting with `_` names a protocol, never an endpoint.
+        for (label, group) in by_label.iter().filter(|(l, _)| !l.starts_with('_')) {
+            if let Node::Exists(r) = snap.endpoint_node(svc, group, label) {
+                out.push((format!("{label}.{fqdn}"), r));
+            }
+        }
+    }
+    out
 }
 
 /// The answer for a name of ours, given its records (`None`: it does not

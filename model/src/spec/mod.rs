@@ -9,7 +9,7 @@ mod resolve;
 
 pub use dns::{
     DEFAULT_TTL_SECS, DNS_SCHEMA_VERSION, DnsSnapshot, PodsMode, dns_answer, endpoint_dns_name,
-    name_records, outcome, parse_reverse, pod_label_ip, reverse_name,
+    name_records, outcome, parse_reverse, pod_label_ip, reverse_name, service_records,
 };
 pub use endpoints::{MAX_ENDPOINTS_PER_SLICE, SliceShape, endpoints_for, pod_in_endpoints};
 pub use proxy::{proxy_table, usable_endpoints};
