@@ -22,6 +22,7 @@ use signpost_runtime::watch::{self, Config as WatchConfig};
 use signpost_runtime::{Object, convert};
 use tracing::{info, warn};
 
+use crate::isolate::{Isolate, Refused};
 use crate::metrics::Metrics;
 use crate::plane::nftables::{apply, build, readback};
 
@@ -413,6 +414,7 @@ pub async fn run(client: Client, cfg: Config, metrics: Arc<Metrics>) -> Result<(
     let mut retry_in: Option<Duration> = None;
     let mut seam = Seam::with(cfg.mutant);
     let mut last_good = LastGood::default();
+    let mut refused = Refused::default();
     while let Some(first) = next_event(&mut events, retry_in).await {
         let batch = batch_after(first, &mut events);
         let began = Instant::now();
@@ -424,6 +426,10 @@ pub async fn run(client: Client, cfg: Config, metrics: Arc<Metrics>) -> Result<(
             // Repair drift: plan against what the kernel really holds.
             have = read_back(&metrics);
         }
+        if repair {
+            // Refused entries are tried again at every resync.
+            refused.clear();
+        }
         let node = this_node(&nodes, &cfg.node_name);
         let want = desired(
             &services,
@@ -433,8 +439,24 @@ pub async fn run(client: Client, cfg: Config, metrics: Arc<Metrics>) -> Result<(
             &mut seam,
             &mut last_good,
         );
-        match sync(&mut have, &want, &node.addresses, &metrics) {
-            Ok(_) => {
+        let want = refused.hold_back(&want, have.as_ref());
+        let outcome = match sync(&mut have, &want, &node.addresses, &metrics) {
+            Ok(_) => Ok(()),
+            // The whole table was refused: find the entries the kernel
+            // refuses and program every other one.
+            Err(e) => {
+                warn!(error = %e, "the kernel refused the table; finding the virtual services it refuses");
+                isolate_nft(&mut have, &want, &node.addresses, &metrics).map(|found| {
+                    report_refused(&found);
+                    refused.record(found);
+                })
+            }
+        };
+        metrics
+            .services_refused
+            .set(i64::try_from(refused.len()).unwrap_or(i64::MAX));
+        match outcome {
+            Ok(()) => {
                 state.synced(true);
                 cfg.health.applied(began);
                 retry_in = None;
@@ -448,6 +470,61 @@ pub async fn run(client: Client, cfg: Config, metrics: Arc<Metrics>) -> Result<(
         }
     }
     Ok(())
+}
+
+/// Logs each virtual service the kernel refused (it stays out of the
+/// kernel until its wanted state changes or the next resync).
+fn report_refused(found: &ProxyTable) {
+    for key in found.keys() {
+        warn!(ip = %key.ip, protocol = ?key.protocol, port = key.port,
+            "the kernel refuses this virtual service; it is left out and every other one is programmed");
+    }
+}
+
+/// After the kernel refused a whole table: programs `want` entry group by
+/// entry group over what the kernel holds, halving refused groups down to
+/// the single virtual services it refuses ([`Isolate`]). `have` ends as the
+/// kernel's table; returns the refused entries. An error only when not
+/// even an empty table can be written (no `nft`, no nf_tables).
+fn isolate_nft(
+    have: &mut Option<ProxyTable>,
+    want: &ProxyTable,
+    node_ips: &[IpAddr],
+    metrics: &Metrics,
+) -> Result<ProxyTable, apply::Error> {
+    let base = match read_back(metrics) {
+        Some(t) => t,
+        None => {
+            let empty = ProxyTable::new();
+            apply::apply(&build::full(&empty, node_ips)).inspect_err(|_| {
+                metrics.errors.inc();
+            })?;
+            empty
+        }
+    };
+    let mut search = Isolate::new(base, want);
+    while let Some((from, next)) = search.attempt() {
+        let taken = match build::partial(from, &next, node_ips) {
+            None => true,
+            Some(tx) => match apply::apply(&tx) {
+                Ok(()) => true,
+                Err(apply::Error::Rejected(_)) => {
+                    metrics.errors.inc();
+                    false
+                }
+                Err(e) => {
+                    metrics.errors.inc();
+                    *have = None;
+                    return Err(e);
+                }
+            },
+        };
+        search.outcome(taken);
+    }
+    let (applied, found) = search.finish();
+    *have = Some(applied);
+    metrics.full_syncs.inc();
+    Ok(found)
 }
 
 /// Runs the IPVS proxy until its watches end: the same caches and oracle
@@ -470,6 +547,7 @@ pub async fn run_ipvs(client: Client, cfg: Config, metrics: Arc<Metrics>) -> Res
     let mut have: Option<ProxyTable> = None;
     let mut seam = Seam::with(cfg.mutant);
     let mut last_good = LastGood::default();
+    let mut refused = Refused::default();
     info!(node = %cfg.node_name, "signpost proxy (ipvs) starting");
     while let Some(first) = next_event(&mut events, retry_in).await {
         let batch = batch_after(first, &mut events);
@@ -503,19 +581,41 @@ pub async fn run_ipvs(client: Client, cfg: Config, metrics: Arc<Metrics>) -> Res
             &mut seam,
             &mut last_good,
         );
+        if resync {
+            // Refused entries are tried again at every resync.
+            refused.clear();
+        }
+        let want = refused.hold_back(&want, have.as_ref());
         if sink.is_none() {
             sink = Some(IpvsSink::connect(node.addresses.clone()).await?);
         }
         let Some(k) = sink.as_mut() else { continue };
         let started = Instant::now();
-        match sync_ipvs(k, &mut have, &want, resync, &metrics).await {
+        let outcome = match sync_ipvs(k, &mut have, &want, resync, &metrics).await {
             Ok(ops) => {
-                state.synced(true);
-                cfg.health.applied(began);
-                retry_in = None;
                 if !ops.is_empty() {
                     metrics.observe_sync(started.elapsed());
                 }
+                Ok(())
+            }
+            Err(e) => {
+                metrics.errors.inc();
+                warn!(error = %e, "the kernel refused an ipvs sync; finding the virtual services it refuses");
+                have = None;
+                isolate_ipvs(k, &want, &metrics).await.map(|found| {
+                    report_refused(&found);
+                    refused.record(found);
+                })
+            }
+        };
+        metrics
+            .services_refused
+            .set(i64::try_from(refused.len()).unwrap_or(i64::MAX));
+        match outcome {
+            Ok(()) => {
+                state.synced(true);
+                cfg.health.applied(began);
+                retry_in = None;
             }
             Err(e) => {
                 metrics.errors.inc();
@@ -528,6 +628,32 @@ pub async fn run_ipvs(client: Client, cfg: Config, metrics: Arc<Metrics>) -> Res
         }
     }
     Ok(())
+}
+
+/// The IPVS form of [`isolate_nft`]: the model's ops for each group of
+/// entries over what the kernel holds. IPVS ops are not one transaction,
+/// so a refused group may leave part of itself behind: the next sync
+/// reads the kernel back (`have` is left unknown).
+async fn isolate_ipvs(
+    k: &mut crate::plane::ipvs::IpvsSink,
+    want: &ProxyTable,
+    metrics: &Metrics,
+) -> Result<ProxyTable, crate::plane::ipvs::Error> {
+    let base = k.observed().await?;
+    let mut search = Isolate::new(base, want);
+    while let Some((from, next)) = search.attempt() {
+        let ops = signpost_model::reconcile::plan(&next, from);
+        let taken = match k.apply(&ops, &next).await {
+            Ok(_) => true,
+            Err(e) => {
+                metrics.errors.inc();
+                tracing::debug!(error = %e, "a group of virtual services was refused");
+                false
+            }
+        };
+        search.outcome(taken);
+    }
+    Ok(search.finish().1)
 }
 
 /// One IPVS sync: plan `want` against `have` (read back from the kernel

@@ -7,6 +7,7 @@
 pub mod conntrack;
 pub mod controller;
 pub mod health;
+pub mod isolate;
 pub mod metrics;
 pub mod plane;
 

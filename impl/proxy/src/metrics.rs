@@ -34,6 +34,8 @@ pub struct Metrics {
     pub errors: Counter,
     /// Objects skipped as invalid.
     pub invalid_objects: Counter,
+    /// Virtual services the kernel refuses now (left out, the rest programmed).
+    pub services_refused: Gauge,
     /// Watch errors (retried with backoff).
     pub watch_errors: Counter,
     /// Duration of the last sync in microseconds.
@@ -62,6 +64,7 @@ impl Default for Metrics {
             services_rewritten: Counter::default(),
             errors: Counter::default(),
             invalid_objects: Counter::default(),
+            services_refused: Gauge::default(),
             watch_errors: Counter::default(),
             last_sync_us: Gauge::default(),
             conntrack_deleted: Counter::default(),
@@ -105,6 +108,11 @@ impl Default for Metrics {
             "signpost_proxy_invalid_objects",
             "Objects skipped as invalid",
             m.invalid_objects.clone(),
+        );
+        r.register(
+            "signpost_proxy_services_refused",
+            "Virtual services the kernel refuses now; every other one is programmed",
+            m.services_refused.clone(),
         );
         r.register(
             "signpost_proxy_watch_errors",

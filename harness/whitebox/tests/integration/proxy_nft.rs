@@ -652,59 +652,8 @@ fn a_proxy_survives_a_refusing_data_plane_and_catches_up() {
         &["endpoints", "--metrics-addr=127.0.0.1:10280"],
     );
     let dir = tempfile::tempdir().unwrap();
-    let fault = dir.path().join("refuse-writes");
-    let real = ["/usr/sbin/nft", "/sbin/nft", "/usr/bin/nft"]
-        .into_iter()
-        .find(|p| std::path::Path::new(p).is_file())
-        .expect("nft is installed");
-    let wrapper = dir.path().join("nft");
-    std::fs::write(
-        &wrapper,
-        format!(
-            "#!/bin/sh\n# Fault injection: refuse transactions (-f) while {f} exists.\n\
-             for a in \"$@\"; do if [ \"$a\" = -f ] && [ -e {f} ]; then\n\
-             echo 'Error: injected fault: transaction refused' >&2; exit 1; fi; done\n\
-             exec {real} \"$@\"\n",
-            f = fault.display()
-        ),
-    )
-    .unwrap();
-    std::fs::set_permissions(
-        &wrapper,
-        std::os::unix::fs::PermissionsExt::from_mode(0o755),
-    )
-    .unwrap();
+    let (mut proxy, fault) = proxy_behind_faulty_nft(&cluster, dir.path(), 10281, &[]);
     std::fs::write(&fault, "").unwrap();
-    let path = format!(
-        "PATH={}:{}",
-        dir.path().display(),
-        std::env::var("PATH").unwrap_or_default()
-    );
-    let bin = workspace_binary("signpost").unwrap();
-    let args: Vec<String> = vec![
-        path,
-        bin.display().to_string(),
-        format!(
-            "--kubeconfig={}",
-            cluster
-                .component_kubeconfig(Component::Proxy)
-                .unwrap()
-                .display()
-        ),
-        "proxy".into(),
-        "--mode=nftables".into(),
-        "--node-name=node-a".into(),
-        "--metrics-addr=127.0.0.1:10281".into(),
-        "--healthz-timeout-secs=2".into(),
-    ];
-    let mut proxy = Daemon::spawn(
-        cluster.node_namespace(),
-        "signpost-proxy",
-        std::path::Path::new("/usr/bin/env"),
-        &args,
-        cluster.logs().join("signpost-proxy.log"),
-    )
-    .unwrap();
     let _v0 = cluster
         .pod("voyager-0")
         .label("app", "voy")
@@ -761,6 +710,168 @@ fn a_proxy_survives_a_refusing_data_plane_and_catches_up() {
     assert_eq!(backends(&t, vip, 80), 1);
     health(200);
     proxy.check_running().expect("running after recovery");
+}
+
+/// `signpost proxy --mode nftables` for node-a (metrics on `port`) with a
+/// wrapper first on its PATH that, while the returned fault file exists,
+/// refuses every `nft` transaction (`-f`) containing the file's text (all
+/// of them when it is empty); listing always works.
+fn proxy_behind_faulty_nft(
+    cluster: &LocalCluster<Running>,
+    dir: &std::path::Path,
+    port: u16,
+    extra: &[&str],
+) -> (Daemon, std::path::PathBuf) {
+    let fault = dir.join("refuse-writes");
+    let real = ["/usr/sbin/nft", "/sbin/nft", "/usr/bin/nft"]
+        .into_iter()
+        .find(|p| std::path::Path::new(p).is_file())
+        .expect("nft is installed");
+    let wrapper = dir.join("nft");
+    std::fs::write(
+        &wrapper,
+        format!(
+            "#!/bin/sh\n# Fault injection: while {f} exists, refuse transactions (-f) holding its text.\n\
+             for a in \"$@\"; do if [ \"$a\" = -f ] && [ -e {f} ]; then\n\
+             input=$(cat); pattern=$(cat {f})\n\
+             case \"$input\" in *\"$pattern\"*) echo 'Error: injected fault: transaction refused' >&2; exit 1;; esac\n\
+             printf '%s' \"$input\" | exec {real} \"$@\"\n\
+             fi; done\n\
+             exec {real} \"$@\"\n",
+            f = fault.display()
+        ),
+    )
+    .unwrap();
+    std::fs::set_permissions(
+        &wrapper,
+        std::os::unix::fs::PermissionsExt::from_mode(0o755),
+    )
+    .unwrap();
+    let path = format!(
+        "PATH={}:{}",
+        dir.display(),
+        std::env::var("PATH").unwrap_or_default()
+    );
+    let bin = workspace_binary("signpost").unwrap();
+    let mut args: Vec<String> = vec![
+        path,
+        bin.display().to_string(),
+        format!(
+            "--kubeconfig={}",
+            cluster
+                .component_kubeconfig(Component::Proxy)
+                .unwrap()
+                .display()
+        ),
+        "proxy".into(),
+        "--mode=nftables".into(),
+        "--node-name=node-a".into(),
+        format!("--metrics-addr=127.0.0.1:{port}"),
+        "--healthz-timeout-secs=2".into(),
+    ];
+    args.extend(extra.iter().map(|a| (*a).to_owned()));
+    let proxy = Daemon::spawn(
+        cluster.node_namespace(),
+        "signpost-proxy",
+        std::path::Path::new("/usr/bin/env"),
+        &args,
+        cluster.logs().join("signpost-proxy.log"),
+    )
+    .unwrap();
+    (proxy, fault)
+}
+
+/// Issue 13, finding 5: one Service the kernel refuses (here: every
+/// transaction writing its ClusterIP is refused) costs only that Service.
+/// The others — existing and created after it — are programmed, the
+/// refused one is counted in `signpost_proxy_services_refused` and
+/// logged, and it is programmed at the next resync once the kernel takes
+/// it. (Before the fix every sync after it was refused whole: the Service
+/// created later never reached the kernel.)
+#[test]
+fn one_refused_service_leaves_every_other_one_programmed() {
+    require_rig!();
+    let cluster = LocalCluster::new("nft-refuse")
+        .unwrap()
+        .echo_binary(echo_bin())
+        .start()
+        .unwrap();
+    let _eps = signpost(
+        &cluster,
+        "signpost-endpoints",
+        &["endpoints", "--metrics-addr=127.0.0.1:10282"],
+    );
+    let dir = tempfile::tempdir().unwrap();
+    let bad: IpAddr = "10.96.200.200".parse().unwrap();
+    let (mut proxy, fault) =
+        proxy_behind_faulty_nft(&cluster, dir.path(), 10283, &["--resync-secs=3"]);
+    std::fs::write(&fault, bad.to_string()).unwrap();
+    let _v0 = cluster
+        .pod("voyager-0")
+        .label("app", "voy")
+        .start()
+        .unwrap();
+    let (before, _) = create_service(&cluster, "voy", "voy", false);
+    let fixed: KService = serde_json::from_value(json!({
+        "metadata": { "name": "refused" },
+        "spec": { "clusterIP": bad.to_string(), "selector": { "app": "voy" },
+                  "ports": [{ "name": "http", "port": 80, "targetPort": 8080, "protocol": "TCP" }] },
+    }))
+    .unwrap();
+    cluster
+        .block_on(|client| async move {
+            Api::<KService>::namespaced(client, "default")
+                .create(&PostParams::default(), &fixed)
+                .await
+                .unwrap();
+        })
+        .unwrap();
+    let (after, _) = create_service(&cluster, "ent", "voy", false);
+    let mut wait_for = |what: &str, ok: &dyn Fn(&ProxyTable, f64) -> bool| {
+        let deadline = Instant::now() + Duration::from_secs(30);
+        loop {
+            proxy.check_running().expect("the proxy keeps running");
+            let t = kernel(&cluster).unwrap_or_default();
+            let refused = cluster
+                .metric(10283, "signpost_proxy_services_refused")
+                .unwrap_or(-1.0);
+            if ok(&t, refused) {
+                return t;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "{what}: kernel {t:#?}, refused {refused}; logs in {}",
+                cluster.logs().display()
+            );
+            std::thread::sleep(Duration::from_millis(200));
+        }
+    };
+    let t = wait_for(
+        "the others programmed, the refused one counted",
+        &|t, refused| backends(t, before, 80) == 1 && backends(t, after, 80) == 1 && refused == 1.0,
+    );
+    assert!(t.keys().all(|k| k.ip != bad), "{t:#?}");
+    // A change to another Service still goes through while one is refused.
+    let _v1 = cluster
+        .pod("voyager-1")
+        .label("app", "voy")
+        .start()
+        .unwrap();
+    wait_for("a later change programmed", &|t, _| {
+        backends(t, before, 80) == 2 && backends(t, after, 80) == 2
+    });
+    let log = std::fs::read_to_string(cluster.logs().join("signpost-proxy.log")).unwrap();
+    assert!(
+        log.contains("the kernel refuses this virtual service") && log.contains("10.96.200.200"),
+        "the refused Service is logged"
+    );
+    // The kernel takes it again: the next resync programs it.
+    std::fs::remove_file(&fault).unwrap();
+    wait_for(
+        "the refused one programmed after a resync",
+        &|t, refused| backends(t, bad, 80) == 2 && refused == 0.0,
+    );
+    converge(&cluster, |t| backends(t, bad, 80) == 2);
 }
 
 /// A Service without a selector (port http 80 → 8080) and its slice
