@@ -585,7 +585,19 @@ async fn reconcile(ctx: &Ctx, key: &Key) -> Result<()> {
         match write {
             SliceWrite::Create { shape, endpoints } => {
                 let obj = slice_object(&svc, None, shape.family, &shape.ports, &endpoints)?;
-                let created = api.create(&PostParams::default(), &obj).await?;
+                let created = match api.create(&PostParams::default(), &obj).await {
+                    Ok(c) => c,
+                    // Another writer created this very slice (a second
+                    // leader, or our own create whose answer was lost):
+                    // re-read instead of duplicating it.
+                    Err(kube::Error::Api(e)) if e.code == 409 => {
+                        return Err(Error::Conflict(format!(
+                            "{ns}/{}",
+                            obj.metadata.name.unwrap_or_default()
+                        )));
+                    }
+                    Err(e) => return Err(e.into()),
+                };
                 ctx.tracker().written.insert(
                     (ns.clone(), created.name_any()),
                     (key.clone(), rv(&created)),

@@ -56,8 +56,46 @@ pub fn labels(service: &str) -> BTreeMap<String, String> {
     ])
 }
 
+/// The name a new slice is created with: the Service's name and a hash of
+/// what the slice holds (the Service's UID, the address family, the ports
+/// and the endpoints' addresses). Not `generateName`: two controllers that
+/// both believe they lead and plan the same create from the same view
+/// write the same name, so the second gets 409 AlreadyExists and re-reads,
+/// instead of adding a duplicate slice. A later slice of the same Service
+/// holds other endpoints, hence another name.
+pub fn create_name(
+    svc_name: &str,
+    uid: &str,
+    fam: AddressFamily,
+    ports: &[EndpointPort],
+    endpoints: &[Endpoint],
+) -> String {
+    // FNV-1a (64 bit): the same in every replica and every version.
+    let mut h: u64 = 0xcbf2_9ce4_8422_2325;
+    let mut feed = |bytes: &[u8]| {
+        for b in bytes.iter().chain([&0xff]) {
+            h ^= u64::from(*b);
+            h = h.wrapping_mul(0x0000_0100_0000_01b3);
+        }
+    };
+    feed(uid.as_bytes());
+    feed(family(fam).as_bytes());
+    for p in ports {
+        feed(p.name.as_bytes());
+        feed(&p.port.to_be_bytes());
+        feed(protocol(p.protocol).as_bytes());
+    }
+    let mut addrs: Vec<_> = endpoints.iter().map(|e| e.address).collect();
+    addrs.sort_unstable();
+    for a in addrs {
+        feed(a.to_string().as_bytes());
+    }
+    // 10 hex digits after at most 63 characters: well inside 253.
+    format!("{svc_name}-{:010x}", h >> 24)
+}
+
 /// A slice object for `svc` (name `Some` to replace an existing slice,
-/// `None` to create one with `generateName`).
+/// `None` to create one named by [`create_name`]).
 pub fn slice_object(
     svc: &KService,
     name: Option<(&str, &str)>,
@@ -85,7 +123,10 @@ pub fn slice_object(
             metadata["name"] = json!(n);
             metadata["resourceVersion"] = json!(rv);
         }
-        None => metadata["generateName"] = json!(format!("{svc_name}-")),
+        None => {
+            let uid = svc.metadata.uid.as_deref().unwrap_or_default();
+            metadata["name"] = json!(create_name(&svc_name, uid, fam, ports, endpoints));
+        }
     }
     let ports: Vec<_> = ports
         .iter()
@@ -140,7 +181,31 @@ mod tests {
             std::slice::from_ref(&ep),
         )
         .unwrap();
-        assert_eq!(obj.metadata.generate_name.as_deref(), Some("voy-"));
+        // Named by its content, not generateName (issue 13, finding 1).
+        assert_eq!(obj.metadata.generate_name, None);
+        let name = obj.metadata.name.clone().unwrap();
+        assert!(name.starts_with("voy-") && name.len() == 14, "{name}");
+        let again = slice_object(
+            &svc,
+            None,
+            AddressFamily::V4,
+            &ports,
+            std::slice::from_ref(&ep),
+        )
+        .unwrap();
+        assert_eq!(
+            again.metadata.name,
+            Some(name.clone()),
+            "the same create, the same name"
+        );
+        let mut other = ep.clone();
+        other.address = "10.244.0.6".parse().unwrap();
+        let different = slice_object(&svc, None, AddressFamily::V4, &ports, &[other]).unwrap();
+        assert_ne!(
+            different.metadata.name,
+            Some(name),
+            "other endpoints, another name"
+        );
         assert_eq!(
             obj.metadata.owner_references.as_ref().unwrap()[0].uid,
             "u-1"

@@ -745,3 +745,134 @@ fn node_heartbeats_and_a_pod_change_reconcile_only_what_they_touch() {
         OTHERS
     );
 }
+
+/// Issue 13, finding 1: two controllers that both write (split brain: here
+/// two replicas without leader election) and plan the same create from the
+/// same view do not duplicate a slice. Slices are created under a name
+/// hashed from their content, so the second create is refused (409) and
+/// that writer re-reads; with `generateName` both creates succeeded.
+/// Counted from both controllers' writes: one create per Service, and one
+/// slice per Service in the end.
+#[test]
+fn two_writers_never_duplicate_a_slice() {
+    require_rig!();
+    let cluster = LocalCluster::new("eps-split").unwrap().start().unwrap();
+    let kc = cluster
+        .component_kubeconfig(signpost_harness::deploy::Component::Endpoints)
+        .unwrap();
+    let spawn = |who: &str, port: u16| {
+        Daemon::spawn(
+            cluster.node_namespace(),
+            &format!("signpost endpoints {who}"),
+            &workspace_binary("signpost").unwrap(),
+            &[
+                format!("--kubeconfig={}", kc.display()),
+                "endpoints".into(),
+                "--leader-elect=false".into(),
+                format!("--metrics-addr=127.0.0.1:{port}"),
+            ],
+            cluster.logs().join(format!("signpost-{who}.log")),
+        )
+        .unwrap()
+    };
+    let _a = spawn("a", 10287);
+    let _b = spawn("b", 10288);
+    let services = 8u8;
+    cluster
+        .block_on(|client| async move {
+            // Pods first, ready: each Service then needs exactly one create.
+            for pod in 0..3 {
+                let op = Op::Pod {
+                    pod,
+                    app: 0,
+                    ready: true,
+                    serves_http: true,
+                    hostname: false,
+                };
+                apply(&client, "default", 0, &op).await.unwrap();
+            }
+            // Both controllers have listed (each wrote its metrics once up).
+            tokio::time::sleep(Duration::from_secs(2)).await;
+            let all = (0..services).map(|svc| {
+                let client = client.clone();
+                async move {
+                    let op = Op::Service {
+                        svc,
+                        app: 0,
+                        named_target: false,
+                        publish_not_ready: false,
+                        headless: false,
+                    };
+                    apply(&client, "default", 0, &op).await
+                }
+            });
+            for r in futures::future::join_all(all).await {
+                r.unwrap();
+            }
+        })
+        .unwrap();
+    let writes = || {
+        metric(&cluster, 10287, "signpost_endpoints_writes_total").unwrap_or(0)
+            + metric(&cluster, 10288, "signpost_endpoints_writes_total").unwrap_or(0)
+    };
+    let ours = || {
+        cluster
+            .block_on(|client| async move {
+                Api::<KSlice>::namespaced(client, "default")
+                    .list(&ListParams::default().labels(&format!(
+                        "endpointslice.kubernetes.io/managed-by={MANAGED_BY}"
+                    )))
+                    .await
+                    .unwrap()
+                    .items
+            })
+            .unwrap()
+    };
+    // Settled: every Service has its slice and no write for 3 s.
+    let deadline = Instant::now() + Duration::from_secs(40);
+    let mut last = (u64::MAX, Instant::now());
+    loop {
+        let w = writes();
+        if w != last.0 {
+            last = (w, Instant::now());
+        }
+        let per_service: BTreeSet<String> = ours()
+            .iter()
+            .filter_map(|s| {
+                s.metadata
+                    .labels
+                    .as_ref()?
+                    .get("kubernetes.io/service-name")
+                    .cloned()
+            })
+            .collect();
+        if per_service.len() == usize::from(services) && last.1.elapsed() > Duration::from_secs(3) {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "not settled: {w} writes; logs in {}",
+            cluster.logs().display()
+        );
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    let slices = ours();
+    let names: Vec<_> = slices
+        .iter()
+        .map(|s| s.metadata.name.clone().unwrap())
+        .collect();
+    assert_eq!(
+        slices.len(),
+        usize::from(services),
+        "one slice per Service: {names:?}"
+    );
+    assert_eq!(
+        writes(),
+        u64::from(services),
+        "one create per Service and nothing else (a duplicate is a create and then a delete); \
+         conflicts: {:?} + {:?}; logs in {}",
+        metric(&cluster, 10287, "signpost_endpoints_conflicts_total"),
+        metric(&cluster, 10288, "signpost_endpoints_conflicts_total"),
+        cluster.logs().display()
+    );
+}
