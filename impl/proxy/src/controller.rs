@@ -590,6 +590,9 @@ pub async fn run_ipvs(client: Client, cfg: Config, metrics: Arc<Metrics>) -> Res
             sink = Some(IpvsSink::connect(node.addresses.clone()).await?);
         }
         let Some(k) = sink.as_mut() else { continue };
+        if k.set_node_ips(&node.addresses) {
+            info!(addresses = ?node.addresses, "the node's addresses changed");
+        }
         let started = Instant::now();
         let outcome = match sync_ipvs(k, &mut have, &want, resync, &metrics).await {
             Ok(ops) => {

@@ -516,6 +516,64 @@ async fn restart() -> Result<(), BoxError> {
     Ok(())
 }
 
+// ---------------------------------------------------------------- node addresses
+
+/// Issue 13, finding 11: the node's addresses are taken at every sync, not
+/// once at start. After the node's address moves from A to B, the NodePort
+/// lives on B, and B is neither bound to kube-ipvs0 nor in the ClusterIP
+/// set (where every undeclared port is rejected: the node's own sshd or
+/// kubelet on B would be cut off).
+async fn node_ips() -> Result<(), BoxError> {
+    node_setup()?;
+    let (a, b): (IpAddr, IpAddr) = ("192.168.50.1".parse()?, "192.168.50.2".parse()?);
+    let backend = SocketAddr::new("10.244.0.9".parse()?, 8080);
+    let table = |node: IpAddr| -> ProxyTable {
+        let mut t = one_service(
+            VirtualKey {
+                ip: node,
+                protocol: Protocol::Tcp,
+                port: 30080,
+            },
+            &[backend],
+        );
+        t.extend(one_service(
+            VirtualKey {
+                ip: "10.96.0.50".parse().unwrap(),
+                protocol: Protocol::Tcp,
+                port: 80,
+            },
+            &[backend],
+        ));
+        t
+    };
+    let mut sink = IpvsSink::connect(vec![a]).await?;
+    let first = table(a);
+    sink.sync(&first).await?;
+    check(sink.set_node_ips(&[b]), || {
+        "the change was not noticed".into()
+    })?;
+    let second = table(b);
+    sink.apply(&plan(&second, &first), &second).await?;
+    let bound = sh(&format!("ip -br addr show {DUMMY}"))?;
+    check(!bound.contains("192.168.50."), || {
+        format!("a node address is bound to {DUMMY}: {bound}")
+    })?;
+    let nft = nft_elements()?;
+    check(!nft.contains("192.168.50.2"), || {
+        format!("the node's new address is in the ClusterIP sets:\n{nft}")
+    })?;
+    let listed = sh("ipvsadm -Ln")?;
+    check(
+        listed.contains("192.168.50.2:30080") && !listed.contains("192.168.50.1:30080"),
+        || format!("the NodePort did not move:\n{listed}"),
+    )?;
+    sink.cleanup().await?;
+    println!(
+        "node addresses: the NodePort moved from {a} to {b}; {b} is not bound nor in the ClusterIP set"
+    );
+    Ok(())
+}
+
 // ---------------------------------------------------------------- drain
 
 /// A table of one virtual service without affinity.
@@ -1003,6 +1061,7 @@ fn main() {
         "dataplane" => dataplane(flag("--cases").and_then(|c| c.parse().ok()).unwrap_or(6)),
         "restart" => rt.block_on(restart()),
         "drain" => rt.block_on(drain()),
+        "nodeips" => rt.block_on(node_ips()),
         "e2e" => match flag("--vip").and_then(|v| v.parse().ok()) {
             Some(vip) => rt.block_on(e2e(
                 vip,
@@ -1027,7 +1086,7 @@ fn main() {
             rt.block_on(bench(&sizes))
         }
         other => Err(format!(
-            "unknown section {other:?} (genl, dataplane, restart, drain, cleanup, bench)"
+            "unknown section {other:?} (genl, dataplane, restart, drain, nodeips, cleanup, bench)"
         )
         .into()),
     };

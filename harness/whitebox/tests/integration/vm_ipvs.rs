@@ -44,6 +44,7 @@ fn ipvs_in_the_kernel_vm() {
         /test/signpost-vmtest dataplane --cases 10\n\
         /test/signpost-vmtest restart\n\
         /test/signpost-vmtest drain\n\
+        /test/signpost-vmtest nodeips\n\
         /test/signpost-vmtest cleanup\n";
     let out =
         vm::run(&image, &files, script, Duration::from_secs(900)).expect("the VM boots and runs");
@@ -60,7 +61,14 @@ fn ipvs_in_the_kernel_vm() {
         out.code,
         vm::tail(&out.console, 80)
     );
-    for section in ["genl", "dataplane", "restart", "drain", "cleanup"] {
+    for section in [
+        "genl",
+        "dataplane",
+        "restart",
+        "drain",
+        "nodeips",
+        "cleanup",
+    ] {
         assert!(
             out.console
                 .lines()

@@ -127,6 +127,21 @@ impl IpvsSink {
         })
     }
 
+    /// Takes the node's addresses as they are now (they change with the
+    /// Node object: a DHCP renewal, an added interface). NodePort virtual
+    /// services live on them; they are never bound to `kube-ipvs0` nor put
+    /// in the ClusterIP set, whose undeclared ports are rejected. When they
+    /// changed, the nft sets are rebuilt at the next apply. Returns whether
+    /// they changed.
+    pub fn set_node_ips(&mut self, node_ips: &[IpAddr]) -> bool {
+        if self.node_ips == node_ips {
+            return false;
+        }
+        self.node_ips = node_ips.to_vec();
+        self.nft = NftState::new(self.node_ips.clone());
+        true
+    }
+
     /// IPVS messages sent so far.
     pub fn ipvs_messages(&self) -> u64 {
         self.ipvs.messages_sent()
