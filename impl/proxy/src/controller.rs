@@ -408,7 +408,7 @@ pub async fn run(client: Client, cfg: Config, metrics: Arc<Metrics>) -> Result<(
     let (services, slices, nodes, streams) = watches(&client, &cfg, &metrics);
     let mut events = futures::stream::select_all(streams);
     // PROTO-3, PXY-8: adopt what the kernel holds instead of flushing it.
-    let mut have = read_back(&metrics);
+    let mut have = signpost_runtime::blocking(|| read_back(&metrics));
     info!(node = %cfg.node_name, adopted = have.as_ref().map_or(0, |t| t.len()), "signpost proxy (nftables) starting");
     let mut state = LoopState::default();
     let mut retry_in: Option<Duration> = None;
@@ -424,7 +424,7 @@ pub async fn run(client: Client, cfg: Config, metrics: Arc<Metrics>) -> Result<(
         };
         if repair {
             // Repair drift: plan against what the kernel really holds.
-            have = read_back(&metrics);
+            have = signpost_runtime::blocking(|| read_back(&metrics));
         }
         if repair {
             // Refused entries are tried again at every resync.
@@ -440,18 +440,22 @@ pub async fn run(client: Client, cfg: Config, metrics: Arc<Metrics>) -> Result<(
             &mut last_good,
         );
         let want = refused.hold_back(&want, have.as_ref());
-        let outcome = match sync(&mut have, &want, &node.addresses, &metrics) {
-            Ok(_) => Ok(()),
-            // The whole table was refused: find the entries the kernel
-            // refuses and program every other one.
-            Err(e) => {
-                warn!(error = %e, "the kernel refused the table; finding the virtual services it refuses");
-                isolate_nft(&mut have, &want, &node.addresses, &metrics).map(|found| {
-                    report_refused(&found);
-                    refused.record(found);
-                })
+        // `nft` runs as a process: the runtime's other tasks (probes,
+        // metrics, watches) go on while it works.
+        let outcome = signpost_runtime::blocking(|| {
+            match sync(&mut have, &want, &node.addresses, &metrics) {
+                Ok(_) => Ok(()),
+                // The whole table was refused: find the entries the kernel
+                // refuses and program every other one.
+                Err(e) => {
+                    warn!(error = %e, "the kernel refused the table; finding the virtual services it refuses");
+                    isolate_nft(&mut have, &want, &node.addresses, &metrics).map(|found| {
+                        report_refused(&found);
+                        refused.record(found);
+                    })
+                }
             }
-        };
+        });
         metrics
             .services_refused
             .set(i64::try_from(refused.len()).unwrap_or(i64::MAX));
@@ -690,7 +694,7 @@ async fn sync_ipvs(
     if ops.len() <= 3 {
         info!(?ops, "ipvs sync");
     }
-    crate::conntrack::forget_stale(&ops, &old, metrics);
+    signpost_runtime::blocking(|| crate::conntrack::forget_stale(&ops, &old, metrics));
     *have = Some(want.clone());
     Ok(ops)
 }

@@ -13,7 +13,9 @@
 //! - [`http`]: `/healthz`, `/readyz`, `/metrics` on hyper with timeouts and
 //!   a connection limit;
 //! - [`log`]: `--log-format text|json` and `-v`;
-//! - [`shutdown`]: SIGTERM / SIGINT.
+//! - [`shutdown`]: SIGTERM / SIGINT;
+//! - [`blocking`]: running a blocking call (a process, a blocking netlink
+//!   socket) from async code without stalling the runtime's other tasks.
 
 pub mod convert;
 pub mod duration;
@@ -44,6 +46,19 @@ impl<K> Object for K where
         + Sync
         + 'static
 {
+}
+
+/// Runs `f`, which blocks (waits for a process such as `nft`, or on a
+/// blocking netlink socket), from async code. On a multi-threaded runtime
+/// the worker's other tasks (probes, metrics, watches) move to another
+/// thread while it blocks ([`tokio::task::block_in_place`]); elsewhere (a
+/// current-thread runtime in a test, or no runtime) `f` just runs.
+pub fn blocking<T>(f: impl FnOnce() -> T) -> T {
+    use tokio::runtime::{Handle, RuntimeFlavor};
+    match Handle::try_current() {
+        Ok(h) if h.runtime_flavor() == RuntimeFlavor::MultiThread => tokio::task::block_in_place(f),
+        _ => f(),
+    }
 }
 
 /// `namespace/name` of an object, for logs.

@@ -715,7 +715,9 @@ fn a_proxy_survives_a_refusing_data_plane_and_catches_up() {
 /// `signpost proxy --mode nftables` for node-a (metrics on `port`) with a
 /// wrapper first on its PATH that, while the returned fault file exists,
 /// refuses every `nft` transaction (`-f`) containing the file's text (all
-/// of them when it is empty); listing always works.
+/// of them when it is empty), and while `hold` exists in `dir` makes every
+/// transaction wait; listing always works. The proxy runs with one
+/// runtime worker (`TOKIO_WORKER_THREADS=1`), so a blocked worker shows.
 fn proxy_behind_faulty_nft(
     cluster: &LocalCluster<Running>,
     dir: &std::path::Path,
@@ -732,13 +734,15 @@ fn proxy_behind_faulty_nft(
         &wrapper,
         format!(
             "#!/bin/sh\n# Fault injection: while {f} exists, refuse transactions (-f) holding its text.\n\
+             for a in \"$@\"; do if [ \"$a\" = -f ]; then while [ -e {h} ]; do touch {h}.waiting; sleep 0.05; done; fi; done\n\
              for a in \"$@\"; do if [ \"$a\" = -f ] && [ -e {f} ]; then\n\
              input=$(cat); pattern=$(cat {f})\n\
              case \"$input\" in *\"$pattern\"*) echo 'Error: injected fault: transaction refused' >&2; exit 1;; esac\n\
              printf '%s' \"$input\" | exec {real} \"$@\"\n\
              fi; done\n\
              exec {real} \"$@\"\n",
-            f = fault.display()
+            f = fault.display(),
+            h = dir.join("hold").display()
         ),
     )
     .unwrap();
@@ -755,6 +759,7 @@ fn proxy_behind_faulty_nft(
     let bin = workspace_binary("signpost").unwrap();
     let mut args: Vec<String> = vec![
         path,
+        "TOKIO_WORKER_THREADS=1".into(),
         bin.display().to_string(),
         format!(
             "--kubeconfig={}",
@@ -872,6 +877,73 @@ fn one_refused_service_leaves_every_other_one_programmed() {
         &|t, refused| backends(t, bad, 80) == 2 && refused == 0.0,
     );
     converge(&cluster, |t| backends(t, bad, 80) == 2);
+}
+
+/// Issue 13, finding 11: `nft` runs as a process; while it works the
+/// proxy's other tasks go on. Here every transaction is held (the wrapper
+/// waits on a file) and the proxy has a single runtime worker: `/metrics`
+/// still answers. (The loop runs on the thread of `main`'s `block_on`,
+/// not on a worker, so this held before `signpost_runtime::blocking` too;
+/// the test keeps it so should the loop ever be spawned onto a worker.)
+#[test]
+fn probes_are_answered_while_nft_works() {
+    require_rig!();
+    let cluster = LocalCluster::new("nft-hold")
+        .unwrap()
+        .echo_binary(echo_bin())
+        .start()
+        .unwrap();
+    let _eps = signpost(
+        &cluster,
+        "signpost-endpoints",
+        &["endpoints", "--metrics-addr=127.0.0.1:10284"],
+    );
+    let dir = tempfile::tempdir().unwrap();
+    let (mut proxy, _) = proxy_behind_faulty_nft(&cluster, dir.path(), 10285, &[]);
+    // The first sync done: the table exists.
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while kernel(&cluster).is_none() {
+        assert!(Instant::now() < deadline, "no first sync");
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    let syncs = |c: &LocalCluster<Running>| {
+        c.metric(10285, "signpost_proxy_partial_syncs_total")
+            .unwrap_or(0.0)
+            + c.metric(10285, "signpost_proxy_full_syncs_total")
+                .unwrap_or(0.0)
+    };
+    let before = syncs(&cluster);
+    std::fs::write(dir.path().join("hold"), "").unwrap();
+    let _v0 = cluster
+        .pod("voyager-0")
+        .label("app", "voy")
+        .start()
+        .unwrap();
+    let (vip, _) = create_service(&cluster, "voy", "voy", false);
+    // Wait until the proxy is inside a held transaction.
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while !dir.path().join("hold.waiting").exists() {
+        assert!(
+            Instant::now() < deadline,
+            "the proxy never reached nft; logs in {}",
+            cluster.logs().display()
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    // Held for a while: probes and metrics are answered all along.
+    for _ in 0..5 {
+        std::thread::sleep(Duration::from_millis(300));
+        let got = cluster.http_get(10285, "/metrics");
+        assert!(
+            got.as_ref().is_some_and(|(code, _)| *code == 200),
+            "/metrics not answered while nft works: {got:?}"
+        );
+        assert_eq!(syncs(&cluster), before, "the held sync is not done yet");
+    }
+    std::fs::remove_file(dir.path().join("hold")).unwrap();
+    let t = converge(&cluster, |t| backends(t, vip, 80) == 1);
+    assert_eq!(backends(&t, vip, 80), 1);
+    proxy.check_running().expect("running");
 }
 
 /// A Service without a selector (port http 80 → 8080) and its slice

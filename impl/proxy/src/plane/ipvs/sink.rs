@@ -298,7 +298,8 @@ impl IpvsSink {
         }
         applied.kernel_time = started.elapsed();
         let nft_started = std::time::Instant::now();
-        self.nft.sync(ops, want)?;
+        // A blocking netlink socket, or `nft` for large changes.
+        signpost_runtime::blocking(|| self.nft.sync(ops, want))?;
         applied.nft_time = nft_started.elapsed();
         applied.ipvs_messages = self.ipvs.messages_sent() - before;
         Ok(applied)
