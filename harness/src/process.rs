@@ -19,6 +19,9 @@ pub struct Daemon {
     name: String,
     child: Child,
     log: PathBuf,
+    /// How it was started, for [`Daemon::respawn`].
+    bin: PathBuf,
+    args: Vec<String>,
 }
 
 impl Daemon {
@@ -31,21 +34,45 @@ impl Daemon {
         log: PathBuf,
     ) -> Result<Self> {
         let out = File::create(&log).map_err(Error::io(format!("creating {}", log.display())))?;
+        let child = Self::start(ns, name, bin, args, out)?;
+        Ok(Daemon {
+            name: name.to_owned(),
+            child,
+            log,
+            bin: bin.to_owned(),
+            args: args.to_vec(),
+        })
+    }
+
+    fn start(ns: &NetNs, name: &str, bin: &Path, args: &[String], out: File) -> Result<Child> {
         let err = out.try_clone().map_err(Error::io("cloning log handle"))?;
-        let child = ns
-            .command(bin)
+        ns.command(bin)
             .args(args)
             .stdin(Stdio::null())
             .stdout(out)
             .stderr(err)
             .process_group(0)
             .spawn()
-            .map_err(Error::io(format!("starting {name} ({})", bin.display())))?;
-        Ok(Daemon {
-            name: name.to_owned(),
-            child,
-            log,
-        })
+            .map_err(Error::io(format!("starting {name} ({})", bin.display())))
+    }
+
+    /// Kills the process group (a crash) and starts the same command again
+    /// in `ns`, its output appended to the same log.
+    pub fn respawn(&mut self, ns: &NetNs) -> Result<()> {
+        self.kill();
+        let out = File::options()
+            .append(true)
+            .open(&self.log)
+            .map_err(Error::io(format!("opening {}", self.log.display())))?;
+        self.child = Self::start(ns, &self.name, &self.bin, &self.args, out)?;
+        Ok(())
+    }
+
+    /// Sends `signal` to the process group (SIGSTOP and SIGCONT to freeze
+    /// and thaw it).
+    pub fn signal(&self, signal: Signal) {
+        let pgid = Pid::from_raw(-i32::try_from(self.child.id()).unwrap_or(i32::MAX));
+        let _ = kill(pgid, signal);
     }
 
     /// The process id.

@@ -15,6 +15,7 @@ use std::time::{Duration, Instant};
 
 use k8s_openapi::api::core::v1::{Namespace, Node};
 use kube::api::{Api, PostParams};
+use nix::sys::signal::Signal;
 
 use crate::netns::{NetNs, unique};
 use crate::pki::{self, Pki};
@@ -67,6 +68,16 @@ enum ControlPlane {
     },
     /// An API server reached through a kubeconfig (see [`LocalCluster::attach`]).
     Attached,
+}
+
+/// A process of a local control plane, for [`LocalCluster::freeze`] and
+/// [`LocalCluster::restart`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ControlProcess {
+    /// kube-apiserver.
+    ApiServer,
+    /// etcd.
+    Etcd,
 }
 
 /// A link moved into the node namespace of an attached cluster, so the
@@ -407,6 +418,51 @@ impl LocalCluster<Running> {
             }
             std::thread::sleep(Duration::from_millis(250));
         }
+    }
+
+    /// A control-plane fault: `apiserver` or `etcd` frozen (SIGSTOP: its
+    /// connections stay open and nothing answers) or thawed (SIGCONT).
+    /// Only for a local control plane.
+    pub fn freeze(&self, which: ControlProcess, frozen: bool) -> Result<()> {
+        let ControlPlane::Local {
+            apiserver, etcd, ..
+        } = &self.state.control
+        else {
+            return Err(Error::Kubeconfig(
+                "an attached cluster's control plane is not ours to freeze".into(),
+            ));
+        };
+        let d = match which {
+            ControlProcess::ApiServer => apiserver,
+            ControlProcess::Etcd => etcd,
+        };
+        d.signal(if frozen {
+            Signal::SIGSTOP
+        } else {
+            Signal::SIGCONT
+        });
+        Ok(())
+    }
+
+    /// A control-plane fault: `apiserver` or `etcd` killed (SIGKILL) and
+    /// started again with the same flags and data; returns once the API
+    /// server is ready again, with how long that took from the kill.
+    pub fn restart(&mut self, which: ControlProcess) -> Result<Duration> {
+        let started = Instant::now();
+        let ControlPlane::Local {
+            apiserver, etcd, ..
+        } = &mut self.state.control
+        else {
+            return Err(Error::Kubeconfig(
+                "an attached cluster's control plane is not ours to restart".into(),
+            ));
+        };
+        match which {
+            ControlProcess::ApiServer => apiserver.respawn(&self.ns)?,
+            ControlProcess::Etcd => etcd.respawn(&self.ns)?,
+        }
+        self.wait_ready()?;
+        Ok(started.elapsed())
     }
 
     fn register_node(&self) -> Result<()> {

@@ -230,20 +230,38 @@ pub async fn run(client: Client, cfg: Config, metrics: Arc<Metrics>) -> Result<(
         cfg.lease_duration,
     );
     let retry = cfg.retry_period;
-    while !elector.try_acquire_or_renew().await? {
-        tokio::time::sleep(retry).await;
+    loop {
+        // A standby (again): campaign until the lease is ours. An API
+        // server that does not answer is waited out, not a reason to exit.
+        loop {
+            match elector.try_acquire_or_renew().await {
+                Ok(true) => break,
+                Ok(false) => {}
+                Err(e) => warn!(error = %e, "trying for the lease failed; trying again"),
+            }
+            tokio::time::sleep(retry).await;
+        }
+        info!(identity = %cfg.identity, lease = %cfg.lease_name, "became leader");
+        metrics.leader.set(1);
+        let renew = hold(cfg.renew_deadline, retry, &cfg.lease_name, || {
+            elector.try_acquire_or_renew()
+        });
+        let result = tokio::select! {
+            r = reconcile_loop(client.clone(), &cfg, metrics.clone()) => r,
+            e = renew => Err(e),
+        };
+        metrics.leader.set(0);
+        match result {
+            // Writing stopped with the reconcile loop (dropped above); this
+            // replica stands by again, as a restarted one would, without
+            // the restart (an API server away past the renew deadline
+            // would otherwise end every replica).
+            Err(Error::LostLease(name)) => {
+                warn!(lease = %name, "lost the leader lease; standing by");
+            }
+            other => return other,
+        }
     }
-    info!(identity = %cfg.identity, lease = %cfg.lease_name, "became leader");
-    metrics.leader.set(1);
-    let renew = hold(cfg.renew_deadline, retry, &cfg.lease_name, || {
-        elector.try_acquire_or_renew()
-    });
-    let result = tokio::select! {
-        r = reconcile_loop(client, &cfg, metrics.clone()) => r,
-        e = renew => Err(e),
-    };
-    metrics.leader.set(0);
-    result
 }
 
 /// Keeps renewing every `retry`; returns (the reason to stop writing) when

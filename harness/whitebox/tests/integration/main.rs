@@ -6,6 +6,7 @@
 mod dns;
 mod dns_diff;
 mod endpoints;
+mod faults;
 mod proxy_nft;
 mod vm_ipvs;
 

@@ -1,0 +1,281 @@
+//! Control-plane faults with all three Signpost components running (issue
+//! 13): kube-apiserver frozen for 30 s (SIGSTOP), kube-apiserver killed and
+//! restarted, etcd killed and restarted. While the control plane is away,
+//! DNS keeps answering from its last state and the proxy keeps its rules
+//! (a client Pod resolves and connects throughout); afterwards a change
+//! (one more backend) reaches the EndpointSlice, DNS and the kernel, and
+//! the time each took to catch up is printed. (The first run found the
+//! EndpointSlice leader exiting when the frozen API server outlasted its
+//! renew deadline: it now stands by again and leads once it can.)
+
+use std::net::{IpAddr, SocketAddr};
+use std::time::{Duration, Instant};
+
+use hickory_proto::rr::RecordType;
+use k8s_openapi::api::core::v1::Service as KService;
+use k8s_openapi::api::discovery::v1::EndpointSlice as KSlice;
+use kube::api::{Api, ListParams, PostParams};
+use serde_json::json;
+use signpost_harness::deploy::Component;
+use signpost_harness::process::{Daemon, workspace_binary};
+use signpost_harness::{ControlProcess, LocalCluster, PodHandle, Running, dns};
+
+use crate::{echo_bin, require_rig};
+
+const DNS: SocketAddr = SocketAddr::new(IpAddr::V4(std::net::Ipv4Addr::LOCALHOST), 10053);
+
+fn signpost(
+    cluster: &LocalCluster<Running>,
+    name: &str,
+    component: Component,
+    args: &[&str],
+) -> Daemon {
+    let kc = cluster.component_kubeconfig(component).unwrap();
+    let mut all = vec![format!("--kubeconfig={}", kc.display())];
+    all.extend(args.iter().map(|a| (*a).to_owned()));
+    Daemon::spawn(
+        cluster.node_namespace(),
+        name,
+        &workspace_binary("signpost").unwrap(),
+        &all,
+        cluster.logs().join(format!("{name}.log")),
+    )
+    .unwrap()
+}
+
+fn create(cluster: &LocalCluster<Running>, name: &str, headless: bool) -> Option<IpAddr> {
+    let mut spec = json!({ "selector": { "app": "voy" },
+        "ports": [{ "name": "http", "port": 80, "targetPort": 8080, "protocol": "TCP" }] });
+    if headless {
+        spec["clusterIP"] = json!("None");
+    }
+    let svc: KService =
+        serde_json::from_value(json!({ "metadata": { "name": name }, "spec": spec })).unwrap();
+    cluster
+        .block_on(|client| async move {
+            Api::<KService>::namespaced(client, "default")
+                .create(&PostParams::default(), &svc)
+                .await
+                .unwrap()
+                .spec
+                .unwrap()
+                .cluster_ip
+                .and_then(|ip| ip.parse().ok())
+        })
+        .unwrap()
+}
+
+/// Ready endpoints in the slices of `voy`, as the API server holds them.
+fn slice_ready(cluster: &LocalCluster<Running>) -> Option<usize> {
+    cluster
+        .block_on(|client| async move {
+            let list = Api::<KSlice>::namespaced(client, "default")
+                .list(&ListParams::default().labels("kubernetes.io/service-name=voy"))
+                .await
+                .ok()?;
+            Some(
+                list.items
+                    .iter()
+                    .flat_map(|s| s.endpoints.iter().flatten())
+                    .filter(|e| e.conditions.as_ref().and_then(|c| c.ready) == Some(true))
+                    .count(),
+            )
+        })
+        .ok()
+        .flatten()
+}
+
+/// Addresses DNS answers for the headless `voy-pods`.
+fn dns_pods(cluster: &LocalCluster<Running>) -> usize {
+    dns::query(
+        cluster,
+        DNS,
+        "voy-pods.default.svc.cluster.local.",
+        RecordType::A,
+        false,
+    )
+    .map_or(0, |a| a.records.len())
+}
+
+/// Backends the kernel holds for `vip:80`.
+fn kernel_backends(cluster: &LocalCluster<Running>, vip: IpAddr) -> usize {
+    let out = cluster
+        .node_namespace()
+        .command("nft")
+        .args(["-j", "list", "table", "inet", "signpost"])
+        .output()
+        .unwrap();
+    if !out.status.success() {
+        return 0;
+    }
+    let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    signpost_proxy::nftables::readback::table(Some(&v))
+        .iter()
+        .filter(|(k, _)| k.ip == vip && k.port == 80)
+        .map(|(_, v)| v.backends.len())
+        .sum()
+}
+
+/// One look from the client Pod: `voy` resolves to its ClusterIP and a
+/// connection to it is answered by a voyager.
+fn serving(cluster: &LocalCluster<Running>, client: &PodHandle, vip: IpAddr) -> Result<(), String> {
+    let a = dns::query(
+        cluster,
+        DNS,
+        "voy.default.svc.cluster.local.",
+        RecordType::A,
+        false,
+    )
+    .map_err(|e| format!("DNS: {e}"))?;
+    if !a.records.iter().any(|(_, _, ip)| ip == &vip.to_string()) {
+        return Err(format!("DNS answered {a:?}"));
+    }
+    let who = client
+        .tcp_request(SocketAddr::new(vip, 80), Duration::from_secs(3))
+        .map_err(|e| format!("connect: {e}"))?;
+    if !who.starts_with("voyager-") {
+        return Err(format!("answered by {who}"));
+    }
+    Ok(())
+}
+
+/// Waits until `done` holds (at most 60 s); the time it took.
+fn until(cluster: &LocalCluster<Running>, what: &str, done: impl Fn() -> bool) -> Duration {
+    let started = Instant::now();
+    while !done() {
+        assert!(
+            started.elapsed() < Duration::from_secs(60),
+            "{what} did not catch up within 60 s; logs in {}",
+            cluster.logs().display()
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    started.elapsed()
+}
+
+#[test]
+fn control_plane_faults_lose_nothing_and_are_caught_up() {
+    require_rig!();
+    let mut cluster = LocalCluster::new("faults")
+        .unwrap()
+        .echo_binary(echo_bin())
+        .start()
+        .unwrap();
+    let _eps = signpost(
+        &cluster,
+        "signpost-endpoints",
+        Component::Endpoints,
+        &["endpoints", "--metrics-addr=127.0.0.1:10290"],
+    );
+    let _dns = dns::start_signpost(&cluster, "signpost-dns", DNS, 10291, &[]).unwrap();
+    let _proxy = signpost(
+        &cluster,
+        "signpost-proxy",
+        Component::Proxy,
+        &[
+            "proxy",
+            "--mode=nftables",
+            "--node-name=node-a",
+            "--metrics-addr=127.0.0.1:10292",
+        ],
+    );
+    let client = cluster
+        .pod("enterprise-0")
+        .label("app", "ent")
+        .start()
+        .unwrap();
+    let mut voyagers = vec![
+        cluster
+            .pod("voyager-0")
+            .label("app", "voy")
+            .start()
+            .unwrap(),
+    ];
+    let vip = create(&cluster, "voy", false).expect("a ClusterIP");
+    create(&cluster, "voy-pods", true);
+    until(&cluster, "the first state", || {
+        serving(&cluster, &client, vip).is_ok() && dns_pods(&cluster) == 1
+    });
+
+    let faults = [
+        (
+            "kube-apiserver frozen 30 s",
+            ControlProcess::ApiServer,
+            true,
+        ),
+        ("kube-apiserver restarted", ControlProcess::ApiServer, false),
+        ("etcd restarted", ControlProcess::Etcd, false),
+    ];
+    let mut report = Vec::new();
+    for (what, which, freeze) in faults {
+        let (mut ok, mut looks) = (0, 0);
+        let mut look = |cluster: &LocalCluster<Running>| {
+            looks += 1;
+            match serving(cluster, &client, vip) {
+                Ok(()) => ok += 1,
+                Err(e) => panic!(
+                    "{what}: not served: {e}; logs in {}",
+                    cluster.logs().display()
+                ),
+            }
+        };
+        let down = if freeze {
+            cluster.freeze(which, true).unwrap();
+            let started = Instant::now();
+            while started.elapsed() < Duration::from_secs(30) {
+                look(&cluster);
+                std::thread::sleep(Duration::from_millis(500));
+            }
+            cluster.freeze(which, false).unwrap();
+            started.elapsed()
+        } else {
+            look(&cluster);
+            let d = cluster.restart(which).unwrap();
+            look(&cluster);
+            d
+        };
+        // A change after the fault: one more backend.
+        let n = voyagers.len();
+        voyagers.push(
+            cluster
+                .pod(&format!("voyager-{n}"))
+                .label("app", "voy")
+                .start()
+                .unwrap(),
+        );
+        let n = n + 1;
+        // When each part first shows it, counted from the Pod's creation.
+        let started = Instant::now();
+        let (mut eps, mut dns, mut proxy) = (None, None, None);
+        while eps.is_none() || dns.is_none() || proxy.is_none() {
+            assert!(
+                started.elapsed() < Duration::from_secs(60),
+                "{what}: not caught up within 60 s (slice {eps:?}, DNS {dns:?}, kernel {proxy:?}); logs in {}",
+                cluster.logs().display()
+            );
+            let now = || Some(started.elapsed());
+            if eps.is_none() && slice_ready(&cluster) == Some(n) {
+                eps = now();
+            }
+            if dns.is_none() && dns_pods(&cluster) == n {
+                dns = now();
+            }
+            if proxy.is_none() && kernel_backends(&cluster, vip) == n {
+                proxy = now();
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        look(&cluster);
+        let secs = |d: Option<Duration>| d.unwrap_or_default().as_secs_f64();
+        let line = format!(
+            "{what} (control plane away {:.1} s): served {ok}/{looks} looks; a new Pod reached the EndpointSlice in {:.2} s, DNS in {:.2} s, the kernel in {:.2} s",
+            down.as_secs_f64(),
+            secs(eps),
+            secs(dns),
+            secs(proxy)
+        );
+        eprintln!("{line}");
+        report.push(line);
+    }
+    eprintln!("faults:\n{}", report.join("\n"));
+}
