@@ -14,7 +14,8 @@ use std::time::{Duration, Instant};
 use hickory_proto::rr::RecordType;
 use k8s_openapi::api::core::v1::Service as KService;
 use k8s_openapi::api::discovery::v1::EndpointSlice as KSlice;
-use kube::api::{Api, ListParams, PostParams};
+use kube::api::{Api, DeleteParams, ListParams, PostParams};
+use nix::sys::signal::Signal;
 use serde_json::json;
 use signpost_harness::deploy::Component;
 use signpost_harness::process::{Daemon, workspace_binary};
@@ -278,4 +279,137 @@ fn control_plane_faults_lose_nothing_and_are_caught_up() {
         report.push(line);
     }
     eprintln!("faults:\n{}", report.join("\n"));
+}
+
+/// Does DNS know `name` (NOERROR with an answer)?
+fn resolves(cluster: &LocalCluster<Running>, name: &str) -> bool {
+    dns::query(cluster, DNS, name, RecordType::A, false)
+        .is_ok_and(|a| a.rcode == "NoError" && !a.records.is_empty())
+}
+
+/// A forced relist: the components are frozen (SIGSTOP) while Services
+/// and Pods change, the API server restarts (their watch connections
+/// break) and compacts etcd every second with no watch cache, so when
+/// they thaw their watches resume from a compacted resourceVersion, are
+/// told 410 Gone and list again. What changed meanwhile — a Service
+/// deleted (no Delete event ever reaches them), one created, backends
+/// added and removed — is in the slices, in DNS and in the kernel
+/// afterwards.
+#[test]
+fn frozen_components_relist_after_a_compaction_and_catch_up() {
+    require_rig!();
+    let mut cluster = LocalCluster::new("relist")
+        .unwrap()
+        .echo_binary(echo_bin())
+        .apiserver_arg("--watch-cache=false")
+        .apiserver_arg("--etcd-compaction-interval=1s")
+        .start()
+        .unwrap();
+    let eps = signpost(
+        &cluster,
+        "signpost-endpoints",
+        Component::Endpoints,
+        &["endpoints", "--metrics-addr=127.0.0.1:10293"],
+    );
+    let dns = dns::start_signpost(&cluster, "signpost-dns", DNS, 10294, &[]).unwrap();
+    let proxy = signpost(
+        &cluster,
+        "signpost-proxy",
+        Component::Proxy,
+        &[
+            "proxy",
+            "--mode=nftables",
+            "--node-name=node-a",
+            "--metrics-addr=127.0.0.1:10295",
+        ],
+    );
+    let v0 = cluster
+        .pod("voyager-0")
+        .label("app", "voy")
+        .start()
+        .unwrap();
+    let vip = create(&cluster, "voy", false).unwrap();
+    create(&cluster, "voy-pods", true);
+    let gone = create(&cluster, "gone", false).unwrap();
+    until(&cluster, "the first state", || {
+        dns_pods(&cluster) == 1
+            && kernel_backends(&cluster, vip) == 1
+            && kernel_backends(&cluster, gone) == 1
+            && resolves(&cluster, "gone.default.svc.cluster.local.")
+    });
+
+    for d in [&eps, &dns, &proxy] {
+        d.signal(Signal::SIGSTOP);
+    }
+    // While they are frozen: a Service goes, one comes, backends change.
+    cluster
+        .block_on(|client| async move {
+            Api::<KService>::namespaced(client, "default")
+                .delete("gone", &DeleteParams::default())
+                .await
+                .unwrap();
+        })
+        .unwrap();
+    let _v1 = cluster
+        .pod("voyager-1")
+        .label("app", "voy")
+        .start()
+        .unwrap();
+    let _v2 = cluster
+        .pod("voyager-2")
+        .label("app", "voy")
+        .start()
+        .unwrap();
+    v0.delete().unwrap();
+    cluster.restart(ControlProcess::ApiServer).unwrap();
+    let fresh = create(&cluster, "fresh", false).unwrap();
+    // Two compactions past everything they saw.
+    std::thread::sleep(Duration::from_secs(3));
+    for d in [&eps, &dns, &proxy] {
+        d.signal(Signal::SIGCONT);
+    }
+    let started = Instant::now();
+    let (mut slices_at, mut dns_at, mut kernel_at) = (None, None, None);
+    while slices_at.is_none() || dns_at.is_none() || kernel_at.is_none() {
+        assert!(
+            started.elapsed() < Duration::from_secs(90),
+            "not caught up after the relist (slices {slices_at:?}, DNS {dns_at:?}, kernel {kernel_at:?}); logs in {}",
+            cluster.logs().display()
+        );
+        if slices_at.is_none() && slice_ready(&cluster) == Some(2) {
+            slices_at = Some(started.elapsed());
+        }
+        if dns_at.is_none()
+            && dns_pods(&cluster) == 2
+            && !resolves(&cluster, "gone.default.svc.cluster.local.")
+            && resolves(&cluster, "fresh.default.svc.cluster.local.")
+        {
+            dns_at = Some(started.elapsed());
+        }
+        if kernel_at.is_none()
+            && kernel_backends(&cluster, vip) == 2
+            && kernel_backends(&cluster, gone) == 0
+            && kernel_backends(&cluster, fresh) == 2
+        {
+            kernel_at = Some(started.elapsed());
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    // The watches were really told their resourceVersion was gone.
+    let relisted: Vec<&str> = ["signpost-endpoints", "signpost-dns", "signpost-proxy"]
+        .into_iter()
+        .filter(|n| {
+            let log = std::fs::read_to_string(cluster.logs().join(format!("{n}.log")))
+                .unwrap_or_default();
+            log.contains("410")
+                || log.contains("too old resource version")
+                || log.contains("Expired")
+        })
+        .collect();
+    eprintln!(
+        "relist: caught up after thawing: slices {:.2} s, DNS {:.2} s, kernel {:.2} s; told 410: {relisted:?}",
+        slices_at.unwrap_or_default().as_secs_f64(),
+        dns_at.unwrap_or_default().as_secs_f64(),
+        kernel_at.unwrap_or_default().as_secs_f64()
+    );
 }
