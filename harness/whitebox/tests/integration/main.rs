@@ -8,6 +8,7 @@ mod dns_diff;
 mod endpoints;
 mod faults;
 mod proxy_nft;
+mod soak;
 mod vm_ipvs;
 
 use std::path::PathBuf;

@@ -1,0 +1,244 @@
+//! DNS soak (issue 13): `signpost dns` under dnsperf at half of its
+//! measured capacity while Services and Pods churn. Every response code is
+//! NOERROR (no SERVFAIL), no query is lost, every answer for a cluster name
+//! checked meanwhile is the ClusterIP the API server allocated, and the
+//! resident memory at the end is within a bound of the start. The soak
+//! lasts `SIGNPOST_SOAK_SECS` (default 60 s in CI; several minutes by hand).
+
+use std::net::{IpAddr, SocketAddr};
+use std::time::{Duration, Instant};
+
+use hickory_proto::rr::RecordType;
+use k8s_openapi::api::core::v1::Service as KService;
+use kube::api::{Api, DeleteParams, PostParams};
+use serde_json::json;
+use signpost_harness::cluster::NODE_IP;
+use signpost_harness::deploy::Component;
+use signpost_harness::process::{Daemon, workspace_binary};
+use signpost_harness::{LocalCluster, Running, dns};
+
+use crate::{echo_bin, require_rig};
+
+const PORT: u16 = 10054;
+
+fn service(cluster: &LocalCluster<Running>, name: &str) -> IpAddr {
+    let svc: KService = serde_json::from_value(json!({
+        "metadata": { "name": name },
+        "spec": { "selector": { "app": "voy" },
+                  "ports": [{ "name": "http", "port": 80, "targetPort": 8080 }] },
+    }))
+    .unwrap();
+    cluster
+        .block_on(|client| async move {
+            Api::<KService>::namespaced(client, "default")
+                .create(&PostParams::default(), &svc)
+                .await
+                .unwrap()
+                .spec
+                .unwrap()
+                .cluster_ip
+                .unwrap()
+                .parse()
+                .unwrap()
+        })
+        .unwrap()
+}
+
+fn rss_kib(pid: u32) -> u64 {
+    std::fs::read_to_string(format!("/proc/{pid}/status"))
+        .unwrap_or_default()
+        .lines()
+        .find(|l| l.starts_with("VmRSS:"))
+        .and_then(|l| l.split_whitespace().nth(1)?.parse().ok())
+        .unwrap_or(0)
+}
+
+fn dnsperf(cluster: &LocalCluster<Running>, file: &std::path::Path, args: &[&str]) -> String {
+    let out = cluster
+        .node_namespace()
+        .command("dnsperf")
+        .args(["-s", &NODE_IP.to_string(), "-p", &PORT.to_string()])
+        .args(["-d", &file.display().to_string()])
+        .args(args)
+        .output()
+        .expect("dnsperf is installed (ci/bootstrap)");
+    assert!(
+        out.status.success(),
+        "dnsperf: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8_lossy(&out.stdout).into_owned()
+}
+
+fn field(text: &str, key: &str) -> f64 {
+    text.lines()
+        .find(|l| l.trim_start().starts_with(key))
+        .and_then(|l| l.split(':').nth(1))
+        .and_then(|v| v.split_whitespace().next())
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(f64::NAN)
+}
+
+#[test]
+fn dns_soak_under_churn_answers_every_query_right() {
+    require_rig!();
+    let secs: u64 = std::env::var("SIGNPOST_SOAK_SECS")
+        .ok()
+        .and_then(|s| s.parse().ok())
+        .unwrap_or(60);
+    let cluster = LocalCluster::new("soak")
+        .unwrap()
+        .echo_binary(echo_bin())
+        .start()
+        .unwrap();
+    let kc = cluster.component_kubeconfig(Component::Endpoints).unwrap();
+    let _eps = Daemon::spawn(
+        cluster.node_namespace(),
+        "signpost-endpoints",
+        &workspace_binary("signpost").unwrap(),
+        &[
+            format!("--kubeconfig={}", kc.display()),
+            "endpoints".into(),
+            "--metrics-addr=127.0.0.1:10296".into(),
+        ],
+        cluster.logs().join("signpost-endpoints.log"),
+    )
+    .unwrap();
+    let at = SocketAddr::new(IpAddr::V4(NODE_IP), PORT);
+    let server = dns::start_signpost(&cluster, "signpost-dns", at, 10297, &[]).unwrap();
+    let _pod = cluster
+        .pod("voyager-0")
+        .label("app", "voy")
+        .start()
+        .unwrap();
+    let stable: Vec<(String, IpAddr)> = (0..40)
+        .map(|i| {
+            let name = format!("stable-{i}");
+            let ip = service(&cluster, &name);
+            (format!("{name}.default.svc.cluster.local."), ip)
+        })
+        .collect();
+    dns::wait_ready(&cluster, at, Duration::from_secs(30)).unwrap();
+    let answers = |name: &str, ip: IpAddr| {
+        dns::query(&cluster, at, name, RecordType::A, false)
+            .is_ok_and(|a| a.records.iter().any(|(_, _, r)| r == &ip.to_string()))
+    };
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while !stable.iter().all(|(n, ip)| answers(n, *ip)) {
+        assert!(Instant::now() < deadline, "the stable names never resolved");
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let file = dir.path().join("queries");
+    let queries: String = stable.iter().map(|(n, _)| format!("{n} A\n")).collect();
+    std::fs::write(&file, queries).unwrap();
+
+    // Capacity here, then half of it for the soak.
+    let capacity = field(
+        &dnsperf(
+            &cluster,
+            &file,
+            &["-l", "5", "-c", "4", "-q", "200", "-t", "2"],
+        ),
+        "Queries per second",
+    );
+    assert!(capacity > 100.0, "capacity {capacity} qps");
+    // Half of it; at most 10 000 qps, since the suite runs other tests
+    // on the same two cores meanwhile (by hand, SIGNPOST_SOAK_FULL=1 takes
+    // the whole half).
+    let half = (capacity / 2.0) as u64;
+    let rate = if std::env::var("SIGNPOST_SOAK_FULL").is_ok() {
+        half
+    } else {
+        half.min(10_000)
+    };
+    let rss_before = rss_kib(server.pid());
+
+    let (text, checked, wrong, churned) = std::thread::scope(|scope| {
+        let load = scope.spawn(|| {
+            dnsperf(
+                &cluster,
+                &file,
+                &[
+                    "-l",
+                    &secs.to_string(),
+                    "-Q",
+                    &rate.to_string(),
+                    "-c",
+                    "4",
+                    "-t",
+                    "2",
+                ],
+            )
+        });
+        // Churn: Services come and go, backends come and go; every stable
+        // name keeps its answer throughout.
+        let started = Instant::now();
+        let (mut checked, mut wrong, mut churned) = (0u64, Vec::new(), 0u64);
+        let mut i = 0u32;
+        while started.elapsed() < Duration::from_secs(secs.saturating_sub(2)) {
+            let name = format!("churn-{i}");
+            let ip = service(&cluster, &name);
+            let pod = cluster
+                .pod(&format!("churn-{i}"))
+                .label("app", "voy")
+                .start()
+                .unwrap();
+            let fqdn = format!("{name}.default.svc.cluster.local.");
+            let t = Instant::now();
+            while !answers(&fqdn, ip) {
+                assert!(
+                    t.elapsed() < Duration::from_secs(10),
+                    "{fqdn} never resolved"
+                );
+                std::thread::sleep(Duration::from_millis(20));
+            }
+            for (n, ip) in &stable {
+                checked += 1;
+                if !answers(n, *ip) {
+                    wrong.push(n.clone());
+                }
+            }
+            pod.delete().unwrap();
+            cluster
+                .block_on(|client| async move {
+                    Api::<KService>::namespaced(client, "default")
+                        .delete(&name, &DeleteParams::default())
+                        .await
+                        .unwrap();
+                })
+                .unwrap();
+            churned += 1;
+            i += 1;
+        }
+        (load.join().unwrap(), checked, wrong, churned)
+    });
+    let rss_after = rss_kib(server.pid());
+    let completed = field(&text, "Queries completed");
+    let achieved = field(&text, "Queries per second");
+    let lost = field(&text, "Queries lost");
+    let codes = text
+        .lines()
+        .find(|l| l.contains("Response codes"))
+        .unwrap_or_default()
+        .to_owned();
+    eprintln!(
+        "soak: {secs} s asking {rate} qps, {achieved:.0} qps answered (capacity {capacity:.0} qps): {completed} answered, {lost} lost, {}; \
+         {churned} Services and Pods churned, {checked} answers checked against the API ({} wrong); \
+         RSS {rss_before} KiB -> {rss_after} KiB",
+        codes.trim(),
+        wrong.len()
+    );
+    assert!(wrong.is_empty(), "wrong answers for {wrong:?}");
+    assert_eq!(lost, 0.0, "queries lost:\n{text}");
+    assert!(
+        codes.contains("NOERROR") && !codes.contains("SERVFAIL") && !codes.contains("NXDOMAIN"),
+        "{codes}"
+    );
+    assert!(churned > 0, "no churn happened");
+    // Flat: the caches and index are sized by the cluster, not by traffic.
+    assert!(
+        rss_after <= rss_before + 16 * 1024,
+        "RSS grew from {rss_before} KiB to {rss_after} KiB"
+    );
+}
