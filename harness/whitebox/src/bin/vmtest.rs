@@ -818,6 +818,36 @@ async fn e2e(vip: IpAddr, port: u16, which: &str) -> Result<(), BoxError> {
             })?;
         }
         println!("e2e: {which} (ipvs) took pod-1 out {changed:.1?} after the slice write; new connections reach only pod-2");
+        if which == "signpost" {
+            // Issue 13: kill -9 and restart under load: connections keep
+            // working (the kernel keeps the rules; the new proxy adopts them).
+            let stop = std::sync::atomic::AtomicBool::new(false);
+            let (ok, failed) = std::thread::scope(|scope| -> Result<(u64, Vec<String>), BoxError> {
+                let load = scope.spawn(|| {
+                    let (mut ok, mut failed) = (0u64, Vec::new());
+                    while !stop.load(std::sync::atomic::Ordering::Relaxed) {
+                        match ask(&client.ns, SocketAddr::new(vip, port), Protocol::Tcp) {
+                            Ok(Ok(name)) if name == pods[1].name => ok += 1,
+                            other => failed.push(format!("{other:?}")),
+                        }
+                    }
+                    (ok, failed)
+                });
+                std::thread::sleep(Duration::from_secs(2));
+                let _ = proxy.kill();
+                let _ = proxy.wait();
+                let log = std::fs::File::options().append(true).open("/tmp/proxy.log")?;
+                proxy = proxy_command(which).stdout(log.try_clone()?).stderr(log).spawn()?;
+                // Until the new proxy has listed and synced, then a while more.
+                std::thread::sleep(Duration::from_secs(8));
+                stop.store(true, std::sync::atomic::Ordering::Relaxed);
+                Ok(load.join().map_err(|_| "the load thread panicked")?)
+            })?;
+            check(failed.is_empty() && ok > 0, || {
+                format!("across kill -9 and restart: {ok} connections answered, {} failed: {:?}", failed.len(), failed.iter().take(3).collect::<Vec<_>>())
+            })?;
+            println!("e2e: {which} (ipvs) killed (-9) and restarted under load: {ok} connections answered, 0 failed");
+        }
         Ok(())
     }
     .await;
