@@ -242,3 +242,86 @@ fn dns_soak_under_churn_answers_every_query_right() {
         "RSS grew from {rss_before} KiB to {rss_after} KiB"
     );
 }
+
+fn open_fds(pid: u32) -> usize {
+    std::fs::read_dir(format!("/proc/{pid}/fd")).map_or(0, Iterator::count)
+}
+
+/// Floods (issue 13): 10 000 TCP connections to `signpost dns`, half of
+/// them idle, half slow-loris (one byte of a length prefix, then
+/// nothing). Meanwhile UDP queries are answered; memory stays bounded; the
+/// server times the connections out (10 s), so its descriptors come back
+/// while the clients still hold theirs, and a new TCP query is answered.
+#[test]
+fn dns_survives_idle_and_slow_loris_tcp_floods() {
+    use std::io::Write;
+    require_rig!();
+    // Room for 10 000 sockets here, and as much for the server (it inherits it).
+    let (_, hard) =
+        nix::sys::resource::getrlimit(nix::sys::resource::Resource::RLIMIT_NOFILE).unwrap();
+    nix::sys::resource::setrlimit(
+        nix::sys::resource::Resource::RLIMIT_NOFILE,
+        hard.min(65_536),
+        hard.min(65_536),
+    )
+    .unwrap();
+    let cluster = LocalCluster::new("flood").unwrap().start().unwrap();
+    let at = SocketAddr::new(IpAddr::V4(NODE_IP), 10055);
+    let server = dns::start_signpost(&cluster, "signpost-dns", at, 10298, &[]).unwrap();
+    let ip = service(&cluster, "voy");
+    let name = "voy.default.svc.cluster.local.";
+    let answers = |tcp: bool| {
+        dns::query(&cluster, at, name, RecordType::A, tcp)
+            .is_ok_and(|a| a.records.iter().any(|(_, _, r)| r == &ip.to_string()))
+    };
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while !answers(false) {
+        assert!(Instant::now() < deadline, "voy never resolved");
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    let (rss_before, fds_before) = (rss_kib(server.pid()), open_fds(server.pid()));
+    let conns: Vec<std::net::TcpStream> = cluster
+        .node_namespace()
+        .within(|| {
+            (0..10_000)
+                .filter_map(|i| {
+                    let mut s =
+                        std::net::TcpStream::connect_timeout(&at, Duration::from_secs(2)).ok()?;
+                    if i % 2 == 1 {
+                        // Slow-loris: the first byte of a two-byte length, then silence.
+                        let _ = s.write_all(&[0]);
+                    }
+                    Some(s)
+                })
+                .collect()
+        })
+        .unwrap();
+    let opened = conns.len();
+    let (rss_flood, fds_flood) = (rss_kib(server.pid()), open_fds(server.pid()));
+    let udp_ok = (0..20).filter(|_| answers(false)).count();
+    // The server lets them go after its 10 s TCP timeout.
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while open_fds(server.pid()) > fds_before + 100 {
+        assert!(
+            Instant::now() < deadline,
+            "the server still holds {} descriptors (before the flood {fds_before})",
+            open_fds(server.pid())
+        );
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    let fds_after = open_fds(server.pid());
+    let tcp_ok = answers(true);
+    let rss_after = rss_kib(server.pid());
+    drop(conns);
+    eprintln!(
+        "flood: {opened} TCP connections held (half slow-loris); server descriptors {fds_before} -> {fds_flood} -> {fds_after} after its timeout, \
+         RSS {rss_before} -> {rss_flood} -> {rss_after} KiB; UDP answered {udp_ok}/20 during, TCP after: {tcp_ok}"
+    );
+    assert!(opened >= 9_000, "only {opened} connections opened");
+    assert_eq!(udp_ok, 20, "UDP queries answered during the flood");
+    assert!(tcp_ok, "a TCP query answered after the flood timed out");
+    assert!(
+        rss_flood <= rss_before + 256 * 1024,
+        "RSS {rss_before} -> {rss_flood} KiB under 10 000 connections"
+    );
+}
