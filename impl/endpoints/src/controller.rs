@@ -176,11 +176,46 @@ struct Ctx {
     /// Which Pods a namespace has, fed by the Pod watch.
     routes: Arc<std::sync::Mutex<Routes>>,
     max_per_slice: usize,
+    /// Checked before every write.
+    fence: Fence,
 }
 
 impl Ctx {
     fn tracker(&self) -> std::sync::MutexGuard<'_, Tracker> {
         self.tracker.lock().unwrap_or_else(|e| e.into_inner())
+    }
+}
+
+/// Until when this replica may write: the renew deadline counted from its
+/// last successful renewal (from when that request was sent). Every write
+/// checks it first, so a leader that was frozen past its deadline (SIGSTOP,
+/// a long pause of its VM) writes nothing once it runs again, even before
+/// its renew loop sees the deadline passed and steps down.
+#[derive(Debug, Clone)]
+pub struct Fence(Arc<std::sync::Mutex<Option<tokio::time::Instant>>>);
+
+impl Fence {
+    /// No leader election: always open.
+    pub fn open() -> Self {
+        Fence(Arc::new(std::sync::Mutex::new(None)))
+    }
+
+    /// Open until `until`.
+    pub fn until(until: tokio::time::Instant) -> Self {
+        Fence(Arc::new(std::sync::Mutex::new(Some(until))))
+    }
+
+    /// Moves the deadline (after a renewal).
+    pub fn extend(&self, until: tokio::time::Instant) {
+        *self.0.lock().unwrap_or_else(|e| e.into_inner()) = Some(until);
+    }
+
+    /// `Err(Fenced)` once the deadline has passed.
+    pub fn check(&self) -> Result<()> {
+        match *self.0.lock().unwrap_or_else(|e| e.into_inner()) {
+            Some(until) if tokio::time::Instant::now() >= until => Err(Error::Fenced),
+            _ => Ok(()),
+        }
     }
 }
 
@@ -221,7 +256,7 @@ pub async fn run(client: Client, cfg: Config, metrics: Arc<Metrics>) -> Result<(
     if !cfg.leader_elect {
         info!(identity = %cfg.identity, "leader election off: writing at once");
         metrics.leader.set(1);
-        return reconcile_loop(client, &cfg, metrics).await;
+        return reconcile_loop(client, &cfg, metrics, Fence::open()).await;
     }
     let elector = Elector::new(
         Api::namespaced(client.clone(), &cfg.lease_namespace),
@@ -233,21 +268,22 @@ pub async fn run(client: Client, cfg: Config, metrics: Arc<Metrics>) -> Result<(
     loop {
         // A standby (again): campaign until the lease is ours. An API
         // server that does not answer is waited out, not a reason to exit.
-        loop {
+        let fence = loop {
+            let sent = tokio::time::Instant::now();
             match elector.try_acquire_or_renew().await {
-                Ok(true) => break,
+                Ok(true) => break Fence::until(sent + cfg.renew_deadline),
                 Ok(false) => {}
                 Err(e) => warn!(error = %e, "trying for the lease failed; trying again"),
             }
             tokio::time::sleep(retry).await;
-        }
+        };
         info!(identity = %cfg.identity, lease = %cfg.lease_name, "became leader");
         metrics.leader.set(1);
-        let renew = hold(cfg.renew_deadline, retry, &cfg.lease_name, || {
+        let renew = hold(cfg.renew_deadline, retry, &cfg.lease_name, &fence, || {
             elector.try_acquire_or_renew()
         });
         let result = tokio::select! {
-            r = reconcile_loop(client.clone(), &cfg, metrics.clone()) => r,
+            r = reconcile_loop(client.clone(), &cfg, metrics.clone(), fence.clone()) => r,
             e = renew => Err(e),
         };
         metrics.leader.set(0);
@@ -269,7 +305,13 @@ pub async fn run(client: Client, cfg: Config, metrics: Arc<Metrics>) -> Result<(
 /// renew deadline, shorter than the lease), counted also while one attempt
 /// hangs: nobody may take over before the full lease duration, so the
 /// leader stops first.
-async fn hold<F, Fut>(budget: Duration, retry: Duration, name: &str, mut renew: F) -> Error
+async fn hold<F, Fut>(
+    budget: Duration,
+    retry: Duration,
+    name: &str,
+    fence: &Fence,
+    mut renew: F,
+) -> Error
 where
     F: FnMut() -> Fut,
     Fut: std::future::Future<Output = Result<bool>>,
@@ -277,8 +319,12 @@ where
     let mut last = tokio::time::Instant::now();
     loop {
         tokio::time::sleep(retry).await;
+        let sent = tokio::time::Instant::now();
         match tokio::time::timeout_at(last + budget, renew()).await {
-            Ok(Ok(true)) => last = tokio::time::Instant::now(),
+            Ok(Ok(true)) => {
+                last = sent;
+                fence.extend(sent + budget);
+            }
             Ok(Ok(false)) => return Error::LostLease(name.to_owned()),
             Ok(Err(e)) => warn!(error = %e, "lease renewal failed"),
             Err(_) => {
@@ -292,7 +338,12 @@ where
     }
 }
 
-async fn reconcile_loop(client: Client, cfg: &Config, metrics: Arc<Metrics>) -> Result<()> {
+async fn reconcile_loop(
+    client: Client,
+    cfg: &Config,
+    metrics: Arc<Metrics>,
+    fence: Fence,
+) -> Result<()> {
     let debounce = cfg.debounce;
     let wc = WatchConfig::default();
     let routes: Arc<std::sync::Mutex<Routes>> = Arc::default();
@@ -432,6 +483,7 @@ async fn reconcile_loop(client: Client, cfg: &Config, metrics: Arc<Metrics>) -> 
         tracker: std::sync::Mutex::new(Tracker::default()),
         routes,
         max_per_slice: cfg.max_endpoints_per_slice,
+        fence,
     };
     let mut synced: HashSet<Cache> = HashSet::new();
     let mut pending: BTreeSet<Key> = BTreeSet::new();
@@ -502,6 +554,7 @@ async fn reconcile_loop(client: Client, cfg: &Config, metrics: Arc<Metrics>) -> 
                     match &e {
                         Error::Conflict(_) => ctx.metrics.conflicts.inc(),
                         Error::StaleCache(_) => 0,
+                        Error::Fenced => ctx.metrics.fenced.inc(),
                         _ => ctx.metrics.errors.inc(),
                     };
                     debug!(service = %format!("{}/{}", key.0, key.1), error = %e, "requeue");
@@ -603,6 +656,7 @@ async fn reconcile(ctx: &Ctx, key: &Key) -> Result<()> {
         match write {
             SliceWrite::Create { shape, endpoints } => {
                 let obj = slice_object(&svc, None, shape.family, &shape.ports, &endpoints)?;
+                ctx.fence.check()?;
                 let created = match api.create(&PostParams::default(), &obj).await {
                     Ok(c) => c,
                     // Another writer created this very slice (a second
@@ -632,6 +686,7 @@ async fn reconcile(ctx: &Ctx, key: &Key) -> Result<()> {
                     &slice.ports,
                     &slice.endpoints,
                 )?;
+                ctx.fence.check()?;
                 match api
                     .replace(&slice.key.name, &PostParams::default(), &obj)
                     .await
@@ -659,6 +714,7 @@ async fn reconcile(ctx: &Ctx, key: &Key) -> Result<()> {
 }
 
 async fn delete(ctx: &Ctx, key: &Key, slice: &str, version: Option<String>) -> Result<()> {
+    ctx.fence.check()?;
     let api: Api<KSlice> = Api::namespaced(ctx.client.clone(), &key.0);
     let dp = DeleteParams {
         preconditions: Some(Preconditions {
@@ -685,7 +741,7 @@ async fn delete(ctx: &Ctx, key: &Key, slice: &str, version: Option<String>) -> R
 
 #[cfg(test)]
 mod tests {
-    use super::{Duration, Error, Instant, Result, hold};
+    use super::{Duration, Error, Fence, Instant, Result, hold};
 
     #[test]
     fn a_slice_gone_across_a_relist_no_longer_holds_its_service() {
@@ -736,6 +792,19 @@ mod tests {
         );
     }
 
+    #[tokio::test(start_paused = true)]
+    async fn the_fence_closes_at_the_renew_deadline_and_a_renewal_reopens_it() {
+        let now = tokio::time::Instant::now();
+        let fence = Fence::until(now + Duration::from_secs(4));
+        assert!(fence.check().is_ok());
+        // Frozen for 5 s: nothing renewed, the next write is refused.
+        tokio::time::advance(Duration::from_secs(5)).await;
+        assert!(matches!(fence.check(), Err(Error::Fenced)));
+        fence.extend(tokio::time::Instant::now() + Duration::from_secs(4));
+        assert!(fence.check().is_ok());
+        assert!(Fence::open().check().is_ok());
+    }
+
     #[tokio::test]
     async fn a_hung_renewal_stops_the_leader_at_the_renew_deadline() {
         let lease = Duration::from_millis(600);
@@ -746,7 +815,7 @@ mod tests {
         // that accepted the connection and went silent).
         let stopped = tokio::time::timeout(
             Duration::from_secs(5),
-            hold(lease * 2 / 3, retry, "l", || {
+            hold(lease * 2 / 3, retry, "l", &Fence::open(), || {
                 let n = calls.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
                 async move {
                     if n < 2 {

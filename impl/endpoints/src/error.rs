@@ -16,6 +16,10 @@ pub enum Error {
     /// This replica stopped being the leader.
     #[error("lost the leader lease {0}")]
     LostLease(String),
+    /// A write was about to happen after this replica's renew deadline
+    /// (it was frozen, or its renewals are failing): not written.
+    #[error("not writing: past the renew deadline of the leader lease")]
+    Fenced,
     /// An object could not be built.
     #[error("building {what}: {source}")]
     Build {

@@ -12,6 +12,8 @@ pub struct Metrics {
     pub writes: Counter,
     /// Writes that lost an optimistic-concurrency race.
     pub conflicts: Counter,
+    /// Writes not made: past the renew deadline of the leader lease.
+    pub fenced: Counter,
     /// Objects skipped because they could not be converted (EPS-10).
     pub invalid_objects: Counter,
     /// Reconciles that failed for another reason.
@@ -36,6 +38,7 @@ impl Default for Metrics {
         let m = Metrics {
             writes: Counter::default(),
             conflicts: Counter::default(),
+            fenced: Counter::default(),
             invalid_objects: Counter::default(),
             errors: Counter::default(),
             watch_errors: Counter::default(),
@@ -55,6 +58,11 @@ impl Default for Metrics {
             "signpost_endpoints_conflicts",
             "EndpointSlice write conflicts",
             m.conflicts.clone(),
+        );
+        r.register(
+            "signpost_endpoints_fenced_writes",
+            "Writes not made because this replica was past its lease's renew deadline",
+            m.fenced.clone(),
         );
         r.register(
             "signpost_endpoints_invalid_objects",

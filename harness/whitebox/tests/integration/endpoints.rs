@@ -876,3 +876,80 @@ fn two_writers_never_duplicate_a_slice() {
         cluster.logs().display()
     );
 }
+
+/// A leader frozen past its lease (SIGSTOP: a paused VM, a long stall)
+/// while the standby takes over and Pods change, then thawed: it writes
+/// nothing (every write first checks the renew deadline of its last
+/// renewal: a fenced write is counted, not sent), steps down, and the
+/// slices end equal to what the API says.
+#[test]
+fn a_leader_thawed_after_its_lease_writes_nothing() {
+    require_rig!();
+    let cluster = LocalCluster::new("eps-thaw").unwrap().start().unwrap();
+    let a = start_signpost(&cluster, "a", 10301, 6);
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while holder(&cluster).as_deref() != Some("a") {
+        assert!(Instant::now() < deadline, "a never led");
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    let _b = start_signpost(&cluster, "b", 10302, 6);
+    let pod = |i: u8| Op::Pod {
+        pod: i,
+        app: 0,
+        ready: true,
+        serves_http: true,
+        hostname: false,
+    };
+    let svc = Op::Service {
+        svc: 0,
+        app: 0,
+        named_target: false,
+        publish_not_ready: false,
+        headless: false,
+    };
+    cluster
+        .block_on(|client| async move {
+            apply(&client, "default", 0, &svc).await.unwrap();
+            apply(&client, "default", 0, &pod(0)).await.unwrap();
+        })
+        .unwrap();
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while metric(&cluster, 10301, "signpost_endpoints_writes_total").unwrap_or(0) == 0 {
+        assert!(Instant::now() < deadline, "a never wrote");
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    let written_by_a = metric(&cluster, 10301, "signpost_endpoints_writes_total").unwrap();
+    a.signal(nix::sys::signal::Signal::SIGSTOP);
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while holder(&cluster).as_deref() != Some("b") {
+        assert!(Instant::now() < deadline, "b never took over");
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    // Changes a's watches queue up while it is frozen.
+    cluster
+        .block_on(|client| async move {
+            for i in 1..4 {
+                apply(&client, "default", 0, &pod(i)).await.unwrap();
+            }
+        })
+        .unwrap();
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while metric(&cluster, 10302, "signpost_endpoints_writes_total").unwrap_or(0) == 0 {
+        assert!(Instant::now() < deadline, "b never wrote");
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    a.signal(nix::sys::signal::Signal::SIGCONT);
+    std::thread::sleep(Duration::from_secs(4));
+    let after = metric(&cluster, 10301, "signpost_endpoints_writes_total").unwrap_or(0);
+    let fenced = metric(&cluster, 10301, "signpost_endpoints_fenced_writes_total");
+    let conflicts = metric(&cluster, 10301, "signpost_endpoints_conflicts_total");
+    eprintln!(
+        "thawed leader: writes {written_by_a} -> {after}, fenced {fenced:?}, conflicts {conflicts:?}"
+    );
+    assert_eq!(after, written_by_a, "the thawed leader wrote");
+    assert_eq!(holder(&cluster).as_deref(), Some("b"));
+    assert_eq!(
+        metric(&cluster, 10301, "signpost_endpoints_leader"),
+        Some(0)
+    );
+}
