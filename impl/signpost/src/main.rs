@@ -170,8 +170,16 @@ enum ProxyMode {
     Ipvs,
 }
 
-async fn client(kubeconfig: Option<PathBuf>) -> anyhow::Result<kube::Client> {
-    let config = match kubeconfig {
+/// A client for the API server, saying who it is in its User-Agent
+/// (`signpost-endpoints/0.1.0 (<identity>)`, as client-go's components
+/// do), so the API server's audit log and managedFields tell replicas and
+/// components apart.
+async fn client(
+    kubeconfig: Option<PathBuf>,
+    component: &str,
+    detail: Option<&str>,
+) -> anyhow::Result<kube::Client> {
+    let mut config = match kubeconfig {
         Some(path) => {
             let kc = kube::config::Kubeconfig::read_from(&path)
                 .with_context(|| format!("reading {}", path.display()))?;
@@ -179,6 +187,15 @@ async fn client(kubeconfig: Option<PathBuf>) -> anyhow::Result<kube::Client> {
         }
         None => kube::Config::infer().await?,
     };
+    let mut agent = format!("{component}/{}", env!("CARGO_PKG_VERSION"));
+    if let Some(d) = detail {
+        agent.push_str(&format!(" ({d})"));
+    }
+    config.headers.push((
+        ::http::header::USER_AGENT,
+        ::http::HeaderValue::from_str(&agent)
+            .with_context(|| format!("a User-Agent of {agent:?}"))?,
+    ));
     Ok(kube::Client::try_from(config)?)
 }
 
@@ -208,12 +225,13 @@ async fn main() -> anyhow::Result<()> {
                     "--renew-deadline {renew_deadline:?} must be less than --lease-duration {lease_duration:?}"
                 );
             }
-            let client = client(cli.kubeconfig).await?;
+            let identity = identity.unwrap_or_else(signpost_endpoints::lease::default_identity);
+            let client = client(cli.kubeconfig, "signpost-endpoints", Some(&identity)).await?;
             let metrics = Arc::new(Metrics::default());
             let cfg = signpost_endpoints::Config {
                 lease_namespace,
                 lease_name,
-                identity: identity.unwrap_or_else(signpost_endpoints::lease::default_identity),
+                identity,
                 lease_duration,
                 renew_deadline,
                 retry_period: retry_period.unwrap_or(lease_duration / 5),
@@ -291,7 +309,7 @@ async fn main() -> anyhow::Result<()> {
                     .trim()
                     .to_owned(),
             };
-            let client = client(kubeconfig).await?;
+            let client = client(kubeconfig, "signpost-proxy", None).await?;
             let metrics = Arc::new(signpost_proxy::metrics::Metrics::default());
             let render = metrics.clone();
             // kube-proxy's healthz timeout is twice its sync period.
@@ -502,7 +520,7 @@ async fn run_dns(mut kubeconfig: Option<PathBuf>, mut a: DnsArgs) -> anyhow::Res
         PodsArg::Insecure => PodsMode::Insecure,
         PodsArg::Verified => PodsMode::Verified,
     };
-    let client = client(kubeconfig).await?;
+    let client = client(kubeconfig, "signpost-dns", None).await?;
     let shared = Arc::new(
         signpost_dns::server::Shared::new(
             signpost_dns::ZoneIndex::with_pods(&zone, pods_mode),

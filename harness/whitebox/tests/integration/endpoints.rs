@@ -953,3 +953,163 @@ fn a_leader_thawed_after_its_lease_writes_nothing() {
         Some(0)
     );
 }
+
+/// Leader failover under churn (issue 13), checked from the API server's
+/// audit log: Pods change all along while the leader is killed (-9, no
+/// release), restarted as a standby, and the next leader is frozen past
+/// its lease and thawed. Every EndpointSlice write the API server took
+/// came from the replica that held the Lease at that moment (the last
+/// Lease write before it, told apart by User-Agent), and the slices equal
+/// the oracle at the end.
+#[test]
+fn leader_failover_under_churn_never_has_two_writers() {
+    require_rig!();
+    let dir = tempfile::tempdir().unwrap();
+    let policy = dir.path().join("audit-policy.yaml");
+    let audit = dir.path().join("audit.log");
+    std::fs::write(
+        &policy,
+        "apiVersion: audit.k8s.io/v1\nkind: Policy\nomitStages: [RequestReceived]\nrules:\n\
+         - level: Metadata\n  verbs: [create, update, patch, delete]\n  resources:\n\
+         \x20 - group: discovery.k8s.io\n    resources: [endpointslices]\n\
+         \x20 - group: coordination.k8s.io\n    resources: [leases]\n\
+         - level: None\n",
+    )
+    .unwrap();
+    let cluster = LocalCluster::new("eps-audit")
+        .unwrap()
+        .apiserver_arg(format!("--audit-policy-file={}", policy.display()))
+        .apiserver_arg(format!("--audit-log-path={}", audit.display()))
+        .start()
+        .unwrap();
+    let mut a = start_signpost(&cluster, "a", 10303, 6);
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while holder(&cluster).as_deref() != Some("a") {
+        assert!(Instant::now() < deadline, "a never led");
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    let b = start_signpost(&cluster, "b", 10304, 6);
+    let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let changes = std::thread::scope(|scope| {
+        let churning = stop.clone();
+        let churn = scope.spawn(|| {
+            cluster
+                .block_on(move |client| async move {
+                    let mut n = 0u32;
+                    let svc = Op::Service {
+                        svc: 0,
+                        app: 0,
+                        named_target: false,
+                        publish_not_ready: false,
+                        headless: false,
+                    };
+                    apply(&client, "default", 0, &svc).await.unwrap();
+                    while !churning.load(Ordering::Relaxed) {
+                        let i = u8::try_from(n % 6).unwrap();
+                        let op = if n < 6 {
+                            Op::Pod {
+                                pod: i,
+                                app: 0,
+                                ready: true,
+                                serves_http: true,
+                                hostname: false,
+                            }
+                        } else {
+                            Op::SetReady(i, (n / 6).is_multiple_of(2))
+                        };
+                        apply(&client, "default", 0, &op).await.unwrap();
+                        n += 1;
+                        tokio::time::sleep(Duration::from_millis(150)).await;
+                    }
+                    n
+                })
+                .unwrap()
+        });
+        // The leader dies without releasing; it comes back as a standby.
+        std::thread::sleep(Duration::from_secs(4));
+        a.kill();
+        let deadline = Instant::now() + Duration::from_secs(30);
+        while holder(&cluster).as_deref() != Some("b") {
+            assert!(Instant::now() < deadline, "b never took over");
+            std::thread::sleep(Duration::from_millis(200));
+        }
+        let _a2 = start_signpost(&cluster, "a", 10303, 6);
+        std::thread::sleep(Duration::from_secs(3));
+        // The new leader freezes past its lease, and thaws.
+        b.signal(nix::sys::signal::Signal::SIGSTOP);
+        let deadline = Instant::now() + Duration::from_secs(30);
+        while holder(&cluster).as_deref() != Some("a") {
+            assert!(Instant::now() < deadline, "a never took over again");
+            std::thread::sleep(Duration::from_millis(200));
+        }
+        std::thread::sleep(Duration::from_secs(2));
+        b.signal(nix::sys::signal::Signal::SIGCONT);
+        std::thread::sleep(Duration::from_secs(4));
+        stop.store(true, Ordering::Relaxed);
+        let changes = churn.join().unwrap();
+        // Settled: the slices equal the oracle.
+        let deadline = Instant::now() + Duration::from_secs(30);
+        loop {
+            let (oracle, ours, _) = cluster
+                .block_on(|client| async move { views(&client, "default").await })
+                .unwrap()
+                .unwrap();
+            if oracle == ours {
+                break;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "slices {ours:?} != oracle {oracle:?}"
+            );
+            std::thread::sleep(Duration::from_millis(200));
+        }
+        changes
+    });
+    // The audit: (completed at, who, what) of every successful write.
+    let text = std::fs::read_to_string(&audit).unwrap();
+    let mut events: Vec<(String, String, String)> = text
+        .lines()
+        .filter_map(|l| serde_json::from_str::<serde_json::Value>(l).ok())
+        .filter(|e| e["stage"] == "ResponseComplete")
+        .filter(|e| {
+            e["responseStatus"]["code"]
+                .as_u64()
+                .is_some_and(|c| c < 300)
+        })
+        .filter_map(|e| {
+            let agent = e["userAgent"].as_str()?;
+            // `signpost-endpoints/<version> (<identity>)`
+            let who = agent
+                .strip_prefix("signpost-endpoints/")?
+                .split_once(" (")?
+                .1
+                .strip_suffix(')')?
+                .to_owned();
+            Some((
+                e["stageTimestamp"].as_str()?.to_owned(),
+                who,
+                e["objectRef"]["resource"].as_str()?.to_owned(),
+            ))
+        })
+        .collect();
+    events.sort();
+    let mut holder_now: Option<&str> = None;
+    let (mut writes, mut by): (usize, BTreeMap<&str, usize>) = (0, BTreeMap::new());
+    for (at, who, resource) in &events {
+        if resource == "leases" {
+            holder_now = Some(who);
+        } else {
+            writes += 1;
+            *by.entry(who).or_default() += 1;
+            assert_eq!(
+                holder_now,
+                Some(who.as_str()),
+                "{who} wrote a slice at {at} while {holder_now:?} held the lease"
+            );
+        }
+    }
+    eprintln!(
+        "failover under churn: {changes} Pod changes, {writes} slice writes ({by:?}), each by the lease holder of the moment; slices equal the oracle"
+    );
+    assert!(by.len() == 2, "both replicas led and wrote: {by:?}");
+}
