@@ -456,24 +456,40 @@ pub async fn run(client: Client, cfg: Config, metrics: Arc<Metrics>) -> Result<(
                 }
             }
         });
-        metrics
-            .services_refused
-            .set(i64::try_from(refused.len()).unwrap_or(i64::MAX));
-        match outcome {
-            Ok(()) => {
-                state.synced(true);
-                cfg.health.applied(began);
-                retry_in = None;
-            }
-            Err(e) => {
-                state.synced(false);
-                let wait = backoff(retry_in);
-                warn!(error = %e, retry_in = ?wait, "sync failed; retrying from the kernel's table");
-                retry_in = Some(wait);
-            }
-        }
+        retry_in = settle(
+            outcome, &refused, &mut state, &cfg, began, retry_in, &metrics,
+        );
     }
     Ok(())
+}
+
+/// After a sync, in either plane: the refused gauge, the loop's state,
+/// health, and when to retry (`None` once it worked).
+fn settle<E: std::fmt::Display>(
+    outcome: Result<(), E>,
+    refused: &Refused,
+    state: &mut LoopState,
+    cfg: &Config,
+    began: Instant,
+    retry_in: Option<Duration>,
+    metrics: &Metrics,
+) -> Option<Duration> {
+    metrics
+        .services_refused
+        .set(i64::try_from(refused.len()).unwrap_or(i64::MAX));
+    match outcome {
+        Ok(()) => {
+            state.synced(true);
+            cfg.health.applied(began);
+            None
+        }
+        Err(e) => {
+            state.synced(false);
+            let wait = backoff(retry_in);
+            warn!(error = %e, retry_in = ?wait, "sync failed; retrying from the kernel's state");
+            Some(wait)
+        }
+    }
 }
 
 /// Logs each virtual service the kernel refused (it stays out of the
@@ -615,24 +631,13 @@ pub async fn run_ipvs(client: Client, cfg: Config, metrics: Arc<Metrics>) -> Res
                 })
             }
         };
-        metrics
-            .services_refused
-            .set(i64::try_from(refused.len()).unwrap_or(i64::MAX));
-        match outcome {
-            Ok(()) => {
-                state.synced(true);
-                cfg.health.applied(began);
-                retry_in = None;
-            }
-            Err(e) => {
-                metrics.errors.inc();
-                state.synced(false);
-                have = None;
-                let wait = backoff(retry_in);
-                warn!(error = %e, retry_in = ?wait, "ipvs sync failed; retrying from the kernel's state");
-                retry_in = Some(wait);
-            }
+        if outcome.is_err() {
+            metrics.errors.inc();
+            have = None;
         }
+        retry_in = settle(
+            outcome, &refused, &mut state, &cfg, began, retry_in, &metrics,
+        );
     }
     Ok(())
 }

@@ -21,6 +21,7 @@ use signpost_harness::deploy::Component;
 use signpost_harness::process::{Daemon, workspace_binary};
 use signpost_harness::{ControlProcess, LocalCluster, PodHandle, Running, dns};
 
+use crate::proxy_nft::kernel;
 use crate::{echo_bin, require_rig};
 
 const DNS: SocketAddr = SocketAddr::new(IpAddr::V4(std::net::Ipv4Addr::LOCALHOST), 10053);
@@ -44,7 +45,37 @@ fn signpost(
     .unwrap()
 }
 
-fn create(cluster: &LocalCluster<Running>, name: &str, headless: bool) -> Option<IpAddr> {
+/// Signpost's endpoints, DNS (on [`DNS`]) and nftables proxy, metrics on
+/// `port`, `port + 1` and `port + 2`.
+fn stack(cluster: &LocalCluster<Running>, port: u16) -> (Daemon, Daemon, Daemon) {
+    let m = |p: u16| format!("--metrics-addr=127.0.0.1:{p}");
+    let eps = signpost(
+        cluster,
+        "signpost-endpoints",
+        Component::Endpoints,
+        &["endpoints", &m(port)],
+    );
+    let dns = dns::start_signpost(cluster, "signpost-dns", DNS, port + 1, &[]).unwrap();
+    let proxy = signpost(
+        cluster,
+        "signpost-proxy",
+        Component::Proxy,
+        &[
+            "proxy",
+            "--mode=nftables",
+            "--node-name=node-a",
+            &m(port + 2),
+        ],
+    );
+    (eps, dns, proxy)
+}
+
+/// A Service selecting `app: voy` (port 80 → 8080); its ClusterIP.
+pub(crate) fn create(
+    cluster: &LocalCluster<Running>,
+    name: &str,
+    headless: bool,
+) -> Option<IpAddr> {
     let mut spec = json!({ "selector": { "app": "voy" },
         "ports": [{ "name": "http", "port": 80, "targetPort": 8080, "protocol": "TCP" }] });
     if headless {
@@ -88,14 +119,8 @@ fn slice_ready(cluster: &LocalCluster<Running>) -> Option<usize> {
 
 /// Virtual services on `ip` with one backend each, in the kernel.
 fn wide_programmed(cluster: &LocalCluster<Running>, ip: IpAddr) -> usize {
-    let out = cluster
-        .node_namespace()
-        .command("nft")
-        .args(["-j", "list", "table", "inet", "signpost"])
-        .output()
-        .unwrap();
-    let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap_or_default();
-    signpost_proxy::nftables::readback::table(Some(&v))
+    kernel(cluster)
+        .unwrap_or_default()
         .iter()
         .filter(|(k, vs)| k.ip == ip && vs.backends.len() == 1)
         .count()
@@ -115,17 +140,8 @@ fn dns_pods(cluster: &LocalCluster<Running>) -> usize {
 
 /// Backends the kernel holds for `vip:80`.
 fn kernel_backends(cluster: &LocalCluster<Running>, vip: IpAddr) -> usize {
-    let out = cluster
-        .node_namespace()
-        .command("nft")
-        .args(["-j", "list", "table", "inet", "signpost"])
-        .output()
-        .unwrap();
-    if !out.status.success() {
-        return 0;
-    }
-    let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
-    signpost_proxy::nftables::readback::table(Some(&v))
+    kernel(cluster)
+        .unwrap_or_default()
         .iter()
         .filter(|(k, _)| k.ip == vip && k.port == 80)
         .map(|(_, v)| v.backends.len())
@@ -177,24 +193,7 @@ fn control_plane_faults_lose_nothing_and_are_caught_up() {
         .echo_binary(echo_bin())
         .start()
         .unwrap();
-    let _eps = signpost(
-        &cluster,
-        "signpost-endpoints",
-        Component::Endpoints,
-        &["endpoints", "--metrics-addr=127.0.0.1:10290"],
-    );
-    let _dns = dns::start_signpost(&cluster, "signpost-dns", DNS, 10291, &[]).unwrap();
-    let _proxy = signpost(
-        &cluster,
-        "signpost-proxy",
-        Component::Proxy,
-        &[
-            "proxy",
-            "--mode=nftables",
-            "--node-name=node-a",
-            "--metrics-addr=127.0.0.1:10292",
-        ],
-    );
+    let (_eps, _dns, _proxy) = stack(&cluster, 10290);
     let client = cluster
         .pod("enterprise-0")
         .label("app", "ent")
@@ -320,24 +319,7 @@ fn frozen_components_relist_after_a_compaction_and_catch_up() {
         .apiserver_arg("--etcd-compaction-interval=1s")
         .start()
         .unwrap();
-    let eps = signpost(
-        &cluster,
-        "signpost-endpoints",
-        Component::Endpoints,
-        &["endpoints", "--metrics-addr=127.0.0.1:10293"],
-    );
-    let dns = dns::start_signpost(&cluster, "signpost-dns", DNS, 10294, &[]).unwrap();
-    let proxy = signpost(
-        &cluster,
-        "signpost-proxy",
-        Component::Proxy,
-        &[
-            "proxy",
-            "--mode=nftables",
-            "--node-name=node-a",
-            "--metrics-addr=127.0.0.1:10295",
-        ],
-    );
+    let (eps, dns, proxy) = stack(&cluster, 10293);
     let v0 = cluster
         .pod("voyager-0")
         .label("app", "voy")
@@ -446,24 +428,7 @@ fn admitted_large_input_is_served_and_the_rest_keeps_working() {
         .echo_binary(echo_bin())
         .start()
         .unwrap();
-    let mut eps = signpost(
-        &cluster,
-        "signpost-endpoints",
-        Component::Endpoints,
-        &["endpoints", "--metrics-addr=127.0.0.1:10298"],
-    );
-    let mut dns = dns::start_signpost(&cluster, "signpost-dns", DNS, 10299, &[]).unwrap();
-    let mut proxy = signpost(
-        &cluster,
-        "signpost-proxy",
-        Component::Proxy,
-        &[
-            "proxy",
-            "--mode=nftables",
-            "--node-name=node-a",
-            "--metrics-addr=127.0.0.1:10300",
-        ],
-    );
+    let (mut eps, mut dns, mut proxy) = stack(&cluster, 10298);
     let client = cluster
         .pod("enterprise-0")
         .label("app", "ent")

@@ -124,7 +124,7 @@ fn oracle(cluster: &LocalCluster<Running>) -> ProxyTable {
 }
 
 /// What the kernel holds, read back from `nft -j list`.
-fn kernel(cluster: &LocalCluster<Running>) -> Option<ProxyTable> {
+pub(crate) fn kernel(cluster: &LocalCluster<Running>) -> Option<ProxyTable> {
     let out = cluster
         .node_namespace()
         .command("nft")

@@ -10,8 +10,7 @@ use std::time::{Duration, Instant};
 
 use hickory_proto::rr::RecordType;
 use k8s_openapi::api::core::v1::Service as KService;
-use kube::api::{Api, DeleteParams, PostParams};
-use serde_json::json;
+use kube::api::{Api, DeleteParams};
 use signpost_harness::cluster::NODE_IP;
 use signpost_harness::deploy::Component;
 use signpost_harness::process::{Daemon, workspace_binary};
@@ -22,26 +21,7 @@ use crate::{echo_bin, require_rig};
 const PORT: u16 = 10054;
 
 fn service(cluster: &LocalCluster<Running>, name: &str) -> IpAddr {
-    let svc: KService = serde_json::from_value(json!({
-        "metadata": { "name": name },
-        "spec": { "selector": { "app": "voy" },
-                  "ports": [{ "name": "http", "port": 80, "targetPort": 8080 }] },
-    }))
-    .unwrap();
-    cluster
-        .block_on(|client| async move {
-            Api::<KService>::namespaced(client, "default")
-                .create(&PostParams::default(), &svc)
-                .await
-                .unwrap()
-                .spec
-                .unwrap()
-                .cluster_ip
-                .unwrap()
-                .parse()
-                .unwrap()
-        })
-        .unwrap()
+    crate::faults::create(cluster, name, false).expect("a ClusterIP")
 }
 
 fn rss_kib(pid: u32) -> u64 {
