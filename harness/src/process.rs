@@ -202,8 +202,15 @@ pub fn local_metric(port: u16, name: &str) -> Option<f64> {
 /// `GET path` from `127.0.0.1:<port>` in the calling thread's network
 /// namespace: the status code and the body, `None` when nothing answers.
 pub fn local_get(port: u16, path: &str) -> Option<(u16, String)> {
+    http_get_at(std::net::SocketAddr::from(([127, 0, 0, 1], port)), path)
+}
+
+/// `GET path` from `addr` in the calling thread's network namespace (a
+/// probe at a Pod's or node's address, as a kubelet sends it).
+pub fn http_get_at(addr: std::net::SocketAddr, path: &str) -> Option<(u16, String)> {
     use std::io::{Read, Write};
-    let mut s = std::net::TcpStream::connect(("127.0.0.1", port)).ok()?;
+    let mut s =
+        std::net::TcpStream::connect_timeout(&addr, std::time::Duration::from_secs(5)).ok()?;
     s.set_read_timeout(Some(std::time::Duration::from_secs(5)))
         .ok()?;
     s.write_all(

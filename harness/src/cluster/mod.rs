@@ -552,6 +552,15 @@ impl LocalCluster<Running> {
             .flatten()
     }
 
+    /// `GET path` at `addr` from the node namespace: a probe at the node's
+    /// (for a hostNetwork Pod, the Pod's) address, where a kubelet sends it.
+    pub fn http_get_at(&self, addr: std::net::SocketAddr, path: &str) -> Option<(u16, String)> {
+        self.ns
+            .within(|| crate::process::http_get_at(addr, path))
+            .ok()
+            .flatten()
+    }
+
     /// The node namespace.
     pub fn node_namespace(&self) -> &NetNs {
         &self.ns

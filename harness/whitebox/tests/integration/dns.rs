@@ -663,6 +663,11 @@ fn the_kubeadm_corefile_runs_signpost_dns() {
     // kubeadm's plugins, on kubeadm's ports: /health 8080, /ready 8181, /metrics 9153.
     assert_eq!(http_status(&cluster, 8080, "/health"), 200);
     assert_eq!(http_status(&cluster, 8181, "/ready"), 200);
+    // And on the address a kubelet probe arrives at (the Pod's), not only loopback.
+    for (port, path) in [(8080, "/health"), (8181, "/ready")] {
+        let got = cluster.http_get_at(SocketAddr::new(IpAddr::V4(NODE_IP), port), path);
+        assert_eq!(got.map(|(c, _)| c), Some(200), "{path} at {NODE_IP}:{port}");
+    }
     assert!(cluster.metric(9153, "signpost_dns_queries_total").is_some());
     // ttl 30 from the kubernetes block.
     let out = dig(
