@@ -423,11 +423,9 @@ pub async fn run(client: Client, cfg: Config, metrics: Arc<Metrics>) -> Result<(
             continue;
         };
         if repair {
-            // Repair drift: plan against what the kernel really holds.
+            // Repair drift: plan against what the kernel really holds, and
+            // try refused entries again.
             have = signpost_runtime::blocking(|| read_back(&metrics));
-        }
-        if repair {
-            // Refused entries are tried again at every resync.
             refused.clear();
         }
         let node = this_node(&nodes, &cfg.node_name);
@@ -541,7 +539,16 @@ fn isolate_nft(
         };
         search.outcome(taken);
     }
+    let nothing_taken = search.taken() == 0;
     let (applied, found) = search.finish();
+    if nothing_taken && !found.is_empty() {
+        // Everything was refused: is it these entries, or the data plane?
+        // Rewriting what the kernel already holds tells.
+        apply::apply(&build::full(&applied, node_ips)).inspect_err(|_| {
+            metrics.errors.inc();
+            *have = None;
+        })?;
+    }
     *have = Some(applied);
     metrics.full_syncs.inc();
     Ok(found)

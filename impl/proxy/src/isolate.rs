@@ -21,6 +21,7 @@ pub struct Isolate {
     applied: ProxyTable,
     pending: Vec<Vec<Entry>>,
     refused: Vec<Entry>,
+    taken: usize,
 }
 
 impl Isolate {
@@ -44,7 +45,13 @@ impl Isolate {
                 vec![diff]
             },
             refused: Vec::new(),
+            taken: 0,
         }
+    }
+
+    /// How many differences the kernel has taken so far.
+    pub fn taken(&self) -> usize {
+        self.taken
     }
 
     /// The kernel's table before the next attempt and the table to try
@@ -68,6 +75,7 @@ impl Isolate {
             return;
         };
         if taken {
+            self.taken += chunk.len();
             for (k, v) in chunk {
                 match v {
                     Some(v) => self.applied.insert(k, v),
@@ -198,6 +206,7 @@ mod tests {
         let want: ProxyTable = (0..64).map(|i| (key(i), vs(i))).collect();
         let (applied, refused, tries) = search(ProxyTable::new(), &want);
         assert_eq!(refused.keys().copied().collect::<Vec<_>>(), [key(7)]);
+        assert_eq!(Isolate::new(ProxyTable::new(), &want).taken(), 0);
         assert_eq!(applied.len(), 63);
         assert!(!applied.contains_key(&key(7)));
         // One refusal among 64: the halves down to it, about 2·log₂(64).

@@ -877,6 +877,22 @@ fn one_refused_service_leaves_every_other_one_programmed() {
         &|t, refused| backends(t, bad, 80) == 2 && refused == 0.0,
     );
     converge(&cluster, |t| backends(t, bad, 80) == 2);
+    // A data plane that refuses everything is not "one refused Service":
+    // the change stays queued and /healthz says so.
+    std::fs::write(&fault, "").unwrap();
+    create_service(&cluster, "late", "voy", false);
+    let deadline = Instant::now() + Duration::from_secs(20);
+    loop {
+        let got = cluster.http_get(10283, "/healthz");
+        if got.as_ref().is_some_and(|(code, _)| *code == 503) {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "/healthz stayed {got:?} while nft refused every write"
+        );
+        std::thread::sleep(Duration::from_millis(200));
+    }
 }
 
 /// Issue 13, finding 11: `nft` runs as a process; while it works the
