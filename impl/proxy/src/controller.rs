@@ -660,6 +660,7 @@ async fn isolate_ipvs(
 ) -> Result<ProxyTable, crate::plane::ipvs::Error> {
     let base = k.observed().await?;
     let mut search = Isolate::new(base, want);
+    let mut last_error = None;
     while let Some((from, next)) = search.attempt() {
         let ops = signpost_model::reconcile::plan(&next, from);
         let taken = match k.apply(&ops, &next).await {
@@ -667,12 +668,20 @@ async fn isolate_ipvs(
             Err(e) => {
                 metrics.errors.inc();
                 tracing::debug!(error = %e, "a group of virtual services was refused");
+                last_error = Some(e);
                 false
             }
         };
         search.outcome(taken);
     }
-    Ok(search.finish().1)
+    let nothing_taken = search.taken() == 0;
+    let found = search.finish().1;
+    // Several entries and not one taken: the data plane refuses writes, not
+    // these entries (a failed sync: retried, and /healthz says so).
+    match last_error {
+        Some(e) if nothing_taken && found.len() > 1 => Err(e),
+        _ => Ok(found),
+    }
 }
 
 /// One IPVS sync: plan `want` against `have` (read back from the kernel
