@@ -299,15 +299,7 @@ proptest! {
                     step(&mut index, &mut all, Change::Synced);
                 }
             }
-            let snap = DnsSnapshot {
-                zone: "cluster.local",
-                synced,
-                services: services.values().collect(),
-                slices: slices.values().collect(),
-                pods: pods.values().collect(),
-                namespaces: namespaces.clone(),
-                pods_mode: mode,
-            };
+            let snap = snapshot(&services, &slices, &pods, &namespaces, synced, mode);
             for q in questions(&services, &slices) {
                 prop_assert_eq!(index.answer(&q), dns_answer(&snap, &q), "{:?}", q);
             }
@@ -318,18 +310,30 @@ proptest! {
         let mut batched = ZoneIndex::with_pods("cluster.local", mode);
         batched.apply_batch(all);
         prop_assert!(batched.refreshes() <= touched.min(NS.len() * NAMES.len()) as u64);
-        let snap = DnsSnapshot {
-            zone: "cluster.local",
-            synced,
-            services: services.values().collect(),
-            slices: slices.values().collect(),
-            pods: pods.values().collect(),
-            namespaces: namespaces.clone(),
-            pods_mode: mode,
-        };
+        let snap = snapshot(&services, &slices, &pods, &namespaces, synced, mode);
         for q in questions(&services, &slices) {
             prop_assert_eq!(batched.answer(&q), dns_answer(&snap, &q), "batched: {:?}", q);
         }
+    }
+}
+
+/// The oracle's view of the objects so far.
+fn snapshot<'a>(
+    services: &'a BTreeMap<ObjectKey, Service>,
+    slices: &'a BTreeMap<ObjectKey, EndpointSlice>,
+    pods: &'a BTreeMap<ObjectKey, Pod>,
+    namespaces: &BTreeSet<&'a str>,
+    synced: bool,
+    mode: PodsMode,
+) -> DnsSnapshot<'a> {
+    DnsSnapshot {
+        zone: "cluster.local",
+        synced,
+        services: services.values().collect(),
+        slices: slices.values().collect(),
+        pods: pods.values().collect(),
+        namespaces: namespaces.clone(),
+        pods_mode: mode,
     }
 }
 

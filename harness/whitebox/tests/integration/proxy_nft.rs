@@ -641,16 +641,7 @@ fn ipvs_nft_sets_change_element_by_element_over_netlink() {
 #[test]
 fn a_proxy_survives_a_refusing_data_plane_and_catches_up() {
     require_rig!();
-    let cluster = LocalCluster::new("nft-fault")
-        .unwrap()
-        .echo_binary(echo_bin())
-        .start()
-        .unwrap();
-    let _eps = signpost(
-        &cluster,
-        "signpost-endpoints",
-        &["endpoints", "--metrics-addr=127.0.0.1:10280"],
-    );
+    let (cluster, _eps) = cluster_with_endpoints("nft-fault", 10280);
     let dir = tempfile::tempdir().unwrap();
     let (mut proxy, fault) = proxy_behind_faulty_nft(&cluster, dir.path(), 10281, &[]);
     std::fs::write(&fault, "").unwrap();
@@ -710,6 +701,18 @@ fn a_proxy_survives_a_refusing_data_plane_and_catches_up() {
     assert_eq!(backends(&t, vip, 80), 1);
     health(200);
     proxy.check_running().expect("running after recovery");
+}
+
+/// A local cluster with `signpost endpoints` (metrics on `port`).
+fn cluster_with_endpoints(name: &str, port: u16) -> (LocalCluster<Running>, Daemon) {
+    let cluster = LocalCluster::new(name)
+        .unwrap()
+        .echo_binary(echo_bin())
+        .start()
+        .unwrap();
+    let metrics = format!("--metrics-addr=127.0.0.1:{port}");
+    let eps = signpost(&cluster, "signpost-endpoints", &["endpoints", &metrics]);
+    (cluster, eps)
 }
 
 /// `signpost proxy --mode nftables` for node-a (metrics on `port`) with a
@@ -796,16 +799,7 @@ fn proxy_behind_faulty_nft(
 #[test]
 fn one_refused_service_leaves_every_other_one_programmed() {
     require_rig!();
-    let cluster = LocalCluster::new("nft-refuse")
-        .unwrap()
-        .echo_binary(echo_bin())
-        .start()
-        .unwrap();
-    let _eps = signpost(
-        &cluster,
-        "signpost-endpoints",
-        &["endpoints", "--metrics-addr=127.0.0.1:10282"],
-    );
+    let (cluster, _eps) = cluster_with_endpoints("nft-refuse", 10282);
     let dir = tempfile::tempdir().unwrap();
     let bad: IpAddr = "10.96.200.200".parse().unwrap();
     let (mut proxy, fault) =
@@ -904,16 +898,7 @@ fn one_refused_service_leaves_every_other_one_programmed() {
 #[test]
 fn probes_are_answered_while_nft_works() {
     require_rig!();
-    let cluster = LocalCluster::new("nft-hold")
-        .unwrap()
-        .echo_binary(echo_bin())
-        .start()
-        .unwrap();
-    let _eps = signpost(
-        &cluster,
-        "signpost-endpoints",
-        &["endpoints", "--metrics-addr=127.0.0.1:10284"],
-    );
+    let (cluster, _eps) = cluster_with_endpoints("nft-hold", 10284);
     let dir = tempfile::tempdir().unwrap();
     let (mut proxy, _) = proxy_behind_faulty_nft(&cluster, dir.path(), 10285, &[]);
     // The first sync done: the table exists.
