@@ -130,7 +130,7 @@ impl LocalCluster<Stopped> {
     /// A cluster named `name` (used in the work directory's name). Creates
     /// the node namespace and work directory; starts nothing.
     pub fn new(name: &str) -> Result<Self> {
-        let dir = WorkDir::create(&format!("signpost-{name}-{}", std::process::id()))?;
+        let dir = WorkDir::for_cluster(name)?;
         let ns = NetNs::create(unique("spn"))?;
         Ok(LocalCluster {
             state: Stopped,

@@ -21,6 +21,14 @@ impl WorkDir {
         Ok(WorkDir { path })
     }
 
+    /// A fresh directory for a cluster named `name`: `signpost-<name>-<pid>x<n>`,
+    /// distinct for every call in this process, so two clusters that share a
+    /// name (two tests running at once) never share, or remove, each other's
+    /// certificates, etcd data and logs.
+    pub fn for_cluster(name: &str) -> Result<Self> {
+        Self::create(&crate::netns::unique(&format!("signpost-{name}-")))
+    }
+
     /// The directory.
     pub fn path(&self) -> &Path {
         &self.path
@@ -39,5 +47,25 @@ impl Drop for WorkDir {
         } else {
             let _ = std::fs::remove_dir_all(&self.path);
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Two clusters of one name started at once (the two VM tests both say
+    /// "vmipvs"): the second must not remove the first one's directory.
+    #[test]
+    fn clusters_of_one_name_get_their_own_directories() {
+        let a = WorkDir::for_cluster("same").unwrap();
+        std::fs::write(a.logs().join("kube-apiserver.log"), "first").unwrap();
+        let b = WorkDir::for_cluster("same").unwrap();
+        assert_ne!(a.path(), b.path());
+        assert_eq!(
+            std::fs::read_to_string(a.logs().join("kube-apiserver.log")).unwrap(),
+            "first",
+            "creating the second directory touched the first"
+        );
     }
 }
