@@ -36,6 +36,7 @@ pub struct PodBuilder<'c> {
     node: String,
     ready: bool,
     ports: Vec<PortSpec>,
+    peer_ports: Vec<u16>,
     hostname: Option<String>,
     subdomain: Option<String>,
 }
@@ -52,6 +53,7 @@ impl LocalCluster<Running> {
             node: NODE_NAME.into(),
             ready: true,
             ports: Vec::new(),
+            peer_ports: Vec::new(),
             hostname: None,
             subdomain: None,
         }
@@ -106,6 +108,13 @@ impl<'c> PodBuilder<'c> {
             port,
             protocol,
         });
+        self
+    }
+    /// A TCP port whose reply also names the connection's source address
+    /// (`<pod> <address>`: was it masqueraded?). Not in the Pod's spec: a
+    /// Service reaches it by number.
+    pub fn peer_port(mut self, port: u16) -> Self {
+        self.peer_ports.push(port);
         self
     }
     /// `spec.hostname` and `spec.subdomain`.
@@ -179,6 +188,10 @@ impl<'c> PodBuilder<'c> {
                 "--udp".into()
             });
             args.push(p.port.to_string());
+        }
+        for p in &self.peer_ports {
+            args.push("--tcp-peer".into());
+            args.push(p.to_string());
         }
         let log = cluster
             .workdir()

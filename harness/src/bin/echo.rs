@@ -1,8 +1,11 @@
 //! `signpost-echo`: the server every test Pod runs. Each TCP connection and
 //! each UDP datagram gets one line back: the Pod's name. That is how tests
-//! see which backend a connection reached.
+//! see which backend a connection reached. On a `--tcp-peer` port the line
+//! also names the address the connection came from (`<pod> <address>`), so
+//! tests see whether the proxy masqueraded it.
 //!
-//! Usage: `signpost-echo --name <pod> [--tcp <port>]... [--udp <port>]...`
+//! Usage: `signpost-echo --name <pod> [--tcp <port>]... [--udp <port>]...
+//! [--tcp-peer <port>]...`
 
 use std::io::{Read, Write};
 use std::net::{Ipv6Addr, SocketAddr, TcpListener, UdpSocket};
@@ -14,7 +17,7 @@ fn listen_addr(port: u16) -> SocketAddr {
 
 fn main() -> std::io::Result<()> {
     let mut name = None;
-    let (mut tcp, mut udp) = (Vec::new(), Vec::new());
+    let (mut tcp, mut udp, mut peer) = (Vec::new(), Vec::new(), Vec::new());
     let mut args = std::env::args().skip(1);
     while let Some(flag) = args.next() {
         let value = args.next().unwrap_or_default();
@@ -24,6 +27,11 @@ fn main() -> std::io::Result<()> {
                 value
                     .parse::<u16>()
                     .map_err(|e| std::io::Error::other(format!("--tcp {value}: {e}")))?,
+            ),
+            "--tcp-peer" => peer.push(
+                value
+                    .parse::<u16>()
+                    .map_err(|e| std::io::Error::other(format!("--tcp-peer {value}: {e}")))?,
             ),
             "--udp" => udp.push(
                 value
@@ -36,13 +44,21 @@ fn main() -> std::io::Result<()> {
     let name = name.ok_or_else(|| std::io::Error::other("--name is required"))?;
     let reply = format!("{name}\n");
     let mut threads = Vec::new();
-    for port in &tcp {
-        let listener = TcpListener::bind(listen_addr(*port))?;
-        let reply = reply.clone();
+    let ports = tcp
+        .iter()
+        .map(|p| (*p, false))
+        .chain(peer.iter().map(|p| (*p, true)));
+    for (port, with_peer) in ports {
+        let listener = TcpListener::bind(listen_addr(port))?;
+        let name = name.clone();
         threads.push(std::thread::spawn(move || {
             for stream in listener.incoming() {
                 match stream {
                     Ok(mut s) => {
+                        let reply = match s.peer_addr() {
+                            Ok(p) if with_peer => format!("{name} {}\n", p.ip().to_canonical()),
+                            _ => format!("{name}\n"),
+                        };
                         // Reply, then drain what the client sent before closing:
                         // closing with unread data would reset the connection
                         // and could destroy the reply in flight.
@@ -74,7 +90,7 @@ fn main() -> std::io::Result<()> {
             }
         }));
     }
-    println!("signpost-echo {name} listening tcp {tcp:?} udp {udp:?}");
+    println!("signpost-echo {name} listening tcp {tcp:?} udp {udp:?} tcp-peer {peer:?}");
     std::io::stdout().flush()?;
     for t in threads {
         let _ = t.join();

@@ -22,6 +22,7 @@ use signpost_runtime::watch::{self, Config as WatchConfig};
 use signpost_runtime::{Object, convert};
 use tracing::{info, warn};
 
+use crate::addresses::{Masquerade, NodePortAddresses};
 use crate::isolate::{Isolate, Refused};
 use crate::metrics::Metrics;
 use crate::plane::nftables::{apply, build, readback};
@@ -38,6 +39,11 @@ pub struct Config {
     pub mutant: Option<signpost_model::mutant::Mutant>,
     /// What `/healthz` reports: fed with every queued change and applied sync.
     pub health: Arc<crate::health::Health>,
+    /// Whose traffic to a ClusterIP is masqueraded (`--masquerade-all`,
+    /// `--cluster-cidr`).
+    pub masquerade: Masquerade,
+    /// The node addresses NodePorts answer on (`--nodeport-addresses`).
+    pub node_port_addresses: NodePortAddresses,
 }
 
 /// Errors that stop the proxy.
@@ -255,11 +261,12 @@ pub fn sync(
     have: &mut Option<ProxyTable>,
     want: &ProxyTable,
     node_ips: &[IpAddr],
+    masq: &Masquerade,
     metrics: &Metrics,
 ) -> Result<Synced, apply::Error> {
     let started = Instant::now();
     let full = |metrics: &Metrics| -> Result<Synced, apply::Error> {
-        apply::apply(&build::full(want, node_ips))
+        apply::apply(&build::full(want, node_ips, masq))
             .map(|()| Synced::Full(want.len()))
             .inspect_err(|_| {
                 metrics.errors.inc();
@@ -328,9 +335,10 @@ pub fn sync(
     }
 }
 
-/// This node from the cache (no addresses until its object is seen).
-fn this_node(nodes: &Store<KNode>, name: &str) -> Node {
-    nodes
+/// This node from the cache (no addresses until its object is seen), with
+/// the addresses NodePorts answer on (`--nodeport-addresses`).
+fn this_node(nodes: &Store<KNode>, name: &str, node_ports: &NodePortAddresses) -> Node {
+    let mut node = nodes
         .state()
         .first()
         .and_then(|n| Node::try_from(&**n).ok())
@@ -338,7 +346,9 @@ fn this_node(nodes: &Store<KNode>, name: &str) -> Node {
             name: name.to_owned(),
             addresses: Vec::new(),
             zone: None,
-        })
+        });
+    node.addresses = node_ports.select(&node.addresses);
+    node
 }
 
 type Events = futures::stream::BoxStream<'static, Event>;
@@ -390,9 +400,26 @@ fn watches(
 /// The kernel's table as Signpost wrote it, read back (`None`: no table,
 /// or it could not be read, which is logged and counted: the next sync is
 /// then a full one).
-fn read_back(metrics: &Metrics) -> Option<ProxyTable> {
+/// What the kernel holds, and which of its virtual addresses it holds as
+/// the node's (see [`build::node_port_ips`]); or `None` (a full sync
+/// follows) when there is no table, it cannot be read, or its masquerade
+/// policy is not `masq`.
+fn read_back(metrics: &Metrics, masq: &Masquerade) -> Option<(ProxyTable, BTreeSet<IpAddr>)> {
     match apply::list() {
-        Ok(listing) => listing.as_ref().map(|l| readback::table(Some(l))),
+        Ok(Some(listing)) => {
+            let want = [masq.exempt(false), masq.exempt(true)];
+            if readback::no_masquerade(Some(&listing)).as_ref() != Some(&want) {
+                info!(
+                    "the table in the kernel has another masquerade policy; the next sync rewrites it whole"
+                );
+                return None;
+            }
+            Some((
+                readback::table(Some(&listing)),
+                readback::node_port_ips(Some(&listing)),
+            ))
+        }
+        Ok(None) => None,
         Err(e) => {
             metrics.errors.inc();
             warn!(error = %e, "reading the table back failed; the next sync rewrites it whole");
@@ -408,7 +435,8 @@ pub async fn run(client: Client, cfg: Config, metrics: Arc<Metrics>) -> Result<(
     let (services, slices, nodes, streams) = watches(&client, &cfg, &metrics);
     let mut events = futures::stream::select_all(streams);
     // PROTO-3, PXY-8: adopt what the kernel holds instead of flushing it.
-    let mut have = signpost_runtime::blocking(|| read_back(&metrics));
+    let (mut have, mut node_port_ips) =
+        signpost_runtime::blocking(|| read_back(&metrics, &cfg.masquerade)).unzip();
     info!(node = %cfg.node_name, adopted = have.as_ref().map_or(0, |t| t.len()), "signpost proxy (nftables) starting");
     let mut state = LoopState::default();
     let mut retry_in: Option<Duration> = None;
@@ -425,10 +453,11 @@ pub async fn run(client: Client, cfg: Config, metrics: Arc<Metrics>) -> Result<(
         if repair {
             // Repair drift: plan against what the kernel really holds, and
             // try refused entries again.
-            have = signpost_runtime::blocking(|| read_back(&metrics));
+            (have, node_port_ips) =
+                signpost_runtime::blocking(|| read_back(&metrics, &cfg.masquerade)).unzip();
             refused.clear();
         }
-        let node = this_node(&nodes, &cfg.node_name);
+        let node = this_node(&nodes, &cfg.node_name, &cfg.node_port_addresses);
         let want = desired(
             &services,
             &slices,
@@ -437,23 +466,36 @@ pub async fn run(client: Client, cfg: Config, metrics: Arc<Metrics>) -> Result<(
             &mut seam,
             &mut last_good,
         );
+        if let Some(t) = &have
+            && node_port_ips.as_ref() != Some(&build::node_port_ips(t, &node.addresses))
+        {
+            // The node's addresses (or --nodeport-addresses) changed since
+            // the table was written: its ClusterIP sets are split otherwise.
+            info!(addresses = ?node.addresses, "the node's NodePort addresses changed; rewriting the table whole");
+            have = None;
+        }
         let want = refused.hold_back(&want, have.as_ref());
         // `nft` runs as a process: the runtime's other tasks (probes,
         // metrics, watches) go on while it works.
         let outcome = signpost_runtime::blocking(|| {
-            match sync(&mut have, &want, &node.addresses, &metrics) {
+            match sync(&mut have, &want, &node.addresses, &cfg.masquerade, &metrics) {
                 Ok(_) => Ok(()),
                 // The whole table was refused: find the entries the kernel
                 // refuses and program every other one.
                 Err(e) => {
                     warn!(error = %e, "the kernel refused the table; finding the virtual services it refuses");
-                    isolate_nft(&mut have, &want, &node.addresses, &metrics).map(|found| {
-                        report_refused(&found);
-                        refused.record(found);
-                    })
+                    isolate_nft(&mut have, &want, &node.addresses, &cfg.masquerade, &metrics).map(
+                        |found| {
+                            report_refused(&found);
+                            refused.record(found);
+                        },
+                    )
                 }
             }
         });
+        node_port_ips = have
+            .as_ref()
+            .map(|t| build::node_port_ips(t, &node.addresses));
         retry_in = settle(
             outcome, &refused, &mut state, &cfg, began, retry_in, &metrics,
         );
@@ -508,13 +550,15 @@ fn isolate_nft(
     have: &mut Option<ProxyTable>,
     want: &ProxyTable,
     node_ips: &[IpAddr],
+    masq: &Masquerade,
     metrics: &Metrics,
 ) -> Result<ProxyTable, apply::Error> {
-    let base = match read_back(metrics) {
-        Some(t) => t,
-        None => {
+    let base = match read_back(metrics, masq) {
+        // Partial steps over it split the ClusterIP sets as it does.
+        Some((t, written)) if written == build::node_port_ips(&t, node_ips) => t,
+        _ => {
             let empty = ProxyTable::new();
-            apply::apply(&build::full(&empty, node_ips)).inspect_err(|_| {
+            apply::apply(&build::full(&empty, node_ips, masq)).inspect_err(|_| {
                 metrics.errors.inc();
             })?;
             empty
@@ -544,7 +588,7 @@ fn isolate_nft(
     if nothing_taken && !found.is_empty() {
         // Everything was refused: is it these entries, or the data plane?
         // Rewriting what the kernel already holds tells.
-        apply::apply(&build::full(&applied, node_ips)).inspect_err(|_| {
+        apply::apply(&build::full(&applied, node_ips, masq)).inspect_err(|_| {
             metrics.errors.inc();
             *have = None;
         })?;
@@ -599,7 +643,7 @@ pub async fn run_ipvs(client: Client, cfg: Config, metrics: Arc<Metrics>) -> Res
             }
             Action::Sync { read_back } => read_back,
         };
-        let node = this_node(&nodes, &cfg.node_name);
+        let node = this_node(&nodes, &cfg.node_name, &cfg.node_port_addresses);
         let want = desired(
             &services,
             &slices,
@@ -614,7 +658,7 @@ pub async fn run_ipvs(client: Client, cfg: Config, metrics: Arc<Metrics>) -> Res
         }
         let want = refused.hold_back(&want, have.as_ref());
         if sink.is_none() {
-            sink = Some(IpvsSink::connect(node.addresses.clone()).await?);
+            sink = Some(IpvsSink::connect(node.addresses.clone(), cfg.masquerade.clone()).await?);
         }
         let Some(k) = sink.as_mut() else { continue };
         if k.set_node_ips(&node.addresses) {

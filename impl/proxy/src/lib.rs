@@ -4,6 +4,7 @@
 //! in [`plane`] (nftables or IPVS); [`conntrack`] forgets UDP flows to
 //! removed backends in both (PXY-11); [`metrics`] counts what happened.
 
+pub mod addresses;
 pub mod conntrack;
 pub mod controller;
 pub mod health;

@@ -1,6 +1,7 @@
 //! The tracer against the oracle: for generated clusters, every
 //! ClusterIP:port goes exactly to the oracle's backends (or is rejected),
-//! from any source, after a full sync and after a partial one.
+//! from any source, after a full sync and after a partial one, and is
+//! masqueraded exactly when the masquerade policy says so.
 
 use std::net::{IpAddr, SocketAddr};
 
@@ -10,6 +11,7 @@ use signpost_model::cluster::{
     ProxyTable, Selector, Service, ServiceKind, ServicePort, TargetPort, TrafficPolicy,
 };
 use signpost_model::spec::proxy_table;
+use signpost_proxy::addresses::{Masquerade, parse_cidrs};
 use signpost_proxy::nftables::build::{full, partial};
 use signpost_proxy::nftables::tracer::Tracer;
 
@@ -133,16 +135,42 @@ fn table((services, slices): &(Vec<Service>, Vec<EndpointSlice>)) -> ProxyTable 
     proxy_table(services, &refs, &node())
 }
 
-fn check(tracer: &Tracer, t: &ProxyTable) -> Result<(), TestCaseError> {
+/// The policies: the default, `--masquerade-all`, and `--cluster-cidr`
+/// naming the Pod ranges (one family or both).
+fn arb_masquerade() -> impl Strategy<Value = Masquerade> {
+    prop_oneof![
+        Just(Masquerade::default()),
+        Just(Masquerade {
+            all: true,
+            cluster_cidrs: Vec::new()
+        }),
+        Just(Masquerade {
+            all: false,
+            cluster_cidrs: parse_cidrs("10.244.0.0/24").unwrap()
+        }),
+        Just(Masquerade {
+            all: false,
+            cluster_cidrs: parse_cidrs("10.244.0.0/24,fd00:244::/120").unwrap()
+        }),
+    ]
+}
+
+fn check(tracer: &Tracer, t: &ProxyTable, policy: &Masquerade) -> Result<(), TestCaseError> {
     for (key, vs) in t {
+        // Pod addresses, and sources off the Pod ranges.
         let sources: Vec<IpAddr> = if key.ip.is_ipv4() {
             vec![
                 IpAddr::from([10, 244, 9, 9]),
+                IpAddr::from([192, 168, 5, 5]),
                 pod_ip(0, false),
                 pod_ip(3, false),
             ]
         } else {
-            vec!["fd00:244::99".parse().unwrap(), pod_ip(0, true)]
+            vec![
+                "fd00:244::99".parse().unwrap(),
+                "fd99::5".parse().unwrap(),
+                pod_ip(0, true),
+            ]
         };
         for src in sources {
             let tr = tracer
@@ -156,12 +184,13 @@ fn check(tracer: &Tracer, t: &ProxyTable) -> Result<(), TestCaseError> {
             } else {
                 prop_assert_eq!(&tr.backends(), &vs.backends, "{:?} from {}", key, src);
                 prop_assert!(!tr.rejected);
-                // Hairpin traffic, and all NodePort traffic, is masqueraded.
+                // Hairpin traffic, and all NodePort traffic, is masqueraded;
+                // traffic to a ClusterIP as the policy says.
                 let nodeport = node_ips().contains(&key.ip);
                 for (backend, masq) in &tr.dnat {
                     prop_assert_eq!(
                         *masq,
-                        nodeport || backend.ip() == src,
+                        nodeport || backend.ip() == src || policy.masquerades(src),
                         "masquerade for {} from {}",
                         backend,
                         src
@@ -200,22 +229,22 @@ proptest! {
     #![proptest_config(ProptestConfig { cases: 1000, ..ProptestConfig::default() })]
 
     #[test]
-    fn full_sync_traces_to_the_oracle(c in arb_cluster()) {
+    fn full_sync_traces_to_the_oracle(c in arb_cluster(), m in arb_masquerade()) {
         let t = table(&c);
         let mut tracer = Tracer::default();
-        tracer.apply(&full(&t, &node_ips())).map_err(TestCaseError::fail)?;
-        check(&tracer, &t)?;
+        tracer.apply(&full(&t, &node_ips(), &m)).map_err(TestCaseError::fail)?;
+        check(&tracer, &t, &m)?;
     }
 
     #[test]
-    fn partial_sync_traces_to_the_oracle(a in arb_cluster(), b in arb_cluster()) {
+    fn partial_sync_traces_to_the_oracle(a in arb_cluster(), b in arb_cluster(), m in arb_masquerade()) {
         let (ta, tb) = (table(&a), table(&b));
         let mut tracer = Tracer::default();
-        tracer.apply(&full(&ta, &node_ips())).map_err(TestCaseError::fail)?;
+        tracer.apply(&full(&ta, &node_ips(), &m)).map_err(TestCaseError::fail)?;
         if let Some(tx) = partial(&ta, &tb, &node_ips()) {
             tracer.apply(&tx).map_err(TestCaseError::fail)?;
         }
-        check(&tracer, &tb)?;
+        check(&tracer, &tb, &m)?;
     }
 }
 

@@ -129,9 +129,26 @@ enum Command {
         /// `--healthz-bind-address`).
         #[arg(long, alias = "healthz-bind-address")]
         healthz_addr: Option<SocketAddr>,
+        /// Masquerade all traffic to ClusterIPs (kube-proxy's
+        /// `--masquerade-all`). By default a backend sees its client's
+        /// address; hairpin and NodePort traffic are always masqueraded.
+        #[arg(long)]
+        masquerade_all: bool,
+        /// The cluster's Pod ranges, comma-separated: traffic to a ClusterIP
+        /// from outside them (the node, off the cluster) is masqueraded
+        /// (kube-proxy's `--cluster-cidr`).
+        #[arg(long)]
+        cluster_cidr: Option<String>,
+        /// NodePorts answer only on the node's InternalIPs inside these
+        /// ranges: comma-separated CIDRs and/or `primary` (the first
+        /// InternalIP of each family). Default: every InternalIP
+        /// (kube-proxy's `--nodeport-addresses`).
+        #[arg(long, value_delimiter = ',')]
+        nodeport_addresses: Vec<String>,
         /// A KubeProxyConfiguration file (kubeproxy.config.k8s.io/v1alpha1):
-        /// its mode, hostnameOverride, syncPeriod, metricsBindAddress and
-        /// healthzBindAddress replace the flags above; a field Signpost
+        /// its mode, hostnameOverride, syncPeriod, metricsBindAddress,
+        /// healthzBindAddress, masqueradeAll, clusterCIDR and
+        /// nodePortAddresses replace the flags above; a field Signpost
         /// does not implement is an error naming it.
         #[arg(long)]
         config: Option<PathBuf>,
@@ -272,6 +289,9 @@ async fn main() -> anyhow::Result<()> {
             healthz_timeout_secs,
             mut metrics_addr,
             mut healthz_addr,
+            mut masquerade_all,
+            mut cluster_cidr,
+            mut nodeport_addresses,
             config,
             mutant,
         } => {
@@ -294,7 +314,23 @@ async fn main() -> anyhow::Result<()> {
                 metrics_addr = pc.metrics_bind_address.unwrap_or(metrics_addr);
                 healthz_addr = pc.healthz_bind_address.or(healthz_addr);
                 kubeconfig = kubeconfig.or(pc.kubeconfig);
+                masquerade_all |= pc.masquerade_all;
+                cluster_cidr = pc.cluster_cidr.or(cluster_cidr);
+                if let Some(list) = pc.node_port_addresses {
+                    nodeport_addresses = list;
+                }
             }
+            let masquerade = signpost_proxy::addresses::Masquerade {
+                all: masquerade_all,
+                cluster_cidrs: signpost_proxy::addresses::parse_cidrs(
+                    cluster_cidr.as_deref().unwrap_or_default(),
+                )
+                .map_err(|e| anyhow::anyhow!("--cluster-cidr: {e}"))?,
+            };
+            let node_port_addresses = signpost_proxy::addresses::NodePortAddresses::parse(
+                nodeport_addresses.iter().map(String::as_str),
+            )
+            .map_err(|e| anyhow::anyhow!("--nodeport-addresses: {e}"))?;
             if cleanup {
                 cleanup_all().await?;
                 return Ok(());
@@ -327,6 +363,8 @@ async fn main() -> anyhow::Result<()> {
                 resync: resync_secs,
                 mutant,
                 health,
+                masquerade,
+                node_port_addresses,
             };
             if let Some(m) = mutant {
                 tracing::warn!(
@@ -616,7 +654,7 @@ async fn cleanup_all() -> anyhow::Result<()> {
         signpost_proxy::nftables::apply::apply(&signpost_proxy::nftables::build::cleanup())?;
         tracing::info!("removed table inet {}", signpost_proxy::nftables::TABLE);
     }
-    match signpost_proxy::ipvs::IpvsSink::connect(Vec::new()).await {
+    match signpost_proxy::ipvs::IpvsSink::connect(Vec::new(), Default::default()).await {
         Ok(sink) => {
             sink.cleanup().await?;
             tracing::info!(

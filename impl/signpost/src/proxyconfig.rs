@@ -27,6 +27,13 @@ pub struct ProxyConfig {
     pub healthz_bind_address: Option<SocketAddr>,
     /// `clientConnection.kubeconfig`.
     pub kubeconfig: Option<PathBuf>,
+    /// `masqueradeAll` (or the mode's `nftables.masqueradeAll` /
+    /// `iptables.masqueradeAll`, which kube-proxy's ipvs mode reads).
+    pub masquerade_all: bool,
+    /// `clusterCIDR` (comma-separated CIDRs).
+    pub cluster_cidr: Option<String>,
+    /// `nodePortAddresses` (CIDRs and/or `primary`).
+    pub node_port_addresses: Option<Vec<String>>,
     /// What was read but does not apply, one line each (logged).
     pub notes: Vec<String>,
 }
@@ -137,7 +144,10 @@ pub fn parse(text: &str) -> Result<ProxyConfig, String> {
     for (k, v) in &top {
         match (k.as_str(), v) {
             ("apiVersion" | "kind", _) => {}
-            ("clientConnection" | "ipvs" | "nftables" | "detectLocal", Value::Object(o)) => {
+            (
+                "clientConnection" | "ipvs" | "nftables" | "iptables" | "detectLocal",
+                Value::Object(o),
+            ) => {
                 fields.extend(o.iter().map(|(k2, v2)| (format!("{k}.{k2}"), v2)));
             }
             _ => fields.push((k.clone(), v)),
@@ -170,6 +180,34 @@ pub fn parse(text: &str) -> Result<ProxyConfig, String> {
             cfg.healthz_bind_address = Some(address(v, &path)?);
         } else if known("clientConnection.kubeconfig") {
             cfg.kubeconfig = Some(PathBuf::from(string(v, &path)?));
+        } else if known("masqueradeAll")
+            || known("nftables.masqueradeAll")
+            || known("iptables.masqueradeAll")
+        {
+            // Zero values were skipped above: this is `true` or not a bool.
+            if v.as_bool() != Some(true) {
+                return Err(format!("{path}: expected true or false, got {v}"));
+            }
+            cfg.masquerade_all = true;
+        } else if known("clusterCIDR") {
+            cfg.cluster_cidr = Some(string(v, &path)?);
+        } else if known("detectLocalMode") {
+            let m = string(v, &path)?;
+            if m != "ClusterCIDR" {
+                return Err(format!(
+                    "detectLocalMode {m:?}: Signpost tells local traffic by clusterCIDR only"
+                ));
+            }
+        } else if known("nodePortAddresses") {
+            let items = v
+                .as_array()
+                .ok_or_else(|| format!("{path}: expected a list, got {v}"))?;
+            cfg.node_port_addresses = Some(
+                items
+                    .iter()
+                    .map(|i| string(i, &path))
+                    .collect::<Result<_, _>>()?,
+            );
         } else if known("ipvs.scheduler") {
             let s = string(v, &path)?;
             if s != "rr" {
@@ -306,11 +344,41 @@ winkernel:
     }
 
     #[test]
+    fn masquerading_and_node_port_addresses_are_read() {
+        let c = parse(
+            "apiVersion: kubeproxy.config.k8s.io/v1alpha1\nkind: KubeProxyConfiguration\n\
+             clusterCIDR: 10.244.0.0/16,fd00:10:244::/56\ndetectLocalMode: ClusterCIDR\n\
+             nodePortAddresses: [primary, 192.168.0.0/16]\n",
+        )
+        .unwrap();
+        assert_eq!(
+            c.cluster_cidr.as_deref(),
+            Some("10.244.0.0/16,fd00:10:244::/56")
+        );
+        assert_eq!(
+            c.node_port_addresses,
+            Some(vec!["primary".to_owned(), "192.168.0.0/16".to_owned()])
+        );
+        assert!(!c.masquerade_all);
+        for field in [
+            "masqueradeAll",
+            "nftables:\n  masqueradeAll",
+            "iptables:\n  masqueradeAll",
+        ] {
+            let c = parse(&format!(
+                "apiVersion: kubeproxy.config.k8s.io/v1alpha1\nkind: KubeProxyConfiguration\n{field}: true\n"
+            ))
+            .unwrap();
+            assert!(c.masquerade_all, "{field}");
+        }
+    }
+
+    #[test]
     fn what_would_change_programming_and_is_not_implemented_is_an_error() {
         for (field, value) in [
-            ("masqueradeAll", "true"),
-            ("clusterCIDR", "10.244.0.0/16"),
-            ("nodePortAddresses", "[\"primary\"]"),
+            ("masqueradeAll", "yes please"),
+            ("detectLocalMode", "InterfaceNamePrefix"),
+            ("nodePortAddresses", "primary"),
             ("ipvs:\n  strictARP", "true"),
             ("mode", "iptables"),
             ("ipvs:\n  scheduler", "wrr"),

@@ -95,7 +95,7 @@ fn a_kube_proxy_configuration_with_an_unimplemented_field_is_refused_by_name() {
     let cfg = dir.join("config.yaml");
     std::fs::write(
         &cfg,
-        "apiVersion: kubeproxy.config.k8s.io/v1alpha1\nkind: KubeProxyConfiguration\nmode: nftables\nmasqueradeAll: true\n",
+        "apiVersion: kubeproxy.config.k8s.io/v1alpha1\nkind: KubeProxyConfiguration\nmode: nftables\ndetectLocalMode: BridgeInterface\n",
     )
     .unwrap();
     let out = signpost()
@@ -111,7 +111,7 @@ fn a_kube_proxy_configuration_with_an_unimplemented_field_is_refused_by_name() {
     let err = String::from_utf8_lossy(&out.stderr);
     assert!(!out.status.success());
     assert!(
-        err.contains("masqueradeAll") && !err.contains("nonexistent"),
+        err.contains("detectLocalMode") && !err.contains("nonexistent"),
         "{err}"
     );
     std::fs::remove_dir_all(dir).unwrap();

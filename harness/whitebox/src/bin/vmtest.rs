@@ -226,7 +226,7 @@ fn pod(n: u8, echo: bool) -> Result<Pod, BoxError> {
     if echo {
         let _ = std::process::Command::new("ip")
             .args(["netns", "exec", &p, "/test/signpost-echo", "--name", &name])
-            .args(["--tcp", "8080", "--udp", "8080"])
+            .args(["--tcp", "8080", "--udp", "8080", "--tcp-peer", "9090"])
             .stdout(std::process::Stdio::null())
             .spawn()?;
     }
@@ -413,7 +413,8 @@ fn dataplane(cases: u32) -> Result<(), BoxError> {
     let rt = tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()?;
-    let sink = std::cell::RefCell::new(rt.block_on(IpvsSink::connect(Vec::new()))?);
+    let sink =
+        std::cell::RefCell::new(rt.block_on(IpvsSink::connect(Vec::new(), Default::default()))?);
     let steps = std::cell::Cell::new(0u32);
     let mut runner = TestRunner::new(Config {
         cases,
@@ -472,11 +473,11 @@ async fn restart() -> Result<(), BoxError> {
     node_setup()?;
     let want = fixed_table();
     {
-        let mut first = IpvsSink::connect(Vec::new()).await?;
+        let mut first = IpvsSink::connect(Vec::new(), Default::default()).await?;
         first.sync(&want).await?;
     }
     // A new proxy over the programmed kernel: nothing to do.
-    let mut second = IpvsSink::connect(Vec::new()).await?;
+    let mut second = IpvsSink::connect(Vec::new(), Default::default()).await?;
     let observed = second.observed().await?;
     check(observed == want, || {
         format!("read back {observed:?} != {want:?}")
@@ -494,7 +495,7 @@ async fn restart() -> Result<(), BoxError> {
     sh(&format!(
         "ip addr add 10.96.0.99/32 dev {DUMMY} && ipvsadm -A -t 10.96.0.99:80 -s rr && ipvsadm -a -t 10.96.0.99:80 -r 10.244.0.1:8080 -m"
     ))?;
-    let mut third = IpvsSink::connect(Vec::new()).await?;
+    let mut third = IpvsSink::connect(Vec::new(), Default::default()).await?;
     let (ops, _) = third.sync(&want).await?;
     check(
         ops.iter().all(
@@ -546,7 +547,7 @@ async fn node_ips() -> Result<(), BoxError> {
         ));
         t
     };
-    let mut sink = IpvsSink::connect(vec![a]).await?;
+    let mut sink = IpvsSink::connect(vec![a], Default::default()).await?;
     let first = table(a);
     sink.sync(&first).await?;
     check(sink.set_node_ips(&[b]), || {
@@ -571,6 +572,77 @@ async fn node_ips() -> Result<(), BoxError> {
     println!(
         "node addresses: the NodePort moved from {a} to {b}; {b} is not bound nor in the ClusterIP set"
     );
+    Ok(())
+}
+
+// ---------------------------------------------------------------- masquerade
+
+/// `--masquerade-all` and `--cluster-cidr` in the IPVS plane: the backend
+/// sees the client's address or the node's, as the policy says, with each
+/// policy written over the last one's table (as a restarted proxy does).
+async fn masquerade() -> Result<(), BoxError> {
+    use signpost_proxy::addresses::{Masquerade, parse_cidrs};
+    node_setup()?;
+    let backend = pod(1, true)?;
+    let client = pod(100, false)?;
+    std::thread::sleep(Duration::from_millis(300));
+    let vip = SocketAddr::new("10.96.0.60".parse()?, 80);
+    let table = one_service(
+        VirtualKey {
+            ip: vip.ip(),
+            protocol: Protocol::Tcp,
+            port: 80,
+        },
+        &[SocketAddr::new(backend.v4, 9090)],
+    );
+    let me = client.v4.to_string();
+    let policies = [
+        ("the default", Masquerade::default(), false),
+        (
+            "--masquerade-all",
+            Masquerade {
+                all: true,
+                cluster_cidrs: Vec::new(),
+            },
+            true,
+        ),
+        (
+            "--cluster-cidr with the client inside",
+            Masquerade {
+                all: false,
+                cluster_cidrs: parse_cidrs("10.244.0.0/16,fd00:10:244::/56")?,
+            },
+            false,
+        ),
+        (
+            "--cluster-cidr with the client outside",
+            Masquerade {
+                all: false,
+                cluster_cidrs: parse_cidrs("10.99.0.0/16")?,
+            },
+            true,
+        ),
+    ];
+    for (what, policy, masqueraded) in policies {
+        let mut sink = IpvsSink::connect(Vec::new(), policy).await?;
+        sink.sync(&table).await?;
+        let reply =
+            ask(&client.ns, vip, Protocol::Tcp)?.map_err(|e| format!("{what}: {vip}: {e:?}"))?;
+        let peer = reply.split_once(' ').map(|(_, p)| p.to_owned());
+        check(peer.is_some(), || format!("{what}: reply {reply:?}"))?;
+        check(
+            (peer.as_deref() != Some(me.as_str())) == masqueraded,
+            || format!("{what}: the backend saw {peer:?}, the client is {me}"),
+        )?;
+        println!(
+            "masquerade: {what}: the backend sees {}",
+            peer.unwrap_or_default()
+        );
+    }
+    IpvsSink::connect(Vec::new(), Masquerade::default())
+        .await?
+        .cleanup()
+        .await?;
     Ok(())
 }
 
@@ -601,7 +673,7 @@ async fn drain() -> Result<(), BoxError> {
     let b1: SocketAddr = "10.244.0.1:8080".parse()?;
     let b2: SocketAddr = "10.244.0.2:8080".parse()?;
     let table = |backends: &[SocketAddr]| one_service(key, backends);
-    let mut sink = IpvsSink::connect(Vec::new()).await?;
+    let mut sink = IpvsSink::connect(Vec::new(), Default::default()).await?;
     sink.sync(&table(&[b1])).await?;
     // A finished connection leaves an inactive IPVS connection entry (FIN/TIME_WAIT).
     let got = ask(&client.ns, SocketAddr::new(key.ip, key.port), Protocol::Tcp)?;
@@ -978,7 +1050,7 @@ async fn side_by_side(n: usize, which: &str) -> Result<(), BoxError> {
 
 async fn cleanup() -> Result<(), BoxError> {
     node_setup()?;
-    let mut sink = IpvsSink::connect(Vec::new()).await?;
+    let mut sink = IpvsSink::connect(Vec::new(), Default::default()).await?;
     sink.sync(&fixed_table()).await?;
     drop(sink);
     check(sh("ipvsadm -Ln")?.lines().nth(3).is_some(), || {
@@ -1035,7 +1107,7 @@ async fn bench(sizes: &[u32]) -> Result<(), BoxError> {
     node_setup()?;
     let mut report = Vec::new();
     for &n in sizes {
-        let mut sink = IpvsSink::connect(Vec::new()).await?;
+        let mut sink = IpvsSink::connect(Vec::new(), Default::default()).await?;
         sink.sync(&ProxyTable::new()).await?;
         let want = big_table(n, 0);
         let t = Instant::now();
@@ -1092,6 +1164,7 @@ fn main() {
         "restart" => rt.block_on(restart()),
         "drain" => rt.block_on(drain()),
         "nodeips" => rt.block_on(node_ips()),
+        "masquerade" => rt.block_on(masquerade()),
         "e2e" => match flag("--vip").and_then(|v| v.parse().ok()) {
             Some(vip) => rt.block_on(e2e(
                 vip,
@@ -1116,7 +1189,7 @@ fn main() {
             rt.block_on(bench(&sizes))
         }
         other => Err(format!(
-            "unknown section {other:?} (genl, dataplane, restart, drain, nodeips, cleanup, bench)"
+            "unknown section {other:?} (genl, dataplane, restart, drain, nodeips, masquerade, cleanup, bench)"
         )
         .into()),
     };

@@ -525,7 +525,11 @@ fn ipvs_nft_sets_change_element_by_element_over_netlink() {
     let mut nft = ns.command("nft");
     nft.args(["-f", "-"]).stdin(std::process::Stdio::piped());
     let mut child = nft.spawn().unwrap();
-    std::io::Write::write_all(&mut child.stdin.take().unwrap(), nft_base().as_bytes()).unwrap();
+    std::io::Write::write_all(
+        &mut child.stdin.take().unwrap(),
+        nft_base(&signpost_proxy::addresses::Masquerade::default()).as_bytes(),
+    )
+    .unwrap();
     assert!(child.wait().unwrap().success());
     let listed = || -> BTreeSet<String> {
         let out = ns
@@ -537,6 +541,13 @@ fn ipvs_nft_sets_change_element_by_element_over_netlink() {
         let mut got = BTreeSet::new();
         for item in v["nftables"].as_array().unwrap() {
             let Some(set) = item.get("set") else { continue };
+            if set["name"]
+                .as_str()
+                .is_some_and(|n| n.starts_with("no_masq"))
+            {
+                // The masquerade policy, not elements of the table.
+                continue;
+            }
             for e in set["elem"].as_array().into_iter().flatten() {
                 let parts: Vec<String> = match e.as_str() {
                     // A plain address (vips_v4/v6).
@@ -1080,7 +1091,7 @@ fn a_sticky_client_stays_stuck_when_a_backend_joins() {
     };
     let old: ProxyTable = [(key, sticky(&[a]))].into();
     let new: ProxyTable = [(key, sticky(&[a, b]))].into();
-    nft(build::full(&old, &[]).to_string());
+    nft(build::full(&old, &[], &signpost_proxy::addresses::Masquerade::default()).to_string());
     // The client 10.244.0.9 is stuck to a (as the endpoint chain's update would record).
     let set_a = build::affinity_set(&key, &a);
     let st = ns
@@ -1110,4 +1121,139 @@ fn a_sticky_client_stays_stuck_when_a_backend_joins() {
     let chain = String::from_utf8_lossy(&out.stdout);
     assert_eq!(chain.matches("numgen random mod 2").count(), 1, "{chain}");
     assert!(chain.contains(&build::affinity_set(&key, &b)), "{chain}");
+}
+
+/// `--masquerade-all`, `--cluster-cidr` and `--nodeport-addresses` in the
+/// kernel: the backend sees the client's own address, or the node's, as
+/// the policy says, and the NodePort answers only on the node addresses
+/// allowed. Each phase restarts the proxy with another policy over the
+/// table the last one left, so a restart must notice that the table it
+/// adopts was written under another policy.
+#[test]
+fn masquerading_and_node_port_addresses_follow_the_flags() {
+    use signpost_harness::cluster::NODE_IP;
+    require_rig!();
+    let (cluster, _eps) = cluster_with_endpoints("nft-masq", 10280);
+    let _voy = cluster
+        .pod("voyager-0")
+        .label("app", "voy")
+        .peer_port(9090)
+        .start()
+        .unwrap();
+    let client = cluster
+        .pod("enterprise-0")
+        .label("app", "ent")
+        .start()
+        .unwrap();
+    let svc: KService = serde_json::from_value(json!({
+        "metadata": { "name": "voy" },
+        "spec": {
+            "type": "NodePort",
+            "selector": { "app": "voy" },
+            "ports": [{ "name": "peer", "port": 80, "targetPort": 9090, "protocol": "TCP" }],
+        },
+    }))
+    .unwrap();
+    let (vip, node_port) = cluster
+        .block_on(|c| async move {
+            let spec = Api::<KService>::namespaced(c, "default")
+                .create(&PostParams::default(), &svc)
+                .await
+                .unwrap()
+                .spec
+                .unwrap();
+            let port = spec.ports.unwrap()[0].node_port.unwrap();
+            (
+                spec.cluster_ip.unwrap().parse::<IpAddr>().unwrap(),
+                u16::try_from(port).unwrap(),
+            )
+        })
+        .unwrap();
+    let cluster_ip = SocketAddr::new(vip, 80);
+    let node_port = SocketAddr::new(IpAddr::V4(NODE_IP), node_port);
+    let me = client.ip().to_string();
+    // The source voyager-0 sees for a connection from the client.
+    let seen = |to: SocketAddr| -> Option<String> {
+        let reply = client.tcp_request(to, Duration::from_secs(2)).ok()?;
+        let (pod, peer) = reply.split_once(' ')?;
+        assert_eq!(pod, "voyager-0", "{reply}");
+        Some(peer.to_owned())
+    };
+    let wait_for = |what: &str, ok: &dyn Fn() -> bool| {
+        let deadline = Instant::now() + Duration::from_secs(30);
+        while !ok() {
+            assert!(
+                Instant::now() < deadline,
+                "{what}; logs in {}",
+                cluster.logs().display()
+            );
+            std::thread::sleep(Duration::from_millis(200));
+        }
+    };
+    // Each proxy took over the last one's table without a refused
+    // transaction: a table written under other flags is rewritten whole.
+    let clean = |p: Daemon| {
+        assert_eq!(
+            cluster.metric(10281, "signpost_proxy_errors_total"),
+            Some(0.0),
+            "a refused transaction; logs in {}",
+            cluster.logs().display()
+        );
+        drop(p);
+    };
+    let phase = AtomicU64::new(0);
+    let proxy = |extra: &[&str]| {
+        let mut args = vec!["proxy", "--mode=nftables", "--node-name=node-a"];
+        args.extend_from_slice(extra);
+        let n = phase.fetch_add(1, Ordering::Relaxed) + 1;
+        signpost(&cluster, &format!("signpost-proxy-{n}"), &args)
+    };
+
+    // Default: the backend sees the client; the NodePort answers on the node.
+    let p = proxy(&[]);
+    wait_for("by default the backend sees the client's address", &|| {
+        seen(cluster_ip).as_deref() == Some(me.as_str())
+    });
+    wait_for("the NodePort answers on the node's address", &|| {
+        seen(node_port).is_some()
+    });
+    clean(p);
+
+    // Everyone masqueraded.
+    let p = proxy(&["--masquerade-all"]);
+    wait_for("--masquerade-all hides the client's address", &|| {
+        seen(cluster_ip).is_some_and(|peer| peer != me)
+    });
+    clean(p);
+
+    // Only the NodePort addresses change: NodePorts only on an address the
+    // node lacks, so the node's address carries none.
+    let p = proxy(&["--masquerade-all", "--nodeport-addresses=192.0.2.0/24"]);
+    wait_for("no NodePort outside --nodeport-addresses", &|| {
+        refused(&client, node_port)
+    });
+    assert!(seen(cluster_ip).is_some_and(|peer| peer != me));
+    clean(p);
+
+    // The client's range is the cluster's: not masqueraded; NodePort back.
+    let cidr = format!("{NODE_IP}/32");
+    let p = proxy(&[
+        "--cluster-cidr=10.244.0.0/16,fd00:10:244::/56",
+        &format!("--nodeport-addresses={cidr}"),
+    ]);
+    wait_for("a client inside --cluster-cidr keeps its address", &|| {
+        seen(cluster_ip).as_deref() == Some(me.as_str())
+    });
+    wait_for(
+        "the NodePort answers on an address inside --nodeport-addresses",
+        &|| seen(node_port).is_some(),
+    );
+    clean(p);
+
+    // The client's range is not the cluster's: masqueraded.
+    let p = proxy(&["--cluster-cidr=10.99.0.0/16"]);
+    wait_for("a client outside --cluster-cidr is masqueraded", &|| {
+        seen(cluster_ip).is_some_and(|peer| peer != me)
+    });
+    clean(p);
 }

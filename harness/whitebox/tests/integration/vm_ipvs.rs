@@ -45,6 +45,7 @@ fn ipvs_in_the_kernel_vm() {
         /test/signpost-vmtest restart\n\
         /test/signpost-vmtest drain\n\
         /test/signpost-vmtest nodeips\n\
+        /test/signpost-vmtest masquerade\n\
         /test/signpost-vmtest cleanup\n";
     let out =
         vm::run(&image, &files, script, Duration::from_secs(900)).expect("the VM boots and runs");
@@ -67,6 +68,7 @@ fn ipvs_in_the_kernel_vm() {
         "restart",
         "drain",
         "nodeips",
+        "masquerade",
         "cleanup",
     ] {
         assert!(

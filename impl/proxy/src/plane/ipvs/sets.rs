@@ -2,7 +2,10 @@
 //! `reject_v4/v6` (`address . protocol . port` of virtual services without
 //! endpoints, rejected before IPVS would drop them: PXY-3), `vips_v4/v6`
 //! (every ClusterIP; what IPVS did not take is rejected after it: PXY-12)
-//! and `hairpin_v4/v6` (`backend . backend`, masqueraded). `nft` creates the
+//! and `hairpin_v4/v6` (`backend . backend`, masqueraded); traffic to a
+//! ClusterIP from a source outside `no_masq_v4/v6` (the [`Masquerade`]
+//! policy; everything by default) is marked before IPVS and masqueraded
+//! after it. `nft` creates the
 //! table once; after that a sync's element changes, worked out only from
 //! the virtual addresses its ops name, go to the kernel as one netlink batch.
 
@@ -16,6 +19,8 @@ use signpost_model::reconcile::ProxyOp;
 
 use super::netlink::KeysBySet;
 use super::{Error, NFT_TABLE};
+use crate::addresses::Masquerade;
+use crate::nftables::MASQ_MARK;
 
 /// Runs an nft script from stdin.
 pub(super) fn nft_script(script: &str) -> Result<(), Error> {
@@ -115,9 +120,10 @@ fn vip_elem(ip: &IpAddr) -> (String, String) {
     (format!("vips_{}", fam(ip)), ip.to_string())
 }
 
-/// The nft script that creates the table (idempotent) with empty sets.
-pub fn nft_base() -> String {
-    format!(
+/// The nft script that creates the table (idempotent) with empty element
+/// sets and `masq` as the masquerade policy.
+pub fn nft_base(masq: &Masquerade) -> String {
+    let mut script = format!(
         "add table inet {t}
 add set inet {t} reject_v4 {{ type ipv4_addr . inet_proto . inet_service; }}
 add set inet {t} reject_v6 {{ type ipv6_addr . inet_proto . inet_service; }}
@@ -143,9 +149,35 @@ add rule inet {t} unclaimed ip daddr @vips_v4 reject
 add rule inet {t} unclaimed ip6 daddr @vips_v6 reject
 add rule inet {t} postrouting ip saddr . ip daddr @hairpin_v4 masquerade
 add rule inet {t} postrouting ip6 saddr . ip6 daddr @hairpin_v6 masquerade
+add set inet {t} no_masq_v4 {{ type ipv4_addr; flags interval; }}
+add set inet {t} no_masq_v6 {{ type ipv6_addr; flags interval; }}
+add chain inet {t} mark_pre {{ type filter hook prerouting priority -110; }}
+add chain inet {t} mark_out {{ type filter hook output priority -110; }}
+flush chain inet {t} mark_pre
+flush chain inet {t} mark_out
+flush set inet {t} no_masq_v4
+flush set inet {t} no_masq_v6
+add rule inet {t} mark_pre ip daddr @vips_v4 ip saddr != @no_masq_v4 meta mark set meta mark | {m:#x}
+add rule inet {t} mark_pre ip6 daddr @vips_v6 ip6 saddr != @no_masq_v6 meta mark set meta mark | {m:#x}
+add rule inet {t} mark_out ip daddr @vips_v4 ip saddr != @no_masq_v4 meta mark set meta mark | {m:#x}
+add rule inet {t} mark_out ip6 daddr @vips_v6 ip6 saddr != @no_masq_v6 meta mark set meta mark | {m:#x}
+add rule inet {t} postrouting meta mark & {m:#x} == {m:#x} masquerade
 ",
-        t = NFT_TABLE
-    )
+        t = NFT_TABLE,
+        m = MASQ_MARK,
+    );
+    for v6 in [false, true] {
+        let nets = masq.exempt(v6);
+        if !nets.is_empty() {
+            let list: Vec<String> = nets.iter().map(ToString::to_string).collect();
+            script.push_str(&format!(
+                "add element inet {NFT_TABLE} no_masq_{} {{ {} }}\n",
+                if v6 { "v6" } else { "v4" },
+                list.join(", ")
+            ));
+        }
+    }
+    script
 }
 
 /// The nft script taking `have` to `want`, element by element.
@@ -184,6 +216,8 @@ pub fn nft_delta(have: &NftElements, want: &NftElements) -> String {
 pub(super) struct NftState {
     /// The node's addresses (NodePorts; never in the ClusterIP set).
     node_ips: Vec<IpAddr>,
+    /// Whose traffic to a ClusterIP is masqueraded.
+    masq: Masquerade,
     /// The elements in the kernel; `None` before the first sync and after a
     /// failure (the next sync rebuilds the table).
     have: Option<NftElements>,
@@ -194,9 +228,10 @@ pub(super) struct NftState {
 }
 
 impl NftState {
-    pub(super) fn new(node_ips: Vec<IpAddr>) -> Self {
+    pub(super) fn new(node_ips: Vec<IpAddr>, masq: Masquerade) -> Self {
         NftState {
             node_ips,
+            masq,
             ..NftState::default()
         }
     }
@@ -210,7 +245,7 @@ impl NftState {
     fn rebuild(&mut self, want: &ProxyTable) -> Result<(), Error> {
         self.have = None;
         let elements = NftElements::of(want, &self.node_ips);
-        let mut script = nft_base();
+        let mut script = nft_base(&self.masq);
         script.push_str(&nft_delta(&NftElements::default(), &elements));
         nft_script(&script)?;
         self.record(want, elements);
@@ -595,7 +630,7 @@ mod tests {
             tables in proptest::collection::vec(arb_table(), 1..6)
         ) {
             let node: IpAddr = IpAddr::from([10, 96, 0, 3]);
-            let mut state = NftState::new(vec![node]);
+            let mut state = NftState::new(vec![node], Masquerade::default());
             let first = &tables[0];
             state.record(first, NftElements::of(first, &[node]));
             let mut prev = first.clone();

@@ -15,6 +15,7 @@ use super::drain::{self, Draining};
 use super::link::Link;
 use super::sets::{NftState, nft_script};
 use super::{DRAIN_TIMEOUT, Error, NFT_TABLE, SCHEDULER};
+use crate::addresses::Masquerade;
 
 fn protocol(p: Protocol) -> IpvsProtocol {
     match p {
@@ -92,6 +93,7 @@ pub struct IpvsSink {
     ipvs: Ipvs,
     link: Link,
     node_ips: Vec<IpAddr>,
+    masq: Masquerade,
     nft: NftState,
     /// Removed TCP/SCTP destinations kept at weight 0 while their
     /// connections finish.
@@ -113,14 +115,15 @@ impl IpvsSink {
     /// Connects to IPVS and rtnetlink, creates `kube-ipvs0` if missing and
     /// reads which addresses it holds. `node_ips` are the node's own
     /// addresses (NodePort virtual services live there).
-    pub async fn connect(node_ips: Vec<IpAddr>) -> Result<Self, Error> {
+    pub async fn connect(node_ips: Vec<IpAddr>, masq: Masquerade) -> Result<Self, Error> {
         let ipvs = Ipvs::connect().await?;
         let link = Link::open().await?;
-        let nft = NftState::new(node_ips.clone());
+        let nft = NftState::new(node_ips.clone(), masq.clone());
         Ok(IpvsSink {
             ipvs,
             link,
             node_ips,
+            masq,
             nft,
             draining: Draining::default(),
             drain_timeout: DRAIN_TIMEOUT,
@@ -138,7 +141,7 @@ impl IpvsSink {
             return false;
         }
         self.node_ips = node_ips.to_vec();
-        self.nft = NftState::new(self.node_ips.clone());
+        self.nft = NftState::new(self.node_ips.clone(), self.masq.clone());
         true
     }
 

@@ -14,7 +14,9 @@
 //!   records affinity and DNATs;
 //! - `filter-input`, `filter-forward`, `filter-output` reject anything still addressed to a
 //!   ClusterIP after DNAT: ports without endpoints and unknown ports (PXY-3);
-//! - `nat-postrouting` masquerades marked packets.
+//! - `nat-postrouting` masquerades marked packets; `services` marks traffic
+//!   to a ClusterIP from a source outside `no-masquerade-v4/v6` (interval
+//!   sets holding the [`Masquerade`] policy: everything by default).
 
 use std::collections::BTreeSet;
 use std::net::{IpAddr, SocketAddr};
@@ -23,6 +25,16 @@ use serde_json::{Value, json};
 use signpost_model::cluster::{Protocol, ProxyTable, VirtualKey, VirtualService};
 
 use super::{MASQ_MARK, TABLE};
+use crate::addresses::Masquerade;
+
+/// The set of sources whose traffic to a ClusterIP is not masqueraded.
+pub fn no_masquerade_set(v6: bool) -> String {
+    format!("no-masquerade-{}", if v6 { "v6" } else { "v4" })
+}
+
+fn mark_for_masquerade() -> Value {
+    json!({ "mangle": { "key": meta("mark"), "value": { "|": [meta("mark"), MASQ_MARK] } } })
+}
 
 fn proto(p: Protocol) -> &'static str {
     p.as_lower()
@@ -139,8 +151,22 @@ fn skeleton() -> Vec<Value> {
             "set",
             json!({ "family": "inet", "table": TABLE, "name": format!("rejecting-{ver}"), "type": [addr, "inet_proto", "inet_service"] }),
         )));
+        out.push(add(obj(
+            "set",
+            json!({ "family": "inet", "table": TABLE, "name": no_masquerade_set(ver == "v6"), "type": addr, "flags": ["interval"] }),
+        )));
     }
     out.push(add(chain("services")));
+    for (ver, fam) in [("v4", "ip"), ("v6", "ip6")] {
+        out.push(add(rule(
+            "services",
+            vec![
+                eq(payload(fam, "daddr"), json!(format!("@cluster-ips-{ver}"))),
+                json!({ "match": { "op": "!=", "left": payload(fam, "saddr"), "right": format!("@{}", no_masquerade_set(ver == "v6")) } }),
+                mark_for_masquerade(),
+            ],
+        )));
+    }
     for (ver, fam) in [("v4", "ip"), ("v6", "ip6")] {
         let lookup = json!({ "vmap": { "key": { "concat": [payload(fam, "daddr"), meta("l4proto"), payload("th", "dport")] }, "data": format!("@service-ips-{ver}") } });
         out.push(add(rule(
@@ -236,7 +262,7 @@ fn add_service_keeping(
     out.push(json!({ "flush": chain(&svc) }));
     if node_ips.contains(&key.ip) {
         // A NodePort: traffic from off the node is masqueraded so replies come back through it.
-        out.push(add(rule(&svc, vec![json!({ "mangle": { "key": meta("mark"), "value": { "|": [meta("mark"), MASQ_MARK] } } })])));
+        out.push(add(rule(&svc, vec![mark_for_masquerade()])));
     }
     let backends: Vec<&SocketAddr> = vs.backends.iter().collect();
     for b in &backends {
@@ -246,7 +272,10 @@ fn add_service_keeping(
         let f = fam(&b.ip());
         out.push(add(rule(
             &ep,
-            vec![eq(payload(f, "saddr"), json!(b.ip().to_string())), json!({ "mangle": { "key": meta("mark"), "value": { "|": [meta("mark"), MASQ_MARK] } } })],
+            vec![
+                eq(payload(f, "saddr"), json!(b.ip().to_string())),
+                mark_for_masquerade(),
+            ],
         )));
         if let Some(timeout) = vs.affinity_timeout {
             let set = affinity_set(key, b);
@@ -326,6 +355,18 @@ fn delete_service_keeping(
     }
 }
 
+/// The virtual addresses of `table` that are the node's own (NodePorts),
+/// so not in the ClusterIP sets. A partial sync is only right over a table
+/// written with the same ones: it adds and deletes ClusterIP set elements
+/// by this split.
+pub fn node_port_ips(table: &ProxyTable, node_ips: &[IpAddr]) -> BTreeSet<IpAddr> {
+    table
+        .keys()
+        .map(|k| k.ip)
+        .filter(|ip| node_ips.contains(ip))
+        .collect()
+}
+
 /// ClusterIPs (every virtual address but the node's own, which carry NodePorts).
 fn cluster_ips(table: &ProxyTable, node_ips: &[IpAddr]) -> BTreeSet<IpAddr> {
     table
@@ -348,14 +389,26 @@ fn ip_elements(ips: &BTreeSet<IpAddr>, out: &mut Vec<Value>, verb: &str) {
     }
 }
 
+/// An interval-set element for a range.
+pub fn prefix(net: &ipnet::IpNet) -> Value {
+    json!({ "prefix": { "addr": net.network().to_string(), "len": net.prefix_len() } })
+}
+
 /// A full sync: delete whatever table exists and build `table` from scratch,
-/// in one transaction (no moment without rules).
-pub fn full(table: &ProxyTable, node_ips: &[IpAddr]) -> Value {
+/// in one transaction (no moment without rules), with `masq` as the
+/// masquerade policy.
+pub fn full(table: &ProxyTable, node_ips: &[IpAddr], masq: &Masquerade) -> Value {
     let mut out = vec![
         add(obj("table", json!({ "family": "inet", "name": TABLE }))),
         json!({ "delete": obj("table", json!({ "family": "inet", "name": TABLE })) }),
     ];
     out.extend(skeleton());
+    for v6 in [false, true] {
+        let elems: Vec<Value> = masq.exempt(v6).iter().map(prefix).collect();
+        if !elems.is_empty() {
+            out.push(add(element(&no_masquerade_set(v6), elems)));
+        }
+    }
     ip_elements(&cluster_ips(table, node_ips), &mut out, "add");
     for (key, vs) in table {
         add_service(key, vs, node_ips, &mut out);

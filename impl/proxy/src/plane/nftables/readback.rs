@@ -140,3 +140,62 @@ pub fn table(listing: Option<&Value>) -> ProxyTable {
     }
     out
 }
+
+/// The masquerade policy a listing holds: the elements of its
+/// `no-masquerade-v4` and `no-masquerade-v6` sets (`None` when either set
+/// is missing: a table from before the sets existed, or no table).
+pub fn no_masquerade(listing: Option<&Value>) -> Option<[Vec<ipnet::IpNet>; 2]> {
+    let items = listing?.get("nftables")?.as_array()?;
+    let mut found: [Option<Vec<ipnet::IpNet>>; 2] = [None, None];
+    for s in items.iter().filter_map(|i| i.get("set")) {
+        let name = s.get("name").and_then(Value::as_str).unwrap_or_default();
+        let slot = match name {
+            "no-masquerade-v4" => 0,
+            "no-masquerade-v6" => 1,
+            _ => continue,
+        };
+        let mut nets: Vec<ipnet::IpNet> = elems(s)
+            .iter()
+            .filter_map(|e| {
+                let p = e.get("prefix")?;
+                let addr: IpAddr = p.get("addr")?.as_str()?.parse().ok()?;
+                let len = u8::try_from(p.get("len")?.as_u64()?).ok()?;
+                ipnet::IpNet::new(addr, len).ok()
+            })
+            .collect();
+        nets.sort();
+        found[slot] = Some(nets);
+    }
+    let [v4, v6] = found;
+    Some([v4?, v6?])
+}
+
+/// The virtual addresses of the listed table that were written as the
+/// node's own (NodePorts): those of [`table`] not in the `cluster-ips-v4/v6`
+/// sets.
+pub fn node_port_ips(listing: Option<&Value>) -> std::collections::BTreeSet<IpAddr> {
+    let mut cluster = std::collections::BTreeSet::new();
+    for s in listing
+        .and_then(|l| l.get("nftables"))
+        .and_then(Value::as_array)
+        .into_iter()
+        .flatten()
+        .filter_map(|i| i.get("set"))
+    {
+        if s.get("name")
+            .and_then(Value::as_str)
+            .is_some_and(|n| n.starts_with("cluster-ips-"))
+        {
+            cluster.extend(
+                elems(s)
+                    .iter()
+                    .filter_map(|e| e.as_str().and_then(|a| a.parse::<IpAddr>().ok())),
+            );
+        }
+    }
+    table(listing)
+        .keys()
+        .map(|k| k.ip)
+        .filter(|ip| !cluster.contains(ip))
+        .collect()
+}

@@ -343,18 +343,24 @@ impl Tracer {
             return Ok(false);
         }
         let right = m.get("right").ok_or("match without right")?;
+        let negated = match m.get("op").and_then(Value::as_str) {
+            Some("==") | None => false,
+            Some("!=") => true,
+            Some(op) => return Err(format!("match op {op} is not one Signpost generates")),
+        };
         if let Some(set) = right.as_str().and_then(|s| s.strip_prefix('@')) {
             if set.starts_with('a') {
                 // An affinity set: empty for a new client.
-                return Ok(false);
+                return Ok(negated);
             }
             let s = self
                 .sets
                 .get(set)
                 .ok_or_else(|| format!("missing set {set}"))?;
-            return Ok(s.contains(&left.to_string()));
+            let member = s.contains(&left.to_string()) || in_a_range(s, &left);
+            return Ok(member != negated);
         }
-        Ok(&left == right)
+        Ok((&left == right) != negated)
     }
 
     fn vmap(&self, vm: &Value, pkt: &Packet, masq: bool, depth: usize) -> Result<Step, String> {
@@ -404,6 +410,24 @@ impl Tracer {
         }
         Ok(Step::Next)
     }
+}
+
+/// Whether `addr` (a JSON string) lies in a range element of `set`.
+fn in_a_range(set: &BTreeSet<String>, addr: &Value) -> bool {
+    let Some(addr) = addr.as_str().and_then(|a| a.parse::<IpAddr>().ok()) else {
+        return false;
+    };
+    set.iter().any(|e| {
+        let Ok(v) = serde_json::from_str::<Value>(e) else {
+            return false;
+        };
+        let net = v.get("prefix").and_then(|p| {
+            let a: IpAddr = p.get("addr")?.as_str()?.parse().ok()?;
+            let len = u8::try_from(p.get("len")?.as_u64()?).ok()?;
+            ipnet::IpNet::new(a, len).ok()
+        });
+        net.is_some_and(|n| n.contains(&addr))
+    })
 }
 
 struct Packet {
