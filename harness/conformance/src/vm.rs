@@ -149,14 +149,113 @@ pub fn certify(sut: &Sut, guest_args: &[String], out: &Path) -> Result<Outcome> 
     Ok(Outcome { code, written })
 }
 
-/// The guest's script: the files glibc's resolver wants, the modules the
-/// node needs, then the harness as the node of the host's cluster.
+/// The start of every guest script: the files glibc's resolver wants, the
+/// modules the node needs, a quiet console.
+const GUEST_PRELUDE: &str = "set -e\n\
+     mkdir -p /etc /tmp/out\n\
+     [ -e /bin/sh ] || ln -s bash /bin/sh\n\
+     : > /etc/resolv.conf; : > /etc/hosts\n\
+     echo 'hosts: files dns' > /etc/nsswitch.conf\n\
+     for m in bridge br_netfilter ip_vs_rr; do modprobe $m; done\n\
+     # Kernel messages would interleave with the output on the console.\n\
+     echo 1 > /proc/sys/kernel/printk\n\
+     export HOME=/tmp SIGNPOST_UPSTREAM_BIN=/test/upstream SIGNPOST_FEATURES_DIR=/test/features SIGNPOST_KEEP_LOGS=1\n";
+
+/// The harness flags that make a program in the guest the node of the
+/// host's cluster.
+const GUEST_CLUSTER: [&str; 4] = [
+    "--cluster",
+    "kubeconfig:/test/kubeconfig",
+    "--uplink",
+    "eth0/10.0.2.15/24",
+];
+
+/// Runs `signpost-demo` (the running executable) in the kernel VM rig as
+/// the node of a cluster whose control plane and EndpointSlice controller
+/// (Signpost's) run on the host, as [`certify`] does; `guest_args` are
+/// the demo's flags. The guest's output is printed as it arrives. Returns
+/// the demo's exit code in the guest.
+pub fn demo(guest_args: &[String]) -> Result<i32> {
+    let image = vm::image()?;
+    let cluster = LocalCluster::new("demo-vm")?
+        .with_garbage_collector_only()
+        .start()?;
+    let _endpoints = sut::start_endpoints(&cluster, EndpointsChoice::Signpost)?;
+    let kubeconfig = vm::guest_kubeconfig(&cluster)?;
+    let small =
+        tempfile::tempdir().map_err(|e| Error::Io(format!("a temporary directory: {e}")))?;
+    let me =
+        std::env::current_exe().map_err(|e| Error::Io(format!("locating signpost-demo: {e}")))?;
+    let files: Vec<(PathBuf, &str)> = vec![
+        (stripped(&me, small.path())?, "/test/signpost-demo"),
+        (
+            stripped(&workspace_binary("signpost-echo")?, small.path())?,
+            "/test/signpost-echo",
+        ),
+        (
+            stripped(&workspace_binary("signpost")?, small.path())?,
+            "/test/signpost",
+        ),
+        (kubeconfig, "/test/kubeconfig"),
+        (which("getent")?, "/usr/bin/getent"),
+    ];
+    let args: Vec<String> = guest_args
+        .iter()
+        .map(String::as_str)
+        .chain(GUEST_CLUSTER)
+        .map(shell_word)
+        .collect();
+    let script = format!("{GUEST_PRELUDE}/test/signpost-demo {}\n", args.join(" "));
+    println!(
+        "  control plane and signpost endpoints up on the host in {:.1} s; booting the kernel VM (the node: signpost proxy --mode ipvs, signpost dns, the Pods)",
+        cluster.startup_time().as_secs_f64()
+    );
+    let run = vm::run_observed(
+        &image,
+        &files,
+        &script,
+        TIMEOUT,
+        Some(vm::Forwards {
+            netns: cluster.node_namespace(),
+        }),
+        {
+            // Firmware and boot messages are not the demo's: from the
+            // guest's first line on, everything but kernel messages.
+            let mut booted = false;
+            move |line: &str| {
+                if let Some(b) = line.find("SIGNPOST-VM: booted") {
+                    booted = true;
+                    println!("vm| {}", &line[b..]);
+                } else if booted
+                    && !line.starts_with('[')
+                    && !line.starts_with("SIGNPOST-VM-EXIT")
+                    && !line.starts_with("signpost-harness: logs kept")
+                {
+                    println!("vm| {line}");
+                }
+            }
+        },
+    )?;
+    let saved = cluster.logs().join("vm-console.log");
+    let _ = std::fs::write(&saved, &run.console);
+    println!(
+        "  the VM run took {:.0} s (console: {})",
+        run.elapsed.as_secs_f64(),
+        saved.display()
+    );
+    run.code.ok_or_else(|| {
+        Error::Observe(format!(
+            "the VM ended without an exit status (console: {})",
+            saved.display()
+        ))
+    })
+}
+
+/// The guest's script: the prelude, then the harness as the node of the
+/// host's cluster.
 fn guest_script(sut: &Sut, guest_args: &[String]) -> String {
-    let mut args = vec![
-        "--cluster".to_owned(),
-        "kubeconfig:/test/kubeconfig".to_owned(),
-        "--uplink".to_owned(),
-        "eth0/10.0.2.15/24".to_owned(),
+    let mut args: Vec<String> = GUEST_CLUSTER.iter().map(|a| (*a).to_owned()).collect();
+    args.extend([
         "--proxy".to_owned(),
         sut.proxy.to_string(),
         "--dns".to_owned(),
@@ -166,22 +265,14 @@ fn guest_script(sut: &Sut, guest_args: &[String]) -> String {
         "--out".to_owned(),
         "/tmp/out".to_owned(),
         "--emit-reports".to_owned(),
-    ];
+    ]);
     if let Some(m) = sut.mutant {
         args.push(format!("--mutant={}", m.name()));
     }
     args.extend(guest_args.iter().cloned());
     let quoted: Vec<String> = args.iter().map(|a| shell_word(a)).collect();
     format!(
-        "set -e\n\
-         mkdir -p /etc /tmp/out\n\
-         [ -e /bin/sh ] || ln -s bash /bin/sh\n\
-         : > /etc/resolv.conf; : > /etc/hosts\n\
-         echo 'hosts: files dns' > /etc/nsswitch.conf\n\
-         for m in bridge br_netfilter ip_vs_rr; do modprobe $m; done\n\
-         # Kernel messages would interleave with the reports on the console.\n\
-         echo 1 > /proc/sys/kernel/printk\n\
-         export HOME=/tmp SIGNPOST_UPSTREAM_BIN=/test/upstream SIGNPOST_FEATURES_DIR=/test/features SIGNPOST_KEEP_LOGS=1\n\
+        "{GUEST_PRELUDE}\
          status=0\n\
          /test/signpost-conform {} || status=$?\n\
          # The components' logs come back too (the host keeps them with its own).\n\

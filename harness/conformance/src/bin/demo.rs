@@ -26,7 +26,7 @@ use kube::api::{Api, ListParams, PostParams};
 use serde_json::json;
 use signpost_conformance::live::{Live, Seen};
 use signpost_conformance::step::PodSpec;
-use signpost_conformance::sut::{DnsChoice, EndpointsChoice, ProxyChoice, Sut};
+use signpost_conformance::sut::{ClusterChoice, DnsChoice, EndpointsChoice, ProxyChoice, Sut};
 use signpost_conformance::{Error, Result};
 use signpost_harness::cluster::NODE_NAME;
 
@@ -36,8 +36,9 @@ use signpost_harness::cluster::NODE_NAME;
     about = "The seed's registration and discovery story, live on a local cluster"
 )]
 struct Args {
-    /// The proxy's data plane (IPVS needs a kernel with IPVS: this
-    /// machine's has none).
+    /// The proxy's data plane. On a kernel without IPVS, `ipvs` runs the
+    /// node (proxy, DNS, Pods) in the kernel VM rig, the control plane and
+    /// EndpointSlice controller on this machine.
     #[arg(long, default_value = "nftables")]
     dataplane: String,
     /// Voyager Pods at the start.
@@ -49,6 +50,12 @@ struct Args {
     /// How long any one step may take.
     #[arg(long, default_value_t = 30)]
     step_timeout_secs: u64,
+    /// The cluster (`local`, or `kubeconfig:PATH` for the node in the VM).
+    #[arg(long, default_value = "local", hide = true)]
+    cluster: ClusterChoice,
+    /// The node's uplink on an attached cluster (LINK/ADDRESS/PREFIX).
+    #[arg(long, hide = true)]
+    uplink: Option<signpost_harness::Uplink>,
 }
 
 const NS: &str = "default";
@@ -93,28 +100,58 @@ fn run(a: &Args) -> Result<()> {
             )));
         }
     };
-    if proxy == ProxyChoice::SignpostIpvs && !signpost_conformance::sut::ipvs_here() {
-        return Err(Error::Unsupported(
-            "--dataplane ipvs: this kernel has no IPVS, and the demo does not yet run in the kernel VM rig (certification does: ci/certify all)".into(),
-        ));
-    }
     if a.voyagers == 0 || a.scale_to < a.voyagers {
         return Err(Error::Usage(
             "need 1 or more voyagers, and --scale-to at least that".into(),
         ));
     }
+    let mut cluster = a.cluster.clone();
+    if let ClusterChoice::Kubeconfig { uplink, .. } = &mut cluster {
+        uplink.clone_from(&a.uplink);
+    }
+    if proxy == ProxyChoice::SignpostIpvs && !signpost_conformance::sut::ipvs_here() {
+        if cluster != ClusterChoice::Local {
+            return Err(Error::Unsupported(
+                "--dataplane ipvs: this kernel has no IPVS".into(),
+            ));
+        }
+        println!(
+            "signpost demo: this kernel has no IPVS; the node runs in the kernel VM rig (qemu), the control plane here"
+        );
+        let guest = [
+            "--dataplane".to_owned(),
+            "ipvs".to_owned(),
+            format!("--voyagers={}", a.voyagers),
+            format!("--scale-to={}", a.scale_to),
+            format!("--step-timeout-secs={}", a.step_timeout_secs),
+        ];
+        return match signpost_conformance::vm::demo(&guest)? {
+            0 => Ok(()),
+            code => Err(Error::Observe(format!(
+                "the demo in the VM failed (exit {code})"
+            ))),
+        };
+    }
     let sut = Sut {
         proxy,
         dns: DnsChoice::Signpost,
         endpoints: EndpointsChoice::Signpost,
+        cluster,
         ..Sut::default()
     };
     let timeout = Duration::from_secs(a.step_timeout_secs);
     let started = Instant::now();
-    println!(
-        "signpost demo: starting a local cluster (etcd, kube-apiserver) and Signpost's endpoints, dns and proxy ({})",
-        a.dataplane
-    );
+    match &sut.cluster {
+        ClusterChoice::Local => println!(
+            "signpost demo: starting a local cluster (etcd, kube-apiserver) and Signpost's endpoints, dns and proxy ({})",
+            a.dataplane
+        ),
+        ClusterChoice::Kubeconfig { path, .. } => println!(
+            "signpost demo: the node of the cluster in {}: starting Signpost's dns and proxy ({})",
+            path.display(),
+            a.dataplane
+        ),
+    }
     let mut live = Live::start(&sut)?;
     println!(
         "  cluster and components up in {:.1} s; logs in {}",
