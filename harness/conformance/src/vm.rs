@@ -11,7 +11,7 @@ use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use signpost_harness::process::{Daemon, workspace_binary};
-use signpost_harness::{LocalCluster, upstream, vm};
+use signpost_harness::{LocalCluster, Running, upstream, vm};
 
 use crate::sut::{self, DnsChoice, EndpointsChoice, ProxyChoice, Sut};
 use crate::{Error, Result};
@@ -105,22 +105,11 @@ pub fn certify(sut: &Sut, guest_args: &[String], out: &Path) -> Result<Outcome> 
         cluster.startup_time().as_secs_f64(),
         cluster.logs().display()
     );
-    let run = vm::run_observed(
-        &image,
-        &files,
-        &script,
-        TIMEOUT,
-        Some(vm::Forwards {
-            netns: cluster.node_namespace(),
-        }),
-        |line| {
-            if !line.starts_with(DATA) {
-                eprintln!("vm| {line}");
-            }
-        },
-    )?;
-    let saved = cluster.logs().join("vm-console.log");
-    let _ = std::fs::write(&saved, &run.console);
+    let (run, saved) = boot_as_node(&image, &cluster, &files, &script, |line| {
+        if !line.starts_with(DATA) {
+            eprintln!("vm| {line}");
+        }
+    })?;
     let code = run.code.ok_or_else(|| {
         Error::Observe(format!(
             "the VM ended without an exit status (console: {})",
@@ -210,34 +199,23 @@ pub fn demo(guest_args: &[String]) -> Result<i32> {
         "  control plane and signpost endpoints up on the host in {:.1} s; booting the kernel VM (the node: signpost proxy --mode ipvs, signpost dns, the Pods)",
         cluster.startup_time().as_secs_f64()
     );
-    let run = vm::run_observed(
-        &image,
-        &files,
-        &script,
-        TIMEOUT,
-        Some(vm::Forwards {
-            netns: cluster.node_namespace(),
-        }),
-        {
-            // Firmware and boot messages are not the demo's: from the
-            // guest's first line on, everything but kernel messages.
-            let mut booted = false;
-            move |line: &str| {
-                if let Some(b) = line.find("SIGNPOST-VM: booted") {
-                    booted = true;
-                    println!("vm| {}", &line[b..]);
-                } else if booted
-                    && !line.starts_with('[')
-                    && !line.starts_with("SIGNPOST-VM-EXIT")
-                    && !line.starts_with("signpost-harness: logs kept")
-                {
-                    println!("vm| {line}");
-                }
+    let (run, saved) = boot_as_node(&image, &cluster, &files, &script, {
+        // Firmware and boot messages are not the demo's: from the
+        // guest's first line on, everything but kernel messages.
+        let mut booted = false;
+        move |line: &str| {
+            if let Some(b) = line.find("SIGNPOST-VM: booted") {
+                booted = true;
+                println!("vm| {}", &line[b..]);
+            } else if booted
+                && !line.starts_with('[')
+                && !line.starts_with("SIGNPOST-VM-EXIT")
+                && !line.starts_with("signpost-harness: logs kept")
+            {
+                println!("vm| {line}");
             }
-        },
-    )?;
-    let saved = cluster.logs().join("vm-console.log");
-    let _ = std::fs::write(&saved, &run.console);
+        }
+    })?;
     println!(
         "  the VM run took {:.0} s (console: {})",
         run.elapsed.as_secs_f64(),
@@ -249,6 +227,31 @@ pub fn demo(guest_args: &[String]) -> Result<i32> {
             saved.display()
         ))
     })
+}
+
+/// Boots the VM as the node of `cluster` (the guest reaches its API
+/// server), runs `script` there, and keeps the console with the cluster's
+/// logs (returned with the run).
+fn boot_as_node(
+    image: &vm::Image,
+    cluster: &LocalCluster<Running>,
+    files: &[(PathBuf, &str)],
+    script: &str,
+    on_line: impl FnMut(&str),
+) -> Result<(vm::Output, PathBuf)> {
+    let run = vm::run_observed(
+        image,
+        files,
+        script,
+        TIMEOUT,
+        Some(vm::Forwards {
+            netns: cluster.node_namespace(),
+        }),
+        on_line,
+    )?;
+    let saved = cluster.logs().join("vm-console.log");
+    let _ = std::fs::write(&saved, &run.console);
+    Ok((run, saved))
 }
 
 /// The guest's script: the prelude, then the harness as the node of the
