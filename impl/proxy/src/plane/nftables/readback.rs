@@ -106,12 +106,20 @@ pub fn table(listing: Option<&Value>) -> ProxyTable {
                 {
                     vs.affinity_timeout = set_timeouts.get(set).copied().or(vs.affinity_timeout);
                 }
-                if let Some(choices) = e.pointer("/vmap/data/set").and_then(Value::as_array) {
-                    for c in choices {
+                // The endpoint chains: the targets of the random cascade's
+                // rules (and of the affinity rules, the same chains), or
+                // of a `numgen` vmap (the layout before the cascade).
+                let targets: Vec<&Value> =
+                    match e.pointer("/vmap/data/set").and_then(Value::as_array) {
+                        Some(choices) => choices.iter().filter_map(|c| c.get(1)).collect(),
+                        None => vec![e],
+                    };
+                {
+                    for c in targets {
                         let Some(ep) = c
-                            .get(1)
-                            .and_then(|v| v.pointer("/goto/target"))
+                            .pointer("/goto/target")
                             .and_then(Value::as_str)
+                            .filter(|t| t.starts_with("e-"))
                         else {
                             continue;
                         };

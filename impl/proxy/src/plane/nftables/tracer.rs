@@ -212,18 +212,32 @@ impl Tracer {
             .get(chain)
             .ok_or_else(|| format!("missing chain {chain}"))?;
         let mut masq = masq;
+        // Paths taken by random rules passed on the way (`numgen random mod
+        // k == 0`): the packet may take each, or go on to the next rule.
+        let mut taken = Vec::new();
         for expr in rules {
+            if let Some(rest) = random_choice(expr)? {
+                match self.rule(rest, pkt, &mut masq.clone(), depth)? {
+                    Step::Done(paths) => taken.extend(paths),
+                    Step::Next => return Err("a random rule without a verdict".into()),
+                }
+                continue;
+            }
             match self.rule(expr, pkt, &mut masq, depth)? {
                 Step::Next => {}
-                Step::Done(paths) => return Ok(paths),
+                Step::Done(paths) => {
+                    taken.extend(paths);
+                    return Ok(taken);
+                }
             }
         }
-        Ok(vec![Path {
+        taken.push(Path {
             dnat: None,
             masq,
             rejected: false,
             fell_through: true,
-        }])
+        });
+        Ok(taken)
     }
 
     fn verdict(&self, v: &Value, pkt: &Packet, masq: bool, depth: usize) -> Result<Step, String> {
@@ -410,6 +424,28 @@ impl Tracer {
         }
         Ok(Step::Next)
     }
+}
+
+/// The rest of a rule that starts with `numgen random mod k == 0` (k ≥ 2:
+/// taken or not, at random), or `None` for any other rule.
+fn random_choice(expr: &[Value]) -> Result<Option<&[Value]>, String> {
+    let Some(first) = expr.first() else {
+        return Ok(None);
+    };
+    let Some(ng) = first.pointer("/match/left/numgen") else {
+        return Ok(None);
+    };
+    let m = ng.get("mod").and_then(Value::as_u64).unwrap_or(0);
+    if ng.get("mode").and_then(Value::as_str) != Some("random")
+        || m < 2
+        || first.pointer("/match/op").and_then(Value::as_str) != Some("==")
+        || first.pointer("/match/right").and_then(Value::as_u64) != Some(0)
+    {
+        return Err(format!(
+            "numgen match {first} is not one Signpost generates"
+        ));
+    }
+    Ok(Some(&expr[1..]))
 }
 
 /// Whether `addr` (a JSON string) lies in a range element of `set`.
