@@ -35,9 +35,12 @@ pub fn apply(tx: &Value) -> Result<()> {
         .stderr(Stdio::piped())
         .spawn()
         .map_err(Error::Spawn)?;
-    if let Some(mut stdin) = child.stdin.take() {
-        stdin
-            .write_all(tx.to_string().as_bytes())
+    if let Some(stdin) = child.stdin.take() {
+        // Streamed: a full sync's transaction is megabytes of JSON.
+        let mut w = std::io::BufWriter::with_capacity(1 << 16, stdin);
+        serde_json::to_writer(&mut w, tx)
+            .map_err(std::io::Error::from)
+            .and_then(|()| w.flush())
             .map_err(Error::Spawn)?;
     }
     let out = child.wait_with_output().map_err(Error::Spawn)?;

@@ -240,8 +240,16 @@ fn skeleton() -> Vec<Value> {
 }
 
 /// The commands that create one virtual service (its chains and map element).
-fn add_service(key: &VirtualKey, vs: &VirtualService, node_ips: &[IpAddr], out: &mut Vec<Value>) {
-    add_service_keeping(key, vs, node_ips, &BTreeSet::new(), out);
+/// `fresh`: the table was created in this transaction, so no chain of the
+/// service exists yet and none needs flushing.
+fn add_service(
+    key: &VirtualKey,
+    vs: &VirtualService,
+    node_ips: &[IpAddr],
+    fresh: bool,
+    out: &mut Vec<Value>,
+) {
+    add_service_keeping(key, vs, node_ips, &BTreeSet::new(), fresh, out);
 }
 
 /// [`add_service`] where the affinity sets of the backends in `kept` are
@@ -251,6 +259,7 @@ fn add_service_keeping(
     vs: &VirtualService,
     node_ips: &[IpAddr],
     kept: &BTreeSet<SocketAddr>,
+    fresh: bool,
     out: &mut Vec<Value>,
 ) {
     if vs.rejects() {
@@ -264,7 +273,9 @@ fn add_service_keeping(
     // `add chain` keeps a chain the kernel already has (one the table read
     // back did not show): flushing it makes re-adding never duplicate rules.
     out.push(add(chain(&svc)));
-    out.push(json!({ "flush": chain(&svc) }));
+    if !fresh {
+        out.push(json!({ "flush": chain(&svc) }));
+    }
     if node_ips.contains(&key.ip) {
         // A NodePort: traffic from off the node is masqueraded so replies come back through it.
         out.push(add(rule(&svc, vec![mark_for_masquerade()])));
@@ -273,7 +284,9 @@ fn add_service_keeping(
     for b in &backends {
         let ep = endpoint_chain(key, b);
         out.push(add(chain(&ep)));
-        out.push(json!({ "flush": chain(&ep) }));
+        if !fresh {
+            out.push(json!({ "flush": chain(&ep) }));
+        }
         let f = fam(&b.ip());
         out.push(add(rule(
             &ep,
@@ -420,7 +433,7 @@ pub fn full(table: &ProxyTable, node_ips: &[IpAddr], masq: &Masquerade) -> Value
     }
     ip_elements(&cluster_ips(table, node_ips), &mut out, "add");
     for (key, vs) in table {
-        add_service(key, vs, node_ips, &mut out);
+        add_service(key, vs, node_ips, true, &mut out);
     }
     json!({ "nftables": out })
 }
@@ -456,9 +469,9 @@ pub fn partial(old: &ProxyTable, new: &ProxyTable, node_ips: &[IpAddr]) -> Optio
         match old.get(key) {
             Some(o) if o == vs => {}
             Some(o) if o.affinity_timeout == vs.affinity_timeout && !o.rejects() => {
-                add_service_keeping(key, vs, node_ips, &o.backends, &mut out);
+                add_service_keeping(key, vs, node_ips, &o.backends, false, &mut out);
             }
-            _ => add_service(key, vs, node_ips, &mut out),
+            _ => add_service(key, vs, node_ips, false, &mut out),
         }
     }
     if out.is_empty() {
@@ -565,7 +578,7 @@ mod tests {
             let refs: Vec<&str> = backends.iter().map(String::as_str).collect();
             let k = key("10.96.0.1", 80);
             let mut out = Vec::new();
-            add_service(&k, &vs(&refs), &[], &mut out);
+            add_service(&k, &vs(&refs), &[], true, &mut out);
             let svc = service_chain(&k);
             // (numerator, denominator) of the chance to reach each rule.
             let (mut reach_num, mut reach_den) = (1u64, 1u64);
