@@ -1,0 +1,276 @@
+//! The nftables loop: the oracle's table for this node as one JSON
+//! transaction per sync over what the kernel holds (read back at start
+//! and at every resync, PXY-8), and the search for the virtual services
+//! the kernel refuses.
+
+use std::collections::BTreeSet;
+use std::net::IpAddr;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use kube::Client;
+use signpost_model::cluster::ProxyTable;
+use signpost_model::mutant::Seam;
+use tracing::{info, warn};
+
+use super::{
+    Action, Config, Error, LastGood, LoopState, batch_after, desired, next_event, report_refused,
+    settle, this_node, watches,
+};
+use crate::addresses::Masquerade;
+use crate::isolate::{Isolate, Refused};
+use crate::metrics::Metrics;
+use crate::plane::nftables::{apply, build, readback};
+
+/// What one nftables sync did.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Synced {
+    /// Nothing differed.
+    Nothing,
+    /// The whole table was written (this many virtual services).
+    Full(usize),
+    /// Only these many virtual services were rewritten.
+    Partial(usize),
+}
+
+/// Applies `want` over what the kernel holds (`have`): a partial sync, or a
+/// full one when there is no table yet or a partial sync was refused.
+/// Counters move after the duration is recorded, so a reader that sees a
+/// new count also sees that sync's duration.
+pub fn sync(
+    have: &mut Option<ProxyTable>,
+    want: &ProxyTable,
+    node_ips: &[IpAddr],
+    masq: &Masquerade,
+    metrics: &Metrics,
+) -> Result<Synced, apply::Error> {
+    let started = Instant::now();
+    let full = |metrics: &Metrics| -> Result<Synced, apply::Error> {
+        apply::apply(&build::full(want, node_ips, masq))
+            .map(|()| Synced::Full(want.len()))
+            .inspect_err(|_| {
+                metrics.errors.inc();
+            })
+    };
+    let result = match have.as_ref() {
+        None => full(metrics),
+        Some(old) => match build::partial(old, want, node_ips) {
+            None => Ok(Synced::Nothing),
+            Some(tx) => {
+                let keys: Vec<_> = old
+                    .iter()
+                    .filter(|(k, v)| want.get(k) != Some(v))
+                    .map(|(k, _)| *k)
+                    .chain(want.keys().filter(|k| !old.contains_key(k)).copied())
+                    .collect();
+                if keys.len() <= 3 {
+                    info!(?keys, "partial sync");
+                } else {
+                    tracing::debug!(changed = keys.len(), "partial sync");
+                }
+                match apply::apply(&tx) {
+                    Ok(()) => Ok(Synced::Partial(keys.len())),
+                    Err(e) => {
+                        metrics.errors.inc();
+                        warn!(error = %e, "partial sync refused; doing a full sync");
+                        full(metrics)
+                    }
+                }
+            }
+        },
+    };
+    match result {
+        Ok(done) => {
+            if done != Synced::Nothing
+                && let Some(old) = have.as_ref()
+            {
+                crate::conntrack::forget_stale(
+                    &signpost_model::reconcile::plan(want, old),
+                    old,
+                    metrics,
+                );
+            }
+            *have = Some(want.clone());
+            if done != Synced::Nothing {
+                metrics.observe_sync(started.elapsed());
+            }
+            match done {
+                Synced::Full(_) => {
+                    metrics.full_syncs.inc();
+                }
+                Synced::Partial(changed) => {
+                    metrics
+                        .services_rewritten
+                        .inc_by(u64::try_from(changed).unwrap_or(0));
+                    metrics.partial_syncs.inc();
+                }
+                Synced::Nothing => {}
+            }
+            Ok(done)
+        }
+        Err(e) => {
+            *have = None;
+            Err(e)
+        }
+    }
+}
+
+/// What the kernel holds, and which of its virtual addresses it holds as
+/// the node's (see [`build::node_port_ips`]); or `None` (a full sync
+/// follows) when there is no table, it cannot be read, or its masquerade
+/// policy is not `masq`.
+fn read_back(metrics: &Metrics, masq: &Masquerade) -> Option<(ProxyTable, BTreeSet<IpAddr>)> {
+    match apply::list() {
+        Ok(Some(listing)) => {
+            let want = [masq.exempt(false), masq.exempt(true)];
+            if readback::no_masquerade(Some(&listing)).as_ref() != Some(&want) {
+                info!(
+                    "the table in the kernel has another masquerade policy; the next sync rewrites it whole"
+                );
+                return None;
+            }
+            Some((
+                readback::table(Some(&listing)),
+                readback::node_port_ips(Some(&listing)),
+            ))
+        }
+        Ok(None) => None,
+        Err(e) => {
+            metrics.errors.inc();
+            warn!(error = %e, "reading the table back failed; the next sync rewrites it whole");
+            None
+        }
+    }
+}
+
+/// Runs the proxy until its watches end. A failed sync is logged, counted
+/// and retried with backoff from what the kernel holds; it never ends the
+/// process (a node whose proxy exits programs nothing at all).
+pub async fn run(client: Client, cfg: Config, metrics: Arc<Metrics>) -> Result<(), Error> {
+    let (services, slices, nodes, streams) = watches(&client, &cfg, &metrics);
+    let mut events = futures::stream::select_all(streams);
+    // PROTO-3, PXY-8: adopt what the kernel holds instead of flushing it.
+    let (mut have, mut node_port_ips) =
+        signpost_runtime::blocking(|| read_back(&metrics, &cfg.masquerade)).unzip();
+    info!(node = %cfg.node_name, adopted = have.as_ref().map_or(0, |t| t.len()), "signpost proxy (nftables) starting");
+    let mut state = LoopState::default();
+    let mut retry_in: Option<Duration> = None;
+    let mut seam = Seam::with(cfg.mutant);
+    let mut last_good = LastGood::default();
+    let mut refused = Refused::default();
+    while let Some(first) = next_event(&mut events, retry_in).await {
+        let batch = batch_after(first, &mut events);
+        let began = Instant::now();
+        cfg.health.queued(began);
+        let Action::Sync { read_back: repair } = state.step(&batch) else {
+            continue;
+        };
+        if repair {
+            // Repair drift: plan against what the kernel really holds, and
+            // try refused entries again.
+            (have, node_port_ips) =
+                signpost_runtime::blocking(|| read_back(&metrics, &cfg.masquerade)).unzip();
+            refused.clear();
+        }
+        let node = this_node(&nodes, &cfg.node_name, &cfg.node_port_addresses);
+        let want = desired(
+            &services,
+            &slices,
+            &node,
+            &metrics,
+            &mut seam,
+            &mut last_good,
+        );
+        if let Some(t) = &have
+            && node_port_ips.as_ref() != Some(&build::node_port_ips(t, &node.addresses))
+        {
+            // The node's addresses (or --nodeport-addresses) changed since
+            // the table was written: its ClusterIP sets are split otherwise.
+            info!(addresses = ?node.addresses, "the node's NodePort addresses changed; rewriting the table whole");
+            have = None;
+        }
+        let want = refused.hold_back(&want, have.as_ref());
+        // `nft` runs as a process: the runtime's other tasks (probes,
+        // metrics, watches) go on while it works.
+        let outcome = signpost_runtime::blocking(|| {
+            match sync(&mut have, &want, &node.addresses, &cfg.masquerade, &metrics) {
+                Ok(_) => Ok(()),
+                // The whole table was refused: find the entries the kernel
+                // refuses and program every other one.
+                Err(e) => {
+                    warn!(error = %e, "the kernel refused the table; finding the virtual services it refuses");
+                    isolate_nft(&mut have, &want, &node.addresses, &cfg.masquerade, &metrics).map(
+                        |found| {
+                            report_refused(&found);
+                            refused.record(found);
+                        },
+                    )
+                }
+            }
+        });
+        node_port_ips = have
+            .as_ref()
+            .map(|t| build::node_port_ips(t, &node.addresses));
+        retry_in = settle(
+            outcome, &refused, &mut state, &cfg, began, retry_in, &metrics,
+        );
+    }
+    Ok(())
+}
+
+/// After the kernel refused a whole table: programs `want` entry group by
+/// entry group over what the kernel holds, halving refused groups down to
+/// the single virtual services it refuses ([`Isolate`]). `have` ends as the
+/// kernel's table; returns the refused entries. An error only when not
+/// even an empty table can be written (no `nft`, no nf_tables).
+fn isolate_nft(
+    have: &mut Option<ProxyTable>,
+    want: &ProxyTable,
+    node_ips: &[IpAddr],
+    masq: &Masquerade,
+    metrics: &Metrics,
+) -> Result<ProxyTable, apply::Error> {
+    let base = match read_back(metrics, masq) {
+        // Partial steps over it split the ClusterIP sets as it does.
+        Some((t, written)) if written == build::node_port_ips(&t, node_ips) => t,
+        _ => {
+            let empty = ProxyTable::new();
+            apply::apply(&build::full(&empty, node_ips, masq)).inspect_err(|_| {
+                metrics.errors.inc();
+            })?;
+            empty
+        }
+    };
+    let mut search = Isolate::new(base, want);
+    while let Some((from, next)) = search.attempt() {
+        let taken = match build::partial(from, &next, node_ips) {
+            None => true,
+            Some(tx) => match apply::apply(&tx) {
+                Ok(()) => true,
+                Err(apply::Error::Rejected(_)) => {
+                    metrics.errors.inc();
+                    false
+                }
+                Err(e) => {
+                    metrics.errors.inc();
+                    *have = None;
+                    return Err(e);
+                }
+            },
+        };
+        search.outcome(taken);
+    }
+    let nothing_taken = search.taken() == 0;
+    let (applied, found) = search.finish();
+    if nothing_taken && !found.is_empty() {
+        // Everything was refused: is it these entries, or the data plane?
+        // Rewriting what the kernel already holds tells.
+        apply::apply(&build::full(&applied, node_ips, masq)).inspect_err(|_| {
+            metrics.errors.inc();
+            *have = None;
+        })?;
+    }
+    *have = Some(applied);
+    metrics.full_syncs.inc();
+    Ok(found)
+}
