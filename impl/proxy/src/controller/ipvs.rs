@@ -12,8 +12,8 @@ use signpost_model::mutant::Seam;
 use tracing::{info, warn};
 
 use super::{
-    Action, Config, Error, Event, LastGood, LoopState, batch_after, desired, next_event,
-    report_refused, settle, this_node, watches,
+    Action, Config, Error, Event, LastGood, LoopState, batch_after, next_event, node_and_table,
+    report_refused, settle, watches,
 };
 use crate::isolate::{Isolate, Refused};
 use crate::metrics::Metrics;
@@ -63,11 +63,9 @@ pub async fn run_ipvs(client: Client, cfg: Config, metrics: Arc<Metrics>) -> Res
             }
             Action::Sync { read_back } => read_back,
         };
-        let node = this_node(&nodes, &cfg.node_name, &cfg.node_port_addresses);
-        let want = desired(
-            &services,
-            &slices,
-            &node,
+        let (node, want) = node_and_table(
+            (&services, &slices, &nodes),
+            &cfg,
             &metrics,
             &mut seam,
             &mut last_good,

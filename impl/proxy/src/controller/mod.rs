@@ -250,6 +250,20 @@ fn desired(
     build::normalize(seam.proxy_table(proxy_table(&svcs, &refs, node)))
 }
 
+/// This node and the table it should hold, from the caches (Services,
+/// EndpointSlices, Nodes).
+fn node_and_table(
+    (services, slices, nodes): (&Store<KService>, &Store<KSlice>, &Store<KNode>),
+    cfg: &Config,
+    metrics: &Metrics,
+    seam: &mut Seam,
+    last: &mut LastGood,
+) -> (Node, ProxyTable) {
+    let node = this_node(nodes, &cfg.node_name, &cfg.node_port_addresses);
+    let want = desired(services, slices, &node, metrics, seam, last);
+    (node, want)
+}
+
 /// This node from the cache (no addresses until its object is seen), with
 /// the addresses NodePorts answer on (`--nodeport-addresses`).
 fn this_node(nodes: &Store<KNode>, name: &str, node_ports: &NodePortAddresses) -> Node {

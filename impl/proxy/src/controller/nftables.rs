@@ -14,8 +14,8 @@ use signpost_model::mutant::Seam;
 use tracing::{info, warn};
 
 use super::{
-    Action, Config, Error, LastGood, LoopState, batch_after, desired, next_event, report_refused,
-    settle, this_node, watches,
+    Action, Config, Error, LastGood, LoopState, batch_after, next_event, node_and_table,
+    report_refused, settle, watches,
 };
 use crate::addresses::Masquerade;
 use crate::isolate::{Isolate, Refused};
@@ -172,11 +172,9 @@ pub async fn run(client: Client, cfg: Config, metrics: Arc<Metrics>) -> Result<(
                 signpost_runtime::blocking(|| read_back(&metrics, &cfg.masquerade)).unzip();
             refused.clear();
         }
-        let node = this_node(&nodes, &cfg.node_name, &cfg.node_port_addresses);
-        let want = desired(
-            &services,
-            &slices,
-            &node,
+        let (node, want) = node_and_table(
+            (&services, &slices, &nodes),
+            &cfg,
             &metrics,
             &mut seam,
             &mut last_good,
