@@ -18,6 +18,9 @@ use crate::{Error, Result};
 
 /// The most a whole run in the VM may take.
 pub const TIMEOUT: Duration = Duration::from_secs(3600);
+/// The most the demo in the VM may take (it takes under a minute; one run
+/// in CI hung for 30 minutes, so it is bounded on its own).
+pub const DEMO_TIMEOUT: Duration = Duration::from_secs(600);
 
 const BEGIN: &str = "SIGNPOST-FILE ";
 /// Name prefix of the guest's component logs on the console.
@@ -105,7 +108,7 @@ pub fn certify(sut: &Sut, guest_args: &[String], out: &Path) -> Result<Outcome> 
         cluster.startup_time().as_secs_f64(),
         cluster.logs().display()
     );
-    let (run, saved) = boot_as_node(&image, &cluster, &files, &script, |line| {
+    let (run, saved) = boot_as_node(&image, &cluster, &files, &script, TIMEOUT, |line| {
         if !line.starts_with(DATA) {
             eprintln!("vm| {line}");
         }
@@ -199,7 +202,7 @@ pub fn demo(guest_args: &[String]) -> Result<i32> {
         "  control plane and signpost endpoints up on the host in {:.1} s; booting the kernel VM (the node: signpost proxy --mode ipvs, signpost dns, the Pods)",
         cluster.startup_time().as_secs_f64()
     );
-    let (run, saved) = boot_as_node(&image, &cluster, &files, &script, {
+    let (run, saved) = boot_as_node(&image, &cluster, &files, &script, DEMO_TIMEOUT, {
         // Firmware and boot messages are not the demo's: from the
         // guest's first line on, everything but kernel messages.
         let mut booted = false;
@@ -237,13 +240,14 @@ fn boot_as_node(
     cluster: &LocalCluster<Running>,
     files: &[(PathBuf, &str)],
     script: &str,
+    timeout: Duration,
     on_line: impl FnMut(&str),
 ) -> Result<(vm::Output, PathBuf)> {
     let run = vm::run_observed(
         image,
         files,
         script,
-        TIMEOUT,
+        timeout,
         Some(vm::Forwards {
             netns: cluster.node_namespace(),
         }),
