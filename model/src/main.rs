@@ -63,6 +63,15 @@ enum Command {
         /// Serve stateright's Explorer on this address (for example localhost:3000) instead of checking.
         #[arg(long)]
         explore: Option<String>,
+        /// Stop after this many seconds (the run is then reported as not exhaustive).
+        #[arg(long)]
+        time_cap: Option<u64>,
+        /// Write the figures (bound, states, states/s, seconds, exhaustive or not) as JSON here.
+        #[arg(long)]
+        json: Option<std::path::PathBuf>,
+        /// A name for the bound in the JSON (for example "default").
+        #[arg(long, default_value = "custom")]
+        label: String,
     },
 }
 
@@ -150,6 +159,9 @@ fn main() -> anyhow::Result<()> {
                 bug,
                 threads,
                 explore,
+                time_cap,
+                json,
+                label,
             },
     } = Cli::parse();
     let cfg = Cfg {
@@ -168,7 +180,8 @@ fn main() -> anyhow::Result<()> {
             BugArg::ProxyNoRelistOnRestart => Bug::ProxyNoRelistOnRestart,
         },
     };
-    println!("model: {cfg:?}");
+    let cfg_text = format!("{cfg:?}");
+    println!("model: {cfg_text}");
     let model = cfg.into_model();
     if let Some(addr) = explore {
         println!("Explorer on http://{addr}/");
@@ -180,11 +193,11 @@ fn main() -> anyhow::Result<()> {
         start,
         last: (start, 0),
     };
-    let checker = model
-        .checker()
-        .threads(threads)
-        .spawn_bfs()
-        .join_and_report(&mut progress);
+    let mut builder = model.checker().threads(threads);
+    if let Some(cap) = time_cap {
+        builder = builder.timeout(Duration::from_secs(cap));
+    }
+    let checker = builder.spawn_bfs().join_and_report(&mut progress);
     let failed = checker
         .discoveries()
         .keys()
@@ -203,6 +216,29 @@ fn main() -> anyhow::Result<()> {
         secs,
         checker.unique_state_count() as f64 / secs
     );
+    // A run that ends before its cap has seen every state.
+    let exhaustive = time_cap.is_none_or(|cap| secs + 1.0 < cap as f64);
+    if !exhaustive {
+        println!("stopped at the time cap: not exhaustive");
+    }
+    if let Some(path) = json {
+        let figures = serde_json::json!({
+            "bound": label,
+            "config": format!("{cfg_text}"),
+            "unique_states": checker.unique_state_count(),
+            "total_states": checker.state_count(),
+            "max_depth": checker.max_depth(),
+            "seconds": secs,
+            "states_per_second": checker.unique_state_count() as f64 / secs,
+            "threads": threads,
+            "complete": exhaustive,
+            "failed_properties": failed,
+        });
+        if let Some(dir) = path.parent() {
+            std::fs::create_dir_all(dir)?;
+        }
+        std::fs::write(&path, serde_json::to_string_pretty(&figures)?)?;
+    }
     if failed > 0 {
         anyhow::bail!("{failed} properties failed");
     }

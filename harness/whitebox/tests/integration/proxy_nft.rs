@@ -496,6 +496,32 @@ fn a_proxy_restart_keeps_every_connection_and_cleanup_removes_the_table() {
     );
     drop(proxy);
 
+    // An administrator's save and restore: the table as `nft list` prints
+    // it loads again with `nft -f` and is the same table.
+    let ns = cluster.node_namespace();
+    let saved = ns
+        .command("nft")
+        .args(["list", "table", "inet", "signpost"])
+        .output()
+        .unwrap();
+    assert!(saved.status.success());
+    let file = cluster.logs().join("saved.nft");
+    std::fs::write(&file, &saved.stdout).unwrap();
+    let before_restore = kernel(&cluster);
+    let del = ns
+        .command("nft")
+        .args(["delete", "table", "inet", "signpost"])
+        .output()
+        .unwrap();
+    assert!(del.status.success());
+    let restored = ns.command("nft").arg("-f").arg(&file).output().unwrap();
+    assert!(
+        restored.status.success(),
+        "nft -f refused the listed table: {}",
+        String::from_utf8_lossy(&restored.stderr)
+    );
+    assert_eq!(kernel(&cluster), before_restore);
+
     let bin = workspace_binary("signpost").unwrap();
     let out = cluster
         .node_namespace()

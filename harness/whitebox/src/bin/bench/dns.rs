@@ -3,6 +3,11 @@
 //! each). Both servers are pinned to CPU 1 and dnsperf to CPU 0. Reported:
 //! QPS at saturation, p50/p99 latency at a fixed rate below both servers'
 //! saturation, resident memory, and Service create → resolvable latency.
+//! The rig's ceiling is measured the same way: dnsperf against
+//! [`responder`], a minimal UDP responder on the same core that echoes each
+//! query back as an empty answer without looking at it, so the report
+//! shows each server as a fraction of what this kernel, core and load
+//! generator can carry at all.
 
 use std::collections::BTreeMap;
 use std::net::{IpAddr, SocketAddr};
@@ -26,6 +31,23 @@ type BoxError = Box<dyn std::error::Error + Send + Sync>;
 
 const SP_PORT: u16 = 53;
 const CD_PORT: u16 = 1053;
+const CEILING_PORT: u16 = 1153;
+
+/// `signpost-bench udp-responder ADDR`: answers every datagram with itself,
+/// marked as a response (QR set, no answers: NODATA), and nothing else.
+pub fn responder(args: &[String]) -> Result<(), BoxError> {
+    let addr: SocketAddr = args.first().ok_or("udp-responder ADDR")?.parse()?;
+    let sock = std::net::UdpSocket::bind(addr)?;
+    let mut buf = [0u8; 1500];
+    loop {
+        let (n, peer) = sock.recv_from(&mut buf)?;
+        if n < 12 {
+            continue;
+        }
+        buf[2] |= 0x80;
+        let _ = sock.send_to(&buf[..n], peer);
+    }
+}
 
 fn headless(i: u32) -> bool {
     i.is_multiple_of(5)
@@ -347,8 +369,22 @@ pub fn main(args: &[String]) -> Result<(), BoxError> {
     }
     std::fs::write(&file, q)?;
 
+    let _ceiling = pinned(
+        &cluster,
+        "udp-responder",
+        "1",
+        &std::env::current_exe()?,
+        &[
+            "udp-responder".into(),
+            SocketAddr::new(IpAddr::V4(NODE_IP), CEILING_PORT).to_string(),
+        ],
+    )?;
     let mut perf = Vec::new();
-    for (label, port) in [("signpost", SP_PORT), ("coredns", CD_PORT)] {
+    for (label, port) in [
+        ("signpost", SP_PORT),
+        ("coredns", CD_PORT),
+        ("the minimal responder (ceiling)", CEILING_PORT),
+    ] {
         eprintln!("bench dns: saturating {label}");
         perf.push(saturation(&cluster, port, &file)?);
     }
@@ -366,6 +402,15 @@ pub fn main(args: &[String]) -> Result<(), BoxError> {
 
     let mut report: BTreeMap<&str, serde_json::Value> = BTreeMap::new();
     report.insert("services", json!(n));
+    report.insert(
+        "ceiling",
+        json!({
+            "what": "dnsperf against a minimal UDP responder pinned to the same core as the servers",
+            "qps": perf[2].qps,
+            "signpost_fraction": perf[0].qps / perf[2].qps,
+            "coredns_fraction": perf[1].qps / perf[2].qps,
+        }),
+    );
     report.insert(
         "signpost",
         json!({
@@ -402,6 +447,12 @@ pub fn main(args: &[String]) -> Result<(), BoxError> {
     }
     std::fs::write(&out, &text)?;
     println!("{text}");
+    println!(
+        "dns @ {n} Services: the rig's ceiling (minimal responder) {:.0} QPS; signpost at {:.0}% of it, coredns at {:.0}%",
+        perf[2].qps,
+        100.0 * perf[0].qps / perf[2].qps,
+        100.0 * perf[1].qps / perf[2].qps
+    );
     println!(
         "dns @ {n} Services, one core each: QPS signpost {:.0} / coredns {:.0} = {:.2}; p99 at {rate} qps {:.3} / {:.3} ms = {:.2}; RSS {} / {} KiB = {:.2}; create→resolvable p50 {:.0} / {:.0} ms, p99 {:.0} / {:.0} ms",
         perf[0].qps,

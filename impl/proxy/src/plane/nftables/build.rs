@@ -32,6 +32,12 @@ use signpost_model::cluster::{Protocol, ProxyTable, VirtualKey, VirtualService};
 use super::{MASQ_MARK, TABLE};
 use crate::addresses::Masquerade;
 
+/// The chain that refuses traffic to a ClusterIP port without endpoints.
+/// Not `reject`: that is a keyword of nft's language, and a table with a
+/// chain of that name is listed by `nft list` as text `nft -f` refuses, so
+/// an administrator's save and restore of the ruleset would fail.
+pub const REJECT_CHAIN: &str = "reject-chain";
+
 /// The set of sources whose traffic to a ClusterIP is not masqueraded.
 pub fn no_masquerade_set(v6: bool) -> String {
     format!("no-masquerade-{}", if v6 { "v6" } else { "v4" })
@@ -200,16 +206,16 @@ fn skeleton() -> Vec<Value> {
             json!({ "masquerade": null }),
         ],
     )));
-    out.push(add(chain("reject")));
+    out.push(add(chain(REJECT_CHAIN)));
     out.push(add(rule(
-        "reject",
+        REJECT_CHAIN,
         vec![
             eq(meta("l4proto"), json!("tcp")),
             json!({ "reject": { "type": "tcp reset" } }),
         ],
     )));
     out.push(add(rule(
-        "reject",
+        REJECT_CHAIN,
         vec![json!({ "reject": { "type": "icmpx", "expr": "port-unreachable" } })],
     )));
     // Untranslated ClusterIP traffic is delivered locally (input) only if a
@@ -225,13 +231,16 @@ fn skeleton() -> Vec<Value> {
             let key = json!({ "concat": [payload(fam, "daddr"), meta("l4proto"), payload("th", "dport")] });
             out.push(add(rule(
                 name,
-                vec![eq(key, json!(format!("@rejecting-{ver}"))), goto("reject")],
+                vec![
+                    eq(key, json!(format!("@rejecting-{ver}"))),
+                    goto(REJECT_CHAIN),
+                ],
             )));
             out.push(add(rule(
                 name,
                 vec![
                     eq(payload(fam, "daddr"), json!(format!("@cluster-ips-{ver}"))),
-                    goto("reject"),
+                    goto(REJECT_CHAIN),
                 ],
             )));
         }
