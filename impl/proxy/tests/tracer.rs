@@ -232,7 +232,7 @@ proptest! {
     fn full_sync_traces_to_the_oracle(c in arb_cluster(), m in arb_masquerade()) {
         let t = table(&c);
         let mut tracer = Tracer::default();
-        tracer.apply(&full(&t, &node_ips(), &m)).map_err(TestCaseError::fail)?;
+        tracer.apply(&full(&t, &node_ips(), &m).json()).map_err(TestCaseError::fail)?;
         check(&tracer, &t, &m)?;
     }
 
@@ -240,9 +240,9 @@ proptest! {
     fn partial_sync_traces_to_the_oracle(a in arb_cluster(), b in arb_cluster(), m in arb_masquerade()) {
         let (ta, tb) = (table(&a), table(&b));
         let mut tracer = Tracer::default();
-        tracer.apply(&full(&ta, &node_ips(), &m)).map_err(TestCaseError::fail)?;
+        tracer.apply(&full(&ta, &node_ips(), &m).json()).map_err(TestCaseError::fail)?;
         if let Some(tx) = partial(&ta, &tb, &node_ips()) {
-            tracer.apply(&tx).map_err(TestCaseError::fail)?;
+            tracer.apply(&tx.json()).map_err(TestCaseError::fail)?;
         }
         check(&tracer, &tb, &m)?;
     }

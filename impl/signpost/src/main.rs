@@ -145,6 +145,11 @@ enum Command {
         /// (kube-proxy's `--nodeport-addresses`).
         #[arg(long, value_delimiter = ',')]
         nodeport_addresses: Vec<String>,
+        /// How the nftables data plane writes to the kernel: `netlink` (one
+        /// nf_tables batch per sync, the default) or `nft` (JSON through the
+        /// `nft` program first on PATH).
+        #[arg(long, value_enum, default_value = "netlink")]
+        nft_writer: NftWriter,
         /// A KubeProxyConfiguration file (kubeproxy.config.k8s.io/v1alpha1):
         /// its mode, hostnameOverride, syncPeriod, metricsBindAddress,
         /// healthzBindAddress, masqueradeAll, clusterCIDR and
@@ -177,6 +182,14 @@ enum PodsArg {
     Insecure,
     /// Only addresses of Pods in that namespace answer (watches Pods).
     Verified,
+}
+
+#[derive(Clone, Copy, clap::ValueEnum)]
+enum NftWriter {
+    /// One nf_tables netlink batch per sync.
+    Netlink,
+    /// JSON through `nft -j -f -`.
+    Nft,
 }
 
 #[derive(Clone, Copy, clap::ValueEnum)]
@@ -292,9 +305,14 @@ async fn main() -> anyhow::Result<()> {
             mut masquerade_all,
             mut cluster_cidr,
             mut nodeport_addresses,
+            nft_writer,
             config,
             mutant,
         } => {
+            signpost_proxy::nftables::apply::use_writer(match nft_writer {
+                NftWriter::Netlink => signpost_proxy::nftables::apply::Writer::Netlink,
+                NftWriter::Nft => signpost_proxy::nftables::apply::Writer::Nft,
+            });
             let mut kubeconfig = cli.kubeconfig;
             if let Some(path) = &config {
                 let text = std::fs::read_to_string(path)

@@ -810,6 +810,10 @@ fn proxy_behind_faulty_nft(
         ),
         "proxy".into(),
         "--mode=nftables".into(),
+        // The fault wrapper stands in for the `nft` program, so the proxy
+        // writes through it (the netlink writer's refusals are tested on
+        // the kernel itself in `both_writers_program_the_same_table`).
+        "--nft-writer=nft".into(),
         "--node-name=node-a".into(),
         format!("--metrics-addr=127.0.0.1:{port}"),
         "--healthz-timeout-secs=2".into(),
@@ -1282,4 +1286,198 @@ fn masquerading_and_node_port_addresses_follow_the_flags() {
         seen(cluster_ip).is_some_and(|peer| peer != me)
     });
     clean(p);
+}
+
+/// The netlink writer and `nft -j -f` program the same table: the same
+/// transactions (full syncs under each masquerade policy, then partial
+/// syncs that add, change, reject and remove virtual services of both
+/// families, sticky ones included) written one way in one namespace and the
+/// other way in another are listed by `nft` identically. A batch the kernel
+/// refuses changes nothing and names the refused command.
+#[test]
+fn both_writers_program_the_same_table() {
+    use signpost_harness::netns::{NetNs, unique};
+    use signpost_model::cluster::{Protocol, VirtualKey, VirtualService};
+    use signpost_proxy::addresses::Masquerade;
+    use signpost_proxy::nftables::build;
+    use signpost_proxy::nftables::ruleset::{Cmd, Elem, Stmt, Tx};
+    use signpost_proxy::nftables::wire;
+    require_rig!();
+    let by_netlink = NetNs::create(unique("wnl")).unwrap();
+    let by_nft = NetNs::create(unique("wnft")).unwrap();
+    let key = |ip: &str, protocol, port| VirtualKey {
+        ip: ip.parse().unwrap(),
+        protocol,
+        port,
+    };
+    let vs = |backends: &[&str], affinity: Option<u32>| VirtualService {
+        backends: backends.iter().map(|b| b.parse().unwrap()).collect(),
+        affinity_timeout: affinity,
+    };
+    let node_ips: Vec<IpAddr> = vec!["10.0.0.1".parse().unwrap()];
+    let t0: ProxyTable = [
+        (
+            key("10.96.0.10", Protocol::Tcp, 80),
+            vs(
+                &["10.244.0.2:8080", "10.244.0.3:8080", "10.244.0.4:8080"],
+                None,
+            ),
+        ),
+        (
+            key("10.96.0.11", Protocol::Udp, 53),
+            vs(&["10.244.0.5:53"], Some(10800)),
+        ),
+        (
+            key("fd00:10:96::10", Protocol::Tcp, 80),
+            vs(
+                &["[fd00:10:244::2]:8080", "[fd00:10:244::3]:8080"],
+                Some(60),
+            ),
+        ),
+        (key("10.96.0.12", Protocol::Tcp, 80), vs(&[], None)),
+        (
+            key("10.0.0.1", Protocol::Tcp, 30080),
+            vs(&["10.244.0.2:8080"], None),
+        ),
+        (
+            key("10.96.0.13", Protocol::Sctp, 9),
+            vs(&["10.244.0.2:9"], None),
+        ),
+    ]
+    .into();
+    let mut t1 = t0.clone();
+    t1.insert(
+        key("10.96.0.11", Protocol::Udp, 53),
+        vs(&["10.244.0.5:53", "10.244.0.6:53"], Some(10800)),
+    );
+    t1.insert(key("10.96.0.10", Protocol::Tcp, 80), vs(&[], None));
+    t1.insert(
+        key("10.96.0.12", Protocol::Tcp, 80),
+        vs(&["10.244.0.7:80"], None),
+    );
+    t1.remove(&key("10.96.0.13", Protocol::Sctp, 9));
+    t1.insert(
+        key("fd00:10:96::11", Protocol::Udp, 53),
+        vs(&["[fd00:10:244::4]:53"], None),
+    );
+    let policies = [
+        Masquerade::default(),
+        Masquerade {
+            all: false,
+            cluster_cidrs: vec![
+                "10.244.0.0/16".parse().unwrap(),
+                "fd00:10:244::/56".parse().unwrap(),
+            ],
+        },
+        Masquerade {
+            all: true,
+            cluster_cidrs: Vec::new(),
+        },
+    ];
+    // The table as `nft -j` lists it, without rule handles, and with each
+    // set's elements sorted (a hashed set lists them in hash order); rules
+    // keep their order.
+    let listing = |ns: &NetNs| -> Vec<serde_json::Value> {
+        let out = ns
+            .command("nft")
+            .args(["-j", "list", "table", "inet", "signpost"])
+            .output()
+            .unwrap();
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+        let mut objects: Vec<serde_json::Value> = v["nftables"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .filter(|o| o.get("metainfo").is_none())
+            .cloned()
+            .collect();
+        for o in &mut objects {
+            for kind in ["rule", "set", "map", "chain", "table"] {
+                if let Some(body) = o.get_mut(kind).and_then(|b| b.as_object_mut()) {
+                    body.remove("handle");
+                    if let Some(elems) = body.get_mut("elem").and_then(|e| e.as_array_mut()) {
+                        elems.sort_by_key(|e| e.to_string());
+                    }
+                }
+            }
+        }
+        assert!(
+            objects.len() > 20,
+            "too small a table to compare: {objects:?}"
+        );
+        objects
+    };
+    let write = |tx: &Tx| {
+        by_netlink
+            .within(|| wire::send(tx))
+            .unwrap()
+            .unwrap_or_else(|e| panic!("netlink writer: {e:?}"));
+        let mut child = by_nft
+            .command("nft")
+            .args(["-j", "-f", "-"])
+            .stdin(std::process::Stdio::piped())
+            .stderr(std::process::Stdio::piped())
+            .spawn()
+            .unwrap();
+        std::io::Write::write_all(&mut child.stdin.take().unwrap(), tx.to_string().as_bytes())
+            .unwrap();
+        let out = child.wait_with_output().unwrap();
+        assert!(
+            out.status.success(),
+            "nft: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        let (a, b) = (listing(&by_netlink), listing(&by_nft));
+        if let Some(i) = (0..a.len().max(b.len())).find(|i| a.get(*i) != b.get(*i)) {
+            panic!(
+                "object {i} differs:\n netlink: {}\n nft:     {}",
+                a.get(i).map_or("(none)".into(), ToString::to_string),
+                b.get(i).map_or("(none)".into(), ToString::to_string)
+            );
+        }
+    };
+    for masq in &policies {
+        write(&build::full(&t0, &node_ips, masq));
+        eprintln!("full sync under {masq:?}: the same table");
+    }
+    write(&build::partial(&t0, &t1, &node_ips).unwrap());
+    write(&build::partial(&t1, &t0, &node_ips).unwrap());
+    write(&build::partial(&t0, &ProxyTable::new(), &node_ips).unwrap());
+    write(&build::partial(&ProxyTable::new(), &t1, &node_ips).unwrap());
+    // The table read back is the table written.
+    let listed = by_netlink
+        .command("nft")
+        .args(["-j", "list", "table", "inet", "signpost"])
+        .output()
+        .unwrap();
+    let v: serde_json::Value = serde_json::from_slice(&listed.stdout).unwrap();
+    assert_eq!(
+        signpost_proxy::nftables::readback::table(Some(&v)),
+        build::normalize(t1.clone())
+    );
+
+    // A refused batch: nothing of it applies, and the refusal names the command.
+    let before = listing(&by_netlink);
+    let bad = Tx(vec![
+        Cmd::AddElems(
+            "cluster-ips-v4".into(),
+            vec![Elem::Addr("10.96.9.9".parse().unwrap())],
+        ),
+        Cmd::AddRule("no-such-chain".into(), vec![Stmt::Masquerade]),
+    ]);
+    let err = by_netlink.within(|| wire::send(&bad)).unwrap().unwrap_err();
+    let wire::Failure::Refused(why) = err else {
+        panic!("not a refusal: {err:?}")
+    };
+    assert!(why.contains("add rule to chain no-such-chain"), "{why}");
+    assert_eq!(
+        listing(&by_netlink),
+        before,
+        "a refused batch changed the table"
+    );
 }

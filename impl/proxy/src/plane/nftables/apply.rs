@@ -1,12 +1,42 @@
-//! Applies nftables JSON transactions with `nft -j -f -` in the current
-//! network namespace, and reads the table back.
+//! Applies transactions in the current network namespace, as one netlink
+//! batch ([`Writer::Netlink`], the default) or as JSON through `nft -j -f -`
+//! ([`Writer::Nft`]), and reads the table back with `nft -j list`.
 
 use std::io::Write;
 use std::process::{Command, Stdio};
+use std::sync::atomic::{AtomicBool, Ordering};
 
 use serde_json::Value;
 
 use super::TABLE;
+use super::ruleset::Tx;
+use super::wire;
+
+/// How transactions reach the kernel.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum Writer {
+    /// One nf_tables netlink batch per transaction.
+    #[default]
+    Netlink,
+    /// nft's JSON piped to `nft -j -f -` (the `nft` first on PATH).
+    Nft,
+}
+
+static THROUGH_NFT: AtomicBool = AtomicBool::new(false);
+
+/// Chooses the writer for this process (`--nft-writer`).
+pub fn use_writer(w: Writer) {
+    THROUGH_NFT.store(w == Writer::Nft, Ordering::Relaxed);
+}
+
+/// The writer in use.
+pub fn writer() -> Writer {
+    if THROUGH_NFT.load(Ordering::Relaxed) {
+        Writer::Nft
+    } else {
+        Writer::Netlink
+    }
+}
 
 /// A kernel refusal or a missing `nft`.
 #[derive(Debug, thiserror::Error)]
@@ -21,13 +51,27 @@ pub enum Error {
     /// `nft` printed something that is not JSON.
     #[error("nft output: {0}")]
     Output(#[source] serde_json::Error),
+    /// The netlink socket failed or the kernel did not answer.
+    #[error("{0}")]
+    Netlink(String),
 }
 
 /// Result with the sink's error.
 pub type Result<T, E = Error> = std::result::Result<T, E>;
 
 /// Runs one transaction: all of it applies, or none.
-pub fn apply(tx: &Value) -> Result<()> {
+pub fn apply(tx: &Tx) -> Result<()> {
+    match writer() {
+        Writer::Netlink => wire::send(tx).map_err(|f| match f {
+            wire::Failure::Refused(why) => Error::Rejected(why),
+            wire::Failure::Io(why) => Error::Netlink(why),
+        }),
+        Writer::Nft => apply_json(&tx.json()),
+    }
+}
+
+/// Runs one JSON transaction through `nft -j -f -`.
+pub fn apply_json(tx: &Value) -> Result<()> {
     let mut child = Command::new("nft")
         .args(["-j", "-f", "-"])
         .stdin(Stdio::piped())

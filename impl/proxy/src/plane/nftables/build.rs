@@ -1,7 +1,8 @@
-//! The nftables data plane as data: a [`ProxyTable`] becomes one JSON
-//! transaction for `nft -j -f -`. A full sync creates the whole table; a
-//! partial sync rewrites only the virtual services whose entry changed
-//! (PXY-8): one endpoint change touches one service's chains.
+//! The nftables data plane as data: a [`ProxyTable`] becomes one
+//! transaction ([`Tx`], written as nft's JSON or as one netlink batch). A
+//! full sync creates the whole table; a partial sync rewrites only the
+//! virtual services whose entry changed (PXY-8): one endpoint change
+//! touches one service's chains.
 //!
 //! Layout of table `inet signpost`:
 //! - `nat-prerouting`, `nat-output` (nat hooks) jump to `services`, which
@@ -26,10 +27,10 @@
 use std::collections::BTreeSet;
 use std::net::{IpAddr, SocketAddr};
 
-use serde_json::{Value, json};
 use signpost_model::cluster::{Protocol, ProxyTable, VirtualKey, VirtualService};
 
-use super::{MASQ_MARK, TABLE};
+pub use super::ruleset::Tx;
+use super::ruleset::{Cmd, Elem, Hook, SetKind, Stmt};
 use crate::addresses::Masquerade;
 
 /// The chain that refuses traffic to a ClusterIP port without endpoints.
@@ -41,10 +42,6 @@ pub const REJECT_CHAIN: &str = "reject-chain";
 /// The set of sources whose traffic to a ClusterIP is not masqueraded.
 pub fn no_masquerade_set(v6: bool) -> String {
     format!("no-masquerade-{}", if v6 { "v6" } else { "v4" })
-}
-
-fn mark_for_masquerade() -> Value {
-    json!({ "mangle": { "key": meta("mark"), "value": { "|": [meta("mark"), MASQ_MARK] } } })
 }
 
 fn proto(p: Protocol) -> &'static str {
@@ -80,144 +77,97 @@ pub fn affinity_set(key: &VirtualKey, backend: &SocketAddr) -> String {
     format!("a{}", &endpoint_chain(key, backend)[1..])
 }
 
-fn fam(ip: &IpAddr) -> &'static str {
-    if ip.is_ipv4() { "ip" } else { "ip6" }
-}
-
 fn v(ip: &IpAddr) -> &'static str {
     if ip.is_ipv4() { "v4" } else { "v6" }
 }
 
-fn obj(kind: &str, body: Value) -> Value {
-    json!({ kind: body })
+fn rule(chain: &str, stmts: Vec<Stmt>) -> Cmd {
+    Cmd::AddRule(chain.to_owned(), stmts)
 }
 
-fn base(name: &str) -> Value {
-    json!({ "family": "inet", "table": TABLE, "name": name })
-}
-
-fn chain(name: &str) -> Value {
-    obj("chain", base(name))
-}
-
-fn hooked(name: &str, kind: &str, hook: &str, prio: i64) -> Value {
-    let mut b = base(name);
-    b["type"] = json!(kind);
-    b["hook"] = json!(hook);
-    b["prio"] = json!(prio);
-    b["policy"] = json!("accept");
-    obj("chain", b)
-}
-
-fn rule(chain: &str, expr: Vec<Value>) -> Value {
-    json!({ "rule": { "family": "inet", "table": TABLE, "chain": chain, "expr": expr } })
-}
-
-fn payload(family: &str, field: &str) -> Value {
-    json!({ "payload": { "protocol": family, "field": field } })
-}
-
-fn meta(key: &str) -> Value {
-    json!({ "meta": { "key": key } })
-}
-
-fn eq(left: Value, right: Value) -> Value {
-    json!({ "match": { "op": "==", "left": left, "right": right } })
-}
-
-fn goto(target: &str) -> Value {
-    json!({ "goto": { "target": target } })
-}
-
-fn add(v: Value) -> Value {
-    json!({ "add": v })
-}
-
-/// The map element key of a virtual address.
-fn map_key(key: &VirtualKey) -> Value {
-    json!({ "concat": [key.ip.to_string(), proto(key.protocol), key.port] })
-}
-
-fn element(set: &str, elems: Vec<Value>) -> Value {
-    obj(
-        "element",
-        json!({ "family": "inet", "table": TABLE, "name": set, "elem": elems }),
-    )
+fn goto(target: &str) -> Stmt {
+    Stmt::Goto(target.to_owned())
 }
 
 /// The skeleton: table, maps, sets and base chains with their fixed rules.
-fn skeleton() -> Vec<Value> {
-    let mut out = vec![add(obj(
-        "table",
-        json!({ "family": "inet", "name": TABLE }),
-    ))];
-    for (ver, addr) in [("v4", "ipv4_addr"), ("v6", "ipv6_addr")] {
-        out.push(add(obj(
-            "map",
-            json!({ "family": "inet", "table": TABLE, "name": format!("service-ips-{ver}"),
-                    "type": [addr, "inet_proto", "inet_service"], "map": "verdict" }),
-        )));
-        out.push(add(obj("set", json!({ "family": "inet", "table": TABLE, "name": format!("cluster-ips-{ver}"), "type": addr }))));
-        out.push(add(obj(
-            "set",
-            json!({ "family": "inet", "table": TABLE, "name": format!("rejecting-{ver}"), "type": [addr, "inet_proto", "inet_service"] }),
-        )));
-        out.push(add(obj(
-            "set",
-            json!({ "family": "inet", "table": TABLE, "name": no_masquerade_set(ver == "v6"), "type": addr, "flags": ["interval"] }),
-        )));
+fn skeleton() -> Vec<Cmd> {
+    let mut out = vec![Cmd::AddTable];
+    for (ver, v6) in [("v4", false), ("v6", true)] {
+        out.push(Cmd::AddSet(
+            format!("service-ips-{ver}"),
+            SetKind::Vmap { v6 },
+        ));
+        out.push(Cmd::AddSet(
+            format!("cluster-ips-{ver}"),
+            SetKind::Addrs { v6 },
+        ));
+        out.push(Cmd::AddSet(
+            format!("rejecting-{ver}"),
+            SetKind::Tuples { v6 },
+        ));
+        out.push(Cmd::AddSet(
+            no_masquerade_set(v6),
+            SetKind::Intervals { v6 },
+        ));
     }
-    out.push(add(chain("services")));
-    for (ver, fam) in [("v4", "ip"), ("v6", "ip6")] {
-        out.push(add(rule(
+    out.push(Cmd::AddChain("services".into(), None));
+    for (ver, v6) in [("v4", false), ("v6", true)] {
+        out.push(rule(
             "services",
             vec![
-                eq(payload(fam, "daddr"), json!(format!("@cluster-ips-{ver}"))),
-                json!({ "match": { "op": "!=", "left": payload(fam, "saddr"), "right": format!("@{}", no_masquerade_set(ver == "v6")) } }),
-                mark_for_masquerade(),
+                Stmt::DaddrIn {
+                    v6,
+                    set: format!("cluster-ips-{ver}"),
+                },
+                Stmt::SaddrNotIn {
+                    v6,
+                    set: no_masquerade_set(v6),
+                },
+                Stmt::MarkForMasquerade,
             ],
-        )));
+        ));
     }
-    for (ver, fam) in [("v4", "ip"), ("v6", "ip6")] {
-        let lookup = json!({ "vmap": { "key": { "concat": [payload(fam, "daddr"), meta("l4proto"), payload("th", "dport")] }, "data": format!("@service-ips-{ver}") } });
-        out.push(add(rule(
+    for (ver, v6) in [("v4", false), ("v6", true)] {
+        out.push(rule(
             "services",
             vec![
-                eq(
-                    meta("nfproto"),
-                    json!(if ver == "v4" { "ipv4" } else { "ipv6" }),
-                ),
-                lookup,
+                Stmt::Nfproto { v6 },
+                Stmt::TupleVmap {
+                    v6,
+                    map: format!("service-ips-{ver}"),
+                },
             ],
-        )));
+        ));
     }
     for (name, hook) in [("nat-prerouting", "prerouting"), ("nat-output", "output")] {
-        out.push(add(hooked(name, "nat", hook, -100)));
-        out.push(add(rule(
-            name,
-            vec![json!({ "jump": { "target": "services" } })],
-        )));
+        out.push(Cmd::AddChain(
+            name.into(),
+            Some(Hook {
+                kind: "nat",
+                hook,
+                prio: -100,
+            }),
+        ));
+        out.push(rule(name, vec![Stmt::Jump("services".into())]));
     }
-    out.push(add(hooked("nat-postrouting", "nat", "postrouting", 100)));
-    out.push(add(rule(
+    out.push(Cmd::AddChain(
+        "nat-postrouting".into(),
+        Some(Hook {
+            kind: "nat",
+            hook: "postrouting",
+            prio: 100,
+        }),
+    ));
+    out.push(rule(
         "nat-postrouting",
-        vec![
-            eq(json!({ "&": [meta("mark"), MASQ_MARK] }), json!(MASQ_MARK)),
-            json!({ "masquerade": null }),
-        ],
-    )));
-    out.push(add(chain(REJECT_CHAIN)));
-    out.push(add(rule(
+        vec![Stmt::MarkedForMasquerade, Stmt::Masquerade],
+    ));
+    out.push(Cmd::AddChain(REJECT_CHAIN.into(), None));
+    out.push(rule(
         REJECT_CHAIN,
-        vec![
-            eq(meta("l4proto"), json!("tcp")),
-            json!({ "reject": { "type": "tcp reset" } }),
-        ],
-    )));
-    out.push(add(rule(
-        REJECT_CHAIN,
-        vec![json!({ "reject": { "type": "icmpx", "expr": "port-unreachable" } })],
-    )));
+        vec![Stmt::L4proto(Protocol::Tcp), Stmt::RejectTcpReset],
+    ));
+    out.push(rule(REJECT_CHAIN, vec![Stmt::RejectPortUnreachable]));
     // Untranslated ClusterIP traffic is delivered locally (input) only if a
     // route says so; a node's default route forwards it instead, so the
     // forward hook rejects it too.
@@ -226,23 +176,35 @@ fn skeleton() -> Vec<Value> {
         ("filter-forward", "forward"),
         ("filter-output", "output"),
     ] {
-        out.push(add(hooked(name, "filter", hook, 0)));
-        for (ver, fam) in [("v4", "ip"), ("v6", "ip6")] {
-            let key = json!({ "concat": [payload(fam, "daddr"), meta("l4proto"), payload("th", "dport")] });
-            out.push(add(rule(
+        out.push(Cmd::AddChain(
+            name.into(),
+            Some(Hook {
+                kind: "filter",
+                hook,
+                prio: 0,
+            }),
+        ));
+        for (ver, v6) in [("v4", false), ("v6", true)] {
+            out.push(rule(
                 name,
                 vec![
-                    eq(key, json!(format!("@rejecting-{ver}"))),
+                    Stmt::TupleIn {
+                        v6,
+                        set: format!("rejecting-{ver}"),
+                    },
                     goto(REJECT_CHAIN),
                 ],
-            )));
-            out.push(add(rule(
+            ));
+            out.push(rule(
                 name,
                 vec![
-                    eq(payload(fam, "daddr"), json!(format!("@cluster-ips-{ver}"))),
+                    Stmt::DaddrIn {
+                        v6,
+                        set: format!("cluster-ips-{ver}"),
+                    },
                     goto(REJECT_CHAIN),
                 ],
-            )));
+            ));
         }
     }
     out
@@ -256,7 +218,7 @@ fn add_service(
     vs: &VirtualService,
     node_ips: &[IpAddr],
     fresh: bool,
-    out: &mut Vec<Value>,
+    out: &mut Vec<Cmd>,
 ) {
     add_service_keeping(key, vs, node_ips, &BTreeSet::new(), fresh, out);
 }
@@ -269,89 +231,90 @@ fn add_service_keeping(
     node_ips: &[IpAddr],
     kept: &BTreeSet<SocketAddr>,
     fresh: bool,
-    out: &mut Vec<Value>,
+    out: &mut Vec<Cmd>,
 ) {
     if vs.rejects() {
-        out.push(add(element(
-            &format!("rejecting-{}", v(&key.ip)),
-            vec![map_key(key)],
-        )));
+        out.push(Cmd::AddElems(
+            format!("rejecting-{}", v(&key.ip)),
+            vec![Elem::Tuple(*key)],
+        ));
         return;
     }
     let svc = service_chain(key);
     // `add chain` keeps a chain the kernel already has (one the table read
     // back did not show): flushing it makes re-adding never duplicate rules.
-    out.push(add(chain(&svc)));
+    out.push(Cmd::AddChain(svc.clone(), None));
     if !fresh {
-        out.push(json!({ "flush": chain(&svc) }));
+        out.push(Cmd::FlushChain(svc.clone()));
     }
     if node_ips.contains(&key.ip) {
         // A NodePort: traffic from off the node is masqueraded so replies come back through it.
-        out.push(add(rule(&svc, vec![mark_for_masquerade()])));
+        out.push(rule(&svc, vec![Stmt::MarkForMasquerade]));
     }
     let backends: Vec<&SocketAddr> = vs.backends.iter().collect();
     for b in &backends {
         let ep = endpoint_chain(key, b);
-        out.push(add(chain(&ep)));
+        out.push(Cmd::AddChain(ep.clone(), None));
         if !fresh {
-            out.push(json!({ "flush": chain(&ep) }));
+            out.push(Cmd::FlushChain(ep.clone()));
         }
-        let f = fam(&b.ip());
-        out.push(add(rule(
+        let bv6 = b.is_ipv6();
+        out.push(rule(
             &ep,
-            vec![
-                eq(payload(f, "saddr"), json!(b.ip().to_string())),
-                mark_for_masquerade(),
-            ],
-        )));
+            vec![Stmt::SaddrIs(b.ip()), Stmt::MarkForMasquerade],
+        ));
         if let Some(timeout) = vs.affinity_timeout {
             let set = affinity_set(key, b);
-            let addr = if b.is_ipv4() {
-                "ipv4_addr"
-            } else {
-                "ipv6_addr"
-            };
             if !kept.contains(b) {
-                out.push(add(obj("set", json!({ "family": "inet", "table": TABLE, "name": set, "type": addr, "flags": ["timeout"], "timeout": timeout }))));
+                out.push(Cmd::AddSet(
+                    set.clone(),
+                    SetKind::Affinity {
+                        v6: bv6,
+                        timeout: timeout.into(),
+                    },
+                ));
             }
-            out.push(add(rule(&ep, vec![json!({ "set": { "op": "update", "elem": payload(f, "saddr"), "set": format!("@{set}") } })])));
-            out.push(add(rule(
+            out.push(rule(
+                &ep,
+                vec![Stmt::UpdateSaddr {
+                    v6: bv6,
+                    set: set.clone(),
+                }],
+            ));
+            out.push(rule(
                 &svc,
                 vec![
-                    eq(payload(fam(&key.ip), "saddr"), json!(format!("@{set}"))),
+                    Stmt::SaddrIn {
+                        v6: key.ip.is_ipv6(),
+                        set,
+                    },
                     goto(&ep),
                 ],
-            )));
+            ));
         }
-        out.push(add(rule(
+        out.push(rule(
             &ep,
-            vec![
-                eq(meta("l4proto"), json!(proto(key.protocol))),
-                json!({ "dnat": { "family": f, "addr": b.ip().to_string(), "port": b.port() } }),
-            ],
-        )));
+            vec![Stmt::L4proto(key.protocol), Stmt::Dnat(**b)],
+        ));
     }
     let n = backends.len();
     for (i, b) in backends.iter().enumerate() {
-        let mut expr = Vec::new();
+        let mut stmts = Vec::new();
         let left = n - i;
         if left > 1 {
-            expr.push(eq(
-                json!({ "numgen": { "mode": "random", "mod": left, "offset": 0 } }),
-                json!(0),
-            ));
+            stmts.push(Stmt::NumgenZero(u32::try_from(left).unwrap_or(u32::MAX)));
         }
-        expr.push(goto(&endpoint_chain(key, b)));
-        out.push(add(rule(&svc, expr)));
+        stmts.push(goto(&endpoint_chain(key, b)));
+        out.push(rule(&svc, stmts));
     }
-    out.push(add(element(
-        &format!("service-ips-{}", v(&key.ip)),
-        vec![json!([map_key(key), goto(&svc)])],
-    )));
+    out.push(Cmd::AddElems(
+        format!("service-ips-{}", v(&key.ip)),
+        vec![Elem::TupleGoto(*key, svc)],
+    ));
 }
 
 /// The commands that remove one virtual service.
-fn delete_service(key: &VirtualKey, vs: &VirtualService, out: &mut Vec<Value>) {
+fn delete_service(key: &VirtualKey, vs: &VirtualService, out: &mut Vec<Cmd>) {
     delete_service_keeping(key, vs, &BTreeSet::new(), out);
 }
 
@@ -360,28 +323,30 @@ fn delete_service_keeping(
     key: &VirtualKey,
     vs: &VirtualService,
     keep: &BTreeSet<SocketAddr>,
-    out: &mut Vec<Value>,
+    out: &mut Vec<Cmd>,
 ) {
     if vs.rejects() {
-        out.push(
-            json!({ "delete": element(&format!("rejecting-{}", v(&key.ip)), vec![map_key(key)]) }),
-        );
+        out.push(Cmd::DeleteElems(
+            format!("rejecting-{}", v(&key.ip)),
+            vec![Elem::Tuple(*key)],
+        ));
         return;
     }
     let svc = service_chain(key);
-    out.push(
-        json!({ "delete": element(&format!("service-ips-{}", v(&key.ip)), vec![map_key(key)]) }),
-    );
+    out.push(Cmd::DeleteElems(
+        format!("service-ips-{}", v(&key.ip)),
+        vec![Elem::Tuple(*key)],
+    ));
     // Chains must be empty and unreferenced before they go: flush, then delete.
-    out.push(json!({ "flush": chain(&svc) }));
+    out.push(Cmd::FlushChain(svc.clone()));
     for b in &vs.backends {
-        out.push(json!({ "flush": chain(&endpoint_chain(key, b)) }));
+        out.push(Cmd::FlushChain(endpoint_chain(key, b)));
     }
-    out.push(json!({ "delete": chain(&svc) }));
+    out.push(Cmd::DeleteChain(svc));
     for b in &vs.backends {
-        out.push(json!({ "delete": chain(&endpoint_chain(key, b)) }));
+        out.push(Cmd::DeleteChain(endpoint_chain(key, b)));
         if vs.affinity_timeout.is_some() && !keep.contains(b) {
-            out.push(json!({ "delete": obj("set", base(&affinity_set(key, b))) }));
+            out.push(Cmd::DeleteSet(affinity_set(key, b)));
         }
     }
 }
@@ -407,49 +372,46 @@ fn cluster_ips(table: &ProxyTable, node_ips: &[IpAddr]) -> BTreeSet<IpAddr> {
         .collect()
 }
 
-fn ip_elements(ips: &BTreeSet<IpAddr>, out: &mut Vec<Value>, verb: &str) {
+fn ip_elements(ips: &BTreeSet<IpAddr>, out: &mut Vec<Cmd>, add: bool) {
     for ver in ["v4", "v6"] {
-        let elems: Vec<Value> = ips
+        let elems: Vec<Elem> = ips
             .iter()
             .filter(|ip| v(ip) == ver)
-            .map(|ip| json!(ip.to_string()))
+            .map(|ip| Elem::Addr(*ip))
             .collect();
         if !elems.is_empty() {
-            out.push(json!({ verb: element(&format!("cluster-ips-{ver}"), elems) }));
+            let set = format!("cluster-ips-{ver}");
+            out.push(if add {
+                Cmd::AddElems(set, elems)
+            } else {
+                Cmd::DeleteElems(set, elems)
+            });
         }
     }
-}
-
-/// An interval-set element for a range.
-pub fn prefix(net: &ipnet::IpNet) -> Value {
-    json!({ "prefix": { "addr": net.network().to_string(), "len": net.prefix_len() } })
 }
 
 /// A full sync: delete whatever table exists and build `table` from scratch,
 /// in one transaction (no moment without rules), with `masq` as the
 /// masquerade policy.
-pub fn full(table: &ProxyTable, node_ips: &[IpAddr], masq: &Masquerade) -> Value {
-    let mut out = vec![
-        add(obj("table", json!({ "family": "inet", "name": TABLE }))),
-        json!({ "delete": obj("table", json!({ "family": "inet", "name": TABLE })) }),
-    ];
+pub fn full(table: &ProxyTable, node_ips: &[IpAddr], masq: &Masquerade) -> Tx {
+    let mut out = vec![Cmd::AddTable, Cmd::DeleteTable];
     out.extend(skeleton());
     for v6 in [false, true] {
-        let elems: Vec<Value> = masq.exempt(v6).iter().map(prefix).collect();
+        let elems: Vec<Elem> = masq.exempt(v6).iter().copied().map(Elem::Prefix).collect();
         if !elems.is_empty() {
-            out.push(add(element(&no_masquerade_set(v6), elems)));
+            out.push(Cmd::AddElems(no_masquerade_set(v6), elems));
         }
     }
-    ip_elements(&cluster_ips(table, node_ips), &mut out, "add");
+    ip_elements(&cluster_ips(table, node_ips), &mut out, true);
     for (key, vs) in table {
         add_service(key, vs, node_ips, true, &mut out);
     }
-    json!({ "nftables": out })
+    Tx(out)
 }
 
 /// A partial sync from `old` (what the kernel holds) to `new`: only virtual
 /// services whose entry differs are rewritten. `None` when nothing changed.
-pub fn partial(old: &ProxyTable, new: &ProxyTable, node_ips: &[IpAddr]) -> Option<Value> {
+pub fn partial(old: &ProxyTable, new: &ProxyTable, node_ips: &[IpAddr]) -> Option<Tx> {
     let mut out = Vec::new();
     for (key, vs) in old {
         match new.get(key) {
@@ -467,12 +429,12 @@ pub fn partial(old: &ProxyTable, new: &ProxyTable, node_ips: &[IpAddr]) -> Optio
     ip_elements(
         &before.difference(&after).copied().collect(),
         &mut out,
-        "delete",
+        false,
     );
     ip_elements(
         &after.difference(&before).copied().collect(),
         &mut out,
-        "add",
+        true,
     );
     for (key, vs) in new {
         match old.get(key) {
@@ -483,11 +445,7 @@ pub fn partial(old: &ProxyTable, new: &ProxyTable, node_ips: &[IpAddr]) -> Optio
             _ => add_service(key, vs, node_ips, false, &mut out),
         }
     }
-    if out.is_empty() {
-        None
-    } else {
-        Some(json!({ "nftables": out }))
-    }
+    if out.is_empty() { None } else { Some(Tx(out)) }
 }
 
 /// The table as the data plane holds it: a rejecting entry carries no
@@ -502,15 +460,14 @@ pub fn normalize(mut table: ProxyTable) -> ProxyTable {
 }
 
 /// Removes the table (`--cleanup`).
-pub fn cleanup() -> Value {
-    json!({ "nftables": [
-        add(obj("table", json!({ "family": "inet", "name": TABLE }))),
-        { "delete": obj("table", json!({ "family": "inet", "name": TABLE })) },
-    ]})
+pub fn cleanup() -> Tx {
+    Tx(vec![Cmd::AddTable, Cmd::DeleteTable])
 }
 
 #[cfg(test)]
 mod tests {
+    use serde_json::Value;
+
     use super::*;
 
     fn key(ip: &str, port: u16) -> VirtualKey {
@@ -586,8 +543,9 @@ mod tests {
                 (0..n).map(|i| format!("10.244.0.{}:8080", i + 2)).collect();
             let refs: Vec<&str> = backends.iter().map(String::as_str).collect();
             let k = key("10.96.0.1", 80);
-            let mut out = Vec::new();
-            add_service(&k, &vs(&refs), &[], true, &mut out);
+            let mut cmds = Vec::new();
+            add_service(&k, &vs(&refs), &[], true, &mut cmds);
+            let out = Tx(cmds).json()["nftables"].as_array().unwrap().clone();
             let svc = service_chain(&k);
             // (numerator, denominator) of the chance to reach each rule.
             let (mut reach_num, mut reach_den) = (1u64, 1u64);

@@ -1,13 +1,16 @@
 //! The nftables data plane: [`build`] turns tables and table changes into
-//! nftables JSON transactions (pure, unit-tested without root), [`apply`]
-//! hands them to `nft -j -f -` and lists the table, [`readback`] turns the
+//! transactions of [`ruleset`] commands (pure, unit-tested without root),
+//! [`apply`] writes them to the kernel as one netlink batch ([`wire`]) or
+//! through `nft -j -f -` and lists the table, [`readback`] turns the
 //! listing back into a table (PXY-8), and [`tracer`] interprets exactly
 //! those transactions to answer "where does this packet go".
 
 pub mod apply;
 pub mod build;
 pub mod readback;
+pub mod ruleset;
 pub mod tracer;
+pub mod wire;
 
 /// The table Signpost owns (family `inet`).
 pub const TABLE: &str = "signpost";
