@@ -129,10 +129,9 @@ fn read_back(metrics: &Metrics, masq: &Masquerade) -> Option<(ProxyTable, BTreeS
                 );
                 return None;
             }
-            Some((
-                readback::table(Some(&listing)),
-                readback::node_port_ips(Some(&listing)),
-            ))
+            let table = readback::table(Some(&listing));
+            let node_port_ips = readback::node_port_ips(Some(&listing), &table);
+            Some((table, node_port_ips))
         }
         Ok(None) => None,
         Err(e) => {

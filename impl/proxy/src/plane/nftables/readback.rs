@@ -178,10 +178,13 @@ pub fn no_masquerade(listing: Option<&Value>) -> Option<[Vec<ipnet::IpNet>; 2]> 
     Some([v4?, v6?])
 }
 
-/// The virtual addresses of the listed table that were written as the
-/// node's own (NodePorts): those of [`table`] not in the `cluster-ips-v4/v6`
-/// sets.
-pub fn node_port_ips(listing: Option<&Value>) -> std::collections::BTreeSet<IpAddr> {
+/// The virtual addresses of `read` (the listing's [`table`], already read)
+/// that were written as the node's own (NodePorts): those not in the
+/// listing's `cluster-ips-v4/v6` sets.
+pub fn node_port_ips(
+    listing: Option<&Value>,
+    read: &ProxyTable,
+) -> std::collections::BTreeSet<IpAddr> {
     let mut cluster = std::collections::BTreeSet::new();
     for s in listing
         .and_then(|l| l.get("nftables"))
@@ -201,8 +204,7 @@ pub fn node_port_ips(listing: Option<&Value>) -> std::collections::BTreeSet<IpAd
             );
         }
     }
-    table(listing)
-        .keys()
+    read.keys()
         .map(|k| k.ip)
         .filter(|ip| !cluster.contains(ip))
         .collect()
