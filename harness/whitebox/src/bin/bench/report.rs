@@ -105,10 +105,20 @@ fn proxy_nft(dir: &Path, targets: &mut Vec<Target>, plots: &mut Vec<Plot>) {
     });
     let change = ratios("one_change");
     let flat = series("signpost", "one_change_sync_ms");
+    let small_floor = series("signpost", "kernel_small_commit_ms");
+    let kp_change = series("kube_proxy_nftables", "one_change_sync_ms");
     let flat_note = format!(
-        "Signpost's one-change sync by size: {}",
+        "Signpost's one-change sync by size: {}. The kernel's commit of one new rule over the table (the floor under any rule change): {}",
         flat.iter()
             .map(|(n, v)| format!("{n} → {v:.1} ms"))
+            .collect::<Vec<_>>()
+            .join(", "),
+        small_floor
+            .iter()
+            .map(|(n, f)| match kp_change.iter().find(|(m, _)| m == n) {
+                Some((_, k)) => format!("{n} → {f:.1} ms = {:.2}× kube-proxy's change", f / k),
+                None => format!("{n} → {f:.1} ms"),
+            })
             .collect::<Vec<_>>()
             .join(", ")
     );
@@ -141,10 +151,8 @@ fn proxy_nft(dir: &Path, targets: &mut Vec<Target>, plots: &mut Vec<Plot>) {
         x: "Services",
         lines: vec![
             ("signpost".into(), flat),
-            (
-                "kube-proxy".into(),
-                series("kube_proxy_nftables", "one_change_sync_ms"),
-            ),
+            ("kube-proxy".into(), kp_change),
+            ("kernel commit of one rule (floor)".into(), small_floor),
         ],
     });
 }
