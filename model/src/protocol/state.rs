@@ -2,15 +2,14 @@
 //! cache, each node's kernel table, the client and the history the safety
 //! properties look back on.
 
-use std::collections::{BTreeMap, BTreeSet, VecDeque};
-use std::net::IpAddr;
-use std::sync::Arc;
-
 use crate::cluster::{EndpointSlice, Pod, ProxyTable, Service};
 use crate::reconcile::{WatchCache, WatchEvent};
 use crate::spec::{DnsSnapshot, PodsMode};
+use std::collections::{BTreeMap, BTreeSet, VecDeque};
+use std::net::IpAddr;
 
 use super::catalog::ZONE;
+use super::shared::Shared;
 
 /// A watcher of the API server, also the unit that crashes.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
@@ -49,7 +48,7 @@ pub enum WatchStatus {
 #[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord, Hash)]
 pub struct Watch {
     /// Pending events, oldest first (shared between watchers' queues).
-    pub queue: VecDeque<Arc<Ev>>,
+    pub queue: VecDeque<Shared<Ev>>,
     /// Status.
     pub status: WatchStatus,
 }
@@ -166,18 +165,19 @@ pub struct Used {
     pub drops: u8,
 }
 
-/// The whole model state. Components sit behind `Arc` and are copied on
-/// write, so the states the checker keeps share what a step did not touch.
+/// The whole model state. Components are [`Shared`]: copied on write, so
+/// the states the checker keeps share what a step did not touch, and hashed
+/// once, so a successor's hash costs only what its step changed.
 #[derive(Debug, Clone, PartialEq, Eq, Hash)]
 pub struct State {
     /// The API server.
-    pub api: Arc<Api>,
+    pub api: Shared<Api>,
     /// The EndpointSlice controller.
-    pub eps: Arc<EpsController>,
+    pub eps: Shared<EpsController>,
     /// The cluster DNS.
-    pub dns: Arc<DnsServer>,
+    pub dns: Shared<DnsServer>,
     /// One proxy per node.
-    pub proxies: Vec<Arc<ProxyNode>>,
+    pub proxies: Vec<Shared<ProxyNode>>,
     /// Watches: EndpointSlice controller, DNS, then one per proxy.
     pub watches: Vec<Watch>,
     /// The client's cached answer: the name it resolved and the address.
@@ -185,7 +185,7 @@ pub struct State {
     /// Budget used.
     pub used: Used,
     /// History for safety properties.
-    pub history: Arc<History>,
+    pub history: Shared<History>,
 }
 
 impl State {
@@ -215,23 +215,23 @@ impl State {
 
     /// The API server, for writing.
     pub fn api_mut(&mut self) -> &mut Api {
-        Arc::make_mut(&mut self.api)
+        self.api.make_mut()
     }
     /// The EndpointSlice controller, for writing.
     pub fn eps_mut(&mut self) -> &mut EpsController {
-        Arc::make_mut(&mut self.eps)
+        self.eps.make_mut()
     }
     /// The DNS, for writing.
     pub fn dns_mut(&mut self) -> &mut DnsServer {
-        Arc::make_mut(&mut self.dns)
+        self.dns.make_mut()
     }
     /// Proxy `i`, for writing.
     pub fn proxy_mut(&mut self, i: usize) -> &mut ProxyNode {
-        Arc::make_mut(&mut self.proxies[i])
+        self.proxies[i].make_mut()
     }
     /// The history, for writing.
     pub fn history_mut(&mut self) -> &mut History {
-        Arc::make_mut(&mut self.history)
+        self.history.make_mut()
     }
 
     /// All watchers.
