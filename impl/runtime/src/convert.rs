@@ -4,7 +4,7 @@
 //! ([`LastGood`]) rather than the object vanishing (which would delete its
 //! records, virtual services or slices).
 
-use std::collections::{HashMap, HashSet};
+use std::collections::HashMap;
 use std::sync::Arc;
 
 use crate::metrics::Counter;
@@ -53,11 +53,21 @@ fn uid<K: kube::Resource>(o: &K) -> Uid {
     )
 }
 
-/// The last form of each object that converted.
+/// The last form of each object that converted, with the resourceVersion
+/// it was read at: an object whose version has not moved is not read again.
 #[derive(Debug)]
 pub struct LastGood<M> {
     kind: &'static str,
-    good: HashMap<Uid, M>,
+    good: HashMap<Uid, Known<M>>,
+    /// Counts [`LastGood::convert_all`] rounds, to forget objects a round did not see.
+    round: u64,
+}
+
+#[derive(Debug)]
+struct Known<M> {
+    version: Option<String>,
+    model: M,
+    round: u64,
 }
 
 impl<M: Clone> LastGood<M> {
@@ -66,34 +76,55 @@ impl<M: Clone> LastGood<M> {
         LastGood {
             kind,
             good: HashMap::new(),
+            round: 0,
         }
     }
 
     /// Converts every object of a cache: an object that does not convert
     /// contributes its last good form (counted and logged), one never good
-    /// is skipped; objects no longer in the cache are forgotten.
+    /// is skipped; objects no longer in the cache are forgotten. An object
+    /// at the resourceVersion it was last read at is not read again (a
+    /// cache of thousands of objects is converted on every change).
     pub fn convert_all<K, E>(&mut self, objs: Vec<Arc<K>>, invalid: &Counter) -> Vec<M>
     where
         K: kube::Resource,
         M: for<'a> TryFrom<&'a K, Error = E>,
         E: std::fmt::Display,
     {
+        self.round += 1;
+        let round = self.round;
         let mut out = Vec::with_capacity(objs.len());
-        let mut seen = HashSet::with_capacity(objs.len());
         for o in objs {
             let key = uid(&*o);
+            let version = o.meta().resource_version.as_deref();
+            if let Some(k) = self.good.get_mut(&key)
+                && version.is_some()
+                && k.version.as_deref() == version
+            {
+                k.round = round;
+                out.push(k.model.clone());
+                continue;
+            }
             match M::try_from(&*o) {
                 Ok(m) => {
-                    self.good.insert(key.clone(), m.clone());
-                    out.push(m);
+                    out.push(m.clone());
+                    self.good.insert(
+                        key,
+                        Known {
+                            version: version.map(str::to_owned),
+                            model: m,
+                            round,
+                        },
+                    );
                 }
                 Err(e) => {
                     invalid.inc();
                     let name = crate::display_key(&*o);
-                    match self.good.get(&key) {
-                        Some(m) => {
+                    match self.good.get_mut(&key) {
+                        Some(k) => {
                             tracing::warn!(kind = self.kind, %name, error = %e, "cannot read this version; keeping its last good state");
-                            out.push(m.clone());
+                            k.round = round;
+                            out.push(k.model.clone());
                         }
                         None => {
                             tracing::warn!(kind = self.kind, %name, error = %e, "skipping an object that never converted");
@@ -101,9 +132,8 @@ impl<M: Clone> LastGood<M> {
                     }
                 }
             }
-            seen.insert(key);
         }
-        self.good.retain(|k, _| seen.contains(k));
+        self.good.retain(|_, k| k.round == round);
         out
     }
 }
@@ -152,5 +182,40 @@ mod tests {
         // Gone from the cache: forgotten, so a later bad version is skipped.
         lg.convert_all(vec![cm("b", "2")], &invalid);
         assert_eq!(lg.convert_all(vec![cm("a", "")], &invalid), []);
+    }
+
+    #[test]
+    fn an_object_at_the_version_it_was_read_at_is_not_read_again() {
+        let invalid = Counter::default();
+        let mut lg = LastGood::<Val>::new("ConfigMap");
+        let at = |v: &str, rv: &str| {
+            let mut c = (*cm("a", v)).clone();
+            c.metadata.resource_version = Some(rv.into());
+            Arc::new(c)
+        };
+        assert_eq!(
+            lg.convert_all(vec![at("1", "10")], &invalid),
+            [Val("1".into())]
+        );
+        // Same version: the form read before (a version names one content).
+        assert_eq!(
+            lg.convert_all(vec![at("changed", "10")], &invalid),
+            [Val("1".into())]
+        );
+        // A new version is read.
+        assert_eq!(
+            lg.convert_all(vec![at("changed", "11")], &invalid),
+            [Val("changed".into())]
+        );
+        // A bad new version keeps the last good form, and is retried next time.
+        assert_eq!(
+            lg.convert_all(vec![at("", "12")], &invalid),
+            [Val("changed".into())]
+        );
+        assert_eq!(
+            lg.convert_all(vec![at("", "12")], &invalid),
+            [Val("changed".into())]
+        );
+        assert_eq!(invalid.get(), 2);
     }
 }
