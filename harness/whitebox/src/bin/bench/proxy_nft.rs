@@ -354,6 +354,14 @@ fn kube_proxy(
     })
 }
 
+fn write(out: &str, report: &serde_json::Map<String, serde_json::Value>) -> Result<(), BoxError> {
+    if let Some(dir) = std::path::Path::new(out).parent() {
+        std::fs::create_dir_all(dir)?;
+    }
+    std::fs::write(out, serde_json::to_string_pretty(report)?)?;
+    Ok(())
+}
+
 pub fn main(args: &[String]) -> Result<(), BoxError> {
     let flag = |name: &str| {
         args.iter()
@@ -396,6 +404,7 @@ pub fn main(args: &[String]) -> Result<(), BoxError> {
                 n.to_string(),
                 json!({ "signpost": { "full_sync_ms": sp.full_ms, "one_change_sync_ms": sp.incr_ms, "one_change_e2e_ms": sp.incr_e2e_ms, "kernel_commit_ms": sp.floor_ms, "kernel_small_commit_ms": sp.small_floor_ms } }),
             );
+            write(&out, &report)?;
             continue;
         }
         let kp = kube_proxy(&cluster, n, incr)?;
@@ -411,6 +420,8 @@ pub fn main(args: &[String]) -> Result<(), BoxError> {
                 "ratio_signpost_over_kube_proxy": { "full": sp.full_ms / kp.full_ms, "one_change": sp.incr_ms / kp.incr_ms, "one_change_e2e": sp.incr_e2e_ms / kp.incr_e2e_ms },
             }),
         );
+        // Written after every size, so a run stopped at a larger one keeps the smaller ones.
+        write(&out, &report)?;
         println!(
             "{n:>6} Services: full sync signpost {:.1} ms vs kube-proxy {:.1} ms (ratio {:.2})",
             sp.full_ms,
@@ -429,13 +440,7 @@ pub fn main(args: &[String]) -> Result<(), BoxError> {
             );
         }
     }
-    if let Some(dir) = std::path::Path::new(&out).parent() {
-        std::fs::create_dir_all(dir)?;
-    }
-    std::fs::write(
-        &out,
-        serde_json::to_string_pretty(&serde_json::Value::Object(report))?,
-    )?;
+    write(&out, &report)?;
     println!("written to {out}");
     Ok(())
 }
