@@ -602,12 +602,18 @@ async fn reconcile(ctx: &Ctx, key: &Key) -> Result<()> {
     let Some(model_svc) = convert::read::<_, Service, _>(&*svc, "Service", invalid) else {
         return Ok(());
     };
+    // Only the Pods the selector picks are read (the model filters again).
+    let selector = svc
+        .spec
+        .as_ref()
+        .and_then(|spec| spec.selector.clone())
+        .unwrap_or_default();
     let names = ctx
         .routes
         .lock()
         .unwrap_or_else(|e| e.into_inner())
         .pods
-        .in_namespace(ns);
+        .selected(ns, &selector);
     let pods: Vec<Pod> = names
         .iter()
         .filter_map(|n| ctx.pods.get(&ObjectRef::new(n).within(ns)))
