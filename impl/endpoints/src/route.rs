@@ -18,13 +18,35 @@ pub type Key = (String, String);
 type Labels = BTreeMap<String, String>;
 
 /// Services by namespace, with their selectors (`None`: no selector, no
-/// managed endpoints).
+/// managed endpoints), and indexed by the first pair of each selector: a
+/// Service can select a Pod only if the Pod carries that pair, so a Pod
+/// event looks at the Services filed under its own labels, not at every
+/// Service of the namespace.
 #[derive(Debug, Default)]
 pub struct Services {
     by_ns: HashMap<String, BTreeMap<String, Option<Labels>>>,
+    /// (namespace, label key, label value) → Services whose selector's first pair it is.
+    by_first_pair: HashMap<(String, String, String), BTreeSet<String>>,
+}
+
+fn first_pair(ns: &str, sel: &Labels) -> Option<(String, String, String)> {
+    sel.iter()
+        .next()
+        .map(|(k, v)| (ns.to_owned(), k.clone(), v.clone()))
 }
 
 impl Services {
+    fn unindex(&mut self, ns: &str, name: &str, sel: Option<&Labels>) {
+        if let Some(key) = sel.and_then(|s| first_pair(ns, s))
+            && let Some(set) = self.by_first_pair.get_mut(&key)
+        {
+            set.remove(name);
+            if set.is_empty() {
+                self.by_first_pair.remove(&key);
+            }
+        }
+    }
+
     /// Follows a Service applied.
     pub fn apply(&mut self, s: &KService) {
         let selector = s
@@ -32,19 +54,40 @@ impl Services {
             .as_ref()
             .and_then(|spec| spec.selector.clone())
             .filter(|sel| !sel.is_empty());
-        self.by_ns
-            .entry(s.namespace().unwrap_or_default())
+        let (ns, name) = (s.namespace().unwrap_or_default(), s.name_any());
+        if let Some(key) = selector.as_ref().and_then(|sel| first_pair(&ns, sel)) {
+            self.by_first_pair
+                .entry(key)
+                .or_default()
+                .insert(name.clone());
+        }
+        let before = self
+            .by_ns
+            .entry(ns.clone())
             .or_default()
-            .insert(s.name_any(), selector);
+            .insert(name.clone(), selector.clone());
+        if let Some(Some(b)) = before
+            && Some(&b) != selector.as_ref()
+        {
+            self.unindex(&ns, &name, Some(&b));
+            // The new selector may share the old one's first pair.
+            if let Some(key) = selector.as_ref().and_then(|sel| first_pair(&ns, sel)) {
+                self.by_first_pair.entry(key).or_default().insert(name);
+            }
+        }
     }
 
     /// Follows a Service deleted.
     pub fn delete(&mut self, ns: &str, name: &str) {
+        let mut gone = None;
         if let Some(m) = self.by_ns.get_mut(ns) {
-            m.remove(name);
+            gone = m.remove(name);
             if m.is_empty() {
                 self.by_ns.remove(ns);
             }
+        }
+        if let Some(sel) = gone.flatten() {
+            self.unindex(ns, name, Some(&sel));
         }
     }
 
@@ -57,17 +100,29 @@ impl Services {
         let Some(m) = self.by_ns.get(ns) else {
             return Vec::new();
         };
-        m.iter()
-            .filter(|(_, sel)| {
-                sel.as_ref().is_some_and(|sel| {
-                    labels
-                        .clone()
-                        .into_iter()
-                        .any(|l| sel.iter().all(|(k, v)| l.get(k) == Some(v)))
-                })
-            })
-            .map(|(name, _)| (ns.to_owned(), name.clone()))
-            .collect()
+        let mut out = BTreeSet::new();
+        for l in labels.clone() {
+            for (k, v) in l {
+                let Some(names) = self
+                    .by_first_pair
+                    .get(&(ns.to_owned(), k.clone(), v.clone()))
+                else {
+                    continue;
+                };
+                for name in names {
+                    let matches = m.get(name).and_then(Option::as_ref).is_some_and(|sel| {
+                        labels
+                            .clone()
+                            .into_iter()
+                            .any(|l| sel.iter().all(|(k, v)| l.get(k) == Some(v)))
+                    });
+                    if matches {
+                        out.insert(name.clone());
+                    }
+                }
+            }
+        }
+        out.into_iter().map(|name| (ns.to_owned(), name)).collect()
     }
 }
 
@@ -236,6 +291,18 @@ mod tests {
         assert!(pods.by_label.is_empty(), "a deleted Pod left index entries");
         services.delete("ns", "s7");
         assert!(pods.apply(&pod("q", "app7"), &services).is_empty());
+        // A Service whose selector changes is filed under the new one only.
+        services.apply(&svc("s7", Some("app3")));
+        services.apply(&svc("s7", Some("app8")));
+        assert!(
+            pods.apply(&pod("r", "app3"), &services)
+                .iter()
+                .all(|k| k.1 != "s7")
+        );
+        assert_eq!(
+            pods.apply(&pod("t", "app8"), &services),
+            [key("s7"), key("s8")]
+        );
         assert_eq!(namespaces(&services), BTreeSet::from(["ns".to_owned()]));
     }
 
