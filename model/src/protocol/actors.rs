@@ -3,13 +3,13 @@
 
 use std::collections::BTreeSet;
 use std::net::IpAddr;
+use std::sync::Arc;
 
 use crate::cluster::{ObjectKey, Question, RType};
 use crate::reconcile::{SliceWrite, WatchEvent, apply_ops, plan, plan_slices};
 use crate::spec::{classify, dns_answer, endpoints_for, proxy_table, resolve};
 
 use super::catalog::{self, NAMESPACE};
-use super::shared::Shared;
 use super::state::{Api, Ev, State, WatchStatus, Watcher};
 use super::{Bug, Cfg};
 
@@ -20,7 +20,7 @@ fn subscribed(w: Watcher, ev: &Ev) -> bool {
 /// PROTO-1: a write is queued, in resourceVersion order, on every live watch
 /// of that kind. Broken and crashed watches miss it.
 fn emit(s: &mut State, ev: Ev) {
-    let ev = Shared::new(ev);
+    let ev = Arc::new(ev);
     for w in s.watchers().collect::<Vec<_>>() {
         let watch = s.watch_mut(w);
         if watch.status == WatchStatus::Live && subscribed(w, &ev) {
@@ -215,7 +215,7 @@ impl Cfg {
         let Some(ev) = s.watch_mut(w).queue.pop_front() else {
             return false;
         };
-        let ev = ev.unwrap_or_clone();
+        let ev = Arc::unwrap_or_clone(ev);
         match w {
             Watcher::Eps => {
                 let names: Vec<String> = match ev {

@@ -7,7 +7,6 @@
 mod actors;
 pub mod catalog;
 pub mod properties;
-pub mod shared;
 mod state;
 
 use std::net::IpAddr;

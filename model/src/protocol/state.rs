@@ -2,14 +2,15 @@
 //! cache, each node's kernel table, the client and the history the safety
 //! properties look back on.
 
+use std::collections::{BTreeMap, BTreeSet, VecDeque};
+use std::net::IpAddr;
+use std::sync::Arc;
+
 use crate::cluster::{EndpointSlice, Pod, ProxyTable, Service};
 use crate::reconcile::{WatchCache, WatchEvent};
 use crate::spec::{DnsSnapshot, PodsMode};
-use std::collections::{BTreeMap, BTreeSet, VecDeque};
-use std::net::IpAddr;
 
 use super::catalog::ZONE;
-use super::shared::Shared;
 
 /// A watcher of the API server, also the unit that crashes.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
@@ -48,7 +49,7 @@ pub enum WatchStatus {
 #[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord, Hash)]
 pub struct Watch {
     /// Pending events, oldest first (shared between watchers' queues).
-    pub queue: VecDeque<Shared<Ev>>,
+    pub queue: VecDeque<Arc<Ev>>,
     /// Status.
     pub status: WatchStatus,
 }
@@ -165,19 +166,18 @@ pub struct Used {
     pub drops: u8,
 }
 
-/// The whole model state. Components are [`Shared`]: copied on write, so
-/// the states the checker keeps share what a step did not touch, and hashed
-/// once, so a successor's hash costs only what its step changed.
+/// The whole model state. Components sit behind `Arc` and are copied on
+/// write, so the states the checker keeps share what a step did not touch.
 #[derive(Debug, Clone, PartialEq, Eq, Hash)]
 pub struct State {
     /// The API server.
-    pub api: Shared<Api>,
+    pub api: Arc<Api>,
     /// The EndpointSlice controller.
-    pub eps: Shared<EpsController>,
+    pub eps: Arc<EpsController>,
     /// The cluster DNS.
-    pub dns: Shared<DnsServer>,
+    pub dns: Arc<DnsServer>,
     /// One proxy per node.
-    pub proxies: Vec<Shared<ProxyNode>>,
+    pub proxies: Vec<Arc<ProxyNode>>,
     /// Watches: EndpointSlice controller, DNS, then one per proxy.
     pub watches: Vec<Watch>,
     /// The client's cached answer: the name it resolved and the address.
@@ -185,7 +185,7 @@ pub struct State {
     /// Budget used.
     pub used: Used,
     /// History for safety properties.
-    pub history: Shared<History>,
+    pub history: Arc<History>,
 }
 
 impl State {
@@ -215,23 +215,23 @@ impl State {
 
     /// The API server, for writing.
     pub fn api_mut(&mut self) -> &mut Api {
-        self.api.make_mut()
+        Arc::make_mut(&mut self.api)
     }
     /// The EndpointSlice controller, for writing.
     pub fn eps_mut(&mut self) -> &mut EpsController {
-        self.eps.make_mut()
+        Arc::make_mut(&mut self.eps)
     }
     /// The DNS, for writing.
     pub fn dns_mut(&mut self) -> &mut DnsServer {
-        self.dns.make_mut()
+        Arc::make_mut(&mut self.dns)
     }
     /// Proxy `i`, for writing.
     pub fn proxy_mut(&mut self, i: usize) -> &mut ProxyNode {
-        self.proxies[i].make_mut()
+        Arc::make_mut(&mut self.proxies[i])
     }
     /// The history, for writing.
     pub fn history_mut(&mut self) -> &mut History {
-        self.history.make_mut()
+        Arc::make_mut(&mut self.history)
     }
 
     /// All watchers.
