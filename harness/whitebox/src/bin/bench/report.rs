@@ -426,7 +426,7 @@ const COLOURS: [&str; 4] = ["#1f77b4", "#d62728", "#7f7f7f", "#2ca02c"];
 
 /// A log-log line plot as SVG.
 fn svg(plot: &Plot) -> String {
-    let (w, h, l, r, t, b) = (520.0, 300.0, 70.0, 170.0, 30.0, 40.0);
+    let (w, h, l, r, t, b) = (600.0, 300.0, 70.0, 250.0, 30.0, 40.0);
     let pts: Vec<(f64, f64)> = plot
         .lines
         .iter()
