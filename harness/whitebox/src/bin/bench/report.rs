@@ -157,21 +157,28 @@ fn proxy_nft(dir: &Path, targets: &mut Vec<Target>, plots: &mut Vec<Plot>) {
     });
 }
 
-fn dns(dir: &Path, targets: &mut Vec<Target>, plots: &mut Vec<Plot>) {
+/// The run files `<prefix>*.json` in `dir`, each with its number of
+/// Services (`default` when the file does not say), smallest first.
+fn scale_runs(dir: &Path, prefix: &str, default: Option<f64>) -> Vec<(f64, Value)> {
     let mut runs: Vec<(f64, Value)> = std::fs::read_dir(dir)
         .into_iter()
         .flatten()
         .flatten()
         .filter(|e| {
             let n = e.file_name().to_string_lossy().into_owned();
-            n.starts_with("bench-dns") && n.ends_with(".json")
+            n.starts_with(prefix) && n.ends_with(".json")
         })
         .filter_map(|e| {
             let v: Value = serde_json::from_str(&std::fs::read_to_string(e.path()).ok()?).ok()?;
-            Some((num(&v, &["services"])?, v))
+            Some((num(&v, &["services"]).or(default)?, v))
         })
         .collect();
     runs.sort_by(|a, b| a.0.total_cmp(&b.0));
+    runs
+}
+
+fn dns(dir: &Path, targets: &mut Vec<Target>, plots: &mut Vec<Plot>) {
+    let runs = scale_runs(dir, "bench-dns", None);
     if runs.is_empty() {
         targets.push(missing("3", "DNS"));
         return;
@@ -250,20 +257,7 @@ fn dns(dir: &Path, targets: &mut Vec<Target>, plots: &mut Vec<Plot>) {
 }
 
 fn endpoints(dir: &Path, targets: &mut Vec<Target>, plots: &mut Vec<Plot>) {
-    let mut runs: Vec<(f64, Value)> = std::fs::read_dir(dir)
-        .into_iter()
-        .flatten()
-        .flatten()
-        .filter(|e| {
-            let n = e.file_name().to_string_lossy().into_owned();
-            n.starts_with("bench-endpoints") && n.ends_with(".json")
-        })
-        .filter_map(|e| {
-            let v: Value = serde_json::from_str(&std::fs::read_to_string(e.path()).ok()?).ok()?;
-            Some((num(&v, &["services"]).unwrap_or(1.0), v))
-        })
-        .collect();
-    runs.sort_by(|a, b| a.0.total_cmp(&b.0));
+    let runs = scale_runs(dir, "bench-endpoints", Some(1.0));
     if runs.is_empty() {
         targets.push(missing("4", "EndpointSlice controller"));
         return;

@@ -259,6 +259,21 @@ const META_L4PROTO: u32 = 16;
 const NETWORK: u32 = 1;
 const TRANSPORT: u32 = 2;
 
+/// The masquerade mark as a register holds it.
+const MARK: u32 = super::MASQ_MARK as u32;
+
+/// Loads the packet mark into register 1 as `(mark & mask) ^ xor`.
+fn mark_bitwise(m: &mut Msg<'_>, mask: u32, xor: u32) {
+    meta_load(m, META_MARK, REG_1);
+    m.expr("bitwise", |d| {
+        d.be32(1, REG_1);
+        d.be32(2, REG_1);
+        d.be32(3, 4);
+        d.value(4, &mask.to_ne_bytes());
+        d.value(5, &xor.to_ne_bytes());
+    });
+}
+
 /// Loads an address of the network header into register 1.
 fn addr_load(m: &mut Msg<'_>, v6: bool, source: bool) {
     let (offset, len) = match (v6, source) {
@@ -346,27 +361,13 @@ fn lower(m: &mut Msg<'_>, stmts: &[Stmt]) {
                 cmp_eq(m, REG_1, &[proto_number(*p)]);
             }
             Stmt::MarkedForMasquerade => {
-                let mark = u32::try_from(super::MASQ_MARK).unwrap_or(0);
-                meta_load(m, META_MARK, REG_1);
-                m.expr("bitwise", |d| {
-                    d.be32(1, REG_1);
-                    d.be32(2, REG_1);
-                    d.be32(3, 4);
-                    d.value(4, &mark.to_ne_bytes());
-                    d.value(5, &0u32.to_ne_bytes());
-                });
-                cmp_eq(m, REG_1, &mark.to_ne_bytes());
+                // mark & MASQ == MASQ
+                mark_bitwise(m, MARK, 0);
+                cmp_eq(m, REG_1, &MARK.to_ne_bytes());
             }
             Stmt::MarkForMasquerade => {
-                let mark = u32::try_from(super::MASQ_MARK).unwrap_or(0);
-                meta_load(m, META_MARK, REG_1);
-                m.expr("bitwise", |d| {
-                    d.be32(1, REG_1);
-                    d.be32(2, REG_1);
-                    d.be32(3, 4);
-                    d.value(4, &(!mark).to_ne_bytes());
-                    d.value(5, &mark.to_ne_bytes());
-                });
+                // mark | MASQ, as nft writes an OR: (mark & !MASQ) ^ MASQ
+                mark_bitwise(m, !MARK, MARK);
                 m.expr("meta", |d| {
                     d.be32(2, META_MARK);
                     d.be32(3, REG_1);
