@@ -188,7 +188,7 @@ enum PodsArg {
 enum NftWriter {
     /// One nf_tables netlink batch per sync.
     Netlink,
-    /// JSON through `nft -j -f -`.
+    /// An nft script through `nft -f -`.
     Nft,
 }
 

@@ -1099,7 +1099,7 @@ fn a_sticky_client_stays_stuck_when_a_backend_joins() {
     let ns = NetNs::create(unique("sticky")).unwrap();
     let nft = |input: String| {
         let mut c = ns.command("nft");
-        c.args(["-j", "-f", "-"])
+        c.args(["-f", "-"])
             .stdin(std::process::Stdio::piped())
             .stderr(std::process::Stdio::piped());
         let mut child = c.spawn().unwrap();
@@ -1121,7 +1121,12 @@ fn a_sticky_client_stays_stuck_when_a_backend_joins() {
     };
     let old: ProxyTable = [(key, sticky(&[a]))].into();
     let new: ProxyTable = [(key, sticky(&[a, b]))].into();
-    nft(build::full(&old, &[], &signpost_proxy::addresses::Masquerade::default()).to_string());
+    let script = signpost_proxy::nftables::script::script;
+    nft(script(&build::full(
+        &old,
+        &[],
+        &signpost_proxy::addresses::Masquerade::default(),
+    )));
     // The client 10.244.0.9 is stuck to a (as the endpoint chain's update would record).
     let set_a = build::affinity_set(&key, &a);
     let st = ns
@@ -1130,7 +1135,7 @@ fn a_sticky_client_stays_stuck_when_a_backend_joins() {
         .status()
         .unwrap();
     assert!(st.success());
-    nft(build::partial(&old, &new, &[]).unwrap().to_string());
+    nft(script(&build::partial(&old, &new, &[]).unwrap()));
     let out = ns
         .command("nft")
         .args(["list", "set", "inet", TABLE, &set_a])
@@ -1288,7 +1293,7 @@ fn masquerading_and_node_port_addresses_follow_the_flags() {
     clean(p);
 }
 
-/// The netlink writer and `nft -j -f` program the same table: the same
+/// The netlink writer and `nft -f` (the script writer) program the same table: the same
 /// transactions (full syncs under each masquerade policy, then partial
 /// syncs that add, change, reject and remove virtual services of both
 /// families, sticky ones included) written one way in one namespace and the
@@ -1412,21 +1417,27 @@ fn both_writers_program_the_same_table() {
         );
         objects
     };
+    // `nft -f -` in a namespace.
+    let nft_f = |ns: &NetNs, input: &[u8]| {
+        let mut child = ns
+            .command("nft")
+            .args(["-f", "-"])
+            .stdin(std::process::Stdio::piped())
+            .stderr(std::process::Stdio::piped())
+            .spawn()
+            .unwrap();
+        std::io::Write::write_all(&mut child.stdin.take().unwrap(), input).unwrap();
+        child.wait_with_output().unwrap()
+    };
     let write = |tx: &Tx| {
         by_netlink
             .within(|| wire::send(tx))
             .unwrap()
             .unwrap_or_else(|e| panic!("netlink writer: {e:?}"));
-        let mut child = by_nft
-            .command("nft")
-            .args(["-j", "-f", "-"])
-            .stdin(std::process::Stdio::piped())
-            .stderr(std::process::Stdio::piped())
-            .spawn()
-            .unwrap();
-        std::io::Write::write_all(&mut child.stdin.take().unwrap(), tx.to_string().as_bytes())
-            .unwrap();
-        let out = child.wait_with_output().unwrap();
+        let out = nft_f(
+            &by_nft,
+            signpost_proxy::nftables::script::script(tx).as_bytes(),
+        );
         assert!(
             out.status.success(),
             "nft: {}",
@@ -1447,6 +1458,14 @@ fn both_writers_program_the_same_table() {
     }
     write(&build::partial(&t0, &t1, &node_ips).unwrap());
     write(&build::partial(&t1, &t0, &node_ips).unwrap());
+    // An endpoint change of a service without affinity: map elements only.
+    let mut t0b = t0.clone();
+    t0b.insert(
+        key("10.96.0.10", Protocol::Tcp, 80),
+        vs(&["10.244.0.3:8080", "10.244.0.8:8080"], None),
+    );
+    write(&build::partial(&t0, &t0b, &node_ips).unwrap());
+    write(&build::partial(&t0b, &t0, &node_ips).unwrap());
     write(&build::partial(&t0, &ProxyTable::new(), &node_ips).unwrap());
     write(&build::partial(&ProxyTable::new(), &t1, &node_ips).unwrap());
     // The table read back is the table written.
@@ -1460,6 +1479,22 @@ fn both_writers_program_the_same_table() {
         signpost_proxy::nftables::readback::table(Some(&v)),
         build::normalize(t1.clone())
     );
+    // What `nft list` prints of it is a script nft reads back (an
+    // administrator's save and restore).
+    let saved = by_netlink
+        .command("nft")
+        .args(["list", "table", "inet", "signpost"])
+        .output()
+        .unwrap();
+    let restored = NetNs::create(unique("wrst")).unwrap();
+    let out = nft_f(&restored, &saved.stdout);
+    assert!(
+        out.status.success(),
+        "nft could not restore its own listing: {}\n{}",
+        String::from_utf8_lossy(&out.stderr),
+        String::from_utf8_lossy(&saved.stdout)
+    );
+    assert_eq!(listing(&restored), listing(&by_netlink));
 
     // A refused batch: nothing of it applies, and the refusal names the command.
     let before = listing(&by_netlink);

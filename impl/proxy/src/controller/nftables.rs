@@ -1,4 +1,4 @@
-//! The nftables loop: the oracle's table for this node as one JSON
+//! The nftables loop: the oracle's table for this node as one
 //! transaction per sync over what the kernel holds (read back at start
 //! and at every resync, PXY-8), and the search for the virtual services
 //! the kernel refuses.
@@ -126,6 +126,12 @@ fn read_back(metrics: &Metrics, masq: &Masquerade) -> Option<(ProxyTable, BTreeS
             if readback::no_masquerade(Some(&listing)).as_ref() != Some(&want) {
                 info!(
                     "the table in the kernel has another masquerade policy; the next sync rewrites it whole"
+                );
+                return None;
+            }
+            if !readback::current_layout(&listing) {
+                info!(
+                    "the table in the kernel was laid out by an older release; the next sync rewrites it whole"
                 );
                 return None;
             }

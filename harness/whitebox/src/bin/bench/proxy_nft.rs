@@ -91,6 +91,9 @@ struct Figures {
     /// Kernel time of the smallest commit that adds a rule, over the full
     /// table (Signpost's run only): the floor under a one-change sync.
     small_floor_ms: f64,
+    /// Kernel time of a commit that only changes set elements (Signpost's
+    /// run only): the floor under an endpoint change of its layout.
+    element_floor_ms: f64,
     incr_ms: f64,
     incr_e2e_ms: f64,
 }
@@ -154,6 +157,10 @@ fn signpost(
         eprintln!("  kernel small-commit floor not measured: {e}");
         f64::NAN
     });
+    let element_floor_ms = element_commit_ms(cluster).unwrap_or_else(|e| {
+        eprintln!("  kernel element-commit floor not measured: {e}");
+        f64::NAN
+    });
     let (mut incr_ms, mut incr_e2e_ms) = (f64::NAN, f64::NAN);
     if measure_incremental {
         let before = cluster
@@ -179,6 +186,7 @@ fn signpost(
         full_ms,
         floor_ms,
         small_floor_ms,
+        element_floor_ms,
         incr_ms,
         incr_e2e_ms,
     })
@@ -228,12 +236,35 @@ fn kernel_commit_ms(cluster: &LocalCluster<Running>) -> Result<f64, BoxError> {
 /// table's chain graph on such a commit, so this grows with the table and
 /// bounds from below any sync that changes rules.
 fn small_commit_ms(cluster: &LocalCluster<Running>) -> Result<f64, BoxError> {
+    probe_commit_ms(
+        cluster,
+        &format!("add chain inet {TABLE} floor-probe\nadd rule inet {TABLE} floor-probe accept\n"),
+        &format!("delete chain inet {TABLE} floor-probe\n"),
+    )
+}
+
+/// The kernel's time to commit one set element into the table as it
+/// stands (a documentation address in the hairpin set, deleted after):
+/// the floor under an endpoint change, which only moves map elements.
+fn element_commit_ms(cluster: &LocalCluster<Running>) -> Result<f64, BoxError> {
+    let elem = format!("element inet {TABLE} hairpin-v4 {{ 192.0.2.1 . 192.0.2.1 }}\n");
+    probe_commit_ms(cluster, &format!("add {elem}"), &format!("delete {elem}"))
+}
+
+/// The best of three kernel times (`sendmsg` under `strace -T`) of the
+/// script `probe`, each undone by `undo`.
+fn probe_commit_ms(
+    cluster: &LocalCluster<Running>,
+    probe: &str,
+    undo: &str,
+) -> Result<f64, BoxError> {
     let ns = cluster.node_namespace();
-    let file = cluster.logs().join("probe.nft");
-    std::fs::write(
-        &file,
-        format!("add chain inet {TABLE} floor-probe\nadd rule inet {TABLE} floor-probe accept\n"),
-    )?;
+    let (file, undo_file) = (
+        cluster.logs().join("probe.nft"),
+        cluster.logs().join("undo.nft"),
+    );
+    std::fs::write(&file, probe)?;
+    std::fs::write(&undo_file, undo)?;
     let mut best = f64::INFINITY;
     for _ in 0..3 {
         let out = ns
@@ -245,9 +276,7 @@ fn small_commit_ms(cluster: &LocalCluster<Running>) -> Result<f64, BoxError> {
             return Err(format!("nft -f: {}", String::from_utf8_lossy(&out.stderr)).into());
         }
         best = best.min(sendmsg_seconds(&String::from_utf8_lossy(&out.stderr)) * 1000.0);
-        ns.command("nft")
-            .args(["delete", "chain", "inet", TABLE, "floor-probe"])
-            .output()?;
+        ns.command("nft").arg("-f").arg(&undo_file).output()?;
     }
     Ok(best)
 }
@@ -349,6 +378,7 @@ fn kube_proxy(
         full_ms,
         floor_ms: f64::NAN,
         small_floor_ms: f64::NAN,
+        element_floor_ms: f64::NAN,
         incr_ms,
         incr_e2e_ms,
     })
@@ -396,13 +426,18 @@ pub fn main(args: &[String]) -> Result<(), BoxError> {
         let incr = true;
         let sp = signpost(&cluster, n, incr)?;
         eprintln!(
-            "  signpost   full {:9.1} ms  one change {:8.1} ms (API write → synced {:8.1} ms); kernel commit of the full table {:.1} ms, of one new rule {:.1} ms",
-            sp.full_ms, sp.incr_ms, sp.incr_e2e_ms, sp.floor_ms, sp.small_floor_ms
+            "  signpost   full {:9.1} ms  one change {:8.1} ms (API write → synced {:8.1} ms); kernel commit of the full table {:.1} ms, of one new rule {:.1} ms, of one element {:.1} ms",
+            sp.full_ms,
+            sp.incr_ms,
+            sp.incr_e2e_ms,
+            sp.floor_ms,
+            sp.small_floor_ms,
+            sp.element_floor_ms
         );
         if n > peer_max {
             report.insert(
                 n.to_string(),
-                json!({ "signpost": { "full_sync_ms": sp.full_ms, "one_change_sync_ms": sp.incr_ms, "one_change_e2e_ms": sp.incr_e2e_ms, "kernel_commit_ms": sp.floor_ms, "kernel_small_commit_ms": sp.small_floor_ms } }),
+                json!({ "signpost": { "full_sync_ms": sp.full_ms, "one_change_sync_ms": sp.incr_ms, "one_change_e2e_ms": sp.incr_e2e_ms, "kernel_commit_ms": sp.floor_ms, "kernel_small_commit_ms": sp.small_floor_ms, "kernel_element_commit_ms": sp.element_floor_ms } }),
             );
             write(&out, &report)?;
             continue;
@@ -415,7 +450,7 @@ pub fn main(args: &[String]) -> Result<(), BoxError> {
         report.insert(
             n.to_string(),
             json!({
-                "signpost": { "full_sync_ms": sp.full_ms, "one_change_sync_ms": sp.incr_ms, "one_change_e2e_ms": sp.incr_e2e_ms, "kernel_commit_ms": sp.floor_ms, "kernel_small_commit_ms": sp.small_floor_ms },
+                "signpost": { "full_sync_ms": sp.full_ms, "one_change_sync_ms": sp.incr_ms, "one_change_e2e_ms": sp.incr_e2e_ms, "kernel_commit_ms": sp.floor_ms, "kernel_small_commit_ms": sp.small_floor_ms, "kernel_element_commit_ms": sp.element_floor_ms },
                 "kube_proxy_nftables": { "full_sync_ms": kp.full_ms, "one_change_sync_ms": kp.incr_ms, "one_change_e2e_ms": kp.incr_e2e_ms },
                 "ratio_signpost_over_kube_proxy": { "full": sp.full_ms / kp.full_ms, "one_change": sp.incr_ms / kp.incr_ms, "one_change_e2e": sp.incr_e2e_ms / kp.incr_e2e_ms },
             }),

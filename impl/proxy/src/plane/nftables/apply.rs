@@ -1,6 +1,6 @@
 //! Applies transactions in the current network namespace, as one netlink
-//! batch ([`Writer::Netlink`], the default) or as JSON through `nft -j -f -`
-//! ([`Writer::Nft`]), and reads the table back with `nft -j list`.
+//! batch ([`Writer::Netlink`], the default) or as a script through
+//! `nft -f -` ([`Writer::Nft`]), and reads the table back with `nft -j list`.
 
 use std::io::Write;
 use std::process::{Command, Stdio};
@@ -18,7 +18,7 @@ pub enum Writer {
     /// One nf_tables netlink batch per transaction.
     #[default]
     Netlink,
-    /// nft's JSON piped to `nft -j -f -` (the `nft` first on PATH).
+    /// An nft script piped to `nft -f -` (the `nft` first on PATH).
     Nft,
 }
 
@@ -66,24 +66,22 @@ pub fn apply(tx: &Tx) -> Result<()> {
             wire::Failure::Refused(why) => Error::Rejected(why),
             wire::Failure::Io(why) => Error::Netlink(why),
         }),
-        Writer::Nft => apply_json(&tx.json()),
+        Writer::Nft => apply_script(&super::script::script(tx)),
     }
 }
 
-/// Runs one JSON transaction through `nft -j -f -`.
-pub fn apply_json(tx: &Value) -> Result<()> {
+/// Runs one transaction written in nft's language through `nft -f -`.
+pub fn apply_script(tx: &str) -> Result<()> {
     let mut child = Command::new("nft")
-        .args(["-j", "-f", "-"])
+        .args(["-f", "-"])
         .stdin(Stdio::piped())
         .stdout(Stdio::null())
         .stderr(Stdio::piped())
         .spawn()
         .map_err(Error::Spawn)?;
     if let Some(stdin) = child.stdin.take() {
-        // Streamed: a full sync's transaction is megabytes of JSON.
-        let mut w = std::io::BufWriter::with_capacity(1 << 16, stdin);
-        serde_json::to_writer(&mut w, tx)
-            .map_err(std::io::Error::from)
+        let mut w = stdin;
+        w.write_all(tx.as_bytes())
             .and_then(|()| w.flush())
             .map_err(Error::Spawn)?;
     }

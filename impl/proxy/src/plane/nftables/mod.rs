@@ -1,7 +1,7 @@
 //! The nftables data plane: [`build`] turns tables and table changes into
 //! transactions of [`ruleset`] commands (pure, unit-tested without root),
 //! [`apply`] writes them to the kernel as one netlink batch ([`wire`]) or
-//! through `nft -j -f -` and lists the table, [`readback`] turns the
+//! as a script through `nft -f -` ([`script`]) and lists the table, [`readback`] turns the
 //! listing back into a table (PXY-8), and [`tracer`] interprets exactly
 //! those transactions to answer "where does this packet go".
 
@@ -9,6 +9,7 @@ pub mod apply;
 pub mod build;
 pub mod readback;
 pub mod ruleset;
+pub mod script;
 pub mod tracer;
 pub mod wire;
 

@@ -1,8 +1,10 @@
 //! Reads Signpost's table back from `nft -j list table inet signpost` into a
-//! [`ProxyTable`] (PXY-8): the map elements name the virtual addresses, the
-//! service chains' numgen maps name the endpoint chains, whose DNAT rules
-//! name the backends; affinity comes from the endpoint sets' timeouts. So a
-//! restarted proxy plans against what the kernel really holds.
+//! [`ProxyTable`] (PXY-8): the map elements name the virtual addresses; a
+//! service chain's `dnat ... map` names its backend map, whose elements are
+//! the backends, or its random cascade names the endpoint chains, whose
+//! DNAT rules name the backends, with affinity from the endpoint sets'
+//! timeouts. So a restarted proxy plans against what the kernel really
+//! holds.
 
 use std::collections::BTreeMap;
 use std::net::{IpAddr, SocketAddr};
@@ -34,6 +36,29 @@ fn elems(obj: &Value) -> Vec<Value> {
         .unwrap_or_default()
 }
 
+/// `address . port` of a backend map element.
+fn backend(v: &Value) -> Option<SocketAddr> {
+    let parts = v.get("concat").and_then(Value::as_array)?;
+    let ip: IpAddr = parts.first()?.as_str()?.parse().ok()?;
+    let port = u16::try_from(parts.get(1)?.as_u64()?).ok()?;
+    Some(SocketAddr::new(ip, port))
+}
+
+/// Whether a listing has the layout this release writes (its hairpin
+/// sets). A table from an older release is rewritten whole, not patched.
+pub fn current_layout(listing: &Value) -> bool {
+    let names: Vec<&str> = listing
+        .get("nftables")
+        .and_then(Value::as_array)
+        .into_iter()
+        .flatten()
+        .filter_map(|i| i.get("set")?.get("name")?.as_str())
+        .collect();
+    [false, true]
+        .iter()
+        .all(|v6| names.contains(&super::build::hairpin_set(*v6).as_str()))
+}
+
 /// The table a listing describes; `None` for no listing (no table).
 pub fn table(listing: Option<&Value>) -> ProxyTable {
     let mut out = ProxyTable::new();
@@ -46,6 +71,7 @@ pub fn table(listing: Option<&Value>) -> ProxyTable {
     let mut rules: BTreeMap<String, Vec<Value>> = BTreeMap::new();
     let mut set_timeouts: BTreeMap<String, u32> = BTreeMap::new();
     let mut service_chains: Vec<(VirtualKey, String)> = Vec::new();
+    let mut backend_maps: BTreeMap<String, Vec<SocketAddr>> = BTreeMap::new();
     for item in items {
         if let Some(r) = item.get("rule") {
             let chain = r
@@ -58,10 +84,15 @@ pub fn table(listing: Option<&Value>) -> ProxyTable {
                 .or_default()
                 .push(r.get("expr").cloned().unwrap_or(Value::Null));
         } else if let Some(m) = item.get("map") {
-            if m.get("name")
-                .and_then(Value::as_str)
-                .is_some_and(|n| n.starts_with("service-ips-"))
-            {
+            let name = m.get("name").and_then(Value::as_str).unwrap_or_default();
+            if name.starts_with("b-") {
+                let backends = elems(m)
+                    .iter()
+                    .filter_map(|e| backend(e.as_array()?.get(1)?))
+                    .collect();
+                backend_maps.insert(name.to_owned(), backends);
+            }
+            if name.starts_with("service-ips-") {
                 for e in elems(m) {
                     let pair = e.as_array().cloned().unwrap_or_default();
                     if let (Some(k), Some(target)) = (
@@ -105,6 +136,14 @@ pub fn table(listing: Option<&Value>) -> ProxyTable {
                     .and_then(|s| s.strip_prefix('@'))
                 {
                     vs.affinity_timeout = set_timeouts.get(set).copied().or(vs.affinity_timeout);
+                }
+                if let Some(map) = e
+                    .pointer("/dnat/addr/map/data")
+                    .and_then(Value::as_str)
+                    .and_then(|s| s.strip_prefix('@'))
+                {
+                    vs.backends
+                        .extend(backend_maps.get(map).into_iter().flatten().copied());
                 }
                 // The endpoint chains: the targets of the random cascade's
                 // rules (and of the affinity rules, the same chains), or

@@ -1,8 +1,9 @@
 //! Signpost's nftables vocabulary as data: the few commands and rule
 //! statements [`super::build`] lays the table out with. One transaction is
-//! a list of [`Cmd`]s, written to the kernel either as nft's JSON
-//! ([`json`], for `nft -j -f`, the tracer and people) or as one netlink
-//! batch ([`super::wire`]) — the same commands, so the same table.
+//! a list of [`Cmd`]s, written to the kernel either as an nft script
+//! ([`super::script`], for `nft -f`) or as one netlink
+//! batch ([`super::wire`]) — the same commands, so the same table; as JSON
+//! ([`Tx::json`]) for the tracer and people.
 
 use std::net::{IpAddr, SocketAddr};
 
@@ -79,6 +80,24 @@ pub enum Stmt {
     RejectPortUnreachable,
     /// `dnat ip[6] to ADDR:PORT`.
     Dnat(SocketAddr),
+    /// `dnat ip[6] to numgen random mod SLOTS map @map`: the backend whose
+    /// slot range holds a random number below [`SLOTS`] (after a
+    /// [`Stmt::L4proto`], which the map's port type needs).
+    DnatSlots {
+        /// IPv6.
+        v6: bool,
+        /// The backend map.
+        map: String,
+    },
+    /// `ct status dnat`.
+    CtDnat,
+    /// `ip[6] saddr . ip[6] daddr @set`.
+    PairIn {
+        /// IPv6.
+        v6: bool,
+        /// The set.
+        set: String,
+    },
     /// `jump CHAIN`.
     Jump(String),
     /// `goto CHAIN`.
@@ -115,7 +134,33 @@ pub enum SetKind {
         /// Seconds.
         timeout: u64,
     },
+    /// A map from slot ranges (`numgen` values) to `address . port`:
+    /// `typeof numgen random mod SLOTS : ip[6] daddr . P dport`.
+    Backends {
+        /// IPv6.
+        v6: bool,
+        /// The port's protocol (part of the map's declared type).
+        protocol: Protocol,
+    },
+    /// `address . address` pairs.
+    Pairs {
+        /// IPv6.
+        v6: bool,
+    },
 }
+
+impl SetKind {
+    /// Whether nft calls it a map.
+    pub fn is_map(self) -> bool {
+        matches!(self, SetKind::Vmap { .. } | SetKind::Backends { .. })
+    }
+}
+
+/// The number of slots a backend map divides: `numgen random mod SLOTS`
+/// draws one, and each of a service's `n` backends owns `SLOTS / n` of
+/// them. The least common multiple of 1..=22, so up to 22 backends the
+/// shares are exactly equal; beyond, they differ by one slot in 232 million.
+pub const SLOTS: u32 = 232_792_560;
 
 /// A set element.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -128,6 +173,17 @@ pub enum Elem {
     Tuple(VirtualKey),
     /// A tuple mapped to `goto CHAIN`.
     TupleGoto(VirtualKey, String),
+    /// The slots `first..=last` of a backend map, mapped to a backend.
+    Slots {
+        /// The first slot.
+        first: u32,
+        /// The last slot.
+        last: u32,
+        /// The backend.
+        to: SocketAddr,
+    },
+    /// `address . address`.
+    Pair(IpAddr),
 }
 
 /// A base chain's hook.
@@ -158,8 +214,8 @@ pub enum Cmd {
     AddRule(String, Vec<Stmt>),
     /// Create a set.
     AddSet(String, SetKind),
-    /// Delete a set.
-    DeleteSet(String),
+    /// Delete a set (`true`: a map).
+    DeleteSet(String, bool),
     /// Add elements.
     AddElems(String, Vec<Elem>),
     /// Delete elements.
@@ -262,6 +318,16 @@ pub fn stmt(s: &Stmt) -> Value {
         Stmt::Dnat(to) => {
             json!({ "dnat": { "family": fam(to.is_ipv6()), "addr": to.ip().to_string(), "port": to.port() } })
         }
+        Stmt::DnatSlots { v6, map } => json!({ "dnat": { "family": fam(*v6), "addr": { "map": {
+            "key": { "numgen": { "mode": "random", "mod": SLOTS, "offset": 0 } },
+            "data": format!("@{map}"),
+        } } } }),
+        Stmt::CtDnat => matches("in", json!({ "ct": { "key": "status" } }), json!("dnat")),
+        Stmt::PairIn { v6, set } => matches(
+            "==",
+            json!({ "concat": [payload(fam(*v6), "saddr"), payload(fam(*v6), "daddr")] }),
+            json!(format!("@{set}")),
+        ),
         Stmt::Jump(c) => json!({ "jump": { "target": c } }),
         Stmt::Goto(c) => json!({ "goto": { "target": c } }),
     }
@@ -272,19 +338,31 @@ pub fn tuple_elem(key: &VirtualKey) -> Value {
     json!({ "concat": [key.ip.to_string(), key.protocol.as_lower(), key.port] })
 }
 
-fn elem(e: &Elem) -> Value {
+/// One element; `data`: with what it maps to (an addition; a deletion
+/// names the key only).
+fn elem(e: &Elem, data: bool) -> Value {
     match e {
         Elem::Addr(ip) => json!(ip.to_string()),
         Elem::Prefix(net) => {
             json!({ "prefix": { "addr": net.network().to_string(), "len": net.prefix_len() } })
         }
         Elem::Tuple(k) => tuple_elem(k),
-        Elem::TupleGoto(k, chain) => json!([tuple_elem(k), { "goto": { "target": chain } }]),
+        Elem::TupleGoto(k, chain) if data => {
+            json!([tuple_elem(k), { "goto": { "target": chain } }])
+        }
+        Elem::TupleGoto(k, _) => tuple_elem(k),
+        Elem::Slots { first, last, .. } if !data => json!({ "range": [first, last] }),
+        Elem::Slots { first, last, to } => json!([
+            { "range": [first, last] },
+            { "concat": [to.ip().to_string(), to.port()] },
+        ]),
+        Elem::Pair(ip) => json!({ "concat": [ip.to_string(), ip.to_string()] }),
     }
 }
 
-fn elements(set: &str, elems: &[Elem]) -> Value {
-    json!({ "element": { "family": "inet", "table": TABLE, "name": set, "elem": elems.iter().map(elem).collect::<Vec<_>>() } })
+fn elements(set: &str, elems: &[Elem], data: bool) -> Value {
+    let list: Vec<Value> = elems.iter().map(|e| elem(e, data)).collect();
+    json!({ "element": { "family": "inet", "table": TABLE, "name": set, "elem": list } })
 }
 
 fn set(name: &str, kind: SetKind) -> Value {
@@ -315,6 +393,17 @@ fn set(name: &str, kind: SetKind) -> Value {
             b["timeout"] = json!(timeout);
             "set"
         }
+        // As nft lists it (its JSON of this release cannot declare `typeof`).
+        SetKind::Backends { v6, .. } => {
+            b["type"] = json!("integer");
+            b["map"] = json!([addr_type(v6), "inet_service"]);
+            b["flags"] = json!(["interval"]);
+            "map"
+        }
+        SetKind::Pairs { v6 } => {
+            b["type"] = json!([addr_type(v6), addr_type(v6)]);
+            "set"
+        }
     };
     json!({ kind_name: b })
 }
@@ -342,8 +431,9 @@ pub fn json(c: &Cmd) -> Value {
             "expr": stmts.iter().map(stmt).collect::<Vec<_>>(),
         } } }),
         Cmd::AddSet(name, kind) => json!({ "add": set(name, *kind) }),
-        Cmd::DeleteSet(name) => json!({ "delete": { "set": base(name) } }),
-        Cmd::AddElems(name, elems) => json!({ "add": elements(name, elems) }),
-        Cmd::DeleteElems(name, elems) => json!({ "delete": elements(name, elems) }),
+        Cmd::DeleteSet(name, false) => json!({ "delete": { "set": base(name) } }),
+        Cmd::DeleteSet(name, true) => json!({ "delete": { "map": base(name) } }),
+        Cmd::AddElems(name, elems) => json!({ "add": elements(name, elems, true) }),
+        Cmd::DeleteElems(name, elems) => json!({ "delete": elements(name, elems, false) }),
     }
 }

@@ -7,7 +7,7 @@
 use std::collections::{BTreeMap, BTreeSet};
 use std::net::{IpAddr, SocketAddr};
 
-use serde_json::Value;
+use serde_json::{Value, json};
 use signpost_model::cluster::Protocol;
 
 use super::TABLE;
@@ -117,6 +117,20 @@ impl Tracer {
                         .remove(&name(obj)?)
                         .ok_or("delete of a missing set")?;
                 }
+                ("delete", "map") => {
+                    let n = name(obj)?;
+                    if self
+                        .chains
+                        .values()
+                        .flatten()
+                        .any(|r| r.iter().any(|e| refers_to(e, &n)))
+                    {
+                        return Err(format!("delete of map {n} a rule still uses"));
+                    }
+                    self.maps
+                        .remove(&n)
+                        .ok_or_else(|| format!("delete of missing map {n}"))?;
+                }
                 ("add" | "delete", "element") => {
                     let n = name(obj)?;
                     let elems = obj
@@ -127,7 +141,12 @@ impl Tracer {
                         if let Some(m) = self.maps.get_mut(&n) {
                             let pair = e.as_array().filter(|a| a.len() == 2);
                             match (verb.as_str(), pair) {
-                                ("add", Some(p)) => m.push((p[0].clone(), p[1].clone())),
+                                ("add", Some(p)) => {
+                                    if m.iter().any(|(k, _)| *k == p[0]) {
+                                        return Err(format!("add of existing map element {e}"));
+                                    }
+                                    m.push((p[0].clone(), p[1].clone()));
+                                }
                                 ("delete", _) => {
                                     let before = m.len();
                                     m.retain(|(k, _)| k != e);
@@ -184,7 +203,8 @@ impl Tracer {
         let mut out = Trace::default();
         for path in self.run("nat-prerouting", &pkt, false, 0)? {
             if let Some(d) = path.dnat {
-                out.dnat.insert((d, path.masq));
+                let masq = self.masqueraded(src, d.ip(), path.masq)?;
+                out.dnat.insert((d, masq));
             }
         }
         if out.dnat.is_empty() {
@@ -195,6 +215,62 @@ impl Tracer {
                 .any(|p| p.rejected);
         }
         Ok(out)
+    }
+
+    /// Whether `nat-postrouting` masquerades a translated packet from
+    /// `src` to `to` (`marked`: it carries the masquerade mark). Its rules
+    /// end in `masquerade` and match the mark, `ct status dnat` (true:
+    /// the packet was translated) or `saddr . daddr` in a set.
+    fn masqueraded(&self, src: IpAddr, to: IpAddr, marked: bool) -> Result<bool, String> {
+        let rules = self
+            .chains
+            .get("nat-postrouting")
+            .ok_or("missing chain nat-postrouting")?;
+        'rules: for expr in rules {
+            let Some((last, conds)) = expr.split_last() else {
+                continue;
+            };
+            if last.get("masquerade").is_none() {
+                return Err(format!("postrouting rule {expr:?} does not masquerade"));
+            }
+            for c in conds {
+                let m = c
+                    .get("match")
+                    .ok_or_else(|| format!("postrouting statement {c} is not a match"))?;
+                let (left, right) = (&m["left"], &m["right"]);
+                let hit = if left.pointer("/ct/key").and_then(Value::as_str) == Some("status") {
+                    right == "dnat"
+                } else if left.get("&").is_some() {
+                    marked && right.as_u64() == Some(super::MASQ_MARK)
+                } else if let Some(set) = right.as_str().and_then(|s| s.strip_prefix('@')) {
+                    let fam = if src.is_ipv6() { "ip6" } else { "ip" };
+                    let pair = json!({ "concat": [
+                        { "payload": { "protocol": fam, "field": "saddr" } },
+                        { "payload": { "protocol": fam, "field": "daddr" } },
+                    ] });
+                    if left.get("concat").is_none() {
+                        return Err(format!(
+                            "postrouting match {m} is not one Signpost generates"
+                        ));
+                    }
+                    *left == pair
+                        && self
+                            .sets
+                            .get(set)
+                            .ok_or_else(|| format!("missing set {set}"))?
+                            .contains(&json!([src.to_string(), to.to_string()]).to_string())
+                } else {
+                    return Err(format!(
+                        "postrouting match {m} is not one Signpost generates"
+                    ));
+                };
+                if !hit {
+                    continue 'rules;
+                }
+            }
+            return Ok(true);
+        }
+        Ok(false)
     }
 
     fn run(
@@ -272,6 +348,20 @@ impl Tracer {
                 *masq = true;
             } else if e.get("set").is_some() {
                 // Affinity bookkeeping; does not change where the packet goes.
+            } else if let Some(d) = e.get("dnat")
+                && let Some(m) = d.pointer("/addr/map")
+            {
+                return Ok(Step::Done(
+                    self.slots(m)?
+                        .into_iter()
+                        .map(|to| Path {
+                            dnat: Some(to),
+                            masq: local_masq,
+                            rejected: false,
+                            fell_through: false,
+                        })
+                        .collect(),
+                ));
             } else if let Some(d) = e.get("dnat") {
                 let addr: IpAddr = d
                     .get("addr")
@@ -377,6 +467,62 @@ impl Tracer {
         Ok((&left == right) != negated)
     }
 
+    /// The backends of `numgen random mod SLOTS map @m`, whose ranges must
+    /// tile the slots exactly (none missed, none twice).
+    fn slots(&self, m: &Value) -> Result<Vec<SocketAddr>, String> {
+        let slots = m
+            .pointer("/key/numgen/mod")
+            .and_then(Value::as_u64)
+            .ok_or_else(|| format!("dnat map {m} is not one Signpost generates"))?;
+        if slots != u64::from(super::ruleset::SLOTS) {
+            return Err(format!("numgen mod {slots} over a backend map"));
+        }
+        let name = m
+            .get("data")
+            .and_then(Value::as_str)
+            .and_then(|s| s.strip_prefix('@'))
+            .ok_or("dnat map data is not a map reference")?;
+        let mut ranges = Vec::new();
+        for (k, to) in self
+            .maps
+            .get(name)
+            .ok_or_else(|| format!("missing map {name}"))?
+        {
+            let range = k
+                .get("range")
+                .and_then(Value::as_array)
+                .ok_or_else(|| format!("backend map key {k} is not a range"))?;
+            let bound = |i: usize| range.get(i).and_then(Value::as_u64).ok_or("bad range");
+            let parts = to
+                .get("concat")
+                .and_then(Value::as_array)
+                .ok_or_else(|| format!("backend {to} is not address . port"))?;
+            let ip: IpAddr = parts
+                .first()
+                .and_then(Value::as_str)
+                .and_then(|a| a.parse().ok())
+                .ok_or("bad backend address")?;
+            let port = parts
+                .get(1)
+                .and_then(Value::as_u64)
+                .and_then(|p| u16::try_from(p).ok())
+                .ok_or("bad backend port")?;
+            ranges.push((bound(0)?, bound(1)?, SocketAddr::new(ip, port)));
+        }
+        ranges.sort_unstable();
+        let mut next = 0;
+        for (first, last, _) in &ranges {
+            if *first != next || last < first {
+                return Err(format!("map {name}: slots from {next} are not tiled"));
+            }
+            next = last + 1;
+        }
+        if next != slots {
+            return Err(format!("map {name}: slots {next}..{slots} lead nowhere"));
+        }
+        Ok(ranges.into_iter().map(|(_, _, to)| to).collect())
+    }
+
     fn vmap(&self, vm: &Value, pkt: &Packet, masq: bool, depth: usize) -> Result<Step, String> {
         let key = vm.get("key").ok_or("vmap without key")?;
         let data = vm.get("data").ok_or("vmap without data")?;
@@ -423,6 +569,16 @@ impl Tracer {
             }
         }
         Ok(Step::Next)
+    }
+}
+
+/// Whether a statement names `@map`.
+fn refers_to(stmt: &Value, map: &str) -> bool {
+    match stmt {
+        Value::String(s) => s.strip_prefix('@') == Some(map),
+        Value::Array(a) => a.iter().any(|v| refers_to(v, map)),
+        Value::Object(o) => o.values().any(|v| refers_to(v, map)),
+        _ => false,
     }
 }
 

@@ -16,7 +16,7 @@ use netlink_sys::{Socket, SocketAddr as NlAddr, protocols::NETLINK_NETFILTER};
 use signpost_model::cluster::{Protocol, VirtualKey};
 
 use super::TABLE;
-use super::ruleset::{Cmd, Elem, Hook, SetKind, Stmt, Tx};
+use super::ruleset::{Cmd, Elem, Hook, SLOTS, SetKind, Stmt, Tx};
 
 // Message types and attributes of <linux/netfilter/nf_tables.h>.
 const NFNL_SUBSYS_NFTABLES: u16 = 10;
@@ -58,6 +58,7 @@ const TYPE_IPV4_ADDR: u32 = 7;
 const TYPE_IPV6_ADDR: u32 = 8;
 const TYPE_INET_PROTO: u32 = 12;
 const TYPE_INET_SERVICE: u32 = 13;
+const TYPE_INTEGER: u32 = 4;
 const TYPE_BITS: u32 = 6;
 
 const SET_INTERVAL: u32 = 0x4;
@@ -237,9 +238,14 @@ fn meta_load(m: &mut Msg<'_>, key: u32, reg: u32) {
 }
 
 fn cmp_eq(m: &mut Msg<'_>, reg: u32, data: &[u8]) {
+    cmp(m, reg, 0, data);
+}
+
+/// `op`: 0 equal, 1 not equal.
+fn cmp(m: &mut Msg<'_>, reg: u32, op: u32, data: &[u8]) {
     m.expr("cmp", |d| {
         d.be32(1, reg);
-        d.be32(2, 0);
+        d.be32(2, op);
         d.value(3, data);
     });
 }
@@ -262,9 +268,18 @@ const TRANSPORT: u32 = 2;
 /// The masquerade mark as a register holds it.
 const MARK: u32 = super::MASQ_MARK as u32;
 
+/// The conntrack entry's status, and its bit for a destination NAT.
+const CT_STATUS: u32 = 2;
+const IPS_DST_NAT: u32 = 0x20;
+
 /// Loads the packet mark into register 1 as `(mark & mask) ^ xor`.
 fn mark_bitwise(m: &mut Msg<'_>, mask: u32, xor: u32) {
     meta_load(m, META_MARK, REG_1);
+    bitwise(m, mask, xor);
+}
+
+/// Register 1 becomes `(reg 1 & mask) ^ xor`.
+fn bitwise(m: &mut Msg<'_>, mask: u32, xor: u32) {
     m.expr("bitwise", |d| {
         d.be32(1, REG_1);
         d.be32(2, REG_1);
@@ -421,6 +436,46 @@ fn lower(m: &mut Msg<'_>, stmts: &[Stmt]) {
                     d.be32(7, 2);
                 });
             }
+            Stmt::DnatSlots { v6, map } => {
+                // A random slot, big-endian as the map's interval keys.
+                m.expr("numgen", |d| {
+                    d.be32(1, REG_1);
+                    d.be32(2, SLOTS);
+                    d.be32(3, 1);
+                    d.be32(4, 0);
+                });
+                m.expr("byteorder", |d| {
+                    d.be32(1, REG_1);
+                    d.be32(2, REG_1);
+                    d.be32(3, 1);
+                    d.be32(4, 4);
+                    d.be32(5, 4);
+                });
+                lookup(m, map, Some(REG_1), false);
+                // The address fills register 1's first 4 (or 16) bytes;
+                // the port is the 32-bit register right after it.
+                m.expr("nat", |d| {
+                    d.be32(1, 1);
+                    d.be32(2, u32::from(if *v6 { NFPROTO_IPV6 } else { NFPROTO_IPV4 }));
+                    d.be32(3, REG_1);
+                    d.be32(5, if *v6 { REG_2 } else { 9 });
+                });
+            }
+            Stmt::CtDnat => {
+                m.expr("ct", |d| {
+                    d.be32(2, CT_STATUS);
+                    d.be32(1, REG_1);
+                });
+                bitwise(m, IPS_DST_NAT, 0);
+                cmp(m, REG_1, 1, &0u32.to_ne_bytes());
+            }
+            Stmt::PairIn { v6, set } => {
+                family(m, *v6);
+                addr_load(m, *v6, true);
+                let (offset, len) = if *v6 { (24, 16) } else { (16, 4) };
+                payload_load(m, NETWORK, offset, len, if *v6 { REG_2 } else { 9 });
+                lookup(m, set, None, false);
+            }
             Stmt::Jump(c) | Stmt::Goto(c) => {
                 let code = if matches!(s, Stmt::Jump(_)) {
                     NFT_JUMP
@@ -450,8 +505,88 @@ fn addr_type(v6: bool) -> u32 {
     if v6 { TYPE_IPV6_ADDR } else { TYPE_IPV4_ADDR }
 }
 
-/// (flags, key type, key length, data type) of a set.
-fn set_shape(kind: SetKind) -> (u32, u32, u32, Option<u32>) {
+/// nft's description of a set's `typeof` (`NFTA_SET_USERDATA`), which is
+/// what `nft list` prints its type from: type-length-value items of one
+/// byte each for type and length, numbers in host order.
+struct Udata(Vec<u8>);
+
+impl Udata {
+    fn item(&mut self, kind: u8, value: &[u8]) {
+        self.0.push(kind);
+        self.0.push(u8::try_from(value.len()).unwrap_or(u8::MAX));
+        self.0.extend_from_slice(value);
+    }
+
+    fn u32(&mut self, kind: u8, v: u32) {
+        self.item(kind, &v.to_ne_bytes());
+    }
+
+    fn nest(&mut self, kind: u8, inner: impl FnOnce(&mut Udata)) {
+        let mut u = Udata(Vec::new());
+        inner(&mut u);
+        self.item(kind, &u.0);
+    }
+}
+
+// nft's numbers for the items of a `typeof` description.
+const UDATA_KEY_BYTEORDER: u8 = 0;
+const UDATA_DATA_BYTEORDER: u8 = 1;
+const UDATA_KEY_TYPEOF: u8 = 3;
+const UDATA_DATA_TYPEOF: u8 = 4;
+const UDATA_DATA_INTERVAL: u8 = 6;
+const BYTEORDER_HOST: u32 = 1;
+const EXPR_PAYLOAD: u32 = 7;
+const EXPR_CONCAT: u32 = 13;
+const EXPR_NUMGEN: u32 = 23;
+
+/// nft's numbers for header fields: (protocol, field).
+fn daddr_field(v6: bool) -> (u32, u32) {
+    if v6 { (13, 9) } else { (12, 12) }
+}
+
+fn dport_field(p: Protocol) -> (u32, u32) {
+    match p {
+        Protocol::Tcp => (8, 2),
+        Protocol::Udp => (6, 2),
+        Protocol::Sctp => (10, 2),
+    }
+}
+
+/// `typeof numgen random mod SLOTS : ip[6] daddr . P dport`.
+fn backends_udata(v6: bool, protocol: Protocol) -> Vec<u8> {
+    let payload = |u: &mut Udata, i: u8, (proto, field): (u32, u32)| {
+        u.nest(i, |e| {
+            e.u32(0, EXPR_PAYLOAD);
+            e.nest(1, |f| {
+                f.u32(0, proto);
+                f.u32(1, field);
+            });
+        });
+    };
+    let mut u = Udata(Vec::new());
+    u.u32(UDATA_KEY_BYTEORDER, BYTEORDER_HOST);
+    u.u32(UDATA_DATA_BYTEORDER, 0);
+    u.nest(UDATA_KEY_TYPEOF, |k| {
+        k.u32(0, EXPR_NUMGEN);
+        k.nest(1, |n| {
+            n.u32(0, 1);
+            n.u32(1, SLOTS);
+            n.u32(2, 0);
+        });
+    });
+    u.nest(UDATA_DATA_TYPEOF, |d| {
+        d.u32(0, EXPR_CONCAT);
+        d.nest(1, |parts| {
+            payload(parts, 0, daddr_field(v6));
+            payload(parts, 1, dport_field(protocol));
+        });
+    });
+    u.u32(UDATA_DATA_INTERVAL, 0);
+    u.0
+}
+
+/// (flags, key type, key length, data type and length) of a set.
+fn set_shape(kind: SetKind) -> (u32, u32, u32, Option<(u32, u32)>) {
     let addr_len = |v6: bool| if v6 { 16 } else { 4 };
     let tuple_type =
         |v6| (((addr_type(v6) << TYPE_BITS) | TYPE_INET_PROTO) << TYPE_BITS) | TYPE_INET_SERVICE;
@@ -463,9 +598,24 @@ fn set_shape(kind: SetKind) -> (u32, u32, u32, Option<u32>) {
             SET_MAP,
             tuple_type(v6),
             addr_len(v6) + 8,
-            Some(NFT_DATA_VERDICT),
+            Some((NFT_DATA_VERDICT, 0)),
         ),
         SetKind::Affinity { v6, .. } => (SET_TIMEOUT | SET_EVAL, addr_type(v6), addr_len(v6), None),
+        SetKind::Backends { v6, .. } => (
+            SET_INTERVAL | SET_MAP,
+            TYPE_INTEGER,
+            4,
+            Some((
+                (addr_type(v6) << TYPE_BITS) | TYPE_INET_SERVICE,
+                addr_len(v6) + 4,
+            )),
+        ),
+        SetKind::Pairs { v6 } => (
+            0,
+            (addr_type(v6) << TYPE_BITS) | addr_type(v6),
+            2 * addr_len(v6),
+            None,
+        ),
     }
 }
 
@@ -518,10 +668,29 @@ fn intervals(nets: &[ipnet::IpNet]) -> Vec<(Vec<u8>, u32)> {
     out
 }
 
+/// What a map element maps its key to.
+enum Data<'a> {
+    None,
+    Goto(&'a str),
+    Value(Vec<u8>),
+}
+
+impl Data<'_> {
+    fn len(&self) -> usize {
+        match self {
+            Data::None => 0,
+            Data::Goto(c) => c.len(),
+            Data::Value(v) => v.len(),
+        }
+    }
+}
+
 /// Element messages for `set`, split so no attribute outgrows 16 bits.
+/// Deletions name keys only.
 fn elements(b: &mut Batch, msg: u16, set: &str, elems: &[Elem]) {
-    // (key, flags, goto chain)
-    let mut items: Vec<(Vec<u8>, u32, Option<&str>)> = Vec::new();
+    let adding = msg == NEWSETELEM;
+    // (key, flags, data)
+    let mut items: Vec<(Vec<u8>, u32, Data<'_>)> = Vec::new();
     let prefixes: Vec<ipnet::IpNet> = elems
         .iter()
         .filter_map(|e| match e {
@@ -529,12 +698,40 @@ fn elements(b: &mut Batch, msg: u16, set: &str, elems: &[Elem]) {
             _ => None,
         })
         .collect();
-    items.extend(intervals(&prefixes).into_iter().map(|(k, f)| (k, f, None)));
+    items.extend(
+        intervals(&prefixes)
+            .into_iter()
+            .map(|(k, f)| (k, f, Data::None)),
+    );
     for e in elems {
         match e {
-            Elem::Addr(ip) => items.push((addr_bytes(ip), 0, None)),
-            Elem::Tuple(k) => items.push((tuple_key(k), 0, None)),
-            Elem::TupleGoto(k, chain) => items.push((tuple_key(k), 0, Some(chain.as_str()))),
+            Elem::Addr(ip) => items.push((addr_bytes(ip), 0, Data::None)),
+            Elem::Tuple(k) => items.push((tuple_key(k), 0, Data::None)),
+            Elem::TupleGoto(k, chain) if adding => {
+                items.push((tuple_key(k), 0, Data::Goto(chain.as_str())));
+            }
+            Elem::TupleGoto(k, _) => items.push((tuple_key(k), 0, Data::None)),
+            // A range as nft writes one: its first slot with the backend,
+            // then the slot after its last, flagged as an end.
+            Elem::Slots { first, last, to } => {
+                let data = if adding {
+                    let mut v = addr_bytes(&to.ip());
+                    v.extend_from_slice(&to.port().to_be_bytes());
+                    v.extend_from_slice(&[0, 0]);
+                    Data::Value(v)
+                } else {
+                    Data::None
+                };
+                items.push((first.to_be_bytes().to_vec(), 0, data));
+                if let Some(after) = last.checked_add(1) {
+                    items.push((after.to_be_bytes().to_vec(), ELEM_INTERVAL_END, Data::None));
+                }
+            }
+            Elem::Pair(ip) => {
+                let mut k = addr_bytes(ip);
+                k.extend_from_slice(&addr_bytes(ip));
+                items.push((k, 0, Data::None));
+            }
             Elem::Prefix(_) => {}
         }
     }
@@ -543,7 +740,7 @@ fn elements(b: &mut Batch, msg: u16, set: &str, elems: &[Elem]) {
         let mut size = 0;
         let mut n = 0;
         while n < rest.len() && (n == 0 || size < ELEMENTS_PER_MESSAGE_BYTES) {
-            size += rest[n].0.len() + rest[n].2.map_or(0, str::len) + 48;
+            size += rest[n].0.len() + rest[n].2.len() + 48;
             n += 1;
         }
         let (chunk, tail) = rest.split_at(n);
@@ -558,11 +755,13 @@ fn elements(b: &mut Batch, msg: u16, set: &str, elems: &[Elem]) {
                 m.str(1, TABLE);
                 m.str(2, set);
                 m.nest(3, |list| {
-                    for (key, flags, chain) in chunk {
+                    for (key, flags, data) in chunk {
                         list.nest(1, |e| {
                             e.value(1, key);
-                            if let Some(c) = chain {
-                                e.nest(2, |d| verdict(d, NFT_GOTO, c));
+                            match data {
+                                Data::None => {}
+                                Data::Goto(c) => e.nest(2, |d| verdict(d, NFT_GOTO, c)),
+                                Data::Value(v) => e.value(2, v),
                             }
                             if *flags != 0 {
                                 e.be32(3, *flags);
@@ -652,17 +851,23 @@ fn encode(b: &mut Batch, cmd: &Cmd, set_id: &mut u32) {
                     m.be32(3, flags);
                     m.be32(4, key_type);
                     m.be32(5, key_len);
-                    if let Some(t) = data_type {
+                    if let Some((t, len)) = data_type {
                         m.be32(6, t);
+                        if len > 0 {
+                            m.be32(7, len);
+                        }
                     }
                     m.be32(10, id);
                     if let SetKind::Affinity { timeout, .. } = kind {
                         m.attr(11, &(timeout.saturating_mul(1000)).to_be_bytes());
                     }
+                    if let SetKind::Backends { v6, protocol } = kind {
+                        m.attr(13, &backends_udata(*v6, *protocol));
+                    }
                 },
             );
         }
-        Cmd::DeleteSet(name) => b.command(
+        Cmd::DeleteSet(name, _) => b.command(
             DELSET,
             0,
             || format!("delete set {name}"),
@@ -804,6 +1009,22 @@ mod tests {
             ]
         );
         assert!(intervals(&[]).is_empty());
+    }
+
+    /// The bytes `nft add map ... { typeof numgen random mod 232792560 :
+    /// ip6 daddr . udp dport; flags interval; }` sent (nftables 1.0.6, seen
+    /// with strace): without them `nft list` could not print the map as a
+    /// script it reads back.
+    #[test]
+    fn a_backend_map_is_described_as_nft_describes_it() {
+        let nft = "000401000000010400000000031a00041700000001120004010000000104f021e00d\
+                   020400000000043400040d000000012c0014000407000000010c00040d00000001\
+                   04090000000114000407000000010c000406000000010402000000060400000000";
+        let ours: String = backends_udata(true, Protocol::Udp)
+            .iter()
+            .map(|b| format!("{b:02x}"))
+            .collect();
+        assert_eq!(ours, nft);
     }
 
     #[test]
