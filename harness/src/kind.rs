@@ -62,7 +62,7 @@ impl KindCluster {
                 "init",
                 "--ignore-preflight-errors=all",
                 "--pod-network-cidr=10.244.0.0/16",
-                "--service-cidr=10.96.0.0/16",
+                "--service-cidr=10.96.0.0/12",
                 "--apiserver-cert-extra-sans=127.0.0.1,localhost",
             ])
             .await?;

@@ -26,7 +26,13 @@ use crate::{Error, Result};
 pub use workdir::WorkDir;
 
 /// The ClusterIP range given to kube-apiserver.
-pub const SERVICE_CIDR: &str = "10.96.0.0/16";
+pub const SERVICE_CIDR: &str = "10.96.0.0/12";
+/// Whether `ip` is in [`SERVICE_CIDR`] (10.96.0.0/12: 10.96.x.x to 10.111.x.x).
+pub fn in_service_cidr(ip: std::net::Ipv4Addr) -> bool {
+    let [a, b, ..] = ip.octets();
+    a == 10 && b & 0xf0 == 96
+}
+
 /// The IPv6 ClusterIP range (the cluster is dual-stack).
 pub const SERVICE_CIDR_V6: &str = "fd00:10:96::/112";
 /// The pod bridge's IPv6 address; Pods get addresses from fd00:10:244::/64.
@@ -681,4 +687,23 @@ pub async fn admin_client(kubeconfig: &Path) -> Result<kube::Client> {
         .await
         .map_err(|e| Error::Kubeconfig(e.to_string()))?;
     Ok(kube::Client::try_from(cfg)?)
+}
+
+#[cfg(test)]
+mod service_cidr_tests {
+    use super::*;
+
+    #[test]
+    fn the_service_cidr_test_matches_the_range_given_to_the_api_server() {
+        assert_eq!(SERVICE_CIDR, "10.96.0.0/12");
+        for (ip, inside) in [
+            ("10.96.0.1", true),
+            ("10.111.255.254", true),
+            ("10.112.0.1", false),
+            ("10.95.255.255", false),
+            ("11.96.0.1", false),
+        ] {
+            assert_eq!(in_service_cidr(ip.parse().unwrap()), inside, "{ip}");
+        }
+    }
 }

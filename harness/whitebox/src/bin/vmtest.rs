@@ -972,7 +972,7 @@ async fn side_by_side(n: usize, which: &str) -> Result<(), BoxError> {
                 .services()
                 .await?
                 .iter()
-                .filter(|s| matches!(s.key, ServiceKey::Tuple { addr: IpAddr::V4(a), port: 80, .. } if a.octets()[..2] == [10, 96]))
+                .filter(|s| matches!(s.key, ServiceKey::Tuple { addr: IpAddr::V4(a), port: 80, .. } if signpost_harness::cluster::in_service_cidr(a)))
                 .count();
             if count >= n {
                 break;
