@@ -1,9 +1,9 @@
 //! Reads Signpost's table back from `nft -j list table inet signpost` into a
-//! [`ProxyTable`] (PXY-8): the map elements name the virtual addresses; a
-//! service chain's `dnat ... map` names its backend map, whose elements are
-//! the backends, or its random cascade names the endpoint chains, whose
-//! DNAT rules name the backends, with affinity from the endpoint sets'
-//! timeouts. So a restarted proxy plans against what the kernel really
+//! [`ProxyTable`] (PXY-8): the map elements name the virtual addresses and
+//! where they go: a bucket chain (or a NodePort's chain going there), whose
+//! bucket map holds the backends under the address and port, or a random
+//! cascade naming the endpoint chains, whose DNAT rules name the backends,
+//! with affinity from the endpoint sets' timeouts. So a restarted proxy plans against what the kernel really
 //! holds.
 
 use std::collections::BTreeMap;
@@ -71,7 +71,8 @@ pub fn table(listing: Option<&Value>) -> ProxyTable {
     let mut rules: BTreeMap<String, Vec<Value>> = BTreeMap::new();
     let mut set_timeouts: BTreeMap<String, u32> = BTreeMap::new();
     let mut service_chains: Vec<(VirtualKey, String)> = Vec::new();
-    let mut backend_maps: BTreeMap<String, Vec<SocketAddr>> = BTreeMap::new();
+    // (address, protocol, port) → backends, from the bucket maps.
+    let mut bucketed: BTreeMap<(IpAddr, Protocol, u16), Vec<SocketAddr>> = BTreeMap::new();
     for item in items {
         if let Some(r) = item.get("rule") {
             let chain = r
@@ -85,12 +86,26 @@ pub fn table(listing: Option<&Value>) -> ProxyTable {
                 .push(r.get("expr").cloned().unwrap_or(Value::Null));
         } else if let Some(m) = item.get("map") {
             let name = m.get("name").and_then(Value::as_str).unwrap_or_default();
-            if name.starts_with("b-") {
-                let backends = elems(m)
-                    .iter()
-                    .filter_map(|e| backend(e.as_array()?.get(1)?))
-                    .collect();
-                backend_maps.insert(name.to_owned(), backends);
+            if let Some(p) = name
+                .strip_prefix("bk-")
+                .and_then(|rest| rest.split('-').nth(1))
+                .and_then(protocol)
+            {
+                for e in elems(m) {
+                    let Some(pair) = e.as_array() else { continue };
+                    let under = pair
+                        .first()
+                        .and_then(|k| k.get("concat"))
+                        .and_then(Value::as_array)
+                        .and_then(|k| {
+                            let ip: IpAddr = k.first()?.as_str()?.parse().ok()?;
+                            let port = u16::try_from(k.get(1)?.as_u64()?).ok()?;
+                            Some((ip, p, port))
+                        });
+                    if let (Some(under), Some(to)) = (under, pair.get(1).and_then(backend)) {
+                        bucketed.entry(under).or_default().push(to);
+                    }
+                }
             }
             if name.starts_with("service-ips-") {
                 for e in elems(m) {
@@ -127,6 +142,18 @@ pub fn table(listing: Option<&Value>) -> ProxyTable {
     }
     for (k, chain) in service_chains {
         let mut vs = VirtualService::default();
+        let from_bucket = |vs: &mut VirtualService| {
+            vs.backends.extend(
+                bucketed
+                    .get(&(k.ip, k.protocol, k.port))
+                    .into_iter()
+                    .flatten()
+                    .copied(),
+            );
+        };
+        if chain.starts_with("bc-") {
+            from_bucket(&mut vs);
+        }
         for expr in rules.get(&chain).into_iter().flatten() {
             let expr = expr.as_array().cloned().unwrap_or_default();
             for e in &expr {
@@ -137,13 +164,11 @@ pub fn table(listing: Option<&Value>) -> ProxyTable {
                 {
                     vs.affinity_timeout = set_timeouts.get(set).copied().or(vs.affinity_timeout);
                 }
-                if let Some(map) = e
-                    .pointer("/dnat/addr/map/data")
+                if e.pointer("/goto/target")
                     .and_then(Value::as_str)
-                    .and_then(|s| s.strip_prefix('@'))
+                    .is_some_and(|t| t.starts_with("bc-"))
                 {
-                    vs.backends
-                        .extend(backend_maps.get(map).into_iter().flatten().copied());
+                    from_bucket(&mut vs);
                 }
                 // The endpoint chains: the targets of the random cascade's
                 // rules (and of the affinity rules, the same chains), or

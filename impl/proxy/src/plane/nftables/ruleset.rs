@@ -80,13 +80,15 @@ pub enum Stmt {
     RejectPortUnreachable,
     /// `dnat ip[6] to ADDR:PORT`.
     Dnat(SocketAddr),
-    /// `dnat ip[6] to numgen random mod SLOTS map @map`: the backend whose
-    /// slot range holds a random number below [`SLOTS`] (after a
-    /// [`Stmt::L4proto`], which the map's port type needs).
-    DnatSlots {
+    /// `dnat ip[6] to ip[6] daddr . P dport . numgen random mod SLOTS map
+    /// @map`: the backend whose slot range, under the packet's address and
+    /// port, holds a random number below [`SLOTS`].
+    DnatBucket {
         /// IPv6.
         v6: bool,
-        /// The backend map.
+        /// The transport protocol.
+        protocol: Protocol,
+        /// The bucket map.
         map: String,
     },
     /// `ct status dnat`.
@@ -134,12 +136,13 @@ pub enum SetKind {
         /// Seconds.
         timeout: u64,
     },
-    /// A map from slot ranges (`numgen` values) to `address . port`:
-    /// `typeof numgen random mod SLOTS : ip[6] daddr . P dport`.
-    Backends {
+    /// A map from `address . port . slot range` to `address . port`:
+    /// `typeof ip[6] daddr . P dport . numgen random mod SLOTS : ip[6]
+    /// daddr . P dport`, the backends of many virtual addresses.
+    Bucket {
         /// IPv6.
         v6: bool,
-        /// The port's protocol (part of the map's declared type).
+        /// The ports' protocol (part of the map's declared type).
         protocol: Protocol,
     },
     /// `address . address` pairs.
@@ -152,13 +155,12 @@ pub enum SetKind {
 impl SetKind {
     /// Whether nft calls it a map.
     pub fn is_map(self) -> bool {
-        matches!(self, SetKind::Vmap { .. } | SetKind::Backends { .. })
+        matches!(self, SetKind::Vmap { .. } | SetKind::Bucket { .. })
     }
 }
 
-/// The number of slots a backend map divides: `numgen random mod SLOTS`
-/// draws one, and each of a service's `n` backends owns `SLOTS / n` of
-/// them. The least common multiple of 1..=22, so up to 22 backends the
+/// The number of slots a virtual address divides: `numgen random mod
+/// SLOTS` draws one, and each of its `n` backends owns `SLOTS / n` of them. The least common multiple of 1..=22, so up to 22 backends the
 /// shares are exactly equal; beyond, they differ by one slot in 232 million.
 pub const SLOTS: u32 = 232_792_560;
 
@@ -173,8 +175,11 @@ pub enum Elem {
     Tuple(VirtualKey),
     /// A tuple mapped to `goto CHAIN`.
     TupleGoto(VirtualKey, String),
-    /// The slots `first..=last` of a backend map, mapped to a backend.
+    /// The slots `first..=last` of virtual address `key` in a bucket map,
+    /// mapped to a backend.
     Slots {
+        /// The virtual address.
+        key: VirtualKey,
         /// The first slot.
         first: u32,
         /// The last slot.
@@ -214,8 +219,8 @@ pub enum Cmd {
     AddRule(String, Vec<Stmt>),
     /// Create a set.
     AddSet(String, SetKind),
-    /// Delete a set (`true`: a map).
-    DeleteSet(String, bool),
+    /// Delete a set.
+    DeleteSet(String),
     /// Add elements.
     AddElems(String, Vec<Elem>),
     /// Delete elements.
@@ -318,10 +323,16 @@ pub fn stmt(s: &Stmt) -> Value {
         Stmt::Dnat(to) => {
             json!({ "dnat": { "family": fam(to.is_ipv6()), "addr": to.ip().to_string(), "port": to.port() } })
         }
-        Stmt::DnatSlots { v6, map } => json!({ "dnat": { "family": fam(*v6), "addr": { "map": {
-            "key": { "numgen": { "mode": "random", "mod": SLOTS, "offset": 0 } },
-            "data": format!("@{map}"),
-        } } } }),
+        Stmt::DnatBucket { v6, protocol, map } => {
+            json!({ "dnat": { "family": fam(*v6), "addr": { "map": {
+                "key": { "concat": [
+                    payload(fam(*v6), "daddr"),
+                    payload(protocol.as_lower(), "dport"),
+                    { "numgen": { "mode": "random", "mod": SLOTS, "offset": 0 } },
+                ] },
+                "data": format!("@{map}"),
+            } } } })
+        }
         Stmt::CtDnat => matches("in", json!({ "ct": { "key": "status" } }), json!("dnat")),
         Stmt::PairIn { v6, set } => matches(
             "==",
@@ -351,9 +362,18 @@ fn elem(e: &Elem, data: bool) -> Value {
             json!([tuple_elem(k), { "goto": { "target": chain } }])
         }
         Elem::TupleGoto(k, _) => tuple_elem(k),
-        Elem::Slots { first, last, .. } if !data => json!({ "range": [first, last] }),
-        Elem::Slots { first, last, to } => json!([
-            { "range": [first, last] },
+        Elem::Slots {
+            key, first, last, ..
+        } if !data => {
+            json!({ "concat": [key.ip.to_string(), key.port, { "range": [first, last] }] })
+        }
+        Elem::Slots {
+            key,
+            first,
+            last,
+            to,
+        } => json!([
+            { "concat": [key.ip.to_string(), key.port, { "range": [first, last] }] },
             { "concat": [to.ip().to_string(), to.port()] },
         ]),
         Elem::Pair(ip) => json!({ "concat": [ip.to_string(), ip.to_string()] }),
@@ -394,8 +414,8 @@ fn set(name: &str, kind: SetKind) -> Value {
             "set"
         }
         // As nft lists it (its JSON of this release cannot declare `typeof`).
-        SetKind::Backends { v6, .. } => {
-            b["type"] = json!("integer");
+        SetKind::Bucket { v6, .. } => {
+            b["type"] = json!([addr_type(v6), "inet_service", "integer"]);
             b["map"] = json!([addr_type(v6), "inet_service"]);
             b["flags"] = json!(["interval"]);
             "map"
@@ -431,8 +451,7 @@ pub fn json(c: &Cmd) -> Value {
             "expr": stmts.iter().map(stmt).collect::<Vec<_>>(),
         } } }),
         Cmd::AddSet(name, kind) => json!({ "add": set(name, *kind) }),
-        Cmd::DeleteSet(name, false) => json!({ "delete": { "set": base(name) } }),
-        Cmd::DeleteSet(name, true) => json!({ "delete": { "map": base(name) } }),
+        Cmd::DeleteSet(name) => json!({ "delete": { "set": base(name) } }),
         Cmd::AddElems(name, elems) => json!({ "add": elements(name, elems, true) }),
         Cmd::DeleteElems(name, elems) => json!({ "delete": elements(name, elems, false) }),
     }

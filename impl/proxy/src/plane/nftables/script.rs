@@ -49,9 +49,11 @@ pub fn stmt(s: &Stmt) -> String {
         Stmt::RejectTcpReset => "reject with tcp reset".into(),
         Stmt::RejectPortUnreachable => "reject with icmpx port-unreachable".into(),
         Stmt::Dnat(to) => format!("dnat {} to {}", fam(to.is_ipv6()), endpoint(to)),
-        Stmt::DnatSlots { v6, map } => {
-            format!("dnat {} to numgen random mod {SLOTS} map @{map}", fam(*v6))
-        }
+        Stmt::DnatBucket { v6, protocol, map } => format!(
+            "dnat {0} to {0} daddr . {1} dport . numgen random mod {SLOTS} map @{map}",
+            fam(*v6),
+            protocol.as_lower()
+        ),
         Stmt::CtDnat => "ct status dnat".into(),
         Stmt::PairIn { v6, set } => format!("{0} saddr . {0} daddr @{set}", fam(*v6)),
         Stmt::Jump(c) => format!("jump {c}"),
@@ -71,10 +73,21 @@ fn elem(e: &Elem, data: bool) -> String {
         Elem::Tuple(k) => key(k),
         Elem::TupleGoto(k, chain) if data => format!("{} : goto {chain}", key(k)),
         Elem::TupleGoto(k, _) => key(k),
-        Elem::Slots { first, last, to } if data => {
-            format!("{first}-{last} : {} . {}", to.ip(), to.port())
-        }
-        Elem::Slots { first, last, .. } => format!("{first}-{last}"),
+        Elem::Slots {
+            key,
+            first,
+            last,
+            to,
+        } if data => format!(
+            "{} . {} . {first}-{last} : {} . {}",
+            key.ip,
+            key.port,
+            to.ip(),
+            to.port()
+        ),
+        Elem::Slots {
+            key, first, last, ..
+        } => format!("{} . {} . {first}-{last}", key.ip, key.port),
         Elem::Pair(ip) => format!("{ip} . {ip}"),
     }
 }
@@ -93,8 +106,8 @@ fn set_body(kind: SetKind) -> String {
         SetKind::Affinity { v6, timeout } => {
             format!("type {}; flags timeout; timeout {timeout}s;", addr_type(v6))
         }
-        SetKind::Backends { v6, protocol } => format!(
-            "typeof numgen random mod {SLOTS} : {} daddr . {} dport; flags interval;",
+        SetKind::Bucket { v6, protocol } => format!(
+            "typeof {0} daddr . {1} dport . numgen random mod {SLOTS} : {0} daddr . {1} dport; flags interval;",
             fam(v6),
             protocol.as_lower()
         ),
@@ -157,9 +170,8 @@ pub fn script(tx: &Tx) -> String {
                     set_body(*kind)
                 );
             }
-            Cmd::DeleteSet(name, map) => {
-                let what = if *map { "map" } else { "set" };
-                let _ = writeln!(out, "delete {what} inet {TABLE} {name}");
+            Cmd::DeleteSet(name) => {
+                let _ = writeln!(out, "delete set inet {TABLE} {name}");
             }
             Cmd::AddElems(set, elems) => elements(&mut out, "add", set, elems),
             Cmd::DeleteElems(set, elems) => elements(&mut out, "delete", set, elems),
@@ -188,11 +200,16 @@ mod tests {
             "ip saddr . ip daddr @hairpin-v4"
         );
         let slots = Elem::Slots {
+            key: VirtualKey {
+                ip: "10.96.0.1".parse().unwrap(),
+                protocol: signpost_model::cluster::Protocol::Tcp,
+                port: 80,
+            },
             first: 0,
             last: 9,
             to: "10.244.0.2:80".parse().unwrap(),
         };
-        assert_eq!(elem(&slots, true), "0-9 : 10.244.0.2 . 80");
-        assert_eq!(elem(&slots, false), "0-9");
+        assert_eq!(elem(&slots, true), "10.96.0.1 . 80 . 0-9 : 10.244.0.2 . 80");
+        assert_eq!(elem(&slots, false), "10.96.0.1 . 80 . 0-9");
     }
 }

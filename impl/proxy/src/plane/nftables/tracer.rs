@@ -117,20 +117,6 @@ impl Tracer {
                         .remove(&name(obj)?)
                         .ok_or("delete of a missing set")?;
                 }
-                ("delete", "map") => {
-                    let n = name(obj)?;
-                    if self
-                        .chains
-                        .values()
-                        .flatten()
-                        .any(|r| r.iter().any(|e| refers_to(e, &n)))
-                    {
-                        return Err(format!("delete of map {n} a rule still uses"));
-                    }
-                    self.maps
-                        .remove(&n)
-                        .ok_or_else(|| format!("delete of missing map {n}"))?;
-                }
                 ("add" | "delete", "element") => {
                     let n = name(obj)?;
                     let elems = obj
@@ -352,7 +338,7 @@ impl Tracer {
                 && let Some(m) = d.pointer("/addr/map")
             {
                 return Ok(Step::Done(
-                    self.slots(m)?
+                    self.slots(m, pkt)?
                         .into_iter()
                         .map(|to| Path {
                             dnat: Some(to),
@@ -467,15 +453,35 @@ impl Tracer {
         Ok((&left == right) != negated)
     }
 
-    /// The backends of `numgen random mod SLOTS map @m`, whose ranges must
-    /// tile the slots exactly (none missed, none twice).
-    fn slots(&self, m: &Value) -> Result<Vec<SocketAddr>, String> {
-        let slots = m
-            .pointer("/key/numgen/mod")
+    /// The backends of `daddr . dport . numgen random mod SLOTS map @m`
+    /// for the packet: the elements under its address and port, whose
+    /// slot ranges must tile the slots exactly (none missed, none twice).
+    fn slots(&self, m: &Value, pkt: &Packet) -> Result<Vec<SocketAddr>, String> {
+        let parts = m
+            .pointer("/key/concat")
+            .and_then(Value::as_array)
+            .filter(|p| p.len() == 3)
+            .ok_or_else(|| format!("dnat map {m} is not one Signpost generates"))?;
+        let slots = parts[2]
+            .pointer("/numgen/mod")
             .and_then(Value::as_u64)
             .ok_or_else(|| format!("dnat map {m} is not one Signpost generates"))?;
         if slots != u64::from(super::ruleset::SLOTS) {
-            return Err(format!("numgen mod {slots} over a backend map"));
+            return Err(format!("numgen mod {slots} over a bucket map"));
+        }
+        let (dst, port) = (self.field(&parts[0], pkt)?, self.field(&parts[1], pkt)?);
+        if dst.is_null() {
+            return Err(format!("dnat map {m} of another family"));
+        }
+        if parts[1]
+            .pointer("/payload/protocol")
+            .and_then(Value::as_str)
+            != Some(pkt.proto)
+        {
+            return Err(format!(
+                "dnat map {m} for another protocol than {}",
+                pkt.proto
+            ));
         }
         let name = m
             .get("data")
@@ -488,10 +494,18 @@ impl Tracer {
             .get(name)
             .ok_or_else(|| format!("missing map {name}"))?
         {
-            let range = k
+            let key = k
+                .get("concat")
+                .and_then(Value::as_array)
+                .filter(|k| k.len() == 3)
+                .ok_or_else(|| format!("bucket map key {k} is not address . port . range"))?;
+            if key[0] != dst || key[1] != port {
+                continue;
+            }
+            let range = key[2]
                 .get("range")
                 .and_then(Value::as_array)
-                .ok_or_else(|| format!("backend map key {k} is not a range"))?;
+                .ok_or_else(|| format!("bucket map key {k} has no range"))?;
             let bound = |i: usize| range.get(i).and_then(Value::as_u64).ok_or("bad range");
             let parts = to
                 .get("concat")
@@ -508,6 +522,10 @@ impl Tracer {
                 .and_then(|p| u16::try_from(p).ok())
                 .ok_or("bad backend port")?;
             ranges.push((bound(0)?, bound(1)?, SocketAddr::new(ip, port)));
+        }
+        if ranges.is_empty() {
+            // No element: the lookup fails and the rule does not match.
+            return Err(format!("map {name} has nothing for {dst} . {port}"));
         }
         ranges.sort_unstable();
         let mut next = 0;
@@ -569,16 +587,6 @@ impl Tracer {
             }
         }
         Ok(Step::Next)
-    }
-}
-
-/// Whether a statement names `@map`.
-fn refers_to(stmt: &Value, map: &str) -> bool {
-    match stmt {
-        Value::String(s) => s.strip_prefix('@') == Some(map),
-        Value::Array(a) => a.iter().any(|v| refers_to(v, map)),
-        Value::Object(o) => o.values().any(|v| refers_to(v, map)),
-        _ => false,
     }
 }
 

@@ -436,29 +436,37 @@ fn lower(m: &mut Msg<'_>, stmts: &[Stmt]) {
                     d.be32(7, 2);
                 });
             }
-            Stmt::DnatSlots { v6, map } => {
-                // A random slot, big-endian as the map's interval keys.
+            Stmt::DnatBucket { v6, protocol, map } => {
+                family(m, *v6);
+                meta_load(m, META_L4PROTO, REG_1);
+                cmp_eq(m, REG_1, &[proto_number(*protocol)]);
+                // The key `daddr . dport . slot` in consecutive registers
+                // from register 1: the address fills 4 (or 16) bytes, the
+                // port and the slot a 32-bit register each after it.
+                addr_load(m, *v6, false);
+                let (port_reg, slot_reg) = if *v6 { (REG_2, 13) } else { (9, 10) };
+                payload_load(m, TRANSPORT, 2, 2, port_reg);
+                // A random slot, big-endian as the map's range keys.
                 m.expr("numgen", |d| {
-                    d.be32(1, REG_1);
+                    d.be32(1, slot_reg);
                     d.be32(2, SLOTS);
                     d.be32(3, 1);
                     d.be32(4, 0);
                 });
                 m.expr("byteorder", |d| {
-                    d.be32(1, REG_1);
-                    d.be32(2, REG_1);
+                    d.be32(1, slot_reg);
+                    d.be32(2, slot_reg);
                     d.be32(3, 1);
                     d.be32(4, 4);
                     d.be32(5, 4);
                 });
                 lookup(m, map, Some(REG_1), false);
-                // The address fills register 1's first 4 (or 16) bytes;
-                // the port is the 32-bit register right after it.
+                // The backend's address and port land where the key's did.
                 m.expr("nat", |d| {
                     d.be32(1, 1);
                     d.be32(2, u32::from(if *v6 { NFPROTO_IPV6 } else { NFPROTO_IPV4 }));
                     d.be32(3, REG_1);
-                    d.be32(5, if *v6 { REG_2 } else { 9 });
+                    d.be32(5, port_reg);
                 });
             }
             Stmt::CtDnat => {
@@ -534,7 +542,6 @@ const UDATA_DATA_BYTEORDER: u8 = 1;
 const UDATA_KEY_TYPEOF: u8 = 3;
 const UDATA_DATA_TYPEOF: u8 = 4;
 const UDATA_DATA_INTERVAL: u8 = 6;
-const BYTEORDER_HOST: u32 = 1;
 const EXPR_PAYLOAD: u32 = 7;
 const EXPR_CONCAT: u32 = 13;
 const EXPR_NUMGEN: u32 = 23;
@@ -552,8 +559,8 @@ fn dport_field(p: Protocol) -> (u32, u32) {
     }
 }
 
-/// `typeof numgen random mod SLOTS : ip[6] daddr . P dport`.
-fn backends_udata(v6: bool, protocol: Protocol) -> Vec<u8> {
+/// `typeof ip[6] daddr . P dport . numgen random mod SLOTS : ip[6] daddr . P dport`.
+fn bucket_udata(v6: bool, protocol: Protocol) -> Vec<u8> {
     let payload = |u: &mut Udata, i: u8, (proto, field): (u32, u32)| {
         u.nest(i, |e| {
             e.u32(0, EXPR_PAYLOAD);
@@ -564,14 +571,21 @@ fn backends_udata(v6: bool, protocol: Protocol) -> Vec<u8> {
         });
     };
     let mut u = Udata(Vec::new());
-    u.u32(UDATA_KEY_BYTEORDER, BYTEORDER_HOST);
+    u.u32(UDATA_KEY_BYTEORDER, 0);
     u.u32(UDATA_DATA_BYTEORDER, 0);
     u.nest(UDATA_KEY_TYPEOF, |k| {
-        k.u32(0, EXPR_NUMGEN);
-        k.nest(1, |n| {
-            n.u32(0, 1);
-            n.u32(1, SLOTS);
-            n.u32(2, 0);
+        k.u32(0, EXPR_CONCAT);
+        k.nest(1, |parts| {
+            payload(parts, 0, daddr_field(v6));
+            payload(parts, 1, dport_field(protocol));
+            parts.nest(2, |e| {
+                e.u32(0, EXPR_NUMGEN);
+                e.nest(1, |n| {
+                    n.u32(0, 1);
+                    n.u32(1, SLOTS);
+                    n.u32(2, 0);
+                });
+            });
         });
     });
     u.nest(UDATA_DATA_TYPEOF, |d| {
@@ -584,6 +598,9 @@ fn backends_udata(v6: bool, protocol: Protocol) -> Vec<u8> {
     u.u32(UDATA_DATA_INTERVAL, 0);
     u.0
 }
+
+/// The set flag of a concatenated key with ranges (a `pipapo` set).
+const SET_CONCAT: u32 = 0x80;
 
 /// (flags, key type, key length, data type and length) of a set.
 fn set_shape(kind: SetKind) -> (u32, u32, u32, Option<(u32, u32)>) {
@@ -601,10 +618,10 @@ fn set_shape(kind: SetKind) -> (u32, u32, u32, Option<(u32, u32)>) {
             Some((NFT_DATA_VERDICT, 0)),
         ),
         SetKind::Affinity { v6, .. } => (SET_TIMEOUT | SET_EVAL, addr_type(v6), addr_len(v6), None),
-        SetKind::Backends { v6, .. } => (
-            SET_INTERVAL | SET_MAP,
-            TYPE_INTEGER,
-            4,
+        SetKind::Bucket { v6, .. } => (
+            SET_INTERVAL | SET_MAP | SET_CONCAT,
+            (((addr_type(v6) << TYPE_BITS) | TYPE_INET_SERVICE) << TYPE_BITS) | TYPE_INTEGER,
+            addr_len(v6) + 8,
             Some((
                 (addr_type(v6) << TYPE_BITS) | TYPE_INET_SERVICE,
                 addr_len(v6) + 4,
@@ -685,12 +702,14 @@ impl Data<'_> {
     }
 }
 
+/// An element as sent: key, flags, data, and the last key of a range.
+type Item<'a> = (Vec<u8>, u32, Data<'a>, Option<Vec<u8>>);
+
 /// Element messages for `set`, split so no attribute outgrows 16 bits.
 /// Deletions name keys only.
 fn elements(b: &mut Batch, msg: u16, set: &str, elems: &[Elem]) {
     let adding = msg == NEWSETELEM;
-    // (key, flags, data)
-    let mut items: Vec<(Vec<u8>, u32, Data<'_>)> = Vec::new();
+    let mut items: Vec<Item<'_>> = Vec::new();
     let prefixes: Vec<ipnet::IpNet> = elems
         .iter()
         .filter_map(|e| match e {
@@ -701,19 +720,24 @@ fn elements(b: &mut Batch, msg: u16, set: &str, elems: &[Elem]) {
     items.extend(
         intervals(&prefixes)
             .into_iter()
-            .map(|(k, f)| (k, f, Data::None)),
+            .map(|(k, f)| (k, f, Data::None, None)),
     );
     for e in elems {
         match e {
-            Elem::Addr(ip) => items.push((addr_bytes(ip), 0, Data::None)),
-            Elem::Tuple(k) => items.push((tuple_key(k), 0, Data::None)),
+            Elem::Addr(ip) => items.push((addr_bytes(ip), 0, Data::None, None)),
+            Elem::Tuple(k) => items.push((tuple_key(k), 0, Data::None, None)),
             Elem::TupleGoto(k, chain) if adding => {
-                items.push((tuple_key(k), 0, Data::Goto(chain.as_str())));
+                items.push((tuple_key(k), 0, Data::Goto(chain.as_str()), None));
             }
-            Elem::TupleGoto(k, _) => items.push((tuple_key(k), 0, Data::None)),
-            // A range as nft writes one: its first slot with the backend,
-            // then the slot after its last, flagged as an end.
-            Elem::Slots { first, last, to } => {
+            Elem::TupleGoto(k, _) => items.push((tuple_key(k), 0, Data::None, None)),
+            // A concatenated range as nft writes one: the key with the
+            // first slot, and with the last one as the key's end.
+            Elem::Slots {
+                key,
+                first,
+                last,
+                to,
+            } => {
                 let data = if adding {
                     let mut v = addr_bytes(&to.ip());
                     v.extend_from_slice(&to.port().to_be_bytes());
@@ -722,15 +746,19 @@ fn elements(b: &mut Batch, msg: u16, set: &str, elems: &[Elem]) {
                 } else {
                     Data::None
                 };
-                items.push((first.to_be_bytes().to_vec(), 0, data));
-                if let Some(after) = last.checked_add(1) {
-                    items.push((after.to_be_bytes().to_vec(), ELEM_INTERVAL_END, Data::None));
-                }
+                let with = |slot: u32| {
+                    let mut k = addr_bytes(&key.ip);
+                    k.extend_from_slice(&key.port.to_be_bytes());
+                    k.extend_from_slice(&[0, 0]);
+                    k.extend_from_slice(&slot.to_be_bytes());
+                    k
+                };
+                items.push((with(*first), 0, data, Some(with(*last))));
             }
             Elem::Pair(ip) => {
                 let mut k = addr_bytes(ip);
                 k.extend_from_slice(&addr_bytes(ip));
-                items.push((k, 0, Data::None));
+                items.push((k, 0, Data::None, None));
             }
             Elem::Prefix(_) => {}
         }
@@ -740,7 +768,7 @@ fn elements(b: &mut Batch, msg: u16, set: &str, elems: &[Elem]) {
         let mut size = 0;
         let mut n = 0;
         while n < rest.len() && (n == 0 || size < ELEMENTS_PER_MESSAGE_BYTES) {
-            size += rest[n].0.len() + rest[n].2.len() + 48;
+            size += 2 * rest[n].0.len() + rest[n].2.len() + 48;
             n += 1;
         }
         let (chunk, tail) = rest.split_at(n);
@@ -755,9 +783,12 @@ fn elements(b: &mut Batch, msg: u16, set: &str, elems: &[Elem]) {
                 m.str(1, TABLE);
                 m.str(2, set);
                 m.nest(3, |list| {
-                    for (key, flags, data) in chunk {
+                    for (key, flags, data, end) in chunk {
                         list.nest(1, |e| {
                             e.value(1, key);
+                            if let Some(end) = end {
+                                e.value(10, end);
+                            }
                             match data {
                                 Data::None => {}
                                 Data::Goto(c) => e.nest(2, |d| verdict(d, NFT_GOTO, c)),
@@ -861,13 +892,21 @@ fn encode(b: &mut Batch, cmd: &Cmd, set_id: &mut u32) {
                     if let SetKind::Affinity { timeout, .. } = kind {
                         m.attr(11, &(timeout.saturating_mul(1000)).to_be_bytes());
                     }
-                    if let SetKind::Backends { v6, protocol } = kind {
-                        m.attr(13, &backends_udata(*v6, *protocol));
+                    if let SetKind::Bucket { v6, protocol } = kind {
+                        // The length of each field of the key.
+                        m.nest(9, |desc| {
+                            desc.nest(2, |fields| {
+                                for len in [if *v6 { 16 } else { 4 }, 2, 4] {
+                                    fields.nest(1, |f| f.be32(1, len));
+                                }
+                            });
+                        });
+                        m.attr(13, &bucket_udata(*v6, *protocol));
                     }
                 },
             );
         }
-        Cmd::DeleteSet(name, _) => b.command(
+        Cmd::DeleteSet(name) => b.command(
             DELSET,
             0,
             || format!("delete set {name}"),
@@ -1011,16 +1050,18 @@ mod tests {
         assert!(intervals(&[]).is_empty());
     }
 
-    /// The bytes `nft add map ... { typeof numgen random mod 232792560 :
-    /// ip6 daddr . udp dport; flags interval; }` sent (nftables 1.0.6, seen
-    /// with strace): without them `nft list` could not print the map as a
-    /// script it reads back.
+    /// The bytes `nft add map ... { typeof ip6 daddr . udp dport . numgen
+    /// random mod 232792560 : ip6 daddr . udp dport; flags interval; }`
+    /// sent (nftables 1.0.6, seen with strace): without them `nft list`
+    /// could not print the map as a script it reads back.
     #[test]
-    fn a_backend_map_is_described_as_nft_describes_it() {
-        let nft = "000401000000010400000000031a00041700000001120004010000000104f021e00d\
-                   020400000000043400040d000000012c0014000407000000010c00040d00000001\
-                   04090000000114000407000000010c000406000000010402000000060400000000";
-        let ours: String = backends_udata(true, Protocol::Udp)
+    fn a_bucket_map_is_described_as_nft_describes_it() {
+        let nft = "000400000000010400000000035000040d00000001480014000407000000010c00040d\
+                   0000000104090000000114000407000000010c000406000000010402000000021a0004\
+                   1700000001120004010000000104f021e00d020400000000043400040d000000012c00\
+                   14000407000000010c00040d0000000104090000000114000407000000010c00040600\
+                   0000010402000000060400000000";
+        let ours: String = bucket_udata(true, Protocol::Udp)
             .iter()
             .map(|b| format!("{b:02x}"))
             .collect();
