@@ -292,12 +292,7 @@ fn stats(v: &[f64]) -> (f64, f64) {
 
 /// Runs the benchmark.
 pub fn main(args: &[String]) -> Result<(), BoxError> {
-    let flag = |name: &str| {
-        args.iter()
-            .position(|a| a == name)
-            .and_then(|i| args.get(i + 1))
-            .cloned()
-    };
+    let flag = |name: &str| crate::flag(args, name);
     let n: u32 = flag("--services")
         .map(|s| s.parse())
         .transpose()?

@@ -104,12 +104,7 @@ async fn create(client: kube::Client, services: u32, pods: u32) -> Result<(), Bo
 
 /// Runs the benchmark.
 pub fn main(args: &[String]) -> Result<(), BoxError> {
-    let flag = |name: &str| {
-        args.iter()
-            .position(|a| a == name)
-            .and_then(|i| args.get(i + 1))
-            .cloned()
-    };
+    let flag = |name: &str| crate::flag(args, name);
     let services: u32 = flag("--services")
         .map(|s| s.parse())
         .transpose()?

@@ -16,12 +16,7 @@ type BoxError = Box<dyn std::error::Error + Send + Sync>;
 
 /// Runs the benchmark.
 pub fn main(args: &[String]) -> Result<(), BoxError> {
-    let flag = |name: &str| {
-        args.iter()
-            .position(|a| a == name)
-            .and_then(|i| args.get(i + 1))
-            .cloned()
-    };
+    let flag = |name: &str| crate::flag(args, name);
     let sizes = flag("--sizes").unwrap_or_else(|| "1000,10000".into());
     let side: u32 = flag("--side")
         .map(|s| s.parse())
@@ -146,10 +141,7 @@ pub fn main(args: &[String]) -> Result<(), BoxError> {
             "ratio_change": change_ratio,
         },
     });
-    if let Some(d) = std::path::Path::new(&out).parent() {
-        std::fs::create_dir_all(d)?;
-    }
-    std::fs::write(&out, serde_json::to_string_pretty(&report)?)?;
+    crate::write_report(&out, &report)?;
     println!("written to {out}");
     Ok(())
 }

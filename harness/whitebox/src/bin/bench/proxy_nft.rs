@@ -385,20 +385,14 @@ fn kube_proxy(
 }
 
 fn write(out: &str, report: &serde_json::Map<String, serde_json::Value>) -> Result<(), BoxError> {
-    if let Some(dir) = std::path::Path::new(out).parent() {
-        std::fs::create_dir_all(dir)?;
-    }
-    std::fs::write(out, serde_json::to_string_pretty(report)?)?;
-    Ok(())
+    Ok(crate::write_report(
+        out,
+        &serde_json::Value::Object(report.clone()),
+    )?)
 }
 
 pub fn main(args: &[String]) -> Result<(), BoxError> {
-    let flag = |name: &str| {
-        args.iter()
-            .position(|a| a == name)
-            .and_then(|i| args.get(i + 1))
-            .cloned()
-    };
+    let flag = |name: &str| crate::flag(args, name);
     let sizes: Vec<u32> = flag("--sizes")
         .unwrap_or_else(|| "1000,10000".into())
         .split(',')

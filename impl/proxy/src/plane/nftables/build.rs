@@ -2,23 +2,22 @@
 //! transaction ([`Tx`], written as an nft script or as one netlink batch). A
 //! full sync creates the whole table; a partial sync rewrites only the
 //! virtual services whose entry changed (PXY-8), and an endpoint change of
-//! a service without affinity changes only elements of its bucket map:
-//! the kernel checks the whole table's chain graph at every commit that
-//! adds a rule or chain (9.5 ms at 10k Services here) but not at one that
-//! only changes set elements (0.9 ms).
+//! a service without affinity changes only elements of hashed maps (see
+//! [`Group`]): the kernel checks the whole table's chain graph at every
+//! commit that adds a rule or chain but not at one that only changes set
+//! elements.
 //!
 //! Layout of table `inet signpost`:
 //! - `nat-prerouting`, `nat-output` (nat hooks) jump to `services`, which
 //!   looks `daddr . l4proto . dport` up in the verdict maps `service-ips-v4`
-//!   and `service-ips-v6` and goes to the service's bucket chain, or to its
+//!   and `service-ips-v6` and goes to the service's group chain, or to its
 //!   own chain `s-<key>` (a NodePort, marked for masquerade, or a service
 //!   with affinity);
-//! - the virtual addresses without affinity are filed by a fixed hash in
-//!   [`BUCKETS`] buckets per family and protocol; bucket chain `bc-v4-tcp-3`
-//!   has one rule, `dnat ip to ip daddr . tcp dport . numgen random mod
-//!   SLOTS map @bk-v4-tcp-3`, and the bucket map gives each of an
-//!   address's `n` backends `SLOTS / n` of the slots under that address
-//!   and port (PXY-1);
+//! - the virtual addresses without affinity are grouped by family,
+//!   protocol and number of backends: group chain `pick-v4-tcp-3` has one
+//!   rule, `dnat ip to ip daddr . tcp dport . numgen random mod 3 map
+//!   @backends-v4-tcp-3`, and the group's map holds each address's
+//!   backends under indices 0..3 (PXY-1: each with chance 1/n);
 //! - a service with ClientIP affinity (PXY-5) sends clients found in an
 //!   endpoint's affinity set `a-<key>-<n>` to that endpoint and others to
 //!   one endpoint chosen at random by a cascade: endpoint `i` of `n` is
@@ -39,7 +38,7 @@ use std::net::{IpAddr, SocketAddr};
 use signpost_model::cluster::{Protocol, ProxyTable, VirtualKey, VirtualService};
 
 pub use super::ruleset::Tx;
-use super::ruleset::{Cmd, Elem, Hook, SLOTS, SetKind, Stmt};
+use super::ruleset::{Cmd, Elem, Hook, SetKind, Stmt};
 use crate::addresses::Masquerade;
 
 /// The chain that refuses traffic to a ClusterIP port without endpoints.
@@ -81,78 +80,140 @@ pub fn endpoint_chain(key: &VirtualKey, backend: &SocketAddr) -> String {
     )
 }
 
-/// Bucket maps per address family and protocol. A map holds the backends
-/// of the virtual addresses filed in it: few maps (the kernel finds a set
-/// by name in a list, so a commit creating a set per Service costs time
-/// quadratic in their number: 1.6 s for 10k empty sets, 8.2 s for 20k),
-/// and each small enough that the copy the kernel makes of a map it
-/// changes stays small (a map per family and protocol would copy all
-/// backends at every endpoint change).
-pub const BUCKETS: u32 = 16;
+/// The group of a virtual address without affinity: its family, protocol
+/// and number of backends `n`. The pick chain of a family and protocol
+/// has one rule per group, `dnat to daddr . dport . numgen random mod n
+/// map @backends-...-n`; a group's map holds its addresses' backends under
+/// indices 0..n, so the first rule whose map knows the packet's address
+/// and port picks one of its backends, each with chance 1/n. Every
+/// address goes to the same chain whatever its group, so an endpoint
+/// change only moves elements of hashed maps (constant time in the kernel;
+/// a verdict change would make the kernel re-check every element of the
+/// verdict map), and a table holds few sets (the kernel finds a set by
+/// name in a list, so a set per Service would make a full sync quadratic:
+/// 1.6 s for 10k empty sets, 8.2 s for 20k; interval maps over many
+/// addresses cost time linear in their size at each change: 15 ms to
+/// delete one range of 15k).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
+pub struct Group {
+    /// IPv6.
+    pub v6: bool,
+    /// The transport protocol.
+    pub protocol: Protocol,
+    /// Backends of each address.
+    pub n: u32,
+}
 
-/// The bucket of a virtual address: a fixed hash (FNV-1a) of its address,
-/// protocol and port, the same in every process and release.
-pub fn bucket(key: &VirtualKey) -> u32 {
-    let mut h: u32 = 0x811c_9dc5;
-    let bytes = match key.ip {
-        IpAddr::V4(a) => a.octets().to_vec(),
-        IpAddr::V6(a) => a.octets().to_vec(),
-    };
-    let protocol = match key.protocol {
-        Protocol::Tcp => 6u8,
-        Protocol::Udp => 17,
-        Protocol::Sctp => 132,
-    };
-    for b in bytes
-        .into_iter()
-        .chain([protocol])
-        .chain(key.port.to_be_bytes())
-    {
-        h = (h ^ u32::from(b)).wrapping_mul(0x0100_0193);
+impl Group {
+    /// The group of `key` with `vs`'s backends.
+    pub fn of(key: &VirtualKey, vs: &VirtualService) -> Group {
+        Group {
+            v6: key.ip.is_ipv6(),
+            protocol: key.protocol,
+            n: u32::try_from(vs.backends.len()).unwrap_or(u32::MAX),
+        }
     }
-    h % BUCKETS
+
+    fn name(self, prefix: &str) -> String {
+        format!(
+            "{prefix}-{}-{}-{}",
+            if self.v6 { "v6" } else { "v4" },
+            proto(self.protocol),
+            self.n
+        )
+    }
+
+    /// The map of the group's backends (`backends-v4-tcp-3`).
+    pub fn map(self) -> String {
+        self.name("backends")
+    }
 }
 
-fn bucket_name(prefix: &str, v6: bool, protocol: Protocol, b: u32) -> String {
-    format!(
-        "{prefix}-{}-{}-{b}",
-        if v6 { "v6" } else { "v4" },
-        proto(protocol)
-    )
+/// The backends of `key` as elements of its group's map: backend `i` (in
+/// order) under index `i`.
+pub fn picks(key: &VirtualKey, vs: &VirtualService) -> Vec<Elem> {
+    vs.backends
+        .iter()
+        .enumerate()
+        .map(|(i, to)| Elem::Pick {
+            key: *key,
+            index: u32::try_from(i).unwrap_or(u32::MAX),
+            to: *to,
+        })
+        .collect()
 }
 
-/// The bucket map holding a virtual address's backends.
-pub fn bucket_map(key: &VirtualKey) -> String {
-    bucket_name("bk", key.ip.is_ipv6(), key.protocol, bucket(key))
+/// The chain that picks a backend for the addresses of a family and
+/// protocol (`pick-v4-tcp`).
+pub fn pick_chain(v6: bool, protocol: Protocol) -> String {
+    format!("pick-{}-{}", if v6 { "v6" } else { "v4" }, proto(protocol))
 }
 
-/// The chain that DNATs through [`bucket_map`].
-pub fn bucket_chain(key: &VirtualKey) -> String {
-    bucket_name("bc", key.ip.is_ipv6(), key.protocol, bucket(key))
+/// The pick chain of `key`.
+fn pick_chain_of(key: &VirtualKey) -> String {
+    pick_chain(key.ip.is_ipv6(), key.protocol)
+}
+
+const PROTOCOLS: [Protocol; 3] = [Protocol::Tcp, Protocol::Udp, Protocol::Sctp];
+
+/// The groups a table uses: of its entries with backends and no affinity.
+fn groups(table: &ProxyTable) -> BTreeSet<Group> {
+    table
+        .iter()
+        .filter(|(_, vs)| vs.affinity_timeout.is_none() && !vs.rejects())
+        .map(|(k, vs)| Group::of(k, vs))
+        .collect()
+}
+
+fn add_group_map(g: Group, out: &mut Vec<Cmd>) {
+    out.push(Cmd::AddSet(
+        g.map(),
+        SetKind::Backends {
+            v6: g.v6,
+            protocol: g.protocol,
+            n: g.n,
+        },
+    ));
+}
+
+/// The rules of the pick chains whose groups differ between `before` and
+/// `after` (all of them over an empty `before` into fresh chains): one
+/// rule per group, fewest backends first.
+fn pick_rules(before: &BTreeSet<Group>, after: &BTreeSet<Group>, fresh: bool, out: &mut Vec<Cmd>) {
+    for v6 in [false, true] {
+        for protocol in PROTOCOLS {
+            let of = |set: &BTreeSet<Group>| -> Vec<Group> {
+                set.iter()
+                    .filter(|g| g.v6 == v6 && g.protocol == protocol)
+                    .copied()
+                    .collect()
+            };
+            let now = of(after);
+            if !fresh && of(before) == now {
+                continue;
+            }
+            let chain = pick_chain(v6, protocol);
+            if !fresh {
+                out.push(Cmd::FlushChain(chain.clone()));
+            }
+            for g in now {
+                out.push(rule(
+                    &chain,
+                    vec![Stmt::DnatPick {
+                        v6,
+                        protocol,
+                        n: g.n,
+                        map: g.map(),
+                    }],
+                ));
+            }
+        }
+    }
 }
 
 /// The set of hairpin `address . address` pairs.
 pub fn hairpin_set(v6: bool) -> String {
     format!("hairpin-{}", if v6 { "v6" } else { "v4" })
-}
-
-/// The slots of each backend of `key`: backend `i` of `n` (in order) owns
-/// `SLOTS * i / n ..= SLOTS * (i + 1) / n - 1`.
-pub fn slots(key: &VirtualKey, vs: &VirtualService) -> Vec<Elem> {
-    let n = vs.backends.len() as u64;
-    vs.backends
-        .iter()
-        .enumerate()
-        .map(|(i, to)| {
-            let bound = |i: u64| u32::try_from(u64::from(SLOTS) * i / n).unwrap_or(SLOTS);
-            Elem::Slots {
-                key: *key,
-                first: bound(i as u64),
-                last: bound(i as u64 + 1) - 1,
-                to: *to,
-            }
-        })
-        .collect()
 }
 
 /// The affinity set of an endpoint chain.
@@ -195,16 +256,8 @@ fn skeleton() -> Vec<Cmd> {
         out.push(Cmd::AddSet(hairpin_set(v6), SetKind::Pairs { v6 }));
     }
     for v6 in [false, true] {
-        for protocol in [Protocol::Tcp, Protocol::Udp, Protocol::Sctp] {
-            for b in 0..BUCKETS {
-                let (chain, map) = (
-                    bucket_name("bc", v6, protocol, b),
-                    bucket_name("bk", v6, protocol, b),
-                );
-                out.push(Cmd::AddSet(map.clone(), SetKind::Bucket { v6, protocol }));
-                out.push(Cmd::AddChain(chain.clone(), None));
-                out.push(rule(&chain, vec![Stmt::DnatBucket { v6, protocol, map }]));
-            }
+        for protocol in PROTOCOLS {
+            out.push(Cmd::AddChain(pick_chain(v6, protocol), None));
         }
     }
     out.push(Cmd::AddChain("services".into(), None));
@@ -353,7 +406,7 @@ fn add_service_keeping(
     let svc = service_chain(key);
     let node_port = node_ips.contains(&key.ip);
     // A service without affinity needs a chain of its own only as a
-    // NodePort (to mark it); else its address goes straight to its bucket.
+    // NodePort (to mark it); else its address goes straight to its group.
     if node_port || vs.affinity_timeout.is_some() {
         // `add chain` keeps a chain the kernel already has (one the table read
         // back did not show): flushing it makes re-adding never duplicate rules.
@@ -367,12 +420,12 @@ fn add_service_keeping(
         out.push(rule(&svc, vec![Stmt::MarkForMasquerade]));
     }
     if vs.affinity_timeout.is_none() {
-        out.push(Cmd::AddElems(bucket_map(key), slots(key, vs)));
+        out.push(Cmd::AddElems(Group::of(key, vs).map(), picks(key, vs)));
         let target = if node_port {
-            out.push(rule(&svc, vec![goto(&bucket_chain(key))]));
+            out.push(rule(&svc, vec![goto(&pick_chain_of(key))]));
             svc
         } else {
-            bucket_chain(key)
+            pick_chain_of(key)
         };
         out.push(Cmd::AddElems(
             format!("service-ips-{}", v(&key.ip)),
@@ -464,7 +517,7 @@ fn delete_service_keeping(
         vec![Elem::Tuple(*key)],
     ));
     if vs.affinity_timeout.is_none() {
-        out.push(Cmd::DeleteElems(bucket_map(key), slots(key, vs)));
+        out.push(Cmd::DeleteElems(Group::of(key, vs).map(), picks(key, vs)));
         if node_ips.contains(&key.ip) {
             out.push(Cmd::FlushChain(svc.clone()));
             out.push(Cmd::DeleteChain(svc));
@@ -563,6 +616,11 @@ pub fn full(table: &ProxyTable, node_ips: &[IpAddr], masq: &Masquerade) -> Tx {
     }
     ip_elements(&cluster_ips(table, node_ips), &mut out, true);
     hairpin_elements(&backend_ips(table), &mut out, true);
+    let in_use = groups(table);
+    for g in &in_use {
+        add_group_map(*g, &mut out);
+    }
+    pick_rules(&BTreeSet::new(), &in_use, true, &mut out);
     for (key, vs) in table {
         add_service(key, vs, node_ips, true, &mut out);
     }
@@ -573,9 +631,15 @@ pub fn full(table: &ProxyTable, node_ips: &[IpAddr], masq: &Masquerade) -> Tx {
 /// services whose entry differs are rewritten. `None` when nothing changed.
 pub fn partial(old: &ProxyTable, new: &ProxyTable, node_ips: &[IpAddr]) -> Option<Tx> {
     let mut out = Vec::new();
+    // Group maps come first and go last: elements and rules name them.
+    let (groups_before, groups_after) = (groups(old), groups(new));
+    for g in groups_after.difference(&groups_before) {
+        add_group_map(*g, &mut out);
+    }
+    pick_rules(&groups_before, &groups_after, false, &mut out);
     for (key, vs) in old {
         match new.get(key) {
-            Some(n) if n == vs || slots_only(vs, n) => {}
+            Some(n) if n == vs || picks_only(vs, n) => {}
             // Affinity sets of backends that stay (same timeout) are kept:
             // the clients stuck to them stay stuck (the set is re-referenced
             // by the chains re-added below in the same transaction).
@@ -610,30 +674,45 @@ pub fn partial(old: &ProxyTable, new: &ProxyTable, node_ips: &[IpAddr]) -> Optio
     for (key, vs) in new {
         match old.get(key) {
             Some(o) if o == vs => {}
-            Some(o) if slots_only(o, vs) => {
-                let map = bucket_map(key);
-                let (was, is) = (slots(key, o), slots(key, vs));
-                let gone: Vec<Elem> = was.iter().filter(|e| !is.contains(e)).cloned().collect();
-                let came: Vec<Elem> = is.iter().filter(|e| !was.contains(e)).cloned().collect();
-                if !gone.is_empty() {
-                    out.push(Cmd::DeleteElems(map.clone(), gone));
-                }
-                if !came.is_empty() {
-                    out.push(Cmd::AddElems(map, came));
-                }
-            }
+            Some(o) if picks_only(o, vs) => move_picks(key, o, vs, &mut out),
             Some(o) if o.affinity_timeout == vs.affinity_timeout && !o.rejects() => {
                 add_service_keeping(key, vs, node_ips, &o.backends, false, &mut out);
             }
             _ => add_service(key, vs, node_ips, false, &mut out),
         }
     }
+    for g in groups_before.difference(&groups_after) {
+        out.push(Cmd::DeleteMap(g.map()));
+    }
     if out.is_empty() { None } else { Some(Tx(out)) }
 }
 
-/// Whether going from `old` to `new` only moves slots of a backend map
+/// An endpoint change of an address without affinity: the elements that
+/// differ, or, when the number of backends changed, its elements moved to
+/// the other group's map (its verdict stays: the same pick chain).
+fn move_picks(key: &VirtualKey, old: &VirtualService, new: &VirtualService, out: &mut Vec<Cmd>) {
+    let (from, to) = (Group::of(key, old), Group::of(key, new));
+    let (was, is) = (picks(key, old), picks(key, new));
+    if from == to {
+        let gone: Vec<Elem> = was.iter().filter(|e| !is.contains(e)).cloned().collect();
+        let came: Vec<Elem> = is.iter().filter(|e| !was.contains(e)).cloned().collect();
+        // An element is replaced by deleting its key and adding it again.
+        if !gone.is_empty() {
+            out.push(Cmd::DeleteElems(to.map(), gone));
+        }
+        if !came.is_empty() {
+            out.push(Cmd::AddElems(to.map(), came));
+        }
+        return;
+    }
+    // Added before the old ones go: the address always finds a backend.
+    out.push(Cmd::AddElems(to.map(), is));
+    out.push(Cmd::DeleteElems(from.map(), was));
+}
+
+/// Whether going from `old` to `new` only moves backends map elements
 /// (both without affinity, both with backends).
-fn slots_only(old: &VirtualService, new: &VirtualService) -> bool {
+fn picks_only(old: &VirtualService, new: &VirtualService) -> bool {
     old.affinity_timeout.is_none()
         && new.affinity_timeout.is_none()
         && !old.rejects()
@@ -786,74 +865,66 @@ mod tests {
         }
     }
 
-    /// PXY-1 for services without affinity: the backend map's ranges tile
-    /// the slots in order, each backend once, and each range holds
-    /// `SLOTS / n` slots: exactly for up to 22 backends, within one slot
-    /// beyond.
+    /// PXY-1 for services without affinity: the group's rule draws
+    /// `numgen random mod n`, and the map has each of the `n` indices once
+    /// under the address, each backend once.
     #[test]
-    fn every_backend_owns_the_same_share_of_the_slots() {
-        for n in (1..=40usize).chain([97, 1000]) {
+    fn every_backend_has_one_index_of_n() {
+        for n in [1usize, 2, 5, 40, 1000] {
             let backends: Vec<String> = (0..n)
                 .map(|i| format!("10.244.{}.{}:8080", i / 200, i % 200 + 2))
                 .collect();
             let refs: Vec<&str> = backends.iter().map(String::as_str).collect();
-            let service = vs(&refs);
-            let mut next = 0u32;
-            let mut owners = Vec::new();
-            for e in slots(&key("10.96.0.1", 80), &service) {
-                let Elem::Slots {
-                    first, last, to, ..
+            let (k, service) = (key("10.96.0.1", 80), vs(&refs));
+            let g = Group::of(&k, &service);
+            assert_eq!(g.n as usize, n);
+            let (mut indices, mut owners) = (Vec::new(), Vec::new());
+            for e in picks(&k, &service) {
+                let Elem::Pick {
+                    key: under,
+                    index,
+                    to,
                 } = e
                 else {
                     panic!("{e:?}");
                 };
-                assert_eq!(first, next, "n = {n}");
-                let share = u64::from(last - first + 1);
-                let exact = u64::from(SLOTS) / n as u64;
-                if n <= 22 {
-                    assert_eq!(share * n as u64, u64::from(SLOTS), "n = {n}");
-                } else {
-                    assert!(share.abs_diff(exact) <= 1, "n = {n}: {share} slots");
-                }
-                next = last + 1;
+                assert_eq!(under, k);
+                indices.push(index as usize);
                 owners.push(to);
             }
-            assert_eq!(next, SLOTS, "n = {n}");
+            assert_eq!(indices, (0..n).collect::<Vec<_>>());
             assert_eq!(owners, service.backends.iter().copied().collect::<Vec<_>>());
+            let mut cmds = Vec::new();
+            pick_rules(&BTreeSet::new(), &[g].into(), true, &mut cmds);
+            assert!(cmds.iter().any(|c| matches!(c,
+                Cmd::AddRule(_, s) if s.iter().any(|s| matches!(s, Stmt::DnatPick { n: m, .. } if *m as usize == n)))));
         }
-    }
-
-    /// A restarted proxy (of any release) must find each address in the
-    /// bucket it was written to, so the hash is pinned; and it spreads.
-    #[test]
-    fn buckets_are_fixed_and_spread() {
-        assert_eq!(bucket(&key("10.96.0.1", 80)), 14);
-        let mut counts = [0u32; BUCKETS as usize];
-        for i in 0..16_000u32 {
-            let k = VirtualKey {
-                ip: IpAddr::V4(std::net::Ipv4Addr::from(0x0a60_0000 + i)),
-                protocol: Protocol::Tcp,
-                port: 80,
-            };
-            counts[bucket(&k) as usize] += 1;
-        }
-        let (lo, hi) = (counts.iter().min().unwrap(), counts.iter().max().unwrap());
-        assert!(*lo > 800 && *hi < 1200, "{counts:?}");
     }
 
     /// An endpoint change of a service without affinity is element-only:
     /// no rule, chain or set is added or removed, so the kernel does not
-    /// re-check the table's chain graph.
+    /// re-check the table's chain graph; with the same number of backends
+    /// only the elements that differ move, with another number the address
+    /// moves to that group (created, or deleted when left empty, with its
+    /// chain).
     #[test]
     fn an_endpoint_change_only_moves_map_elements() {
-        let k = key("10.96.0.1", 80);
-        let old: ProxyTable = [(k, vs(&["10.244.0.2:8080", "10.244.0.3:8080"]))].into();
-        let new: ProxyTable = [(
-            k,
-            vs(&["10.244.0.2:8080", "10.244.0.3:8080", "10.244.0.4:8080"]),
-        )]
-        .into();
-        for (a, b) in [(&old, &new), (&new, &old)] {
+        let (k, other) = (key("10.96.0.1", 80), key("10.96.0.2", 80));
+        let two = vs(&["10.244.0.2:8080", "10.244.0.3:8080"]);
+        let three = vs(&["10.244.0.2:8080", "10.244.0.3:8080", "10.244.0.4:8080"]);
+        let replaced = vs(&["10.244.0.2:8080", "10.244.0.9:8080"]);
+        // `other` and `third` keep both groups in use.
+        let third = key("10.96.0.3", 80);
+        let table = |of_k: &VirtualService| -> ProxyTable {
+            [
+                (k, of_k.clone()),
+                (other, three.clone()),
+                (third, two.clone()),
+            ]
+            .into()
+        };
+        let (base, grown, swapped) = (table(&two), table(&three), table(&replaced));
+        for (a, b) in [(&base, &grown), (&grown, &base), (&base, &swapped)] {
             let tx = partial(a, b, &[]).unwrap();
             for c in &tx.0 {
                 assert!(
@@ -861,12 +932,27 @@ mod tests {
                     "{c:?}"
                 );
             }
-            let map = bucket_map(&k);
-            assert!(
-                tx.0.iter()
-                    .any(|c| matches!(c, Cmd::AddElems(s, _) if *s == map))
-            );
         }
+        // Same number: one element of the map replaced (and the new
+        // address's hairpin pair added), nothing else.
+        let tx = partial(&base, &swapped, &[]).unwrap();
+        let map = Group::of(&k, &two).map();
+        let on_map: Vec<&Cmd> = tx
+            .0
+            .iter()
+            .filter(|c| matches!(c, Cmd::AddElems(m, e) | Cmd::DeleteElems(m, e) if *m == map && e.len() == 1))
+            .collect();
+        assert_eq!((on_map.len(), tx.0.len()), (2, 3), "{tx:?}");
+        // A group left empty: its map goes after its last element, and the
+        // pick chain's rules are rewritten without it.
+        let alone: ProxyTable = [(k, two.clone())].into();
+        let tx = partial(&alone, &[(k, three.clone())].into(), &[]).unwrap();
+        let g2 = Group::of(&k, &two).map();
+        assert_eq!(tx.0.last(), Some(&Cmd::DeleteMap(g2)), "{tx:?}");
+        assert!(
+            tx.0.contains(&Cmd::FlushChain(pick_chain(false, Protocol::Tcp))),
+            "{tx:?}"
+        );
     }
 
     #[test]
@@ -882,6 +968,10 @@ mod tests {
         b.insert(key("10.96.0.7", 80), vs(&["10.244.0.2:8080"]));
         let tx = partial(&a, &b, &[]).unwrap().to_string();
         assert!(tx.contains(r#""10.96.0.7""#), "{tx}");
+        assert!(
+            !tx.contains(r#"{"delete":{"map""#),
+            "the 2-backend group stays: {tx}"
+        );
         for other in [r#""10.96.0.6""#, r#""10.96.0.8""#] {
             assert!(!tx.contains(other), "{other} rewritten");
         }

@@ -1,7 +1,7 @@
 //! Reads Signpost's table back from `nft -j list table inet signpost` into a
 //! [`ProxyTable`] (PXY-8): the map elements name the virtual addresses and
-//! where they go: a bucket chain (or a NodePort's chain going there), whose
-//! bucket map holds the backends under the address and port, or a random
+//! where they go: a group's pick chain (or a NodePort's chain going there),
+//! whose backends map holds the backends under the address and port, or a random
 //! cascade naming the endpoint chains, whose DNAT rules name the backends,
 //! with affinity from the endpoint sets' timeouts. So a restarted proxy plans against what the kernel really
 //! holds.
@@ -71,8 +71,8 @@ pub fn table(listing: Option<&Value>) -> ProxyTable {
     let mut rules: BTreeMap<String, Vec<Value>> = BTreeMap::new();
     let mut set_timeouts: BTreeMap<String, u32> = BTreeMap::new();
     let mut service_chains: Vec<(VirtualKey, String)> = Vec::new();
-    // (address, protocol, port) → backends, from the bucket maps.
-    let mut bucketed: BTreeMap<(IpAddr, Protocol, u16), Vec<SocketAddr>> = BTreeMap::new();
+    // (address, protocol, port) → backends, from the backends maps.
+    let mut grouped: BTreeMap<(IpAddr, Protocol, u16), Vec<SocketAddr>> = BTreeMap::new();
     for item in items {
         if let Some(r) = item.get("rule") {
             let chain = r
@@ -87,7 +87,7 @@ pub fn table(listing: Option<&Value>) -> ProxyTable {
         } else if let Some(m) = item.get("map") {
             let name = m.get("name").and_then(Value::as_str).unwrap_or_default();
             if let Some(p) = name
-                .strip_prefix("bk-")
+                .strip_prefix("backends-")
                 .and_then(|rest| rest.split('-').nth(1))
                 .and_then(protocol)
             {
@@ -103,7 +103,7 @@ pub fn table(listing: Option<&Value>) -> ProxyTable {
                             Some((ip, p, port))
                         });
                     if let (Some(under), Some(to)) = (under, pair.get(1).and_then(backend)) {
-                        bucketed.entry(under).or_default().push(to);
+                        grouped.entry(under).or_default().push(to);
                     }
                 }
             }
@@ -142,17 +142,17 @@ pub fn table(listing: Option<&Value>) -> ProxyTable {
     }
     for (k, chain) in service_chains {
         let mut vs = VirtualService::default();
-        let from_bucket = |vs: &mut VirtualService| {
+        let from_group = |vs: &mut VirtualService| {
             vs.backends.extend(
-                bucketed
+                grouped
                     .get(&(k.ip, k.protocol, k.port))
                     .into_iter()
                     .flatten()
                     .copied(),
             );
         };
-        if chain.starts_with("bc-") {
-            from_bucket(&mut vs);
+        if chain.starts_with("pick-") {
+            from_group(&mut vs);
         }
         for expr in rules.get(&chain).into_iter().flatten() {
             let expr = expr.as_array().cloned().unwrap_or_default();
@@ -166,9 +166,9 @@ pub fn table(listing: Option<&Value>) -> ProxyTable {
                 }
                 if e.pointer("/goto/target")
                     .and_then(Value::as_str)
-                    .is_some_and(|t| t.starts_with("bc-"))
+                    .is_some_and(|t| t.starts_with("pick-"))
                 {
-                    from_bucket(&mut vs);
+                    from_group(&mut vs);
                 }
                 // The endpoint chains: the targets of the random cascade's
                 // rules (and of the affinity rules, the same chains), or

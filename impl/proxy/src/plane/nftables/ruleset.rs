@@ -80,15 +80,17 @@ pub enum Stmt {
     RejectPortUnreachable,
     /// `dnat ip[6] to ADDR:PORT`.
     Dnat(SocketAddr),
-    /// `dnat ip[6] to ip[6] daddr . P dport . numgen random mod SLOTS map
-    /// @map`: the backend whose slot range, under the packet's address and
-    /// port, holds a random number below [`SLOTS`].
-    DnatBucket {
+    /// `dnat ip[6] to ip[6] daddr . P dport . numgen random mod N map
+    /// @map`: the backend under the packet's address and port and a random
+    /// index below `n`.
+    DnatPick {
         /// IPv6.
         v6: bool,
         /// The transport protocol.
         protocol: Protocol,
-        /// The bucket map.
+        /// The number of backends of every address in the map.
+        n: u32,
+        /// The backends map.
         map: String,
     },
     /// `ct status dnat`.
@@ -136,14 +138,16 @@ pub enum SetKind {
         /// Seconds.
         timeout: u64,
     },
-    /// A map from `address . port . slot range` to `address . port`:
-    /// `typeof ip[6] daddr . P dport . numgen random mod SLOTS : ip[6]
-    /// daddr . P dport`, the backends of many virtual addresses.
-    Bucket {
+    /// A map from `address . port . index` to `address . port`: `typeof
+    /// ip[6] daddr . P dport . numgen random mod N : ip[6] daddr . P
+    /// dport`, the backends of every virtual address with `n` of them.
+    Backends {
         /// IPv6.
         v6: bool,
         /// The ports' protocol (part of the map's declared type).
         protocol: Protocol,
+        /// The number of backends of each address.
+        n: u32,
     },
     /// `address . address` pairs.
     Pairs {
@@ -155,14 +159,9 @@ pub enum SetKind {
 impl SetKind {
     /// Whether nft calls it a map.
     pub fn is_map(self) -> bool {
-        matches!(self, SetKind::Vmap { .. } | SetKind::Bucket { .. })
+        matches!(self, SetKind::Vmap { .. } | SetKind::Backends { .. })
     }
 }
-
-/// The number of slots a virtual address divides: `numgen random mod
-/// SLOTS` draws one, and each of its `n` backends owns `SLOTS / n` of them. The least common multiple of 1..=22, so up to 22 backends the
-/// shares are exactly equal; beyond, they differ by one slot in 232 million.
-pub const SLOTS: u32 = 232_792_560;
 
 /// A set element.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -175,15 +174,12 @@ pub enum Elem {
     Tuple(VirtualKey),
     /// A tuple mapped to `goto CHAIN`.
     TupleGoto(VirtualKey, String),
-    /// The slots `first..=last` of virtual address `key` in a bucket map,
-    /// mapped to a backend.
-    Slots {
+    /// Backend number `index` of virtual address `key` in a backends map.
+    Pick {
         /// The virtual address.
         key: VirtualKey,
-        /// The first slot.
-        first: u32,
-        /// The last slot.
-        last: u32,
+        /// The backend's index.
+        index: u32,
         /// The backend.
         to: SocketAddr,
     },
@@ -221,6 +217,8 @@ pub enum Cmd {
     AddSet(String, SetKind),
     /// Delete a set.
     DeleteSet(String),
+    /// Delete a map.
+    DeleteMap(String),
     /// Add elements.
     AddElems(String, Vec<Elem>),
     /// Delete elements.
@@ -323,12 +321,17 @@ pub fn stmt(s: &Stmt) -> Value {
         Stmt::Dnat(to) => {
             json!({ "dnat": { "family": fam(to.is_ipv6()), "addr": to.ip().to_string(), "port": to.port() } })
         }
-        Stmt::DnatBucket { v6, protocol, map } => {
+        Stmt::DnatPick {
+            v6,
+            protocol,
+            n,
+            map,
+        } => {
             json!({ "dnat": { "family": fam(*v6), "addr": { "map": {
                 "key": { "concat": [
                     payload(fam(*v6), "daddr"),
                     payload(protocol.as_lower(), "dport"),
-                    { "numgen": { "mode": "random", "mod": SLOTS, "offset": 0 } },
+                    { "numgen": { "mode": "random", "mod": n, "offset": 0 } },
                 ] },
                 "data": format!("@{map}"),
             } } } })
@@ -362,18 +365,11 @@ fn elem(e: &Elem, data: bool) -> Value {
             json!([tuple_elem(k), { "goto": { "target": chain } }])
         }
         Elem::TupleGoto(k, _) => tuple_elem(k),
-        Elem::Slots {
-            key, first, last, ..
-        } if !data => {
-            json!({ "concat": [key.ip.to_string(), key.port, { "range": [first, last] }] })
+        Elem::Pick { key, index, .. } if !data => {
+            json!({ "concat": [key.ip.to_string(), key.port, index] })
         }
-        Elem::Slots {
-            key,
-            first,
-            last,
-            to,
-        } => json!([
-            { "concat": [key.ip.to_string(), key.port, { "range": [first, last] }] },
+        Elem::Pick { key, index, to } => json!([
+            { "concat": [key.ip.to_string(), key.port, index] },
             { "concat": [to.ip().to_string(), to.port()] },
         ]),
         Elem::Pair(ip) => json!({ "concat": [ip.to_string(), ip.to_string()] }),
@@ -414,10 +410,9 @@ fn set(name: &str, kind: SetKind) -> Value {
             "set"
         }
         // As nft lists it (its JSON of this release cannot declare `typeof`).
-        SetKind::Bucket { v6, .. } => {
+        SetKind::Backends { v6, .. } => {
             b["type"] = json!([addr_type(v6), "inet_service", "integer"]);
             b["map"] = json!([addr_type(v6), "inet_service"]);
-            b["flags"] = json!(["interval"]);
             "map"
         }
         SetKind::Pairs { v6 } => {
@@ -452,6 +447,7 @@ pub fn json(c: &Cmd) -> Value {
         } } }),
         Cmd::AddSet(name, kind) => json!({ "add": set(name, *kind) }),
         Cmd::DeleteSet(name) => json!({ "delete": { "set": base(name) } }),
+        Cmd::DeleteMap(name) => json!({ "delete": { "map": base(name) } }),
         Cmd::AddElems(name, elems) => json!({ "add": elements(name, elems, true) }),
         Cmd::DeleteElems(name, elems) => json!({ "delete": elements(name, elems, false) }),
     }

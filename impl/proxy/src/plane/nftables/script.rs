@@ -8,7 +8,7 @@ use std::net::SocketAddr;
 
 use signpost_model::cluster::VirtualKey;
 
-use super::ruleset::{Cmd, Elem, SLOTS, SetKind, Stmt, Tx};
+use super::ruleset::{Cmd, Elem, SetKind, Stmt, Tx};
 use super::{MASQ_MARK, TABLE};
 
 fn fam(v6: bool) -> &'static str {
@@ -49,8 +49,13 @@ pub fn stmt(s: &Stmt) -> String {
         Stmt::RejectTcpReset => "reject with tcp reset".into(),
         Stmt::RejectPortUnreachable => "reject with icmpx port-unreachable".into(),
         Stmt::Dnat(to) => format!("dnat {} to {}", fam(to.is_ipv6()), endpoint(to)),
-        Stmt::DnatBucket { v6, protocol, map } => format!(
-            "dnat {0} to {0} daddr . {1} dport . numgen random mod {SLOTS} map @{map}",
+        Stmt::DnatPick {
+            v6,
+            protocol,
+            n,
+            map,
+        } => format!(
+            "dnat {0} to {0} daddr . {1} dport . numgen random mod {n} map @{map}",
             fam(*v6),
             protocol.as_lower()
         ),
@@ -73,21 +78,14 @@ fn elem(e: &Elem, data: bool) -> String {
         Elem::Tuple(k) => key(k),
         Elem::TupleGoto(k, chain) if data => format!("{} : goto {chain}", key(k)),
         Elem::TupleGoto(k, _) => key(k),
-        Elem::Slots {
-            key,
-            first,
-            last,
-            to,
-        } if data => format!(
-            "{} . {} . {first}-{last} : {} . {}",
+        Elem::Pick { key, index, to } if data => format!(
+            "{} . {} . {index} : {} . {}",
             key.ip,
             key.port,
             to.ip(),
             to.port()
         ),
-        Elem::Slots {
-            key, first, last, ..
-        } => format!("{} . {} . {first}-{last}", key.ip, key.port),
+        Elem::Pick { key, index, .. } => format!("{} . {} . {index}", key.ip, key.port),
         Elem::Pair(ip) => format!("{ip} . {ip}"),
     }
 }
@@ -106,8 +104,8 @@ fn set_body(kind: SetKind) -> String {
         SetKind::Affinity { v6, timeout } => {
             format!("type {}; flags timeout; timeout {timeout}s;", addr_type(v6))
         }
-        SetKind::Bucket { v6, protocol } => format!(
-            "typeof {0} daddr . {1} dport . numgen random mod {SLOTS} : {0} daddr . {1} dport; flags interval;",
+        SetKind::Backends { v6, protocol, n } => format!(
+            "typeof {0} daddr . {1} dport . numgen random mod {n} : {0} daddr . {1} dport;",
             fam(v6),
             protocol.as_lower()
         ),
@@ -173,6 +171,9 @@ pub fn script(tx: &Tx) -> String {
             Cmd::DeleteSet(name) => {
                 let _ = writeln!(out, "delete set inet {TABLE} {name}");
             }
+            Cmd::DeleteMap(name) => {
+                let _ = writeln!(out, "delete map inet {TABLE} {name}");
+            }
             Cmd::AddElems(set, elems) => elements(&mut out, "add", set, elems),
             Cmd::DeleteElems(set, elems) => elements(&mut out, "delete", set, elems),
         }
@@ -199,17 +200,16 @@ mod tests {
             }),
             "ip saddr . ip daddr @hairpin-v4"
         );
-        let slots = Elem::Slots {
+        let pick = Elem::Pick {
             key: VirtualKey {
                 ip: "10.96.0.1".parse().unwrap(),
                 protocol: signpost_model::cluster::Protocol::Tcp,
                 port: 80,
             },
-            first: 0,
-            last: 9,
+            index: 3,
             to: "10.244.0.2:80".parse().unwrap(),
         };
-        assert_eq!(elem(&slots, true), "10.96.0.1 . 80 . 0-9 : 10.244.0.2 . 80");
-        assert_eq!(elem(&slots, false), "10.96.0.1 . 80 . 0-9");
+        assert_eq!(elem(&pick, true), "10.96.0.1 . 80 . 3 : 10.244.0.2 . 80");
+        assert_eq!(elem(&pick, false), "10.96.0.1 . 80 . 3");
     }
 }

@@ -117,6 +117,19 @@ impl Tracer {
                         .remove(&name(obj)?)
                         .ok_or("delete of a missing set")?;
                 }
+                ("delete", "map") => {
+                    let n = name(obj)?;
+                    let used = self.chains.values().flatten().flatten().any(|e| {
+                        e.pointer("/dnat/addr/map/data").and_then(Value::as_str)
+                            == Some(format!("@{n}").as_str())
+                    });
+                    if used {
+                        return Err(format!("delete of map {n} a rule still uses"));
+                    }
+                    self.maps
+                        .remove(&n)
+                        .ok_or_else(|| format!("delete of missing map {n}"))?;
+                }
                 ("add" | "delete", "element") => {
                     let n = name(obj)?;
                     let elems = obj
@@ -337,8 +350,12 @@ impl Tracer {
             } else if let Some(d) = e.get("dnat")
                 && let Some(m) = d.pointer("/addr/map")
             {
+                let picks = self.picks(m, pkt)?;
+                if picks.is_empty() {
+                    return Ok(Step::Next);
+                }
                 return Ok(Step::Done(
-                    self.slots(m, pkt)?
+                    picks
                         .into_iter()
                         .map(|to| Path {
                             dnat: Some(to),
@@ -453,22 +470,20 @@ impl Tracer {
         Ok((&left == right) != negated)
     }
 
-    /// The backends of `daddr . dport . numgen random mod SLOTS map @m`
-    /// for the packet: the elements under its address and port, whose
-    /// slot ranges must tile the slots exactly (none missed, none twice).
-    fn slots(&self, m: &Value, pkt: &Packet) -> Result<Vec<SocketAddr>, String> {
+    /// The backends of `daddr . dport . numgen random mod n map @m` for
+    /// the packet: the elements under its address and port, which must have
+    /// each index below `n` exactly once (else some draws find nothing);
+    /// none when the map has nothing under them (the rule does not match).
+    fn picks(&self, m: &Value, pkt: &Packet) -> Result<Vec<SocketAddr>, String> {
         let parts = m
             .pointer("/key/concat")
             .and_then(Value::as_array)
             .filter(|p| p.len() == 3)
             .ok_or_else(|| format!("dnat map {m} is not one Signpost generates"))?;
-        let slots = parts[2]
+        let n = parts[2]
             .pointer("/numgen/mod")
             .and_then(Value::as_u64)
             .ok_or_else(|| format!("dnat map {m} is not one Signpost generates"))?;
-        if slots != u64::from(super::ruleset::SLOTS) {
-            return Err(format!("numgen mod {slots} over a bucket map"));
-        }
         let (dst, port) = (self.field(&parts[0], pkt)?, self.field(&parts[1], pkt)?);
         if dst.is_null() {
             return Err(format!("dnat map {m} of another family"));
@@ -488,7 +503,7 @@ impl Tracer {
             .and_then(Value::as_str)
             .and_then(|s| s.strip_prefix('@'))
             .ok_or("dnat map data is not a map reference")?;
-        let mut ranges = Vec::new();
+        let mut picks = Vec::new();
         for (k, to) in self
             .maps
             .get(name)
@@ -498,15 +513,13 @@ impl Tracer {
                 .get("concat")
                 .and_then(Value::as_array)
                 .filter(|k| k.len() == 3)
-                .ok_or_else(|| format!("bucket map key {k} is not address . port . range"))?;
+                .ok_or_else(|| format!("backends map key {k} is not address . port . index"))?;
             if key[0] != dst || key[1] != port {
                 continue;
             }
-            let range = key[2]
-                .get("range")
-                .and_then(Value::as_array)
-                .ok_or_else(|| format!("bucket map key {k} has no range"))?;
-            let bound = |i: usize| range.get(i).and_then(Value::as_u64).ok_or("bad range");
+            let index = key[2]
+                .as_u64()
+                .ok_or_else(|| format!("backends map key {k} has no index"))?;
             let parts = to
                 .get("concat")
                 .and_then(Value::as_array)
@@ -521,24 +534,20 @@ impl Tracer {
                 .and_then(Value::as_u64)
                 .and_then(|p| u16::try_from(p).ok())
                 .ok_or("bad backend port")?;
-            ranges.push((bound(0)?, bound(1)?, SocketAddr::new(ip, port)));
+            picks.push((index, SocketAddr::new(ip, port)));
         }
-        if ranges.is_empty() {
-            // No element: the lookup fails and the rule does not match.
-            return Err(format!("map {name} has nothing for {dst} . {port}"));
+        picks.sort_unstable();
+        if picks.is_empty() {
+            // The lookup fails: the rule does not match.
+            return Ok(Vec::new());
         }
-        ranges.sort_unstable();
-        let mut next = 0;
-        for (first, last, _) in &ranges {
-            if *first != next || last < first {
-                return Err(format!("map {name}: slots from {next} are not tiled"));
-            }
-            next = last + 1;
+        if picks.iter().map(|(i, _)| *i).ne(0..n) {
+            return Err(format!(
+                "map {name} under {dst} . {port}: indices {:?}, not each of 0..{n} once",
+                picks.iter().map(|(i, _)| *i).collect::<Vec<_>>()
+            ));
         }
-        if next != slots {
-            return Err(format!("map {name}: slots {next}..{slots} lead nowhere"));
-        }
-        Ok(ranges.into_iter().map(|(_, _, to)| to).collect())
+        Ok(picks.into_iter().map(|(_, to)| to).collect())
     }
 
     fn vmap(&self, vm: &Value, pkt: &Packet, masq: bool, depth: usize) -> Result<Step, String> {

@@ -16,7 +16,7 @@ use netlink_sys::{Socket, SocketAddr as NlAddr, protocols::NETLINK_NETFILTER};
 use signpost_model::cluster::{Protocol, VirtualKey};
 
 use super::TABLE;
-use super::ruleset::{Cmd, Elem, Hook, SLOTS, SetKind, Stmt, Tx};
+use super::ruleset::{Cmd, Elem, Hook, SetKind, Stmt, Tx};
 
 // Message types and attributes of <linux/netfilter/nf_tables.h>.
 const NFNL_SUBSYS_NFTABLES: u16 = 10;
@@ -436,29 +436,26 @@ fn lower(m: &mut Msg<'_>, stmts: &[Stmt]) {
                     d.be32(7, 2);
                 });
             }
-            Stmt::DnatBucket { v6, protocol, map } => {
+            Stmt::DnatPick {
+                v6,
+                protocol,
+                n,
+                map,
+            } => {
                 family(m, *v6);
                 meta_load(m, META_L4PROTO, REG_1);
                 cmp_eq(m, REG_1, &[proto_number(*protocol)]);
-                // The key `daddr . dport . slot` in consecutive registers
+                // The key `daddr . dport . index` in consecutive registers
                 // from register 1: the address fills 4 (or 16) bytes, the
-                // port and the slot a 32-bit register each after it.
+                // port and the index a 32-bit register each after it.
                 addr_load(m, *v6, false);
-                let (port_reg, slot_reg) = if *v6 { (REG_2, 13) } else { (9, 10) };
+                let (port_reg, index_reg) = if *v6 { (REG_2, 13) } else { (9, 10) };
                 payload_load(m, TRANSPORT, 2, 2, port_reg);
-                // A random slot, big-endian as the map's range keys.
                 m.expr("numgen", |d| {
-                    d.be32(1, slot_reg);
-                    d.be32(2, SLOTS);
+                    d.be32(1, index_reg);
+                    d.be32(2, *n);
                     d.be32(3, 1);
                     d.be32(4, 0);
-                });
-                m.expr("byteorder", |d| {
-                    d.be32(1, slot_reg);
-                    d.be32(2, slot_reg);
-                    d.be32(3, 1);
-                    d.be32(4, 4);
-                    d.be32(5, 4);
                 });
                 lookup(m, map, Some(REG_1), false);
                 // The backend's address and port land where the key's did.
@@ -559,8 +556,8 @@ fn dport_field(p: Protocol) -> (u32, u32) {
     }
 }
 
-/// `typeof ip[6] daddr . P dport . numgen random mod SLOTS : ip[6] daddr . P dport`.
-fn bucket_udata(v6: bool, protocol: Protocol) -> Vec<u8> {
+/// `typeof ip[6] daddr . P dport . numgen random mod N : ip[6] daddr . P dport`.
+fn backends_udata(v6: bool, protocol: Protocol, backends: u32) -> Vec<u8> {
     let payload = |u: &mut Udata, i: u8, (proto, field): (u32, u32)| {
         u.nest(i, |e| {
             e.u32(0, EXPR_PAYLOAD);
@@ -582,7 +579,7 @@ fn bucket_udata(v6: bool, protocol: Protocol) -> Vec<u8> {
                 e.u32(0, EXPR_NUMGEN);
                 e.nest(1, |n| {
                     n.u32(0, 1);
-                    n.u32(1, SLOTS);
+                    n.u32(1, backends);
                     n.u32(2, 0);
                 });
             });
@@ -598,9 +595,6 @@ fn bucket_udata(v6: bool, protocol: Protocol) -> Vec<u8> {
     u.u32(UDATA_DATA_INTERVAL, 0);
     u.0
 }
-
-/// The set flag of a concatenated key with ranges (a `pipapo` set).
-const SET_CONCAT: u32 = 0x80;
 
 /// (flags, key type, key length, data type and length) of a set.
 fn set_shape(kind: SetKind) -> (u32, u32, u32, Option<(u32, u32)>) {
@@ -618,8 +612,8 @@ fn set_shape(kind: SetKind) -> (u32, u32, u32, Option<(u32, u32)>) {
             Some((NFT_DATA_VERDICT, 0)),
         ),
         SetKind::Affinity { v6, .. } => (SET_TIMEOUT | SET_EVAL, addr_type(v6), addr_len(v6), None),
-        SetKind::Bucket { v6, .. } => (
-            SET_INTERVAL | SET_MAP | SET_CONCAT,
+        SetKind::Backends { v6, .. } => (
+            SET_MAP,
             (((addr_type(v6) << TYPE_BITS) | TYPE_INET_SERVICE) << TYPE_BITS) | TYPE_INTEGER,
             addr_len(v6) + 8,
             Some((
@@ -702,8 +696,8 @@ impl Data<'_> {
     }
 }
 
-/// An element as sent: key, flags, data, and the last key of a range.
-type Item<'a> = (Vec<u8>, u32, Data<'a>, Option<Vec<u8>>);
+/// An element as sent: key, flags, data.
+type Item<'a> = (Vec<u8>, u32, Data<'a>);
 
 /// Element messages for `set`, split so no attribute outgrows 16 bits.
 /// Deletions name keys only.
@@ -720,24 +714,19 @@ fn elements(b: &mut Batch, msg: u16, set: &str, elems: &[Elem]) {
     items.extend(
         intervals(&prefixes)
             .into_iter()
-            .map(|(k, f)| (k, f, Data::None, None)),
+            .map(|(k, f)| (k, f, Data::None)),
     );
     for e in elems {
         match e {
-            Elem::Addr(ip) => items.push((addr_bytes(ip), 0, Data::None, None)),
-            Elem::Tuple(k) => items.push((tuple_key(k), 0, Data::None, None)),
+            Elem::Addr(ip) => items.push((addr_bytes(ip), 0, Data::None)),
+            Elem::Tuple(k) => items.push((tuple_key(k), 0, Data::None)),
             Elem::TupleGoto(k, chain) if adding => {
-                items.push((tuple_key(k), 0, Data::Goto(chain.as_str()), None));
+                items.push((tuple_key(k), 0, Data::Goto(chain.as_str())));
             }
-            Elem::TupleGoto(k, _) => items.push((tuple_key(k), 0, Data::None, None)),
-            // A concatenated range as nft writes one: the key with the
-            // first slot, and with the last one as the key's end.
-            Elem::Slots {
-                key,
-                first,
-                last,
-                to,
-            } => {
+            Elem::TupleGoto(k, _) => items.push((tuple_key(k), 0, Data::None)),
+            // `address . port . index`, the index in host order as numgen
+            // leaves it.
+            Elem::Pick { key, index, to } => {
                 let data = if adding {
                     let mut v = addr_bytes(&to.ip());
                     v.extend_from_slice(&to.port().to_be_bytes());
@@ -746,19 +735,16 @@ fn elements(b: &mut Batch, msg: u16, set: &str, elems: &[Elem]) {
                 } else {
                     Data::None
                 };
-                let with = |slot: u32| {
-                    let mut k = addr_bytes(&key.ip);
-                    k.extend_from_slice(&key.port.to_be_bytes());
-                    k.extend_from_slice(&[0, 0]);
-                    k.extend_from_slice(&slot.to_be_bytes());
-                    k
-                };
-                items.push((with(*first), 0, data, Some(with(*last))));
+                let mut k = addr_bytes(&key.ip);
+                k.extend_from_slice(&key.port.to_be_bytes());
+                k.extend_from_slice(&[0, 0]);
+                k.extend_from_slice(&index.to_ne_bytes());
+                items.push((k, 0, data));
             }
             Elem::Pair(ip) => {
                 let mut k = addr_bytes(ip);
                 k.extend_from_slice(&addr_bytes(ip));
-                items.push((k, 0, Data::None, None));
+                items.push((k, 0, Data::None));
             }
             Elem::Prefix(_) => {}
         }
@@ -768,7 +754,7 @@ fn elements(b: &mut Batch, msg: u16, set: &str, elems: &[Elem]) {
         let mut size = 0;
         let mut n = 0;
         while n < rest.len() && (n == 0 || size < ELEMENTS_PER_MESSAGE_BYTES) {
-            size += 2 * rest[n].0.len() + rest[n].2.len() + 48;
+            size += rest[n].0.len() + rest[n].2.len() + 48;
             n += 1;
         }
         let (chunk, tail) = rest.split_at(n);
@@ -783,12 +769,9 @@ fn elements(b: &mut Batch, msg: u16, set: &str, elems: &[Elem]) {
                 m.str(1, TABLE);
                 m.str(2, set);
                 m.nest(3, |list| {
-                    for (key, flags, data, end) in chunk {
+                    for (key, flags, data) in chunk {
                         list.nest(1, |e| {
                             e.value(1, key);
-                            if let Some(end) = end {
-                                e.value(10, end);
-                            }
                             match data {
                                 Data::None => {}
                                 Data::Goto(c) => e.nest(2, |d| verdict(d, NFT_GOTO, c)),
@@ -892,21 +875,13 @@ fn encode(b: &mut Batch, cmd: &Cmd, set_id: &mut u32) {
                     if let SetKind::Affinity { timeout, .. } = kind {
                         m.attr(11, &(timeout.saturating_mul(1000)).to_be_bytes());
                     }
-                    if let SetKind::Bucket { v6, protocol } = kind {
-                        // The length of each field of the key.
-                        m.nest(9, |desc| {
-                            desc.nest(2, |fields| {
-                                for len in [if *v6 { 16 } else { 4 }, 2, 4] {
-                                    fields.nest(1, |f| f.be32(1, len));
-                                }
-                            });
-                        });
-                        m.attr(13, &bucket_udata(*v6, *protocol));
+                    if let SetKind::Backends { v6, protocol, n } = kind {
+                        m.attr(13, &backends_udata(*v6, *protocol, *n));
                     }
                 },
             );
         }
-        Cmd::DeleteSet(name) => b.command(
+        Cmd::DeleteSet(name) | Cmd::DeleteMap(name) => b.command(
             DELSET,
             0,
             || format!("delete set {name}"),
@@ -940,22 +915,25 @@ pub enum Failure {
     Io(String),
 }
 
-/// Sends `tx` as one batch and waits for the kernel's verdict.
-pub fn send(tx: &Tx) -> Result<(), Failure> {
-    let (buf, sent) = batch(tx, 1);
-    let Some(&(last, _)) = sent.last() else {
-        return Ok(());
-    };
+/// Open sockets, one per network namespace (by the inode of its handle),
+/// each with the sequence number its next batch starts at. Closing an
+/// nf_tables socket waits for the kernel's RCU grace period (5 to 15 ms
+/// measured here, more than a small sync's whole commit), so each sync
+/// reuses the socket of its namespace.
+static SOCKETS: std::sync::Mutex<std::collections::BTreeMap<u64, (Socket, u32)>> =
+    std::sync::Mutex::new(std::collections::BTreeMap::new());
+
+/// The network namespace the calling thread is in.
+fn namespace() -> Option<u64> {
+    use std::os::unix::fs::MetadataExt;
+    std::fs::metadata("/proc/thread-self/ns/net")
+        .ok()
+        .map(|m| m.ino())
+}
+
+fn open_socket() -> Result<Socket, Failure> {
     let io = |what: &str, e: std::io::Error| Failure::Io(format!("netlink {what}: {e}"));
     let mut socket = Socket::new(NETLINK_NETFILTER).map_err(|e| io("socket", e))?;
-    // A full sync is one datagram of megabytes: the send buffer must hold
-    // it (root may exceed net.core.wmem_max).
-    let size = buf.len() + (1 << 16);
-    if nix::sys::socket::setsockopt(&socket, nix::sys::socket::sockopt::SndBufForce, &size).is_err()
-    {
-        nix::sys::socket::setsockopt(&socket, nix::sys::socket::sockopt::SndBuf, &size)
-            .map_err(|e| io("send buffer", e.into()))?;
-    }
     let _ = nix::sys::socket::setsockopt(
         &socket,
         nix::sys::socket::sockopt::RcvBufForce,
@@ -965,12 +943,59 @@ pub fn send(tx: &Tx) -> Result<(), Failure> {
     socket
         .connect(&NlAddr::new(0, 0))
         .map_err(|e| io("connect", e))?;
-    socket.send(&buf, 0).map_err(|e| io("send", e))?;
     socket
         .set_non_blocking(true)
         .map_err(|e| io("non-blocking", e))?;
+    Ok(socket)
+}
+
+/// Sends `tx` as one batch and waits for the kernel's verdict.
+pub fn send(tx: &Tx) -> Result<(), Failure> {
+    let ns = namespace();
+    let cached = ns.and_then(|n| SOCKETS.lock().ok()?.remove(&n));
+    let (socket, seq) = match cached {
+        Some(s) => s,
+        None => (open_socket()?, 1),
+    };
+    let (result, next) = exchange(&socket, tx, seq);
+    // A socket that failed may hold unread answers: it is closed, not kept.
+    if !matches!(result, Err(Failure::Io(_)))
+        && let Some(n) = ns
+        && let Ok(mut open) = SOCKETS.lock()
+    {
+        open.insert(n, (socket, next));
+    }
+    result
+}
+
+/// One batch over `socket`, its messages numbered from `seq`: the result,
+/// and the number the next batch starts at.
+fn exchange(socket: &Socket, tx: &Tx, seq: u32) -> (Result<(), Failure>, u32) {
+    let (buf, sent) = batch(tx, seq);
+    let next = seq
+        .wrapping_add(u32::try_from(sent.len()).unwrap_or(u32::MAX))
+        .wrapping_add(2);
+    let Some(&(last, _)) = sent.last() else {
+        return (Ok(()), seq);
+    };
+    (wait(socket, &buf, &sent, last), next)
+}
+
+fn wait(socket: &Socket, buf: &[u8], sent: &[(u32, String)], last: u32) -> Result<(), Failure> {
+    let io = |what: &str, e: std::io::Error| Failure::Io(format!("netlink {what}: {e}"));
+    // A full sync is one datagram of megabytes: the send buffer must hold
+    // it (root may exceed net.core.wmem_max).
+    let size = buf.len() + (1 << 16);
+    if nix::sys::socket::setsockopt(socket, nix::sys::socket::sockopt::SndBufForce, &size).is_err()
+    {
+        nix::sys::socket::setsockopt(socket, nix::sys::socket::sockopt::SndBuf, &size)
+            .map_err(|e| io("send buffer", e.into()))?;
+    }
+    socket.send(buf, 0).map_err(|e| io("send", e))?;
     let deadline = Instant::now() + REPLY_TIMEOUT;
     let mut refused: Vec<String> = Vec::new();
+    // From the batch's BEGIN message, numbered one before its first command.
+    let first = sent.first().map_or(last, |(s, _)| *s).saturating_sub(1);
     loop {
         let data = match socket.recv_from_full() {
             Ok((data, _)) => data,
@@ -993,8 +1018,11 @@ pub fn send(tx: &Tx) -> Result<(), Failure> {
             }
             let kind = u16::from_ne_bytes([data[off + 4], data[off + 5]]);
             let seq = u32::from_ne_bytes(data[off + 8..off + 12].try_into().unwrap_or([0; 4]));
-            // NLMSG_ERROR: an errno (0 = acknowledged), then the request's header.
-            if kind == 2 && len >= 20 {
+            // NLMSG_ERROR: an errno (0 = acknowledged), then the request's
+            // header. The socket is reused: answers to another batch's
+            // messages (none is expected) are not this one's.
+            let ours = (first..=last.saturating_add(1)).contains(&seq);
+            if kind == 2 && len >= 20 && ours {
                 let errno =
                     i32::from_ne_bytes(data[off + 16..off + 20].try_into().unwrap_or([0; 4]));
                 if errno != 0 {
@@ -1050,18 +1078,18 @@ mod tests {
         assert!(intervals(&[]).is_empty());
     }
 
-    /// The bytes `nft add map ... { typeof ip6 daddr . udp dport . numgen
-    /// random mod 232792560 : ip6 daddr . udp dport; flags interval; }`
-    /// sent (nftables 1.0.6, seen with strace): without them `nft list`
-    /// could not print the map as a script it reads back.
+    /// The bytes `nft add map ... { typeof ip daddr . tcp dport . numgen
+    /// random mod 5 : ip daddr . tcp dport; }` sent (nftables 1.0.6, seen
+    /// with strace): without them `nft list` could not print the map as a
+    /// script it reads back.
     #[test]
-    fn a_bucket_map_is_described_as_nft_describes_it() {
-        let nft = "000400000000010400000000035000040d00000001480014000407000000010c00040d\
-                   0000000104090000000114000407000000010c000406000000010402000000021a0004\
-                   1700000001120004010000000104f021e00d020400000000043400040d000000012c00\
-                   14000407000000010c00040d0000000104090000000114000407000000010c00040600\
+    fn a_backends_map_is_described_as_nft_describes_it() {
+        let nft = "000400000000010400000000035000040d00000001480014000407000000010c00040c\
+                   00000001040c0000000114000407000000010c000408000000010402000000021a0004\
+                   170000000112000401000000010405000000020400000000043400040d000000012c00\
+                   14000407000000010c00040c00000001040c0000000114000407000000010c00040800\
                    0000010402000000060400000000";
-        let ours: String = bucket_udata(true, Protocol::Udp)
+        let ours: String = backends_udata(false, Protocol::Tcp, 5)
             .iter()
             .map(|b| format!("{b:02x}"))
             .collect();
