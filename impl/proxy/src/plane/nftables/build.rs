@@ -631,15 +631,20 @@ pub fn full(table: &ProxyTable, node_ips: &[IpAddr], masq: &Masquerade) -> Tx {
 /// services whose entry differs are rewritten. `None` when nothing changed.
 pub fn partial(old: &ProxyTable, new: &ProxyTable, node_ips: &[IpAddr]) -> Option<Tx> {
     let mut out = Vec::new();
+    let changed = changes(old, new);
+    if changed.is_empty() {
+        return None;
+    }
     // Group maps come first and go last: elements and rules name them.
     let (groups_before, groups_after) = (groups(old), groups(new));
     for g in groups_after.difference(&groups_before) {
         add_group_map(*g, &mut out);
     }
     pick_rules(&groups_before, &groups_after, false, &mut out);
-    for (key, vs) in old {
-        match new.get(key) {
-            Some(n) if n == vs || picks_only(vs, n) => {}
+    for &(key, was, is) in &changed {
+        let Some(vs) = was else { continue };
+        match is {
+            Some(n) if picks_only(vs, n) => {}
             // Affinity sets of backends that stay (same timeout) are kept:
             // the clients stuck to them stay stuck (the set is re-referenced
             // by the chains re-added below in the same transaction).
@@ -649,18 +654,34 @@ pub fn partial(old: &ProxyTable, new: &ProxyTable, node_ips: &[IpAddr]) -> Optio
             _ => delete_service(key, vs, node_ips, &mut out),
         }
     }
-    let (before, after) = (cluster_ips(old, node_ips), cluster_ips(new, node_ips));
-    ip_elements(
-        &before.difference(&after).copied().collect(),
-        &mut out,
-        false,
+    // The ClusterIPs and backend addresses that come or go: only those of
+    // changed entries can.
+    let ips: BTreeSet<IpAddr> = changed
+        .iter()
+        .map(|(k, _, _)| k.ip)
+        .filter(|ip| !node_ips.contains(ip))
+        .collect();
+    let (gone, came): (BTreeSet<IpAddr>, BTreeSet<IpAddr>) = (
+        ips.iter()
+            .filter(|ip| has_ip(old, **ip) && !has_ip(new, **ip))
+            .copied()
+            .collect(),
+        ips.iter()
+            .filter(|ip| !has_ip(old, **ip) && has_ip(new, **ip))
+            .copied()
+            .collect(),
     );
-    ip_elements(
-        &after.difference(&before).copied().collect(),
-        &mut out,
-        true,
+    ip_elements(&gone, &mut out, false);
+    ip_elements(&came, &mut out, true);
+    let candidates: BTreeSet<IpAddr> = changed
+        .iter()
+        .flat_map(|(_, was, is)| was.iter().chain(is.iter()))
+        .flat_map(|vs| vs.backends.iter().map(SocketAddr::ip))
+        .collect();
+    let (before, after) = (
+        backends_among(old, &candidates),
+        backends_among(new, &candidates),
     );
-    let (before, after) = (backend_ips(old), backend_ips(new));
     hairpin_elements(
         &before.difference(&after).copied().collect(),
         &mut out,
@@ -671,9 +692,9 @@ pub fn partial(old: &ProxyTable, new: &ProxyTable, node_ips: &[IpAddr]) -> Optio
         &mut out,
         true,
     );
-    for (key, vs) in new {
-        match old.get(key) {
-            Some(o) if o == vs => {}
+    for &(key, was, is) in &changed {
+        let Some(vs) = is else { continue };
+        match was {
             Some(o) if picks_only(o, vs) => move_picks(key, o, vs, &mut out),
             Some(o) if o.affinity_timeout == vs.affinity_timeout && !o.rejects() => {
                 add_service_keeping(key, vs, node_ips, &o.backends, false, &mut out);
@@ -685,6 +706,81 @@ pub fn partial(old: &ProxyTable, new: &ProxyTable, node_ips: &[IpAddr]) -> Optio
         out.push(Cmd::DeleteMap(g.map()));
     }
     if out.is_empty() { None } else { Some(Tx(out)) }
+}
+
+/// An entry that differs between two tables: its key, and its entry in
+/// each (`None` where it is absent).
+type Change<'a> = (
+    &'a VirtualKey,
+    Option<&'a VirtualService>,
+    Option<&'a VirtualService>,
+);
+
+/// The entries that differ, in key order (one pass over both tables).
+fn changes<'a>(old: &'a ProxyTable, new: &'a ProxyTable) -> Vec<Change<'a>> {
+    let mut out = Vec::new();
+    let (mut a, mut b) = (old.iter().peekable(), new.iter().peekable());
+    loop {
+        match (a.peek().copied(), b.peek().copied()) {
+            (None, None) => return out,
+            (Some((k, v)), None) => {
+                out.push((k, Some(v), None));
+                a.next();
+            }
+            (None, Some((k, v))) => {
+                out.push((k, None, Some(v)));
+                b.next();
+            }
+            (Some((ka, va)), Some((kb, vb))) => match ka.cmp(kb) {
+                std::cmp::Ordering::Less => {
+                    out.push((ka, Some(va), None));
+                    a.next();
+                }
+                std::cmp::Ordering::Greater => {
+                    out.push((kb, None, Some(vb)));
+                    b.next();
+                }
+                std::cmp::Ordering::Equal => {
+                    if va != vb {
+                        out.push((ka, Some(va), Some(vb)));
+                    }
+                    a.next();
+                    b.next();
+                }
+            },
+        }
+    }
+}
+
+/// Whether `table` has a virtual address on `ip` (keys sort by address
+/// first, so this is one range lookup).
+fn has_ip(table: &ProxyTable, ip: IpAddr) -> bool {
+    let first = VirtualKey {
+        ip,
+        protocol: Protocol::Tcp,
+        port: 0,
+    };
+    table.range(first..).next().is_some_and(|(k, _)| k.ip == ip)
+}
+
+/// Which of `candidates` are backend addresses in `table` (one pass that
+/// allocates nothing, and none when there are no candidates).
+fn backends_among(table: &ProxyTable, candidates: &BTreeSet<IpAddr>) -> BTreeSet<IpAddr> {
+    let mut found = BTreeSet::new();
+    if candidates.is_empty() {
+        return found;
+    }
+    for vs in table.values() {
+        for b in &vs.backends {
+            if candidates.contains(&b.ip()) {
+                found.insert(b.ip());
+            }
+        }
+        if found.len() == candidates.len() {
+            break;
+        }
+    }
+    found
 }
 
 /// An endpoint change of an address without affinity: the elements that
