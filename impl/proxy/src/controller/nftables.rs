@@ -57,12 +57,7 @@ pub fn sync(
         Some(old) => match build::partial(old, want, node_ips) {
             None => Ok(Synced::Nothing),
             Some(tx) => {
-                let keys: Vec<_> = old
-                    .iter()
-                    .filter(|(k, v)| want.get(k) != Some(v))
-                    .map(|(k, _)| *k)
-                    .chain(want.keys().filter(|k| !old.contains_key(k)).copied())
-                    .collect();
+                let keys = build::changed_keys(old, want);
                 if keys.len() <= 3 {
                     info!(?keys, "partial sync");
                 } else {
@@ -84,9 +79,19 @@ pub fn sync(
             if done != Synced::Nothing
                 && let Some(old) = have.as_ref()
             {
+                // Only the changed entries can have stale flows: the plan
+                // over them alone is the plan's part for them.
+                let keys = build::changed_keys(old, want);
+                let only = |t: &ProxyTable| -> ProxyTable {
+                    keys.iter()
+                        .filter_map(|k| t.get_key_value(k))
+                        .map(|(k, v)| (*k, v.clone()))
+                        .collect()
+                };
+                let (was, is) = (only(old), only(want));
                 crate::conntrack::forget_stale(
-                    &signpost_model::reconcile::plan(want, old),
-                    old,
+                    &signpost_model::reconcile::plan(&is, &was),
+                    &was,
                     metrics,
                 );
             }

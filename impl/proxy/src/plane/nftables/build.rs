@@ -708,6 +708,12 @@ pub fn partial(old: &ProxyTable, new: &ProxyTable, node_ips: &[IpAddr]) -> Optio
     if out.is_empty() { None } else { Some(Tx(out)) }
 }
 
+/// The keys whose entry differs between `old` and `new`, in order (one
+/// pass over both).
+pub fn changed_keys(old: &ProxyTable, new: &ProxyTable) -> Vec<VirtualKey> {
+    changes(old, new).into_iter().map(|(k, _, _)| *k).collect()
+}
+
 /// An entry that differs between two tables: its key, and its entry in
 /// each (`None` where it is absent).
 type Change<'a> = (
