@@ -45,6 +45,11 @@ pub fn sync(
     metrics: &Metrics,
 ) -> Result<Synced, apply::Error> {
     let started = Instant::now();
+    // The entries that differ (one pass), for the log and the stale flows.
+    let keys = have
+        .as_ref()
+        .map(|old| build::changed_keys(old, want))
+        .unwrap_or_default();
     let full = |metrics: &Metrics| -> Result<Synced, apply::Error> {
         apply::apply(&build::full(want, node_ips, masq))
             .map(|()| Synced::Full(want.len()))
@@ -57,7 +62,6 @@ pub fn sync(
         Some(old) => match build::partial(old, want, node_ips) {
             None => Ok(Synced::Nothing),
             Some(tx) => {
-                let keys = build::changed_keys(old, want);
                 if keys.len() <= 3 {
                     info!(?keys, "partial sync");
                 } else {
@@ -81,7 +85,6 @@ pub fn sync(
             {
                 // Only the changed entries can have stale flows: the plan
                 // over them alone is the plan's part for them.
-                let keys = build::changed_keys(old, want);
                 let only = |t: &ProxyTable| -> ProxyTable {
                     keys.iter()
                         .filter_map(|k| t.get_key_value(k))

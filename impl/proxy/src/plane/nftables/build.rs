@@ -567,39 +567,37 @@ fn backend_ips(table: &ProxyTable) -> BTreeSet<IpAddr> {
         .collect()
 }
 
-fn hairpin_elements(ips: &BTreeSet<IpAddr>, out: &mut Vec<Cmd>, add: bool) {
+/// Adds (or deletes) one element per address, in the set of its family.
+fn family_elements(
+    ips: &BTreeSet<IpAddr>,
+    set: fn(bool) -> String,
+    elem: fn(IpAddr) -> Elem,
+    out: &mut Vec<Cmd>,
+    add: bool,
+) {
     for v6 in [false, true] {
         let elems: Vec<Elem> = ips
             .iter()
             .filter(|ip| ip.is_ipv6() == v6)
-            .map(|ip| Elem::Pair(*ip))
+            .map(|ip| elem(*ip))
             .collect();
         if !elems.is_empty() {
             out.push(if add {
-                Cmd::AddElems(hairpin_set(v6), elems)
+                Cmd::AddElems(set(v6), elems)
             } else {
-                Cmd::DeleteElems(hairpin_set(v6), elems)
+                Cmd::DeleteElems(set(v6), elems)
             });
         }
     }
 }
 
+fn hairpin_elements(ips: &BTreeSet<IpAddr>, out: &mut Vec<Cmd>, add: bool) {
+    family_elements(ips, hairpin_set, Elem::Pair, out, add);
+}
+
 fn ip_elements(ips: &BTreeSet<IpAddr>, out: &mut Vec<Cmd>, add: bool) {
-    for ver in ["v4", "v6"] {
-        let elems: Vec<Elem> = ips
-            .iter()
-            .filter(|ip| v(ip) == ver)
-            .map(|ip| Elem::Addr(*ip))
-            .collect();
-        if !elems.is_empty() {
-            let set = format!("cluster-ips-{ver}");
-            out.push(if add {
-                Cmd::AddElems(set, elems)
-            } else {
-                Cmd::DeleteElems(set, elems)
-            });
-        }
-    }
+    let set = |v6: bool| format!("cluster-ips-{}", if v6 { "v6" } else { "v4" });
+    family_elements(ips, set, Elem::Addr, out, add);
 }
 
 /// A full sync: delete whatever table exists and build `table` from scratch,
