@@ -966,7 +966,10 @@ async fn side_by_side(n: usize, which: &str) -> Result<(), BoxError> {
         .stdout(log.try_clone()?)
         .stderr(log)
         .spawn()?;
-    let result: Result<(f64, f64), BoxError> = async {
+    // kube-proxy's first sync under TCG grows faster than linearly (279 s
+    // at 1k Services): past the cap the run reports how far it got.
+    const CAP: Duration = Duration::from_secs(900);
+    let result: Result<(f64, Option<f64>), BoxError> = async {
         loop {
             let count = ipvs
                 .services()
@@ -977,8 +980,12 @@ async fn side_by_side(n: usize, which: &str) -> Result<(), BoxError> {
             if count >= n {
                 break;
             }
-            if t0.elapsed() > Duration::from_secs(900) {
-                return Err(format!("{which}: {count} of {n} services after 900 s").into());
+            if t0.elapsed() > CAP {
+                println!(
+                    "SIDE {which} services={n} capped=1 reached={count} full_s={:.2}",
+                    t0.elapsed().as_secs_f64()
+                );
+                return Ok((t0.elapsed().as_secs_f64(), None));
             }
             tokio::time::sleep(Duration::from_millis(100)).await;
         }
@@ -990,8 +997,12 @@ async fn side_by_side(n: usize, which: &str) -> Result<(), BoxError> {
             (10281, "signpost_proxy_sync_duration_seconds_count")
         };
         while signpost_harness::process::local_metric(port, metric).unwrap_or(0.0) < 1.0 {
-            if t0.elapsed() > Duration::from_secs(900) {
-                return Err(format!("{which}: no completed sync after 900 s").into());
+            if t0.elapsed() > CAP {
+                println!(
+                    "SIDE {which} services={n} capped=1 reached={n} full_s={:.2}",
+                    t0.elapsed().as_secs_f64()
+                );
+                return Ok((t0.elapsed().as_secs_f64(), None));
             }
             tokio::time::sleep(Duration::from_millis(100)).await;
         }
@@ -1026,16 +1037,18 @@ async fn side_by_side(n: usize, which: &str) -> Result<(), BoxError> {
             }
             tokio::time::sleep(Duration::from_millis(5)).await;
         }
-        Ok((full, t1.elapsed().as_secs_f64() * 1000.0))
+        Ok((full, Some(t1.elapsed().as_secs_f64() * 1000.0)))
     }
     .await;
     let _ = proxy.kill();
     let _ = proxy.wait();
     match result {
-        Ok((full, incr)) => {
+        Ok((full, Some(incr))) => {
             println!("SIDE {which} services={n} full_s={full:.2} change_ms={incr:.1}");
             Ok(())
         }
+        // Capped: the SIDE line is printed.
+        Ok((_, None)) => Ok(()),
         Err(e) => {
             println!(
                 "{}",

@@ -81,7 +81,8 @@ pub fn main(args: &[String]) -> Result<(), BoxError> {
         &image,
         &files,
         &script,
-        Duration::from_secs(1800),
+        // Each proxy's first sync is capped at 900 s in the guest.
+        Duration::from_secs(2700),
         Some(vm::Forwards {
             netns: cluster.node_namespace(),
         }),
@@ -125,6 +126,12 @@ pub fn main(args: &[String]) -> Result<(), BoxError> {
         Some(a / b)
     };
     let (full_ratio, change_ratio) = (ratio("full_s"), ratio("change_ms"));
+    // A capped run's full_s is the cap: its ratio is a bound.
+    let capped: Vec<String> = side_by_side
+        .iter()
+        .filter(|(_, v)| v.get("capped").is_some())
+        .map(|(k, _)| k.clone())
+        .collect();
     println!(
         "side by side ratios signpost/kube-proxy: start → all programmed {:.2}, one slice write → programmed {:.2}",
         full_ratio.unwrap_or(f64::NAN),
@@ -139,6 +146,7 @@ pub fn main(args: &[String]) -> Result<(), BoxError> {
             "results": side_by_side,
             "ratio_full": full_ratio,
             "ratio_change": change_ratio,
+            "capped": capped,
         },
     });
     crate::write_report(&out, &report)?;
