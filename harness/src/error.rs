@@ -14,6 +14,14 @@ pub enum Error {
         /// Where it was looked for.
         dir: PathBuf,
     },
+    /// A program from a Debian package the rig needs is missing.
+    #[error("{what} not found at {path} (ci/bootstrap installs it)")]
+    MissingPackage {
+        /// The program and its package.
+        what: String,
+        /// Where it was looked for.
+        path: PathBuf,
+    },
     /// A process exited while it should be running.
     #[error("{name} exited ({status}) while starting; see its log {log}:\n{tail}")]
     ProcessExited {

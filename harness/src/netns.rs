@@ -148,6 +148,18 @@ impl NetNs {
         c
     }
 
+    /// A command that runs `program` with only its network namespace
+    /// switched (`nsenter --net`): the mount namespace stays the host's, so
+    /// /sys and its cgroup mounts stay visible (`ip netns exec` remounts
+    /// /sys, which containerd and kubelet cannot run without).
+    pub fn entered_command(&self, program: impl AsRef<OsStr>) -> Command {
+        let mut c = Command::new("nsenter");
+        c.arg(format!("--net=/var/run/netns/{}", self.name))
+            .arg("--")
+            .arg(program);
+        c
+    }
+
     /// Runs `f` on a new thread that has joined the namespace; sockets it
     /// opens (and threads it spawns) live in the namespace.
     pub fn within<F, R>(&self, f: F) -> Result<R>

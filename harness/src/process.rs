@@ -22,6 +22,8 @@ pub struct Daemon {
     /// How it was started, for [`Daemon::respawn`].
     bin: PathBuf,
     args: Vec<String>,
+    /// Started through `nsenter --net` (see [`NetNs::entered_command`]).
+    entered: bool,
 }
 
 impl Daemon {
@@ -33,21 +35,57 @@ impl Daemon {
         args: &[String],
         log: PathBuf,
     ) -> Result<Self> {
+        Self::spawn_as(ns, name, bin, args, log, false)
+    }
+
+    /// As [`Daemon::spawn`], with only the network namespace switched
+    /// ([`NetNs::entered_command`]), for processes that need the host's
+    /// /sys (containerd, kubelet).
+    pub fn spawn_entered(
+        ns: &NetNs,
+        name: &str,
+        bin: &Path,
+        args: &[String],
+        log: PathBuf,
+    ) -> Result<Self> {
+        Self::spawn_as(ns, name, bin, args, log, true)
+    }
+
+    fn spawn_as(
+        ns: &NetNs,
+        name: &str,
+        bin: &Path,
+        args: &[String],
+        log: PathBuf,
+        entered: bool,
+    ) -> Result<Self> {
         let out = File::create(&log).map_err(Error::io(format!("creating {}", log.display())))?;
-        let child = Self::start(ns, name, bin, args, out)?;
+        let child = Self::start(ns, name, bin, args, out, entered)?;
         Ok(Daemon {
             name: name.to_owned(),
             child,
             log,
             bin: bin.to_owned(),
             args: args.to_vec(),
+            entered,
         })
     }
 
-    fn start(ns: &NetNs, name: &str, bin: &Path, args: &[String], out: File) -> Result<Child> {
+    fn start(
+        ns: &NetNs,
+        name: &str,
+        bin: &Path,
+        args: &[String],
+        out: File,
+        entered: bool,
+    ) -> Result<Child> {
         let err = out.try_clone().map_err(Error::io("cloning log handle"))?;
-        ns.command(bin)
-            .args(args)
+        let mut cmd = if entered {
+            ns.entered_command(bin)
+        } else {
+            ns.command(bin)
+        };
+        cmd.args(args)
             .stdin(Stdio::null())
             .stdout(out)
             .stderr(err)
@@ -64,7 +102,7 @@ impl Daemon {
             .append(true)
             .open(&self.log)
             .map_err(Error::io(format!("opening {}", self.log.display())))?;
-        self.child = Self::start(ns, &self.name, &self.bin, &self.args, out)?;
+        self.child = Self::start(ns, &self.name, &self.bin, &self.args, out, self.entered)?;
         Ok(())
     }
 

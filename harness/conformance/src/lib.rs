@@ -21,6 +21,7 @@
 
 pub mod catalogue;
 pub mod check;
+pub mod container;
 pub mod live;
 pub mod mutation;
 pub mod report;

@@ -77,8 +77,11 @@ impl Live {
         sut.validate()?;
         let echo = workspace_binary("signpost-echo")?;
         let cluster = match &sut.cluster {
-            sut::ClusterChoice::Local => {
-                let c = LocalCluster::new("conform")?;
+            sut::ClusterChoice::Local | sut::ClusterChoice::LocalKubelet => {
+                let mut c = LocalCluster::new("conform")?;
+                if sut.cluster == sut::ClusterChoice::LocalKubelet {
+                    c = c.with_node();
+                }
                 let c = match sut.endpoints {
                     EndpointsChoice::KubeControllerManager => c.with_controller_manager(),
                     EndpointsChoice::Signpost => c.with_garbage_collector_only(),
@@ -114,7 +117,7 @@ impl Live {
             sut: sut.clone(),
         };
         // On an attached cluster the EndpointSlice controller is the one already running there.
-        if sut.cluster == sut::ClusterChoice::Local {
+        if !matches!(sut.cluster, sut::ClusterChoice::Kubeconfig { .. }) {
             live.endpoints = sut::start_endpoints(&live.cluster, sut.endpoints)?;
         }
         live.proxy = sut::start_proxy(&live.cluster, &sut.proxy, sut.mutant)?;
@@ -150,6 +153,11 @@ impl Live {
             sut::DnsChoice::Addr(a) => Some(a),
             _ => Some(DNS_ADDR),
         }
+    }
+
+    /// The cluster the harness runs on.
+    pub fn cluster(&self) -> &LocalCluster<Running> {
+        &self.cluster
     }
 
     /// The component logs.

@@ -36,7 +36,7 @@ struct Args {
     /// signpost | kube-controller-manager
     #[arg(long, default_value = "signpost")]
     endpoints: String,
-    /// local | kubeconfig:PATH
+    /// local | local-kubelet (a real node: containerd and kubelet) | kubeconfig:PATH
     #[arg(long, default_value = "local")]
     cluster: String,
     /// Build a named fault into Signpost's proxy or DNS.
@@ -135,7 +135,7 @@ fn sut(a: &Args) -> signpost_conformance::Result<Sut> {
     let mut cluster = a.cluster.parse::<ClusterChoice>()?;
     match (&mut cluster, &a.uplink) {
         (ClusterChoice::Kubeconfig { uplink, .. }, Some(u)) => *uplink = Some(u.clone()),
-        (ClusterChoice::Local, Some(_)) => {
+        (ClusterChoice::Local | ClusterChoice::LocalKubelet, Some(_)) => {
             return Err(signpost_conformance::Error::Usage(
                 "--uplink is for --cluster kubeconfig:PATH".into(),
             ));
@@ -255,6 +255,7 @@ fn run(a: Args) -> signpost_conformance::Result<i32> {
         "signpost-conform: {} with {}",
         match s.cluster {
             ClusterChoice::Local => "starting a local cluster",
+            ClusterChoice::LocalKubelet => "starting a local cluster with a kubelet node",
             ClusterChoice::Kubeconfig { .. } => "attaching a node to the cluster",
         },
         s.flags()

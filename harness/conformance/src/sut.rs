@@ -65,6 +65,10 @@ pub enum EndpointsChoice {
 pub enum ClusterChoice {
     /// The rig's local control plane (etcd + kube-apiserver in a node namespace).
     Local,
+    /// The local control plane and a real node: containerd and kubelet in
+    /// the node namespace, for Pods that run as containers
+    /// ([`crate::live::Live::run_container`]); the fabric's Pods stay too.
+    LocalKubelet,
     /// A control plane elsewhere, reached through a kubeconfig; this machine
     /// becomes its node `node-a` (the harness owns the pod network here, and
     /// `--endpoints` names the controller already running there). The
@@ -165,13 +169,14 @@ impl FromStr for ClusterChoice {
     fn from_str(s: &str) -> Result<Self> {
         match s {
             "local" => Ok(ClusterChoice::Local),
+            "local-kubelet" => Ok(ClusterChoice::LocalKubelet),
             other => match other.strip_prefix("kubeconfig:") {
                 Some(p) => Ok(ClusterChoice::Kubeconfig {
                     path: PathBuf::from(p),
                     uplink: None,
                 }),
                 None => Err(Error::Usage(format!(
-                    "--cluster {other:?}: known are local, kubeconfig:PATH"
+                    "--cluster {other:?}: known are local, local-kubelet, kubeconfig:PATH"
                 ))),
             },
         }

@@ -5,6 +5,7 @@
 //! test panics; the work directory (certificates, logs) is kept then and its
 //! path printed.
 
+mod node;
 mod workdir;
 
 use std::future::Future;
@@ -23,6 +24,7 @@ use crate::process::Daemon;
 use crate::upstream;
 use crate::{Error, Result};
 
+pub use node::{BUSYBOX_IMAGE, KUBELET_POD_RANGE, KubeletNode, PAUSE_IMAGE};
 pub use workdir::WorkDir;
 
 /// The ClusterIP range given to kube-apiserver.
@@ -54,6 +56,8 @@ pub struct Stopped;
 /// A started cluster's processes. Dropped before the namespace.
 #[derive(Debug)]
 pub struct Running {
+    /// kubelet and containerd, if asked for: stopped first.
+    node: Option<KubeletNode>,
     control: ControlPlane,
     kubeconfig: PathBuf,
     startup: Duration,
@@ -120,6 +124,7 @@ struct Options {
     echo_binary: Option<PathBuf>,
     upstream_dir: PathBuf,
     ready_timeout: Duration,
+    node: bool,
 }
 
 /// A local cluster. Field order is drop order: processes, then the
@@ -148,6 +153,7 @@ impl LocalCluster<Stopped> {
                 echo_binary: std::env::var_os("SIGNPOST_ECHO_BIN").map(PathBuf::from),
                 upstream_dir: upstream::bin_dir(),
                 ready_timeout: Duration::from_secs(90),
+                node: false,
             },
             dir,
         })
@@ -167,6 +173,15 @@ impl LocalCluster<Stopped> {
     pub fn with_garbage_collector_only(mut self) -> Self {
         self.opts.controller_manager = true;
         self.opts.controllers = "garbagecollector";
+        self
+    }
+
+    /// A real node as well: containerd and kubelet in the node namespace
+    /// (see [`KubeletNode`]), so Pods with `nodeName: node-a` run as
+    /// containers; the kubelet writes `nameserver 10.0.0.1` (the node
+    /// address, where the rig's cluster DNS listens) into their resolv.conf.
+    pub fn with_node(mut self) -> Self {
+        self.opts.node = true;
         self
     }
 
@@ -262,6 +277,7 @@ impl LocalCluster<Stopped> {
         let kubeconfig = pki.kubeconfig.clone();
         let mut running = LocalCluster {
             state: Running {
+                node: None,
                 control: ControlPlane::Local {
                     kcm: None,
                     apiserver,
@@ -305,6 +321,18 @@ impl LocalCluster<Stopped> {
             }
         }
         running.register_node()?;
+        if running.opts.node {
+            let logs = running.dir.logs();
+            let node = KubeletNode::start(&node::NodeConfig {
+                ns: &running.ns,
+                dir: running.dir.path(),
+                logs: &logs,
+                kubeconfig: &running.state.kubeconfig,
+                upstream_dir: &running.opts.upstream_dir,
+                dns: NODE_IP,
+            })?;
+            running.state.node = Some(node);
+        }
         Ok(running)
     }
 }
@@ -368,6 +396,7 @@ impl LocalCluster<Running> {
         }
         let mut cluster = LocalCluster {
             state: Running {
+                node: None,
                 control: ControlPlane::Attached,
                 kubeconfig: kubeconfig.to_owned(),
                 startup: Duration::ZERO,
@@ -636,6 +665,11 @@ impl LocalCluster<Running> {
             u16::try_from(host).unwrap_or(u16::MAX),
         );
         (v4, v6)
+    }
+
+    /// The real node, if the cluster was started [`LocalCluster::with_node`].
+    pub fn kubelet_node(&self) -> Option<&KubeletNode> {
+        self.state.node.as_ref()
     }
 
     /// The work directory.

@@ -110,7 +110,7 @@ fn run(a: &Args) -> Result<()> {
         uplink.clone_from(&a.uplink);
     }
     if proxy == ProxyChoice::SignpostIpvs && !signpost_conformance::sut::ipvs_here() {
-        if cluster != ClusterChoice::Local {
+        if !matches!(cluster, ClusterChoice::Local | ClusterChoice::LocalKubelet) {
             return Err(Error::Unsupported(
                 "--dataplane ipvs: this kernel has no IPVS".into(),
             ));
@@ -142,7 +142,7 @@ fn run(a: &Args) -> Result<()> {
     let timeout = Duration::from_secs(a.step_timeout_secs);
     let started = Instant::now();
     match &sut.cluster {
-        ClusterChoice::Local => println!(
+        ClusterChoice::Local | ClusterChoice::LocalKubelet => println!(
             "signpost demo: starting a local cluster (etcd, kube-apiserver) and Signpost's endpoints, dns and proxy ({})",
             a.dataplane
         ),

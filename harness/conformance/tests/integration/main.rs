@@ -7,6 +7,7 @@ mod certify;
 mod demo;
 mod ipvs;
 mod mutation;
+mod node;
 
 /// One live system at a time: the tests measure convergence against
 /// deadlines, and two clusters on two cores would make those meaningless.
