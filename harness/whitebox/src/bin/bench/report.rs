@@ -319,11 +319,24 @@ fn endpoints(dir: &Path, targets: &mut Vec<Target>, plots: &mut Vec<Plot>) {
     let cpu = runs
         .iter()
         .filter_map(|(n, v)| {
-            Some(format!(
+            let capped = |who: &str| num(v, &[who, "capped_samples"]).unwrap_or(0.0);
+            let mut line = format!(
                 "{n} Services: CPU per change {:.2} ms (signpost) vs {:.2} ms (kube-controller-manager)",
                 num(v, &["signpost", "cpu_ms_per_change"])?,
                 num(v, &["kube-controller-manager", "cpu_ms_per_change"])?
-            ))
+            );
+            for who in ["signpost", "kube-controller-manager"] {
+                if capped(who) > 0.0 {
+                    line.push_str(&format!(
+                        ", {who}: {} samples not shown within 60 s (counted as 60 s)",
+                        capped(who)
+                    ));
+                }
+            }
+            if let Some(settle) = num(v, &["settle_s"]) {
+                line.push_str(&format!(", both settled {settle:.0} s after listing every Pod"));
+            }
+            Some(line)
         })
         .collect::<Vec<_>>()
         .join("; ");
