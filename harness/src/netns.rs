@@ -24,14 +24,16 @@ pub fn unique(prefix: &str) -> String {
 }
 
 /// Runs a command and returns its output, or an error with its stderr.
-pub fn run<I, S>(program: &str, args: I) -> Result<Output>
+pub fn run<I, S>(program: impl AsRef<OsStr>, args: I) -> Result<Output>
 where
     I: IntoIterator<Item = S>,
     S: AsRef<OsStr>,
 {
+    let program = program.as_ref();
     let args: Vec<_> = args.into_iter().map(|a| a.as_ref().to_owned()).collect();
     let line = format!(
-        "{program} {}",
+        "{} {}",
+        program.to_string_lossy(),
         args.iter()
             .map(|a| a.to_string_lossy())
             .collect::<Vec<_>>()

@@ -16,12 +16,14 @@
 //! namespace and veth), containerd, any shim left, and the mounts under the
 //! node's directory.
 
+use std::ffi::OsStr;
 use std::net::Ipv4Addr;
 use std::path::{Path, PathBuf};
-use std::process::Command;
 use std::time::{Duration, Instant};
 
-use crate::netns::NetNs;
+use serde_json::json;
+
+use crate::netns::{NetNs, run};
 use crate::process::Daemon;
 use crate::{Error, Result};
 
@@ -122,8 +124,8 @@ impl KubeletNode {
             n.crictl(&["info"]).is_ok()
         })?;
         for (image, entrypoint) in [
-            (PAUSE_IMAGE, r#"["/bin/busybox","sleep","2147483647"]"#),
-            (BUSYBOX_IMAGE, r#"["/bin/sh"]"#),
+            (PAUSE_IMAGE, &["/bin/busybox", "sleep", "2147483647"][..]),
+            (BUSYBOX_IMAGE, &["/bin/sh"][..]),
         ] {
             let tar = oci_image(&dir.join("images"), image, entrypoint)?;
             node.ctr(&["images", "import", &tar.display().to_string()])?;
@@ -195,28 +197,22 @@ impl KubeletNode {
     /// `crictl ARGS` against this node's containerd.
     pub fn crictl(&self, args: &[&str]) -> Result<String> {
         let endpoint = format!("unix://{}", self.socket.display());
-        output(
-            Command::new(&self.crictl)
-                .args([
-                    "--runtime-endpoint",
-                    &endpoint,
-                    "--image-endpoint",
-                    &endpoint,
-                ])
-                .args(["--timeout", "20s"])
-                .args(args),
-        )
+        let common = [
+            "--runtime-endpoint",
+            &endpoint,
+            "--image-endpoint",
+            &endpoint,
+            "--timeout",
+            "20s",
+        ];
+        text(run(&self.crictl, common.iter().chain(args)))
     }
 
     /// `ctr -n k8s.io ARGS` against this node's containerd.
     pub fn ctr(&self, args: &[&str]) -> Result<String> {
-        output(
-            Command::new("/usr/bin/ctr")
-                .arg("--address")
-                .arg(&self.socket)
-                .args(["--namespace", "k8s.io"])
-                .args(args),
-        )
+        let socket = self.socket.display().to_string();
+        let common = ["--address", &socket, "--namespace", "k8s.io"];
+        text(run("/usr/bin/ctr", common.iter().chain(args)))
     }
 
     /// Where the kubelet writes container logs
@@ -261,21 +257,9 @@ fn write(path: &Path, text: &str) -> Result<()> {
     std::fs::write(path, text).map_err(Error::io(format!("writing {}", path.display())))
 }
 
-fn output(cmd: &mut Command) -> Result<String> {
-    let line = format!("{cmd:?}");
-    let out = cmd.output().map_err(Error::io(format!("running {line}")))?;
-    if out.status.success() {
-        Ok(String::from_utf8_lossy(&out.stdout).into_owned())
-    } else {
-        Err(Error::Command {
-            command: line,
-            stderr: format!(
-                "{} ({})",
-                String::from_utf8_lossy(&out.stderr).trim(),
-                out.status
-            ),
-        })
-    }
+/// A command's standard output, from [`run`].
+fn text(out: Result<std::process::Output>) -> Result<String> {
+    out.map(|o| String::from_utf8_lossy(&o.stdout).into_owned())
 }
 
 /// containerd with its own root, state, socket and runc root under `dir`
@@ -385,7 +369,7 @@ serializeImagePulls: false
 
 /// An OCI image layout tar holding static busybox as `/bin/busybox` and
 /// `/bin/sh`, with `entrypoint`, named `name`; returns the tar's path.
-fn oci_image(dir: &Path, name: &str, entrypoint: &str) -> Result<PathBuf> {
+fn oci_image(dir: &Path, name: &str, entrypoint: &[&str]) -> Result<PathBuf> {
     let slug: String = name
         .chars()
         .map(|c| if c.is_ascii_alphanumeric() { c } else { '-' })
@@ -409,46 +393,75 @@ fn oci_image(dir: &Path, name: &str, entrypoint: &str) -> Result<PathBuf> {
             .map_err(Error::io(format!("linking {}", sh.display())))?;
     }
     let layer = work.join("layer.tar");
-    output(
-        Command::new("tar")
-            .args(["--owner=0", "--group=0", "--numeric-owner", "--sort=name"])
-            .args(["--mtime=@0", "-C"])
-            .arg(&rootfs)
-            .arg("-cf")
-            .arg(&layer)
-            .arg("."),
+    let fixed = [
+        "--owner=0",
+        "--group=0",
+        "--numeric-owner",
+        "--sort=name",
+        "--mtime=@0",
+    ];
+    run(
+        "tar",
+        fixed.iter().map(OsStr::new).chain([
+            OsStr::new("-C"),
+            rootfs.as_os_str(),
+            OsStr::new("-cf"),
+            layer.as_os_str(),
+            OsStr::new("."),
+        ]),
     )?;
     let (layer_digest, layer_size) = add_blob(
         &blobs,
         &std::fs::read(&layer).map_err(Error::io("reading the layer"))?,
     )?;
-    let config = format!(
-        r#"{{"architecture":"amd64","os":"linux","config":{{"Entrypoint":{entrypoint},"Env":["PATH=/bin"]}},"rootfs":{{"type":"layers","diff_ids":["sha256:{layer_digest}"]}}}}"#
-    );
-    let (config_digest, config_size) = add_blob(&blobs, config.as_bytes())?;
-    let manifest = format!(
-        r#"{{"schemaVersion":2,"mediaType":"application/vnd.oci.image.manifest.v1+json","config":{{"mediaType":"application/vnd.oci.image.config.v1+json","digest":"sha256:{config_digest}","size":{config_size}}},"layers":[{{"mediaType":"application/vnd.oci.image.layer.v1.tar","digest":"sha256:{layer_digest}","size":{layer_size}}}]}}"#
-    );
-    let (manifest_digest, manifest_size) = add_blob(&blobs, manifest.as_bytes())?;
+    let config = json!({
+        "architecture": "amd64",
+        "os": "linux",
+        "config": { "Entrypoint": entrypoint, "Env": ["PATH=/bin"] },
+        "rootfs": { "type": "layers", "diff_ids": [format!("sha256:{layer_digest}")] },
+    });
+    let (config_digest, config_size) = add_blob(&blobs, config.to_string().as_bytes())?;
+    let manifest = json!({
+        "schemaVersion": 2,
+        "mediaType": "application/vnd.oci.image.manifest.v1+json",
+        "config": {
+            "mediaType": "application/vnd.oci.image.config.v1+json",
+            "digest": format!("sha256:{config_digest}"),
+            "size": config_size,
+        },
+        "layers": [{
+            "mediaType": "application/vnd.oci.image.layer.v1.tar",
+            "digest": format!("sha256:{layer_digest}"),
+            "size": layer_size,
+        }],
+    });
+    let (manifest_digest, manifest_size) = add_blob(&blobs, manifest.to_string().as_bytes())?;
     let layout = work.join("layout");
     write(
         &layout.join("oci-layout"),
         r#"{"imageLayoutVersion":"1.0.0"}"#,
     )?;
-    write(
-        &layout.join("index.json"),
-        &format!(
-            r#"{{"schemaVersion":2,"manifests":[{{"mediaType":"application/vnd.oci.image.manifest.v1+json","digest":"sha256:{manifest_digest}","size":{manifest_size},"annotations":{{"org.opencontainers.image.ref.name":"{name}"}}}}]}}"#
-        ),
-    )?;
+    let index = json!({
+        "schemaVersion": 2,
+        "manifests": [{
+            "mediaType": "application/vnd.oci.image.manifest.v1+json",
+            "digest": format!("sha256:{manifest_digest}"),
+            "size": manifest_size,
+            "annotations": { "org.opencontainers.image.ref.name": name },
+        }],
+    });
+    write(&layout.join("index.json"), &index.to_string())?;
     let tar = work.join("image.tar");
-    output(
-        Command::new("tar")
-            .arg("-C")
-            .arg(&layout)
-            .arg("-cf")
-            .arg(&tar)
-            .args(["oci-layout", "index.json", "blobs"]),
+    run(
+        "tar",
+        [
+            OsStr::new("-C"),
+            layout.as_os_str(),
+            OsStr::new("-cf"),
+            tar.as_os_str(),
+        ]
+        .into_iter()
+        .chain(["oci-layout", "index.json", "blobs"].map(OsStr::new)),
     )?;
     Ok(tar)
 }
@@ -457,7 +470,7 @@ fn oci_image(dir: &Path, name: &str, entrypoint: &str) -> Result<PathBuf> {
 fn add_blob(blobs: &Path, data: &[u8]) -> Result<(String, usize)> {
     let tmp = blobs.join("incoming");
     std::fs::write(&tmp, data).map_err(Error::io("writing a blob"))?;
-    let sum = output(Command::new("sha256sum").arg(&tmp))?;
+    let sum = text(run("sha256sum", [&tmp]))?;
     let digest = sum
         .split_whitespace()
         .next()

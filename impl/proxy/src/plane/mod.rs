@@ -7,3 +7,18 @@
 
 pub mod ipvs;
 pub mod nftables;
+
+use std::net::IpAddr;
+
+use signpost_model::cluster::{Protocol, ProxyTable, VirtualKey};
+
+/// Whether any virtual service of `table` has address `ip` (keys sort by
+/// address first, so this is one range lookup: O(log n)).
+pub(crate) fn has_address(table: &ProxyTable, ip: IpAddr) -> bool {
+    let lo = VirtualKey {
+        ip,
+        protocol: Protocol::Tcp,
+        port: 0,
+    };
+    table.range(lo..).next().is_some_and(|(k, _)| k.ip == ip)
+}

@@ -102,6 +102,18 @@ async fn create(client: kube::Client, services: u32, pods: u32) -> Result<(), Bo
         .await
 }
 
+/// The next slice the watch shows within a second (`None`: nothing yet).
+async fn next_slice(
+    stream: &mut (impl futures::Stream<Item = Result<KSlice, watcher::Error>> + Unpin),
+) -> Result<Option<KSlice>, BoxError> {
+    match tokio::time::timeout(Duration::from_secs(1), stream.next()).await {
+        Ok(Some(Ok(s))) => Ok(Some(s)),
+        Ok(Some(Err(e))) => Err(e.into()),
+        Ok(None) => Err("watch ended".into()),
+        Err(_) => Ok(None),
+    }
+}
+
 /// Runs the benchmark.
 pub fn main(args: &[String]) -> Result<(), BoxError> {
     let flag = |name: &str| crate::flag(args, name);
@@ -217,11 +229,8 @@ pub fn main(args: &[String]) -> Result<(), BoxError> {
             if Instant::now() > deadline {
                 return Err(format!("controllers did not list all pods: {listed:?}").into());
             }
-            match tokio::time::timeout(Duration::from_secs(1), stream.next()).await {
-                Ok(Some(Ok(s))) => absorb(s, &mut per_slice, &mut shown),
-                Ok(Some(Err(e))) => return Err(e.into()),
-                Ok(None) => return Err("watch ended".into()),
-                Err(_) => {}
+            if let Some(s) = next_slice(&mut stream).await? {
+                absorb(s, &mut per_slice, &mut shown);
             }
         }
         eprintln!("bench endpoints: every Pod listed after {first_listed:?} s (signpost, kube-controller-manager)");
@@ -242,11 +251,8 @@ pub fn main(args: &[String]) -> Result<(), BoxError> {
                 );
                 break;
             }
-            match tokio::time::timeout(Duration::from_secs(1), stream.next()).await {
-                Ok(Some(Ok(s))) => absorb(s, &mut per_slice, &mut shown),
-                Ok(Some(Err(e))) => return Err(e.into()),
-                Ok(None) => return Err("watch ended".into()),
-                Err(_) => {}
+            if let Some(s) = next_slice(&mut stream).await? {
+                absorb(s, &mut per_slice, &mut shown);
             }
         }
         let settled_s = t_settle.elapsed().as_secs_f64();
@@ -276,11 +282,8 @@ pub fn main(args: &[String]) -> Result<(), BoxError> {
                     }
                     break;
                 }
-                match tokio::time::timeout(Duration::from_secs(1), stream.next()).await {
-                    Ok(Some(Ok(s))) => absorb(s, &mut per_slice, &mut shown),
-                    Ok(Some(Err(e))) => return Err(e.into()),
-                    Ok(None) => return Err("watch ended".into()),
-                    Err(_) => {}
+                if let Some(s) = next_slice(&mut stream).await? {
+                    absorb(s, &mut per_slice, &mut shown);
                 }
             }
             for m in WHO {

@@ -21,6 +21,7 @@ use super::netlink::KeysBySet;
 use super::{Error, NFT_TABLE};
 use crate::addresses::Masquerade;
 use crate::nftables::MASQ_MARK;
+use crate::plane::has_address;
 
 /// Runs an nft script from stdin.
 pub(super) fn nft_script(script: &str) -> Result<(), Error> {
@@ -88,17 +89,6 @@ impl NftElements {
     pub fn is_empty(&self) -> bool {
         self.len() == 0
     }
-}
-
-/// Whether any virtual service of `table` has address `ip` (a range of the
-/// ordered keys: O(log n)).
-fn has_address(table: &ProxyTable, ip: IpAddr) -> bool {
-    let lo = VirtualKey {
-        ip,
-        protocol: Protocol::Tcp,
-        port: 0,
-    };
-    table.range(lo..).next().is_some_and(|(k, _)| k.ip == ip)
 }
 
 fn fam(ip: &IpAddr) -> &'static str {

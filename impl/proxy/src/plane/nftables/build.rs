@@ -40,6 +40,7 @@ use signpost_model::cluster::{Protocol, ProxyTable, VirtualKey, VirtualService};
 pub use super::ruleset::Tx;
 use super::ruleset::{Cmd, Elem, Hook, SetKind, Stmt};
 use crate::addresses::Masquerade;
+use crate::plane::has_address;
 
 /// The chain that refuses traffic to a ClusterIP port without endpoints.
 /// Not `reject`: that is a keyword of nft's language, and a table with a
@@ -661,11 +662,11 @@ pub fn partial(old: &ProxyTable, new: &ProxyTable, node_ips: &[IpAddr]) -> Optio
         .collect();
     let (gone, came): (BTreeSet<IpAddr>, BTreeSet<IpAddr>) = (
         ips.iter()
-            .filter(|ip| has_ip(old, **ip) && !has_ip(new, **ip))
+            .filter(|ip| has_address(old, **ip) && !has_address(new, **ip))
             .copied()
             .collect(),
         ips.iter()
-            .filter(|ip| !has_ip(old, **ip) && has_ip(new, **ip))
+            .filter(|ip| !has_address(old, **ip) && has_address(new, **ip))
             .copied()
             .collect(),
     );
@@ -754,17 +755,6 @@ fn changes<'a>(old: &'a ProxyTable, new: &'a ProxyTable) -> Vec<Change<'a>> {
             },
         }
     }
-}
-
-/// Whether `table` has a virtual address on `ip` (keys sort by address
-/// first, so this is one range lookup).
-fn has_ip(table: &ProxyTable, ip: IpAddr) -> bool {
-    let first = VirtualKey {
-        ip,
-        protocol: Protocol::Tcp,
-        port: 0,
-    };
-    table.range(first..).next().is_some_and(|(k, _)| k.ip == ip)
 }
 
 /// Which of `candidates` are backend addresses in `table` (one pass that
