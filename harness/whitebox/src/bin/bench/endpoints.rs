@@ -274,10 +274,10 @@ pub fn main(args: &[String]) -> Result<(), BoxError> {
             while WHO.iter().any(|m| !shown.contains_key(&(*m, name.clone()))) {
                 if Instant::now() > deadline {
                     for m in WHO {
-                        if !shown.contains_key(&(m, name.clone())) {
+                        if let std::collections::hash_map::Entry::Vacant(e) = shown.entry((m, name.clone())) {
                             eprintln!("bench endpoints: {m} did not show {name} ready within {SAMPLE_CAP:?}");
                             *capped.entry(m).or_default() += 1;
-                            shown.insert((m, name.clone()), t0 + SAMPLE_CAP);
+                            e.insert(t0 + SAMPLE_CAP);
                         }
                     }
                     break;
