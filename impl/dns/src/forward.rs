@@ -173,18 +173,7 @@ pub fn question(msg: &[u8]) -> Option<Vec<u8>> {
     if msg.len() < 12 || msg[4..6] != [0, 1] {
         return None;
     }
-    let mut i = 12;
-    loop {
-        let len = usize::from(*msg.get(i)?);
-        if len == 0 {
-            i += 1;
-            break;
-        }
-        if len & 0xc0 != 0 {
-            return None;
-        }
-        i += 1 + len;
-    }
+    let i = crate::udp::name_end(msg)?;
     let end = i + 4;
     (end <= msg.len()).then(|| msg[12..end].to_ascii_lowercase())
 }

@@ -79,6 +79,9 @@ pub struct ZoneIndex {
     pod_addrs: HashMap<(String, IpAddr), usize>,
     /// Services recomputed so far (one per Service a batch touched).
     refreshes: u64,
+    /// Batches applied so far: an answer computed at one generation holds
+    /// as long as the generation is unchanged.
+    generation: u64,
 }
 
 impl ZoneIndex {
@@ -107,6 +110,7 @@ impl ZoneIndex {
             pod_ips: HashMap::new(),
             pod_addrs: HashMap::new(),
             refreshes: 0,
+            generation: 0,
         }
     }
 
@@ -130,6 +134,12 @@ impl ZoneIndex {
         self.refreshes
     }
 
+    /// Moves on with every batch applied (even an empty one): answers kept
+    /// from an earlier generation may be stale.
+    pub fn generation(&self) -> u64 {
+        self.generation
+    }
+
     /// Whether the zone holds no names.
     pub fn is_empty(&self) -> bool {
         self.names.is_empty()
@@ -151,6 +161,7 @@ impl ZoneIndex {
     /// refresh of it, not one per change. A name's change time is the
     /// earliest event that touched its Service.
     pub fn apply_batch(&mut self, changes: impl IntoIterator<Item = (Change, Instant)>) {
+        self.generation += 1;
         let mut dirty: HashMap<ObjectKey, Instant> = HashMap::new();
         for (change, seen) in changes {
             self.stage(change, seen, &mut dirty);

@@ -11,6 +11,7 @@ pub mod guard;
 mod index;
 pub mod metrics;
 pub mod server;
+pub mod udp;
 pub mod watch;
 
 pub use index::{Change, ZoneIndex};

@@ -55,6 +55,9 @@ pub struct Shared {
     pub forward_allow: Vec<crate::guard::Cidr>,
     /// Rate limit of forwarded and NXDOMAIN answers over UDP, per client.
     pub rrl: Option<crate::guard::Rrl>,
+    /// Index answers kept in wire form for UDP (none with a mutant built
+    /// in: its faults are per query).
+    pub wire: Option<crate::udp::WireCache>,
 }
 
 impl Shared {
@@ -73,6 +76,7 @@ impl Shared {
             cache: None,
             forward_allow: crate::guard::default_forward_allow(),
             rrl: None,
+            wire: Some(crate::udp::WireCache::default()),
         }
     }
 
@@ -104,6 +108,9 @@ impl Shared {
     /// The same with a deliberate fault built in (the conformance harness's mutation test).
     pub fn with_mutant(mut self, mutant: Option<signpost_model::mutant::Mutant>) -> Self {
         self.seam = signpost_model::mutant::Seam::with(mutant);
+        if mutant.is_some() {
+            self.wire = None;
+        }
         self
     }
 
@@ -143,7 +150,7 @@ fn rtype(t: RecordType) -> RType {
     }
 }
 
-fn qtype_label(t: RecordType) -> &'static str {
+pub(crate) fn qtype_label(t: RecordType) -> &'static str {
     match t {
         RecordType::A => "A",
         RecordType::AAAA => "AAAA",
@@ -486,6 +493,10 @@ impl Handler {
             let turn = shared.rotor.fetch_add(1, Ordering::Relaxed);
             let n = answers.len();
             answers.rotate_left(turn % n);
+        } else if code == ResponseCode::NoError {
+            // The same question gets the same answer until the index
+            // changes: UDP may send it again from its wire form.
+            crate::udp::mark_keepable();
         }
         let mut authorities = Vec::new();
         if negative {
@@ -537,12 +548,61 @@ impl RequestHandler for Handler {
     }
 }
 
+/// The DNS server: UDP loops ([`crate::udp`]) and hickory's TCP listeners.
+pub struct Server {
+    tcp: hickory_server::Server<Handler>,
+    tcp_listeners: bool,
+    udp: tokio::task::JoinSet<std::io::Result<()>>,
+    stop: Arc<std::sync::atomic::AtomicBool>,
+}
+
+impl Drop for Server {
+    fn drop(&mut self) {
+        self.stop.store(true, Ordering::Relaxed);
+    }
+}
+
+impl Server {
+    /// Waits until a listener fails for good (an error) or all of them
+    /// stopped.
+    pub async fn block_until_done(&mut self) -> std::io::Result<()> {
+        let tcp = async {
+            if self.tcp_listeners {
+                self.tcp
+                    .block_until_done()
+                    .await
+                    .map_err(std::io::Error::other)
+            } else {
+                std::future::pending().await
+            }
+        };
+        tokio::select! {
+            r = tcp => r,
+            Some(r) = self.udp.join_next() => match r {
+                Ok(Ok(())) => Ok(()),
+                Ok(Err(e)) => Err(e),
+                Err(e) => Err(std::io::Error::other(e)),
+            },
+        }
+    }
+
+    /// Stops serving: UDP loops end, TCP connections finish what they read.
+    pub async fn shutdown_gracefully(&mut self) -> std::io::Result<()> {
+        self.stop.store(true, Ordering::Relaxed);
+        while self.udp.join_next().await.is_some() {}
+        self.tcp
+            .shutdown_gracefully()
+            .await
+            .map_err(std::io::Error::other)
+    }
+}
+
 /// Binds UDP and TCP on every address and serves in the background.
 pub async fn serve(
     shared: Arc<Shared>,
     listen: &[SocketAddr],
     tcp_timeout: Duration,
-) -> std::io::Result<hickory_server::Server<Handler>> {
+) -> std::io::Result<Server> {
     let mut udp = Vec::new();
     let mut tcp = Vec::new();
     for addr in listen {
@@ -552,19 +612,42 @@ pub async fn serve(
     Ok(serve_sockets(shared, udp, tcp, tcp_timeout))
 }
 
-/// Serves on sockets bound by the caller, in the background.
+/// Serves on sockets bound by the caller, in the background: UDP in a
+/// thread per socket, TCP and every query that needs the request path on
+/// the current Tokio runtime (this must be called within one).
 pub fn serve_sockets(
     shared: Arc<Shared>,
     udp: Vec<tokio::net::UdpSocket>,
     tcp: Vec<tokio::net::TcpListener>,
     tcp_timeout: Duration,
-) -> hickory_server::Server<Handler> {
-    let mut server = hickory_server::Server::new(Handler(shared));
+) -> Server {
+    let stop = Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let mut loops = tokio::task::JoinSet::new();
     for s in udp {
-        server.register_socket(s);
+        let (done, outcome) = tokio::sync::oneshot::channel();
+        let started = s.into_std().and_then(|s| {
+            crate::udp::spawn(
+                shared.clone(),
+                s,
+                stop.clone(),
+                tokio::runtime::Handle::current(),
+                done,
+            )
+        });
+        loops.spawn(async move {
+            started?;
+            outcome.await.unwrap_or(Ok(()))
+        });
     }
+    let tcp_listeners = !tcp.is_empty();
+    let mut server = hickory_server::Server::new(Handler(shared));
     for l in tcp {
         server.register_listener(l, tcp_timeout, 64 * 1024);
     }
-    server
+    Server {
+        tcp: server,
+        tcp_listeners,
+        udp: loops,
+        stop,
+    }
 }

@@ -41,7 +41,7 @@ async fn watch_kind<K: Object>(
     kind: &'static str,
     convert: fn(&K) -> Result<Change, String>,
     deleted: fn(ObjectKey) -> Change,
-    tx: mpsc::UnboundedSender<Msg>,
+    tx: mpsc::Sender<Msg>,
     shared: Arc<Shared>,
 ) {
     let mut stream = watch::events(
@@ -51,21 +51,29 @@ async fn watch_kind<K: Object>(
         shared.metrics.watch_errors.clone(),
     );
     let mut known = watch::Known::default();
-    let send = |c: Change| tx.send(Msg::Change(c, Instant::now())).is_ok();
     let invalid = &shared.metrics.invalid_objects;
     while let Some(ev) = stream.next().await {
         let gone = known.observe(&ev);
         let ok = match ev {
             watch::Event::Init => true,
             watch::Event::InitApply(obj) | watch::Event::Apply(obj) => {
-                signpost_runtime::convert::read_with(&obj, kind, invalid, convert).is_none_or(send)
+                match signpost_runtime::convert::read_with(&obj, kind, invalid, convert) {
+                    Some(c) => tx.send(Msg::Change(c, Instant::now())).await.is_ok(),
+                    None => true,
+                }
             }
             watch::Event::InitDone => {
-                gone.into_iter()
-                    .all(|(ns, name)| send(deleted(ObjectKey::new(ns, name))))
-                    && tx.send(Msg::ListDone(kind)).is_ok()
+                let mut ok = true;
+                for (ns, name) in gone {
+                    let c = deleted(ObjectKey::new(ns, name));
+                    ok = ok && tx.send(Msg::Change(c, Instant::now())).await.is_ok();
+                }
+                ok && tx.send(Msg::ListDone(kind)).await.is_ok()
             }
-            watch::Event::Delete(obj) => send(deleted(key_of(&obj))),
+            watch::Event::Delete(obj) => {
+                let c = deleted(key_of(&obj));
+                tx.send(Msg::Change(c, Instant::now())).await.is_ok()
+            }
         };
         if !ok {
             return;
@@ -106,10 +114,16 @@ fn through_seam(seam: &signpost_model::mutant::Seam, c: Change) -> Option<Change
     }
 }
 
+/// Changes queued between the watches and the index at most (one batch).
+const QUEUE: usize = 1024;
+
 /// Watches the cluster and keeps `shared.index` current until the client's
 /// watches end (they retry forever, so in practice: until cancelled).
 pub async fn run(client: Client, shared: Arc<Shared>, pods_mode: PodsMode) {
-    let (tx, mut rx) = mpsc::unbounded_channel();
+    // Bounded: a watch listing many objects waits for the index to take
+    // them instead of queueing the whole list (its peak would stay as
+    // the process's memory).
+    let (tx, mut rx) = mpsc::channel(QUEUE);
     let mut kinds: Vec<&'static str> = vec!["services", "endpointslices", "namespaces"];
     let mut tasks = tokio::task::JoinSet::new();
     tasks.spawn(watch_kind(
@@ -153,7 +167,7 @@ pub async fn run(client: Client, shared: Arc<Shared>, pods_mode: PodsMode) {
     let mut batch = Vec::new();
     // A batch is applied under one write lock, each Service it touches
     // recomputed once; batches are bounded so queries wait briefly.
-    while rx.recv_many(&mut batch, 1024).await > 0 {
+    while rx.recv_many(&mut batch, QUEUE).await > 0 {
         let mut newly_synced = false;
         let mut changes = Vec::with_capacity(batch.len());
         for msg in batch.drain(..) {
@@ -175,13 +189,16 @@ pub async fn run(client: Client, shared: Arc<Shared>, pods_mode: PodsMode) {
         }
         {
             let mut index = shared.index.write().unwrap_or_else(|e| e.into_inner());
+            // The serial moves with the zone, under the same lock: a
+            // negative answer kept in wire form (its SOA carries the
+            // serial) is dropped with the generation that wrote it.
+            shared.serial.store(epoch_secs(), Ordering::Relaxed);
             index.apply_batch(changes);
             shared
                 .metrics
                 .zone_names
                 .set(i64::try_from(index.len()).unwrap_or(i64::MAX));
         }
-        shared.serial.store(epoch_secs(), Ordering::Relaxed);
         if newly_synced {
             shared.metrics.synced.set(1);
             info!(
