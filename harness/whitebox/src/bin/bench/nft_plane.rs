@@ -3,7 +3,9 @@
 //! Service creation slows to about 10 per second past 30k Services here,
 //! so the proxy benchmark cannot reach 50k in reasonable time): in a
 //! scratch network namespace, a full sync of N virtual services × 5
-//! backends, then K single-endpoint changes, each planned (`build`) and
+//! backends, then K single-endpoint changes, each planned as the proxy
+//! plans a change of known keys (`build::partial_keys` over the table's
+//! census: the entries under them alone) and
 //! committed (`wire`) and timed apart, with the kernel's share of each
 //! commit. Shows how a sync's cost grows with the table.
 
@@ -15,6 +17,7 @@ use serde_json::json;
 use signpost_harness::netns::{NetNs, unique};
 use signpost_model::cluster::{Protocol, ProxyTable, VirtualKey, VirtualService};
 use signpost_proxy::addresses::Masquerade;
+use signpost_proxy::nftables::census::{self, Census};
 use signpost_proxy::nftables::{build, wire};
 
 use super::percentile;
@@ -105,6 +108,7 @@ fn run(n: u32, changes: usize) -> Result<Figures, BoxError> {
     // each over another address.
     let (mut plan_one, mut commit_one) = (Vec::new(), Vec::new());
     let mut have = base.clone();
+    let mut census = Census::of(&have);
     for c in 0..changes {
         let key = *base
             .keys()
@@ -118,9 +122,14 @@ fn run(n: u32, changes: usize) -> Result<Figures, BoxError> {
                 vs.backends = base[&key].backends.clone();
             }
         }
-        let (p, k) = commit(|| build::partial(&have, &want, &[]).unwrap_or_default())?;
+        // Planned as the proxy plans a change it knows the keys of: from
+        // the entries under them and the census of the table.
+        let keys = BTreeSet::from([key]);
+        let (p, k) =
+            commit(|| build::partial_keys(&have, &want, &keys, &census, &[]).unwrap_or_default())?;
         plan_one.push(p);
         commit_one.push(k);
+        census.update(&census::changes_among(&have, &want, &keys));
         have = want;
     }
     plan_one.sort_by(f64::total_cmp);

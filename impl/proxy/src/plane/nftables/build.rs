@@ -37,6 +37,8 @@ use std::net::{IpAddr, SocketAddr};
 
 use signpost_model::cluster::{Protocol, ProxyTable, VirtualKey, VirtualService};
 
+pub use super::census::Census;
+use super::census::{self, Change};
 pub use super::ruleset::Tx;
 use super::ruleset::{Cmd, Elem, Hook, SetKind, Stmt};
 use crate::addresses::Masquerade;
@@ -629,18 +631,47 @@ pub fn full(table: &ProxyTable, node_ips: &[IpAddr], masq: &Masquerade) -> Tx {
 /// A partial sync from `old` (what the kernel holds) to `new`: only virtual
 /// services whose entry differs are rewritten. `None` when nothing changed.
 pub fn partial(old: &ProxyTable, new: &ProxyTable, node_ips: &[IpAddr]) -> Option<Tx> {
+    partial_of(old, new, &changes(old, new), &Census::of(old), node_ips)
+}
+
+/// The same when only entries under `keys` may differ, with `census` the
+/// counts of `old`: planned from those entries alone, so its cost grows
+/// with the change, not with the table (the caller moves `census` on with
+/// [`Census::update`] once the transaction is taken).
+pub fn partial_keys(
+    old: &ProxyTable,
+    new: &ProxyTable,
+    keys: &BTreeSet<VirtualKey>,
+    census: &Census,
+    node_ips: &[IpAddr],
+) -> Option<Tx> {
+    partial_of(
+        old,
+        new,
+        &census::changes_among(old, new, keys),
+        census,
+        node_ips,
+    )
+}
+
+fn partial_of(
+    old: &ProxyTable,
+    new: &ProxyTable,
+    changed: &[Change<'_>],
+    census: &Census,
+    node_ips: &[IpAddr],
+) -> Option<Tx> {
     let mut out = Vec::new();
-    let changed = changes(old, new);
     if changed.is_empty() {
         return None;
     }
     // Group maps come first and go last: elements and rules name them.
-    let (groups_before, groups_after) = (groups(old), groups(new));
+    let (groups_before, groups_after) = (census.groups(), census.groups_after(changed));
     for g in groups_after.difference(&groups_before) {
         add_group_map(*g, &mut out);
     }
     pick_rules(&groups_before, &groups_after, false, &mut out);
-    for &(key, was, is) in &changed {
+    for &(key, was, is) in changed {
         let Some(vs) = was else { continue };
         match is {
             Some(n) if picks_only(vs, n) => {}
@@ -672,14 +703,10 @@ pub fn partial(old: &ProxyTable, new: &ProxyTable, node_ips: &[IpAddr]) -> Optio
     );
     ip_elements(&gone, &mut out, false);
     ip_elements(&came, &mut out, true);
-    let candidates: BTreeSet<IpAddr> = changed
-        .iter()
-        .flat_map(|(_, was, is)| was.iter().chain(is.iter()))
-        .flat_map(|vs| vs.backends.iter().map(SocketAddr::ip))
-        .collect();
+    let candidates = census::touched_backends(changed);
     let (before, after) = (
-        backends_among(old, &candidates),
-        backends_among(new, &candidates),
+        census.backends_among(&candidates),
+        census.backends_after_among(changed, &candidates),
     );
     hairpin_elements(
         &before.difference(&after).copied().collect(),
@@ -691,7 +718,7 @@ pub fn partial(old: &ProxyTable, new: &ProxyTable, node_ips: &[IpAddr]) -> Optio
         &mut out,
         true,
     );
-    for &(key, was, is) in &changed {
+    for &(key, was, is) in changed {
         let Some(vs) = is else { continue };
         match was {
             Some(o) if picks_only(o, vs) => move_picks(key, o, vs, &mut out),
@@ -712,14 +739,6 @@ pub fn partial(old: &ProxyTable, new: &ProxyTable, node_ips: &[IpAddr]) -> Optio
 pub fn changed_keys(old: &ProxyTable, new: &ProxyTable) -> Vec<VirtualKey> {
     changes(old, new).into_iter().map(|(k, _, _)| *k).collect()
 }
-
-/// An entry that differs between two tables: its key, and its entry in
-/// each (`None` where it is absent).
-type Change<'a> = (
-    &'a VirtualKey,
-    Option<&'a VirtualService>,
-    Option<&'a VirtualService>,
-);
 
 /// The entries that differ, in key order (one pass over both tables).
 fn changes<'a>(old: &'a ProxyTable, new: &'a ProxyTable) -> Vec<Change<'a>> {
@@ -755,26 +774,6 @@ fn changes<'a>(old: &'a ProxyTable, new: &'a ProxyTable) -> Vec<Change<'a>> {
             },
         }
     }
-}
-
-/// Which of `candidates` are backend addresses in `table` (one pass that
-/// allocates nothing, and none when there are no candidates).
-fn backends_among(table: &ProxyTable, candidates: &BTreeSet<IpAddr>) -> BTreeSet<IpAddr> {
-    let mut found = BTreeSet::new();
-    if candidates.is_empty() {
-        return found;
-    }
-    for vs in table.values() {
-        for b in &vs.backends {
-            if candidates.contains(&b.ip()) {
-                found.insert(b.ip());
-            }
-        }
-        if found.len() == candidates.len() {
-            break;
-        }
-    }
-    found
 }
 
 /// An endpoint change of an address without affinity: the elements that

@@ -7,6 +7,7 @@
 
 pub mod apply;
 pub mod build;
+pub mod census;
 pub mod readback;
 pub mod ruleset;
 pub mod script;
