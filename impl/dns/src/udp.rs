@@ -191,10 +191,9 @@ fn qtype_label(t: u16) -> &'static str {
     crate::server::qtype_label(hickory_proto::rr::RecordType::from(t))
 }
 
-/// Sends a response over the loop's socket and keeps a copy of its bytes.
+/// Encodes a response for the task to send.
 #[derive(Clone)]
 struct Reply {
-    socket: Arc<std::net::UdpSocket>,
     dst: SocketAddr,
     sent: Arc<Mutex<Option<Vec<u8>>>>,
 }
@@ -235,8 +234,8 @@ impl ResponseHandler for Reply {
                 ResponseInfo::from(header)
             }
         };
-        // A UDP send does not wait (a full buffer drops the datagram).
-        self.socket.send_to(&bytes, self.dst)?;
+        // Sent by the task once the request path is done with it (counted,
+        // kept): a client that has its answer sees both.
         *self.sent.lock().unwrap_or_else(|p| p.into_inner()) = Some(bytes);
         Ok(info)
     }
@@ -268,9 +267,17 @@ async fn slow(
         return;
     }
     let reply = Reply {
-        socket,
         dst: src,
         sent: Arc::default(),
+    };
+    let send = |reply: &Reply| {
+        let bytes = reply.sent.lock().unwrap_or_else(|p| p.into_inner()).take();
+        // A UDP send does not wait (a full buffer drops the datagram).
+        if let Some(bytes) = bytes
+            && let Err(e) = socket.send_to(&bytes, src)
+        {
+            debug!(error = %e, %src, "could not send a response");
+        }
     };
     let request = match Request::from_bytes(raw.clone(), src, Protocol::Udp) {
         Ok(r) => r,
@@ -280,12 +287,13 @@ async fn slow(
             let Ok(empty) = Queries::read(&mut BinDecoder::new(&[]), 0) else {
                 return;
             };
-            let mut reply = reply;
+            let mut formerr = reply.clone();
             let response = MessageResponseBuilder::new(&empty, None)
                 .error_msg(&header.metadata, ResponseCode::FormErr);
-            if let Err(e) = reply.send_response(response).await {
-                warn!(error = %e, %src, "could not send FORMERR");
+            if let Err(e) = formerr.send_response(response).await {
+                warn!(error = %e, %src, "could not encode FORMERR");
             }
+            send(&reply);
             return;
         }
     };
@@ -307,6 +315,7 @@ async fn slow(
     {
         cache.keep(key, generation, &raw, plain, bytes);
     }
+    send(&reply);
 }
 
 /// How often a blocked receive looks at the stop flag.
@@ -378,9 +387,8 @@ fn serve(
                 .unwrap_or_else(|e| e.into_inner())
                 .generation();
             if let Some(qtype) = cache.answer_into(&key, generation, query, plain, &mut out) {
-                if let Err(e) = socket.send_to(&out, src) {
-                    debug!(error = %e, %src, "could not send a response");
-                }
+                // Counted before it is sent, as the request path's answers
+                // are: a client that has its answer sees it counted.
                 shared.metrics.count_query(
                     qtype,
                     "NOERROR",
@@ -388,6 +396,9 @@ fn serve(
                     src.is_ipv6(),
                     started.elapsed(),
                 );
+                if let Err(e) = socket.send_to(&out, src) {
+                    debug!(error = %e, %src, "could not send a response");
+                }
                 continue;
             }
             keep = Some((key.as_slice().into(), plain, generation));
