@@ -14,9 +14,10 @@ use futures::{FutureExt, StreamExt};
 use k8s_openapi::api::core::v1::{Node as KNode, Service as KService};
 use k8s_openapi::api::discovery::v1::EndpointSlice as KSlice;
 use kube::Client;
+use kube::ResourceExt;
 use kube::api::Api;
 use kube::runtime::reflector::Store;
-use signpost_model::cluster::{EndpointSlice, Node, ProxyTable, Service};
+use signpost_model::cluster::{EndpointSlice, Node, ObjectKey, ProxyTable, Service};
 use signpost_model::mutant::Seam;
 use signpost_model::spec::proxy_table;
 use signpost_runtime::metrics::Counter;
@@ -29,8 +30,11 @@ use crate::isolate::Refused;
 use crate::metrics::Metrics;
 use crate::plane::nftables::{apply, build};
 
+mod desired;
 mod ipvs;
 mod nftables;
+
+pub use desired::{Desired, Touched};
 
 pub use ipvs::run_ipvs;
 pub use nftables::{Synced, run, sync};
@@ -88,12 +92,12 @@ impl Cache {
 }
 
 /// What the control loop hears.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Event {
     /// A cache finished its initial list (again, after a relist).
     Listed(Cache),
-    /// A cached object was added, changed or deleted.
-    Changed,
+    /// A cached object (namespace and name) was added, changed or deleted.
+    Changed(Cache, ObjectKey),
     /// The resync period passed: read the kernel back and repair drift.
     Resync,
     /// The drain period passed (IPVS: delete destinations that drained).
@@ -202,7 +206,10 @@ fn stream<K: Object>(
         .filter_map(move |ev| async move {
             match ev {
                 watch::Event::InitDone => Some(Event::Listed(cache)),
-                watch::Event::Apply(_) | watch::Event::Delete(_) => Some(Event::Changed),
+                watch::Event::Apply(o) | watch::Event::Delete(o) => Some(Event::Changed(
+                    cache,
+                    ObjectKey::new(o.namespace().unwrap_or_default(), o.name_any()),
+                )),
                 watch::Event::Init | watch::Event::InitApply(_) => None,
             }
         })
@@ -230,10 +237,10 @@ impl Default for LastGood {
     }
 }
 
-/// The desired table from the caches (see [`LastGood`] for objects that do not convert).
-fn desired(
-    services: &Store<KService>,
-    slices: &Store<KSlice>,
+/// The desired table computed whole from the caches, through the
+/// mutation seam (see [`LastGood`] for objects that do not convert).
+fn desired_whole(
+    (services, slices): (&Store<KService>, &Store<KSlice>),
     node: &Node,
     metrics: &Metrics,
     seam: &mut Seam,
@@ -260,7 +267,7 @@ fn node_and_table(
     last: &mut LastGood,
 ) -> (Node, ProxyTable) {
     let node = this_node(nodes, &cfg.node_name, &cfg.node_port_addresses);
-    let want = desired(services, slices, &node, metrics, seam, last);
+    let want = desired_whole((services, slices), &node, metrics, seam, last);
     (node, want)
 }
 
@@ -408,6 +415,10 @@ mod tests {
         );
     }
 
+    fn changed() -> Event {
+        Event::Changed(Cache::Services, ObjectKey::new("default", "voy"))
+    }
+
     const ALL: [Event; 3] = [
         Event::Listed(Cache::Services),
         Event::Listed(Cache::EndpointSlices),
@@ -418,9 +429,9 @@ mod tests {
     fn nothing_is_programmed_until_every_cache_has_listed() {
         let mut s = LoopState::default();
         assert_eq!(s.step(&ALL[..2]), Action::Wait);
-        assert_eq!(s.step(&[Event::Changed]), Action::Wait);
+        assert_eq!(s.step(&[changed()]), Action::Wait);
         assert_eq!(s.step(&ALL[2..]), Action::Sync { read_back: false });
-        assert_eq!(s.step(&[Event::Changed]), Action::Sync { read_back: false });
+        assert_eq!(s.step(&[changed()]), Action::Sync { read_back: false });
     }
 
     #[test]
@@ -429,7 +440,7 @@ mod tests {
         s.step(&ALL);
         assert_eq!(s.step(&[Event::Resync]), Action::Sync { read_back: true });
         assert_eq!(
-            s.step(&[Event::Changed, Event::Retry]),
+            s.step(&[changed(), Event::Retry]),
             Action::Sync { read_back: true }
         );
         s.synced(false);
@@ -437,7 +448,7 @@ mod tests {
         // After a failure even a drain tick resyncs, from the kernel's table.
         assert_eq!(s.step(&[Event::Drain]), Action::Sync { read_back: true });
         s.synced(true);
-        assert_eq!(s.step(&[Event::Changed]), Action::Sync { read_back: false });
+        assert_eq!(s.step(&[changed()]), Action::Sync { read_back: false });
     }
 
     #[test]
@@ -449,7 +460,7 @@ mod tests {
             Action::FinishDraining
         );
         assert_eq!(
-            s.step(&[Event::Drain, Event::Changed]),
+            s.step(&[Event::Drain, changed()]),
             Action::Sync { read_back: false }
         );
     }

@@ -9,17 +9,18 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use kube::Client;
-use signpost_model::cluster::ProxyTable;
+use signpost_model::cluster::{ProxyTable, VirtualKey};
 use signpost_model::mutant::Seam;
 use tracing::{info, warn};
 
 use super::{
-    Action, Config, Error, LastGood, LoopState, batch_after, next_event, node_and_table,
-    report_refused, settle, watches,
+    Action, Config, Desired, Error, LastGood, LoopState, Touched, batch_after, desired_whole,
+    next_event, report_refused, settle, this_node, watches,
 };
 use crate::addresses::Masquerade;
 use crate::isolate::{Isolate, Refused};
 use crate::metrics::Metrics;
+use crate::plane::nftables::census::{self, Census};
 use crate::plane::nftables::{apply, build, readback};
 
 /// What one nftables sync did.
@@ -33,23 +34,39 @@ pub enum Synced {
     Partial(usize),
 }
 
+/// What the kernel holds as far as the loop knows: its table and, once
+/// computed, the table's [`Census`] (so a change of known keys is planned
+/// from those entries alone).
+#[derive(Debug, Default)]
+pub struct Held {
+    /// The kernel's table (`None`: unknown; the next sync is full).
+    pub table: Option<ProxyTable>,
+    census: Option<Census>,
+}
+
+impl Held {
+    /// What the kernel holds is `table` (read back, or unknown).
+    pub fn set(&mut self, table: Option<ProxyTable>) {
+        self.table = table;
+        self.census = None;
+    }
+}
+
 /// Applies `want` over what the kernel holds (`have`): a partial sync, or a
-/// full one when there is no table yet or a partial sync was refused.
+/// full one when there is no table yet or a partial sync was refused. With
+/// `keys`, only entries under them may differ between the two, and the
+/// sync costs what they hold (else both tables are compared whole).
 /// Counters move after the duration is recorded, so a reader that sees a
 /// new count also sees that sync's duration.
 pub fn sync(
-    have: &mut Option<ProxyTable>,
+    have: &mut Held,
     want: &ProxyTable,
+    keys: Option<&BTreeSet<VirtualKey>>,
     node_ips: &[IpAddr],
     masq: &Masquerade,
     metrics: &Metrics,
 ) -> Result<Synced, apply::Error> {
     let started = Instant::now();
-    // The entries that differ (one pass), for the log and the stale flows.
-    let keys = have
-        .as_ref()
-        .map(|old| build::changed_keys(old, want))
-        .unwrap_or_default();
     let full = |metrics: &Metrics| -> Result<Synced, apply::Error> {
         apply::apply(&build::full(want, node_ips, masq))
             .map(|()| Synced::Full(want.len()))
@@ -57,36 +74,51 @@ pub fn sync(
                 metrics.errors.inc();
             })
     };
-    let result = match have.as_ref() {
+    // The entries that differ, for the plan, the log and the stale flows.
+    let changed: Vec<VirtualKey> = match (have.table.as_ref(), keys) {
+        (None, _) => Vec::new(),
+        (Some(old), Some(keys)) => census::changes_among(old, want, keys)
+            .into_iter()
+            .map(|(k, _, _)| *k)
+            .collect(),
+        (Some(old), None) => build::changed_keys(old, want),
+    };
+    let result = match have.table.as_ref() {
         None => full(metrics),
-        Some(old) => match build::partial(old, want, node_ips) {
-            None => Ok(Synced::Nothing),
-            Some(tx) => {
-                if keys.len() <= 3 {
-                    info!(?keys, "partial sync");
-                } else {
-                    tracing::debug!(changed = keys.len(), "partial sync");
-                }
-                match apply::apply(&tx) {
-                    Ok(()) => Ok(Synced::Partial(keys.len())),
-                    Err(e) => {
-                        metrics.errors.inc();
-                        warn!(error = %e, "partial sync refused; doing a full sync");
-                        full(metrics)
+        Some(_) if changed.is_empty() => Ok(Synced::Nothing),
+        Some(old) => {
+            let census = have.census.get_or_insert_with(|| Census::of(old));
+            let only: BTreeSet<VirtualKey> = changed.iter().copied().collect();
+            match build::partial_keys(old, want, &only, census, node_ips) {
+                None => Ok(Synced::Nothing),
+                Some(tx) => {
+                    if changed.len() <= 3 {
+                        info!(keys = ?changed, "partial sync");
+                    } else {
+                        tracing::debug!(changed = changed.len(), "partial sync");
+                    }
+                    match apply::apply(&tx) {
+                        Ok(()) => Ok(Synced::Partial(changed.len())),
+                        Err(e) => {
+                            metrics.errors.inc();
+                            warn!(error = %e, "partial sync refused; doing a full sync");
+                            full(metrics)
+                        }
                     }
                 }
             }
-        },
+        }
     };
     match result {
         Ok(done) => {
             if done != Synced::Nothing
-                && let Some(old) = have.as_ref()
+                && let Some(old) = have.table.as_ref()
             {
                 // Only the changed entries can have stale flows: the plan
                 // over them alone is the plan's part for them.
                 let only = |t: &ProxyTable| -> ProxyTable {
-                    keys.iter()
+                    changed
+                        .iter()
                         .filter_map(|k| t.get_key_value(k))
                         .map(|(k, v)| (*k, v.clone()))
                         .collect()
@@ -98,7 +130,23 @@ pub fn sync(
                     metrics,
                 );
             }
-            *have = Some(want.clone());
+            match (done, have.table.as_mut()) {
+                // The kernel took the changed entries: so does the copy.
+                (Synced::Partial(_), Some(old)) => {
+                    let keys: BTreeSet<VirtualKey> = changed.iter().copied().collect();
+                    if let Some(census) = have.census.as_mut() {
+                        census.update(&census::changes_among(old, want, &keys));
+                    }
+                    for k in &changed {
+                        match want.get(k) {
+                            Some(vs) => old.insert(*k, vs.clone()),
+                            None => old.remove(k),
+                        };
+                    }
+                }
+                (Synced::Full(_), _) => have.set(Some(want.clone())),
+                _ => {}
+            }
             if done != Synced::Nothing {
                 metrics.observe_sync(started.elapsed());
             }
@@ -117,7 +165,7 @@ pub fn sync(
             Ok(done)
         }
         Err(e) => {
-            *have = None;
+            have.set(None);
             Err(e)
         }
     }
@@ -163,13 +211,16 @@ pub async fn run(client: Client, cfg: Config, metrics: Arc<Metrics>) -> Result<(
     let (services, slices, nodes, streams) = watches(&client, &cfg, &metrics);
     let mut events = futures::stream::select_all(streams);
     // PROTO-3, PXY-8: adopt what the kernel holds instead of flushing it.
-    let (mut have, mut node_port_ips) =
+    let (adopted, mut node_port_ips) =
         signpost_runtime::blocking(|| read_back(&metrics, &cfg.masquerade)).unzip();
-    info!(node = %cfg.node_name, adopted = have.as_ref().map_or(0, |t| t.len()), "signpost proxy (nftables) starting");
+    info!(node = %cfg.node_name, adopted = adopted.as_ref().map_or(0, |t| t.len()), "signpost proxy (nftables) starting");
+    let mut have = Held::default();
+    have.set(adopted);
     let mut state = LoopState::default();
     let mut retry_in: Option<Duration> = None;
     let mut seam = Seam::with(cfg.mutant);
     let mut last_good = LastGood::default();
+    let mut desired = Desired::default();
     let mut refused = Refused::default();
     while let Some(first) = next_event(&mut events, retry_in).await {
         let batch = batch_after(first, &mut events);
@@ -181,36 +232,72 @@ pub async fn run(client: Client, cfg: Config, metrics: Arc<Metrics>) -> Result<(
         if repair {
             // Repair drift: plan against what the kernel really holds, and
             // try refused entries again.
-            (have, node_port_ips) =
+            let (t, ips) =
                 signpost_runtime::blocking(|| read_back(&metrics, &cfg.masquerade)).unzip();
+            have.set(t);
+            node_port_ips = ips;
             refused.clear();
         }
-        let (node, want) = node_and_table(
-            (&services, &slices, &nodes),
-            &cfg,
-            &metrics,
-            &mut seam,
-            &mut last_good,
-        );
-        if let Some(t) = &have
+        let node = this_node(&nodes, &cfg.node_name, &cfg.node_port_addresses);
+        // The table is kept between batches and only what a batch names
+        // is recomputed (a repair recomputes it whole); a mutant's faults
+        // apply to whole tables, so with one it is computed whole each time.
+        let (whole, touched) = if cfg.mutant.is_some() {
+            let t = desired_whole(
+                (&services, &slices),
+                &node,
+                &metrics,
+                &mut seam,
+                &mut last_good,
+            );
+            (Some(t), Touched::All)
+        } else {
+            let touched = desired.update(
+                (&services, &slices),
+                &batch,
+                &node,
+                repair,
+                &metrics.invalid_objects,
+            );
+            (None, touched)
+        };
+        let computed = whole.as_ref().unwrap_or(desired.table());
+        if let Some(t) = &have.table
             && node_port_ips.as_ref() != Some(&build::node_port_ips(t, &node.addresses))
         {
             // The node's addresses (or --nodeport-addresses) changed since
             // the table was written: its ClusterIP sets are split otherwise.
             info!(addresses = ?node.addresses, "the node's NodePort addresses changed; rewriting the table whole");
-            have = None;
+            have.set(None);
         }
-        let want = refused.hold_back(&want, have.as_ref());
+        let held_back;
+        let (want, keys) = if refused.is_empty() {
+            let keys = match &touched {
+                Touched::Keys(k) => Some(k),
+                Touched::All => None,
+            };
+            (computed, keys)
+        } else {
+            held_back = refused.hold_back(computed, have.table.as_ref());
+            (&held_back, None)
+        };
         // `nft` runs as a process: the runtime's other tasks (probes,
         // metrics, watches) go on while it works.
         let outcome = signpost_runtime::blocking(|| {
-            match sync(&mut have, &want, &node.addresses, &cfg.masquerade, &metrics) {
+            match sync(
+                &mut have,
+                want,
+                keys,
+                &node.addresses,
+                &cfg.masquerade,
+                &metrics,
+            ) {
                 Ok(_) => Ok(()),
                 // The whole table was refused: find the entries the kernel
                 // refuses and program every other one.
                 Err(e) => {
                     warn!(error = %e, "the kernel refused the table; finding the virtual services it refuses");
-                    isolate_nft(&mut have, &want, &node.addresses, &cfg.masquerade, &metrics).map(
+                    isolate_nft(&mut have, want, &node.addresses, &cfg.masquerade, &metrics).map(
                         |found| {
                             report_refused(&found);
                             refused.record(found);
@@ -220,6 +307,7 @@ pub async fn run(client: Client, cfg: Config, metrics: Arc<Metrics>) -> Result<(
             }
         });
         node_port_ips = have
+            .table
             .as_ref()
             .map(|t| build::node_port_ips(t, &node.addresses));
         retry_in = settle(
@@ -235,7 +323,7 @@ pub async fn run(client: Client, cfg: Config, metrics: Arc<Metrics>) -> Result<(
 /// kernel's table; returns the refused entries. An error only when not
 /// even an empty table can be written (no `nft`, no nf_tables).
 fn isolate_nft(
-    have: &mut Option<ProxyTable>,
+    have: &mut Held,
     want: &ProxyTable,
     node_ips: &[IpAddr],
     masq: &Masquerade,
@@ -264,7 +352,7 @@ fn isolate_nft(
                 }
                 Err(e) => {
                     metrics.errors.inc();
-                    *have = None;
+                    have.set(None);
                     return Err(e);
                 }
             },
@@ -278,10 +366,10 @@ fn isolate_nft(
         // Rewriting what the kernel already holds tells.
         apply::apply(&build::full(&applied, node_ips, masq)).inspect_err(|_| {
             metrics.errors.inc();
-            *have = None;
+            have.set(None);
         })?;
     }
-    *have = Some(applied);
+    have.set(Some(applied));
     metrics.full_syncs.inc();
     Ok(found)
 }
