@@ -81,6 +81,10 @@ pub fn main(args: &[String]) -> Result<(), BoxError> {
         eprintln!(
             "bench nft-plane: {n:>6} addresses × 5 backends: full sync planned in {plan_full:.1} ms, committed in {commit_full:.1} ms; one endpoint change (p50 of {changes}) planned in {p50_plan:.2} ms, committed in {p50_commit:.2} ms"
         );
+        let (table_full, table_p50, table_max) = controller(n, changes)?;
+        eprintln!(
+            "bench nft-plane: {n:>6} Services: the proxy's desired table computed whole in {table_full:.1} ms; after one slice change (p50 of {changes}) in {table_p50:.3} ms"
+        );
         report.insert(
             n.to_string(),
             json!({
@@ -90,11 +94,90 @@ pub fn main(args: &[String]) -> Result<(), BoxError> {
                 "one_change_commit_p50_ms": p50_commit,
                 "one_change_plan_max_ms": max_plan,
                 "one_change_commit_max_ms": max_commit,
+                "desired_full_ms": table_full,
+                "desired_one_change_p50_ms": table_p50,
+                "desired_one_change_max_ms": table_max,
             }),
         );
         crate::write_report(&out, &serde_json::Value::Object(report.clone()))?;
     }
     Ok(())
+}
+
+/// The proxy's own share of a change, before any planning: its desired
+/// table ([`Desired`]) over caches of `n` Services with a slice of 5
+/// endpoints each, computed whole, then kept up to date after `changes`
+/// single-slice changes: (whole ms, p50 ms, max ms).
+fn controller(n: u32, changes: usize) -> Result<(f64, f64, f64), BoxError> {
+    use k8s_openapi::api::core::v1::Service as KService;
+    use k8s_openapi::api::discovery::v1::EndpointSlice as KSlice;
+    use kube::runtime::reflector;
+    use kube::runtime::watcher::Event as WEvent;
+    use signpost_model::cluster::{Node, ObjectKey};
+    use signpost_proxy::controller::{Cache, Desired, Event};
+
+    let ip = |base: u32, i: u32| Ipv4Addr::from(base + i).to_string();
+    let slice = |i: u32, endpoints: u32, version: u32| -> Result<KSlice, BoxError> {
+        let eps: Vec<_> = (0..endpoints)
+            .map(|e| json!({ "addresses": [ip(0x0a80_0000, i * 5 + e)], "conditions": { "ready": true }, "nodeName": "node-a" }))
+            .collect();
+        Ok(serde_json::from_value(json!({
+            "metadata": { "name": format!("s{i}-0"), "namespace": "default", "uid": format!("us{i}"),
+                          "resourceVersion": version.to_string(),
+                          "labels": { "kubernetes.io/service-name": format!("s{i}") } },
+            "addressType": "IPv4",
+            "ports": [{ "name": "http", "port": 8080, "protocol": "TCP" }],
+            "endpoints": eps,
+        }))?)
+    };
+    let (services, mut sw) = reflector::store::<KService>();
+    let (slices, mut lw) = reflector::store::<KSlice>();
+    for i in 0..n {
+        let svc: KService = serde_json::from_value(json!({
+            "metadata": { "name": format!("s{i}"), "namespace": "default", "uid": format!("u{i}"), "resourceVersion": "1" },
+            "spec": { "type": "ClusterIP", "clusterIP": ip(0x0a60_0000, i), "clusterIPs": [ip(0x0a60_0000, i)],
+                      "selector": { "app": format!("s{i}") },
+                      "ports": [{ "name": "http", "port": 80, "targetPort": 8080, "protocol": "TCP" }] }
+        }))?;
+        sw.apply_watcher_event(&WEvent::Apply(svc));
+        lw.apply_watcher_event(&WEvent::Apply(slice(i, 5, 1)?));
+    }
+    let node = Node {
+        name: "node-a".into(),
+        addresses: vec![IpAddr::V4(Ipv4Addr::new(192, 168, 0, 2))],
+        zone: None,
+    };
+    let invalid = signpost_proxy::metrics::Metrics::default().invalid_objects;
+    let mut desired = Desired::default();
+    let t = Instant::now();
+    desired.update((&services, &slices), &[], &node, true, &invalid);
+    let whole = ms(t);
+    if desired.table().len() != n as usize {
+        return Err(format!("{} entries for {n} Services", desired.table().len()).into());
+    }
+    let mut each = Vec::new();
+    for c in 0..changes {
+        let i = u32::try_from((c * 7919) % n as usize)?;
+        let version = u32::try_from(c)? + 2;
+        lw.apply_watcher_event(&WEvent::Apply(slice(
+            i,
+            if c % 2 == 0 { 4 } else { 5 },
+            version,
+        )?));
+        let batch = [Event::Changed(
+            Cache::EndpointSlices,
+            ObjectKey::new("default", format!("s{i}-0")),
+        )];
+        let t = Instant::now();
+        desired.update((&services, &slices), &batch, &node, false, &invalid);
+        each.push(ms(t));
+    }
+    each.sort_by(f64::total_cmp);
+    Ok((
+        whole,
+        percentile(&each, 0.5),
+        each.last().copied().unwrap_or(f64::NAN),
+    ))
 }
 
 /// Figures of one size: full plan and commit, p50 and max of a change's
