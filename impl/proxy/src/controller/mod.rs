@@ -1,6 +1,7 @@
 //! The proxy's I/O shell: reflectors for Services, EndpointSlices and this
-//! Node feed a loop that computes the oracle's table for this node and
-//! applies the difference from what the kernel holds (PXY-8). At start the
+//! Node feed a loop that keeps the oracle's table for this node ([`Desired`]:
+//! a batch recomputes only the Services it names) and applies the
+//! difference from what the kernel holds (PXY-8). At start the
 //! kernel's table is read back, so a restart rewrites nothing that is right.
 //! What both data planes share is here (the events, the pure [`LoopState`],
 //! the caches and the desired table); each plane's loop is in its module:

@@ -146,21 +146,27 @@ fn proxy_nft(dir: &Path, targets: &mut Vec<Target>, plots: &mut Vec<Plot>) {
         v.sort_by(|a, b| a.0.total_cmp(&b.0));
         v
     };
-    let (plane_plan, plane_commit) = (
+    let (plane_plan, plane_commit, plane_desired) = (
         plane_series("one_change_plan_p50_ms"),
         plane_series("one_change_commit_p50_ms"),
+        plane_series("desired_one_change_p50_ms"),
     );
     let plane_note = if plane_commit.is_empty() {
         String::new()
     } else {
         format!(
-            " The data plane alone (signpost-bench nft-plane, no API server), one endpoint change, p50: {}.",
+            " The data plane alone (signpost-bench nft-plane, no API server), one endpoint change, p50: {}. The proxy's desired table after one slice change, p50: {}.",
             plane_commit
                 .iter()
                 .zip(&plane_plan)
                 .map(|((n, c), (_, p))| format!(
                     "{n} → kernel commit {c:.2} ms, planning {p:.2} ms"
                 ))
+                .collect::<Vec<_>>()
+                .join("; "),
+            plane_desired
+                .iter()
+                .map(|(n, d)| format!("{n} → {d:.3} ms"))
                 .collect::<Vec<_>>()
                 .join("; ")
         )
@@ -201,6 +207,7 @@ fn proxy_nft(dir: &Path, targets: &mut Vec<Target>, plots: &mut Vec<Plot>) {
             lines: vec![
                 ("kernel commit".into(), plane_commit),
                 ("planning (userspace)".into(), plane_plan),
+                ("desired table (userspace)".into(), plane_desired),
                 ("full sync commit".into(), plane_series("full_commit_ms")),
             ],
         });
