@@ -83,7 +83,8 @@ where
 }
 
 /// Removes every namespace this process created (with the processes inside):
-/// for a signal handler, when the guards' `Drop` will not run.
+/// for a signal handler, when the guards' `Drop` will not run. Names made
+/// by [`unique`] with a three-letter prefix are this process's.
 pub fn remove_all_of_this_process() {
     let me = format!("{}x", std::process::id() % 100_000);
     for name in list().unwrap_or_default() {
@@ -91,6 +92,44 @@ pub fn remove_all_of_this_process() {
             drop(NetNs { name });
         }
     }
+}
+
+/// SIGINT and SIGTERM are caught by one thread that removes this run's
+/// namespaces (and so every process in them) before exiting with 130: the
+/// guards' `Drop` does not run when a signal ends the process. A handler,
+/// not a blocked mask: children inherit a mask across exec, and then
+/// ignore the SIGTERM that stops them. `program` names the run in the
+/// message.
+pub fn clean_up_on_signals(program: &'static str) {
+    let (ready, registered) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        let Ok(rt) = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+        else {
+            return;
+        };
+        rt.block_on(async {
+            use tokio::signal::unix::{SignalKind, signal};
+            let (Ok(mut int), Ok(mut term)) = (
+                signal(SignalKind::interrupt()),
+                signal(SignalKind::terminate()),
+            ) else {
+                return;
+            };
+            let _ = ready.send(());
+            let name = tokio::select! {
+                _ = int.recv() => "SIGINT",
+                _ = term.recv() => "SIGTERM",
+            };
+            eprintln!("{program}: {name}: removing this run's namespaces");
+            remove_all_of_this_process();
+            std::process::exit(130);
+        });
+    });
+    // Namespaces come after the handlers: a signal between the two would
+    // end the process without them.
+    let _ = registered.recv_timeout(std::time::Duration::from_secs(5));
 }
 
 /// A network namespace owned by the test.

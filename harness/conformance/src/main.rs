@@ -87,41 +87,9 @@ struct Args {
     emit_logs: Option<PathBuf>,
 }
 
-/// SIGINT and SIGTERM are caught by one thread that removes this run's
-/// namespaces (and so every process in them) before exiting: the guards'
-/// `Drop` does not run when a signal ends the process. A handler, not a
-/// blocked mask: children inherit a mask across exec, and then ignored the
-/// SIGTERM that stops them.
-fn clean_up_on_signals() {
-    std::thread::spawn(|| {
-        let Ok(rt) = tokio::runtime::Builder::new_current_thread()
-            .enable_all()
-            .build()
-        else {
-            return;
-        };
-        rt.block_on(async {
-            use tokio::signal::unix::{SignalKind, signal};
-            let (Ok(mut int), Ok(mut term)) = (
-                signal(SignalKind::interrupt()),
-                signal(SignalKind::terminate()),
-            ) else {
-                return;
-            };
-            let name = tokio::select! {
-                _ = int.recv() => "SIGINT",
-                _ = term.recv() => "SIGTERM",
-            };
-            eprintln!("signpost-conform: {name}: removing this run's namespaces");
-            signpost_harness::netns::remove_all_of_this_process();
-            std::process::exit(130);
-        });
-    });
-}
-
 fn main() {
     let args = Args::parse();
-    clean_up_on_signals();
+    signpost_harness::netns::clean_up_on_signals("signpost-conform");
     match run(args) {
         Ok(code) => std::process::exit(code),
         Err(e) => {

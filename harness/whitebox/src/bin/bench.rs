@@ -66,6 +66,8 @@ fn percentile(sorted: &[f64], p: f64) -> f64 {
 
 fn main() -> Result<(), Box<dyn std::error::Error + Send + Sync>> {
     let args: Vec<String> = std::env::args().skip(1).collect();
+    // A run stopped by a signal leaves no cluster or namespace behind.
+    signpost_harness::netns::clean_up_on_signals("signpost-bench");
     if args.first().map(String::as_str) == Some("proxy-nft") {
         return proxy_nft::main(&args[1..]);
     }

@@ -3,6 +3,7 @@
 //! binaries from `ci/upstream`. In CI (`CI=true`) a missing capability fails
 //! the test; elsewhere the test says why it does not run and returns.
 
+mod bench;
 mod dns;
 mod dns_diff;
 mod endpoints;

@@ -75,7 +75,7 @@ pub fn main(args: &[String]) -> Result<(), BoxError> {
     let out = flag("--out").unwrap_or_else(|| "reports/bench-nft-plane.json".into());
     let mut report = serde_json::Map::new();
     for n in sizes {
-        let ns = NetNs::create(unique("nftplane"))?;
+        let ns = NetNs::create(unique("spb"))?;
         let figures = ns.within(|| run(n, changes))??;
         let (plan_full, commit_full, p50_plan, p50_commit, max_plan, max_commit) = figures;
         eprintln!(
