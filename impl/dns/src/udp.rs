@@ -279,7 +279,7 @@ async fn slow(
             debug!(error = %e, %src, "could not send a response");
         }
     };
-    let request = match Request::from_bytes(raw.clone(), src, Protocol::Udp) {
+    let request = match Request::from_bytes(raw, src, Protocol::Udp) {
         Ok(r) => r,
         Err(e) => {
             handler.0.metrics.malformed.inc();
@@ -313,7 +313,7 @@ async fn slow(
             .unwrap_or_else(|p| p.into_inner())
             .as_deref()
     {
-        cache.keep(key, generation, &raw, plain, bytes);
+        cache.keep(key, generation, request.as_slice(), plain, bytes);
     }
     send(&reply);
 }

@@ -74,22 +74,20 @@ pub fn sync(
                 metrics.errors.inc();
             })
     };
-    // The entries that differ, for the plan, the log and the stale flows.
-    let changed: Vec<VirtualKey> = match (have.table.as_ref(), keys) {
+    // The entries that differ (found once), for the plan, the census, the
+    // log and the stale flows.
+    let changes: Vec<census::Change<'_>> = match (have.table.as_ref(), keys) {
         (None, _) => Vec::new(),
-        (Some(old), Some(keys)) => census::changes_among(old, want, keys)
-            .into_iter()
-            .map(|(k, _, _)| *k)
-            .collect(),
-        (Some(old), None) => build::changed_keys(old, want),
+        (Some(old), Some(keys)) => census::changes_among(old, want, keys),
+        (Some(old), None) => build::changes(old, want),
     };
+    let changed: Vec<VirtualKey> = changes.iter().map(|(k, _, _)| **k).collect();
     let result = match have.table.as_ref() {
         None => full(metrics),
-        Some(_) if changed.is_empty() => Ok(Synced::Nothing),
+        Some(_) if changes.is_empty() => Ok(Synced::Nothing),
         Some(old) => {
             let census = have.census.get_or_insert_with(|| Census::of(old));
-            let only: BTreeSet<VirtualKey> = changed.iter().copied().collect();
-            match build::partial_keys(old, want, &only, census, node_ips) {
+            match build::partial_of(old, want, &changes, census, node_ips) {
                 None => Ok(Synced::Nothing),
                 Some(tx) => {
                     if changed.len() <= 3 {
@@ -130,13 +128,13 @@ pub fn sync(
                     metrics,
                 );
             }
+            if let (Synced::Partial(_), Some(census)) = (done, have.census.as_mut()) {
+                census.update(&changes);
+            }
+            drop(changes);
             match (done, have.table.as_mut()) {
                 // The kernel took the changed entries: so does the copy.
                 (Synced::Partial(_), Some(old)) => {
-                    let keys: BTreeSet<VirtualKey> = changed.iter().copied().collect();
-                    if let Some(census) = have.census.as_mut() {
-                        census.update(&census::changes_among(old, want, &keys));
-                    }
                     for k in &changed {
                         match want.get(k) {
                             Some(vs) => old.insert(*k, vs.clone()),

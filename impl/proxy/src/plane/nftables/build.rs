@@ -655,7 +655,9 @@ pub fn partial_keys(
     )
 }
 
-fn partial_of(
+/// The same from the entries that differ (as [`changes`] or
+/// [`census::changes_among`] give them), for a caller that needs them too.
+pub fn partial_of(
     old: &ProxyTable,
     new: &ProxyTable,
     changed: &[Change<'_>],
@@ -742,7 +744,7 @@ pub fn changed_keys(old: &ProxyTable, new: &ProxyTable) -> Vec<VirtualKey> {
 }
 
 /// The entries that differ, in key order (one pass over both tables).
-fn changes<'a>(old: &'a ProxyTable, new: &'a ProxyTable) -> Vec<Change<'a>> {
+pub fn changes<'a>(old: &'a ProxyTable, new: &'a ProxyTable) -> Vec<Change<'a>> {
     let mut out = Vec::new();
     let (mut a, mut b) = (old.iter().peekable(), new.iter().peekable());
     loop {
