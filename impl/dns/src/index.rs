@@ -1,13 +1,14 @@
 //! The incremental zone index.
 
 use std::collections::{BTreeMap, BTreeSet, HashMap};
+use std::hash::{Hash, Hasher};
 use std::net::IpAddr;
-use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
 
 use signpost_model::cluster::{
-    DnsOutcome, EndpointSlice, ObjectKey, Pod, PodPhase, Question, RData, Service,
+    AddressFamily, DnsOutcome, Endpoint, EndpointPort, EndpointSlice, ObjectKey, Pod, PodPhase,
+    Question, RData, Service,
 };
 use signpost_model::spec::{DnsSnapshot, PodsMode, name_records, pod_label_ip, service_records};
 
@@ -34,22 +35,110 @@ pub enum Change {
     Synced,
 }
 
-/// The records of one name, with when they last changed and whether an
-/// answer has carried them since (programming latency).
+/// What DNS reads of one EndpointSlice: its name (the namespace is its
+/// Service's), family, ports and ready endpoints (address and hostname).
+/// An [`EndpointSlice`] is rebuilt from it when the oracle's rules run.
 #[derive(Debug)]
-struct Entry {
-    records: Box<[RData]>,
+struct Slim {
+    name: Box<str>,
+    family: AddressFamily,
+    ports: Box<[EndpointPort]>,
+    /// Ready endpoints' addresses and, only if some endpoint has one, their
+    /// hostnames (same order).
+    ready: Box<[IpAddr]>,
+    hostnames: Box<[Option<Box<str>>]>,
+}
+
+impl Slim {
+    fn of(slice: EndpointSlice) -> Self {
+        // What DNS does not read is not kept (DNS-4: ready endpoints only).
+        let ready: Vec<Endpoint> = slice.endpoints.into_iter().filter(|e| e.ready).collect();
+        let hostnames: Box<[Option<Box<str>>]> = if ready.iter().any(|e| e.hostname.is_some()) {
+            ready
+                .iter()
+                .map(|e| e.hostname.as_deref().map(Box::from))
+                .collect()
+        } else {
+            Box::new([])
+        };
+        Slim {
+            name: slice.key.name.into_boxed_str(),
+            family: slice.family,
+            ports: slice.ports.into_boxed_slice(),
+            ready: ready.iter().map(|e| e.address).collect(),
+            hostnames,
+        }
+    }
+
+    /// The slice as the oracle reads it.
+    fn model(&self, service: &ObjectKey) -> EndpointSlice {
+        EndpointSlice {
+            key: ObjectKey::new(service.namespace.as_str(), &*self.name),
+            service: service.name.clone(),
+            family: self.family,
+            ports: self.ports.to_vec(),
+            endpoints: self
+                .ready
+                .iter()
+                .enumerate()
+                .map(|(i, address)| Endpoint {
+                    address: *address,
+                    ready: true,
+                    serving: true,
+                    terminating: false,
+                    hostname: self
+                        .hostnames
+                        .get(i)
+                        .and_then(|h| h.as_deref())
+                        .map(str::to_owned),
+                    node: None,
+                    zone: None,
+                    pod: None,
+                })
+                .collect(),
+        }
+    }
+}
+
+/// One Service key: the Service (once seen) and the slices naming it. Its
+/// names are not stored: they are answered on demand with the oracle's
+/// rules over this Service alone, which is what makes the index small.
+#[derive(Debug)]
+struct Held {
+    key: ObjectKey,
+    svc: Option<Box<Service>>,
+    /// Sorted by name: where two slices hold one address, the oracle takes
+    /// the endpoint of the first slice by key.
+    slices: Vec<Slim>,
+    /// Addresses this Service answers PTR for (ClusterIPs, ready endpoints).
+    ptrs: Box<[IpAddr]>,
+    /// How many names it has (DNS-2..DNS-8, endpoint names of headless Services).
+    names: u32,
+    /// A hash of all its names and records, to tell a change from a no-op.
+    digest: u64,
+    /// When its records last changed, and whether an answer has carried
+    /// them since (programming latency).
     changed: Instant,
     served: AtomicBool,
 }
 
-/// The names one Service owns, with their records (DNS-2..DNS-8), and the
-/// reverse entries of its addresses (DNS-9).
-#[derive(Debug, Default, Clone)]
-struct Owned {
-    names: Vec<Arc<str>>,
-    cluster_ips: Vec<IpAddr>,
-    endpoint_ptrs: Vec<(IpAddr, Arc<str>)>,
+impl Held {
+    fn new(key: ObjectKey, now: Instant) -> Self {
+        Held {
+            key,
+            svc: None,
+            slices: Vec::new(),
+            ptrs: Box::new([]),
+            names: 0,
+            digest: 0,
+            changed: now,
+            served: AtomicBool::new(true),
+        }
+    }
+
+    fn model_slices(&self) -> Vec<EndpointSlice> {
+        self.slices.iter().map(|s| s.model(&self.key)).collect()
+    }
 }
 
 /// The cluster zone, maintained incrementally.
@@ -59,16 +148,20 @@ pub struct ZoneIndex {
     /// `.` + zone, for suffix tests on the query path.
     dot_zone: String,
     synced: bool,
-    services: HashMap<ObjectKey, Service>,
-    slices: HashMap<ObjectKey, EndpointSlice>,
-    /// Service → its slices, sorted by key (usually one or two: a Vec).
-    slices_of: HashMap<ObjectKey, Vec<ObjectKey>>,
-    owned: HashMap<ObjectKey, Owned>,
-    /// name → records; a name may be shared by no two Services (names embed the Service).
-    names: HashMap<Arc<str>, Entry>,
-    ptr_cluster: HashMap<IpAddr, Arc<str>>,
-    /// Endpoint address → endpoint names, sorted (usually one).
-    ptr_endpoints: HashMap<IpAddr, Vec<Arc<str>>>,
+    /// Services and their slices, by slot; freed slots are reused.
+    held: Vec<Held>,
+    free: Vec<u32>,
+    slot: HashMap<ObjectKey, u32>,
+    /// EndpointSlice → the slot of the Service it names.
+    slice_owner: HashMap<ObjectKey, u32>,
+    /// Address → a Service answering PTR for it; the rare address held by
+    /// several Services has the others in `ptr_more`.
+    /// (Ordered: a B-tree holds an address and a slot in less memory than
+    /// a hash table, and is only read on the PTR path.)
+    ptr: BTreeMap<IpAddr, u32>,
+    ptr_more: HashMap<IpAddr, Vec<u32>>,
+    /// Names in the zone (the sum over Services).
+    names: usize,
     /// Services per namespace.
     namespaces: HashMap<String, usize>,
     /// Namespaces seen as objects.
@@ -97,13 +190,13 @@ impl ZoneIndex {
             dot_zone: format!(".{zone}"),
             zone,
             synced: false,
-            services: HashMap::new(),
-            slices: HashMap::new(),
-            slices_of: HashMap::new(),
-            owned: HashMap::new(),
-            names: HashMap::new(),
-            ptr_cluster: HashMap::new(),
-            ptr_endpoints: HashMap::new(),
+            held: Vec::new(),
+            free: Vec::new(),
+            slot: HashMap::new(),
+            slice_owner: HashMap::new(),
+            ptr: BTreeMap::new(),
+            ptr_more: HashMap::new(),
+            names: 0,
             namespaces: HashMap::new(),
             namespace_objects: BTreeSet::new(),
             pods_mode,
@@ -124,9 +217,10 @@ impl ZoneIndex {
         self.synced
     }
 
-    /// How many names the zone holds (besides structural and reverse names).
+    /// How many names the zone holds (besides structural and reverse names,
+    /// and endpoint names of Services with ClusterIPs).
     pub fn len(&self) -> usize {
-        self.names.len()
+        self.names
     }
 
     /// How many times a Service's names were recomputed.
@@ -142,7 +236,7 @@ impl ZoneIndex {
 
     /// Whether the zone holds no names.
     pub fn is_empty(&self) -> bool {
-        self.names.is_empty()
+        self.names == 0
     }
 
     /// Applies one event seen now.
@@ -158,24 +252,43 @@ impl ZoneIndex {
 
     /// Applies events in order, then recomputes each Service they touched
     /// once: a burst of changes to one large headless Service costs one
-    /// refresh of it, not one per change. A name's change time is the
-    /// earliest event that touched its Service.
+    /// refresh of it, not one per change. A Service's change time is the
+    /// earliest event that touched it.
     pub fn apply_batch(&mut self, changes: impl IntoIterator<Item = (Change, Instant)>) {
         self.generation += 1;
-        let mut dirty: HashMap<ObjectKey, Instant> = HashMap::new();
+        let mut dirty: HashMap<u32, Instant> = HashMap::new();
         for (change, seen) in changes {
             self.stage(change, seen, &mut dirty);
         }
-        for (key, seen) in dirty {
-            self.refresh(&key, seen);
+        for (id, seen) in dirty {
+            self.refresh(id, seen);
         }
     }
 
+    /// The slot of a Service key, made if new.
+    fn slot_of(&mut self, key: ObjectKey, now: Instant) -> u32 {
+        if let Some(&id) = self.slot.get(&key) {
+            return id;
+        }
+        let id = match self.free.pop() {
+            Some(id) => {
+                self.held[id as usize] = Held::new(key.clone(), now);
+                id
+            }
+            None => {
+                self.held.push(Held::new(key.clone(), now));
+                u32::try_from(self.held.len() - 1).expect("fewer than 2^32 Services")
+            }
+        };
+        self.slot.insert(key, id);
+        id
+    }
+
     /// Records one event; the Services whose names it may change go to `dirty`.
-    fn stage(&mut self, change: Change, seen: Instant, dirty: &mut HashMap<ObjectKey, Instant>) {
-        let mut touch = |key: ObjectKey| {
+    fn stage(&mut self, change: Change, seen: Instant, dirty: &mut HashMap<u32, Instant>) {
+        let mut touch = |id: u32| {
             dirty
-                .entry(key)
+                .entry(id)
                 .and_modify(|t| *t = (*t).min(seen))
                 .or_insert(seen);
         };
@@ -200,65 +313,60 @@ impl ZoneIndex {
             Change::PodDeleted(key) => self.remove_pod(&key),
             Change::Service(mut svc) => {
                 svc.selector = None;
-                let key = svc.key.clone();
-                if !self.services.contains_key(&key) {
-                    *self.namespaces.entry(key.namespace.clone()).or_default() += 1;
+                let id = self.slot_of(svc.key.clone(), seen);
+                let held = &mut self.held[id as usize];
+                if held.svc.is_none() {
+                    *self
+                        .namespaces
+                        .entry(held.key.namespace.clone())
+                        .or_default() += 1;
                 }
-                self.services.insert(key.clone(), svc);
-                touch(key);
+                held.svc = Some(Box::new(svc));
+                touch(id);
             }
             Change::ServiceDeleted(key) => {
-                if self.services.remove(&key).is_some()
-                    && let Some(n) = self.namespaces.get_mut(&key.namespace)
-                {
-                    *n -= 1;
-                    if *n == 0 {
-                        self.namespaces.remove(&key.namespace);
+                if let Some(&id) = self.slot.get(&key) {
+                    if self.held[id as usize].svc.take().is_some()
+                        && let Some(n) = self.namespaces.get_mut(&key.namespace)
+                    {
+                        *n -= 1;
+                        if *n == 0 {
+                            self.namespaces.remove(&key.namespace);
+                        }
                     }
+                    touch(id);
                 }
-                touch(key);
             }
-            Change::Slice(mut slice) => {
-                // What DNS does not read is not kept.
-                slice.endpoints.retain(|e| e.ready);
-                for e in &mut slice.endpoints {
-                    e.node = None;
-                    e.zone = None;
-                    e.pod = None;
-                }
-                slice.endpoints.shrink_to_fit();
+            Change::Slice(slice) => {
                 let key = slice.key.clone();
-                let owner = slice.service_key();
-                if let Some(old) = self.slices.insert(key.clone(), slice) {
-                    let old_owner = old.service_key();
-                    if old_owner != owner {
-                        self.unlink_slice(&old_owner, &key);
-                        touch(old_owner);
+                let id = self.slot_of(slice.service_key(), seen);
+                if let Some(old) = self.slice_owner.insert(key.clone(), id)
+                    && old != id
+                {
+                    self.held[old as usize]
+                        .slices
+                        .retain(|s| *s.name != *key.name);
+                    touch(old);
+                }
+                let slim = Slim::of(slice);
+                let slices = &mut self.held[id as usize].slices;
+                match slices.binary_search_by(|s| s.name.cmp(&slim.name)) {
+                    Ok(at) => slices[at] = slim,
+                    Err(at) => {
+                        slices.insert(at, slim);
+                        // Most Services have one slice: no room kept for four.
+                        slices.shrink_to_fit();
                     }
                 }
-                // Sorted by key: where two slices hold one address, the
-                // oracle takes the endpoint of the first slice by key.
-                let list = self.slices_of.entry(owner.clone()).or_default();
-                if let Err(at) = list.binary_search(&key) {
-                    list.insert(at, key);
-                }
-                touch(owner);
+                touch(id);
             }
             Change::SliceDeleted(key) => {
-                if let Some(old) = self.slices.remove(&key) {
-                    let owner = old.service_key();
-                    self.unlink_slice(&owner, &key);
-                    touch(owner);
+                if let Some(id) = self.slice_owner.remove(&key) {
+                    self.held[id as usize]
+                        .slices
+                        .retain(|s| *s.name != *key.name);
+                    touch(id);
                 }
-            }
-        }
-    }
-
-    fn unlink_slice(&mut self, owner: &ObjectKey, slice: &ObjectKey) {
-        if let Some(list) = self.slices_of.get_mut(owner) {
-            list.retain(|k| k != slice);
-            if list.is_empty() {
-                self.slices_of.remove(owner);
             }
         }
     }
@@ -275,79 +383,93 @@ impl ZoneIndex {
         }
     }
 
-    /// Recomputes the names of one Service with the oracle's own rules, run
-    /// over that Service and its slices only.
-    fn refresh(&mut self, key: &ObjectKey, seen: Instant) {
-        self.refreshes += 1;
-        let mut previous: HashMap<Arc<str>, Entry> = HashMap::new();
-        if let Some(old) = self.owned.remove(key) {
-            for name in old.names {
-                if let Some(e) = self.names.remove(&name) {
-                    previous.insert(name, e);
+    fn add_ptr(&mut self, ip: IpAddr, id: u32) {
+        match self.ptr.entry(ip) {
+            std::collections::btree_map::Entry::Vacant(v) => {
+                v.insert(id);
+            }
+            std::collections::btree_map::Entry::Occupied(o) if *o.get() != id => {
+                let more = self.ptr_more.entry(ip).or_default();
+                if !more.contains(&id) {
+                    more.push(id);
                 }
             }
-            for ip in old.cluster_ips {
-                self.ptr_cluster.remove(&ip);
-            }
-            for (ip, target) in old.endpoint_ptrs {
-                if let Some(set) = self.ptr_endpoints.get_mut(&ip) {
-                    set.retain(|t| *t != target);
-                    if set.is_empty() {
-                        self.ptr_endpoints.remove(&ip);
-                    }
-                }
-            }
+            std::collections::btree_map::Entry::Occupied(_) => {}
         }
-        let Some(svc) = self.services.get(key) else {
+    }
+
+    fn remove_ptr(&mut self, ip: IpAddr, id: u32) {
+        if self.ptr.get(&ip) == Some(&id) {
+            match self.ptr_more.get_mut(&ip).and_then(Vec::pop) {
+                Some(next) => {
+                    self.ptr.insert(ip, next);
+                }
+                None => {
+                    self.ptr.remove(&ip);
+                }
+            }
+        } else if let Some(more) = self.ptr_more.get_mut(&ip) {
+            more.retain(|&o| o != id);
+        }
+        if self.ptr_more.get(&ip).is_some_and(Vec::is_empty) {
+            self.ptr_more.remove(&ip);
+        }
+    }
+
+    /// Recomputes one Service's names with the oracle's own rules, run over
+    /// that Service and its slices only: how many, whether they changed, and
+    /// the addresses it answers PTR for.
+    fn refresh(&mut self, id: u32, seen: Instant) {
+        self.refreshes += 1;
+        let old = std::mem::take(&mut self.held[id as usize].ptrs);
+        for ip in old {
+            self.remove_ptr(ip, id);
+        }
+        let held = &mut self.held[id as usize];
+        self.names -= held.names as usize;
+        let Some(svc) = &held.svc else {
+            held.names = 0;
+            held.digest = 0;
+            if held.slices.is_empty() {
+                let key = std::mem::replace(&mut held.key, ObjectKey::new("", ""));
+                self.slot.remove(&key);
+                self.free.push(id);
+            }
             return;
         };
-        let snap = snapshot_of(&self.zone, &self.slices_of, &self.slices, svc);
-        let fqdn = format!("{}.{}.svc.{}", svc.key.name, svc.key.namespace, self.zone);
-        let mut endpoint_ips: BTreeMap<IpAddr, String> = BTreeMap::new();
-        for slice in &snap.slices {
-            for ep in slice.endpoints.iter().filter(|e| e.ready) {
-                endpoint_ips.entry(ep.address).or_insert_with(|| {
-                    format!("{}.{fqdn}", signpost_model::spec::endpoint_dns_name(ep))
-                });
-            }
-        }
+        let slices = held.model_slices();
+        let snap = DnsSnapshot {
+            zone: &self.zone,
+            synced: true,
+            services: vec![&**svc],
+            slices: slices.iter().collect(),
+            pods: Vec::new(),
+            namespaces: BTreeSet::new(),
+            pods_mode: PodsMode::Disabled,
+        };
         // Endpoint names of Services with ClusterIPs (DNS-6, for CoreDNS
         // compatibility) are rarely asked and are most of a cluster's
-        // names: they are answered on demand.
-        let mut owned = Owned::default();
-        for (name, records) in service_records(&snap, svc, svc.is_headless()) {
-            // A name whose records did not change keeps its change time.
-            let entry = match previous.remove(name.as_str()) {
-                Some(e) if *e.records == *records => e,
-                _ => Entry {
-                    records: records.into_boxed_slice(),
-                    changed: seen,
-                    served: AtomicBool::new(false),
-                },
-            };
-            let name: Arc<str> = name.into();
-            self.names.insert(name.clone(), entry);
-            owned.names.push(name);
+        // names: they are not counted or watched for change.
+        let records = service_records(&snap, svc, svc.is_headless());
+        let mut hasher = std::hash::DefaultHasher::new();
+        records.hash(&mut hasher);
+        // Never 0, which stands for "no records yet".
+        let digest = hasher.finish() | 1;
+        if digest != held.digest {
+            held.digest = digest;
+            held.changed = seen;
+            held.served.store(false, Ordering::Relaxed);
         }
-        // Reverse targets share the names' strings.
-        let shared = |names: &HashMap<Arc<str>, Entry>, n: &str| -> Arc<str> {
-            names
-                .get_key_value(n)
-                .map_or_else(|| Arc::from(n), |(k, _)| k.clone())
-        };
-        for ip in svc.cluster_ips.ips() {
-            self.ptr_cluster.insert(*ip, shared(&self.names, &fqdn));
-            owned.cluster_ips.push(*ip);
+        held.names = u32::try_from(records.len()).unwrap_or(u32::MAX);
+        self.names += held.names as usize;
+        let mut ptrs: Vec<IpAddr> = svc.cluster_ips.ips().to_vec();
+        ptrs.extend(held.slices.iter().flat_map(|s| s.ready.iter().copied()));
+        ptrs.sort_unstable();
+        ptrs.dedup();
+        for ip in &ptrs {
+            self.add_ptr(*ip, id);
         }
-        for (ip, name) in endpoint_ips {
-            let name = shared(&self.names, &name);
-            let set = self.ptr_endpoints.entry(ip).or_default();
-            if let Err(at) = set.binary_search(&name) {
-                set.insert(at, name.clone());
-            }
-            owned.endpoint_ptrs.push((ip, name));
-        }
-        self.owned.insert(key.clone(), owned);
+        self.held[id as usize].ptrs = ptrs.into_boxed_slice();
     }
 
     /// Answers a question as the oracle would over the same objects.
@@ -355,7 +477,7 @@ impl ZoneIndex {
         self.answer_timed(question).0
     }
 
-    /// Answers, and the first time an answer carries a name's changed
+    /// Answers, and the first time an answer carries a Service's changed
     /// records, says how long after the change was seen that was.
     pub fn answer_timed(&self, question: &Question) -> (DnsOutcome, Option<Duration>) {
         let name = question.normalized_name();
@@ -366,52 +488,76 @@ impl ZoneIndex {
         }
         let mut first_served = None;
         let rdatas: Option<Vec<RData>> = if let Some(ip) = reverse {
-            match (self.ptr_cluster.get(&ip), self.ptr_endpoints.get(&ip)) {
-                (Some(svc), _) => Some(vec![RData::Ptr(svc.to_string())]),
-                (None, Some(eps)) => Some(eps.iter().map(|t| RData::Ptr(t.to_string())).collect()),
-                (None, None) => return (DnsOutcome::Forward, None),
+            match self.reverse(ip, &name) {
+                Some(r) => Some(r),
+                None => return (DnsOutcome::Forward, None),
             }
         } else if let Some(r) = self.structural(&name) {
             r
         } else {
-            match self.names.get(name.as_str()) {
-                Some(e) => {
-                    if self.synced
-                        && !e.served.load(Ordering::Relaxed)
-                        && !e.served.swap(true, Ordering::Relaxed)
+            match self.service_of(&name) {
+                Some(held) => {
+                    let records = self.records(&[held], &name);
+                    if records.is_some()
+                        && self.synced
+                        && !held.served.load(Ordering::Relaxed)
+                        && !held.served.swap(true, Ordering::Relaxed)
                     {
-                        first_served = Some(e.changed.elapsed());
+                        first_served = Some(held.changed.elapsed());
                     }
-                    Some(e.records.to_vec())
+                    records
                 }
-                None => self.on_demand(&name),
+                None => None,
             }
         };
         let outcome = signpost_model::spec::outcome(&name, rdatas, question.rtype, self.synced);
         (outcome, first_served)
     }
 
-    /// An endpoint name of a Service with ClusterIPs, through the oracle's
-    /// rules over that Service and its slices.
-    fn on_demand(&self, name: &str) -> Option<Vec<RData>> {
+    /// The records at `name` by the oracle's rules over these Services and
+    /// their slices only.
+    fn records(&self, held: &[&Held], name: &str) -> Option<Vec<RData>> {
+        let slices: Vec<EndpointSlice> = held.iter().flat_map(|h| h.model_slices()).collect();
+        let snap = DnsSnapshot {
+            zone: &self.zone,
+            synced: true,
+            services: held.iter().filter_map(|h| h.svc.as_deref()).collect(),
+            slices: slices.iter().collect(),
+            pods: Vec::new(),
+            namespaces: BTreeSet::new(),
+            pods_mode: PodsMode::Disabled,
+        };
+        name_records(&snap, name)
+    }
+
+    /// DNS-9: the PTR records of an address some Service holds (as a
+    /// ClusterIP or a ready endpoint); `None` if none does.
+    fn reverse(&self, ip: IpAddr, name: &str) -> Option<Vec<RData>> {
+        let first = *self.ptr.get(&ip)?;
+        let mut owners: Vec<&Held> = std::iter::once(first)
+            .chain(self.ptr_more.get(&ip).into_iter().flatten().copied())
+            .map(|id| &self.held[id as usize])
+            .collect();
+        // The oracle looks through Services in key order.
+        owners.sort_by(|a, b| a.key.cmp(&b.key));
+        self.records(&owners, name)
+    }
+
+    /// The Service a name below `<svc>.<ns>.svc.<zone>` belongs to (the
+    /// Service name, its endpoints, `_<proto>` and `_<port>._<proto>`).
+    fn service_of(&self, name: &str) -> Option<&Held> {
         let rest = name.strip_suffix(&self.dot_zone)?;
         let mut labels = rest.rsplit('.');
-        let (Some("svc"), Some(ns), Some(svc_name), Some(_label), None) = (
-            labels.next(),
-            labels.next(),
-            labels.next(),
-            labels.next(),
-            labels.next(),
-        ) else {
+        let (Some("svc"), Some(ns), Some(svc_name)) = (labels.next(), labels.next(), labels.next())
+        else {
             return None;
         };
-        let key = ObjectKey::new(ns, svc_name);
-        let svc = self.services.get(&key)?;
-        if svc.is_headless() {
+        if labels.count() > 2 {
             return None;
         }
-        let snap = snapshot_of(&self.zone, &self.slices_of, &self.slices, svc);
-        name_records(&snap, name)
+        let id = *self.slot.get(&ObjectKey::new(ns, svc_name))?;
+        let held = &self.held[id as usize];
+        held.svc.as_ref().map(|_| held)
     }
 
     fn namespace_exists(&self, ns: &str) -> bool {
@@ -483,29 +629,5 @@ impl ZoneIndex {
             pods_mode: self.pods_mode,
         };
         name_records(&snap, &format!("{label}.{ns}.pod.{}", self.zone))
-    }
-}
-
-/// The oracle's view of one Service: it and its slices, in key order
-/// (fields passed apart so the index can be written while it is read).
-fn snapshot_of<'a>(
-    zone: &'a str,
-    slices_of: &'a HashMap<ObjectKey, Vec<ObjectKey>>,
-    slices: &'a HashMap<ObjectKey, EndpointSlice>,
-    svc: &'a Service,
-) -> DnsSnapshot<'a> {
-    DnsSnapshot {
-        zone,
-        synced: true,
-        services: vec![svc],
-        slices: slices_of
-            .get(&svc.key)
-            .into_iter()
-            .flatten()
-            .filter_map(|k| slices.get(k))
-            .collect(),
-        pods: Vec::new(),
-        namespaces: BTreeSet::new(),
-        pods_mode: PodsMode::Disabled,
     }
 }

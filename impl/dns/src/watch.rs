@@ -21,7 +21,7 @@ use signpost_model::cluster::{EndpointSlice, ObjectKey, Pod, Service};
 use signpost_model::spec::PodsMode;
 use signpost_runtime::{Object, watch};
 use tokio::sync::mpsc;
-use tracing::info;
+use tracing::{debug, info};
 
 use crate::Change;
 use crate::server::{Shared, epoch_secs};
@@ -117,6 +117,10 @@ fn through_seam(seam: &signpost_model::mutant::Seam, c: Change) -> Option<Change
 /// Changes queued between the watches and the index at most (one batch).
 const QUEUE: usize = 1024;
 
+/// A batch this large is a list or a burst: once the queue is drained
+/// after it, freed memory is given back.
+const BURST: usize = 256;
+
 /// Watches the cluster and keeps `shared.index` current until the client's
 /// watches end (they retry forever, so in practice: until cancelled).
 pub async fn run(client: Client, shared: Arc<Shared>, pods_mode: PodsMode) {
@@ -165,10 +169,12 @@ pub async fn run(client: Client, shared: Arc<Shared>, pods_mode: PodsMode) {
     let mut listed: HashSet<&'static str> = HashSet::new();
     let mut synced = false;
     let mut batch = Vec::new();
+    let mut trim_due = false;
     // A batch is applied under one write lock, each Service it touches
     // recomputed once; batches are bounded so queries wait briefly.
     while rx.recv_many(&mut batch, QUEUE).await > 0 {
         let mut newly_synced = false;
+        trim_due |= batch.len() >= BURST;
         let mut changes = Vec::with_capacity(batch.len());
         for msg in batch.drain(..) {
             match msg {
@@ -198,6 +204,14 @@ pub async fn run(client: Client, shared: Arc<Shared>, pods_mode: PodsMode) {
                 .metrics
                 .zone_names
                 .set(i64::try_from(index.len()).unwrap_or(i64::MAX));
+        }
+        // A list or a burst leaves decoded objects freed behind it: once
+        // the queue is drained, their pages go back.
+        trim_due |= newly_synced;
+        if trim_due && rx.is_empty() {
+            trim_due = false;
+            let returned = crate::memory::give_back_freed();
+            debug!(returned, "freed memory given back after a burst of changes");
         }
         if newly_synced {
             shared.metrics.synced.set(1);

@@ -367,3 +367,38 @@ fn a_batch_recomputes_each_service_once() {
     index.apply_batch(changes);
     assert_eq!(index.refreshes(), 1, "one Service touched by 51 changes");
 }
+
+/// Programming latency is reported once per change of a Service's records:
+/// the first answer carrying them says how long after the change it came,
+/// later answers say nothing, a change that leaves the records as they were
+/// (a not-ready endpoint appearing) does not start a new measurement, and a
+/// real one does.
+#[test]
+fn programming_latency_is_reported_once_per_change() {
+    let mut index = ZoneIndex::new("cluster.local");
+    let svc = service(0, 0, 1, false, true);
+    let q = Question::new("voy.default.svc.cluster.local", RType::A);
+    let t0 = Instant::now();
+    index.apply_batch([
+        (Change::Service(svc), t0),
+        (
+            Change::Slice(slice(0, 0, 0, false, &[(1, true, false)])),
+            t0,
+        ),
+        (Change::Synced, t0),
+    ]);
+    let (_, first) = index.answer_timed(&q);
+    assert!(first.is_some(), "the first answer after the change");
+    assert_eq!(index.answer_timed(&q).1, None, "measured once");
+    let unchanged = slice(0, 0, 0, false, &[(1, true, false), (2, false, false)]);
+    index.apply(Change::Slice(unchanged));
+    assert_eq!(index.answer_timed(&q).1, None, "the records did not change");
+    let changed = slice(0, 0, 0, false, &[(1, true, false), (2, true, false)]);
+    index.apply(Change::Slice(changed));
+    assert!(index.answer_timed(&q).1.is_some(), "a second endpoint");
+    // The Service name, `_http._tcp`, `_dns._udp`, `_tcp`, `_udp` and one
+    // name per endpoint of this headless Service.
+    assert_eq!(index.len(), 7);
+    index.apply(Change::ServiceDeleted(ObjectKey::new("default", "voy")));
+    assert_eq!(index.len(), 0);
+}
