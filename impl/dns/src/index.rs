@@ -223,6 +223,12 @@ impl ZoneIndex {
         self.names
     }
 
+    /// How many Services (and Service names only slices have named so far)
+    /// the zone holds.
+    pub fn services(&self) -> usize {
+        self.slot.len()
+    }
+
     /// How many times a Service's names were recomputed.
     pub fn refreshes(&self) -> u64 {
         self.refreshes
