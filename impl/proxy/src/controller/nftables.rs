@@ -45,10 +45,14 @@ pub struct Held {
 }
 
 impl Held {
-    /// What the kernel holds is `table` (read back, or unknown).
+    /// What the kernel holds is `table` (read back, or unknown). Its census
+    /// is taken now, with the table: the next partial sync then costs what
+    /// its changes hold. (Taken by that sync instead, it made the first
+    /// endpoint change after a full sync cost a pass over the whole table:
+    /// 0.5 ms at 1k Services, 10.1 ms at 10k in `signpost-bench proxy-nft`.)
     pub fn set(&mut self, table: Option<ProxyTable>) {
+        self.census = table.as_ref().map(Census::of);
         self.table = table;
-        self.census = None;
     }
 }
 
@@ -370,4 +374,35 @@ fn isolate_nft(
     have.set(Some(applied));
     metrics.full_syncs.inc();
     Ok(found)
+}
+
+#[cfg(test)]
+mod tests {
+    use signpost_model::cluster::{Protocol, VirtualService};
+
+    use super::*;
+
+    /// The census comes with the table: a first partial sync after a full
+    /// one does not count the whole table (see [`Held::set`]).
+    #[test]
+    fn a_table_is_counted_when_it_is_set() {
+        let mut table = ProxyTable::new();
+        table.insert(
+            VirtualKey {
+                ip: "10.96.0.1".parse().unwrap(),
+                port: 80,
+                protocol: Protocol::Tcp,
+            },
+            VirtualService {
+                backends: ["10.244.0.5:8080".parse().unwrap()].into(),
+                affinity_timeout: None,
+            },
+        );
+        let mut have = Held::default();
+        have.set(Some(table.clone()));
+        assert_ne!(Census::of(&table), Census::default());
+        assert_eq!(have.census.as_ref(), Some(&Census::of(&table)));
+        have.set(None);
+        assert!(have.census.is_none());
+    }
 }

