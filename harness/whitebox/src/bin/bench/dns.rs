@@ -20,7 +20,7 @@ use futures::{StreamExt, TryStreamExt};
 use hickory_proto::rr::RecordType;
 use k8s_openapi::api::core::v1::Service as KService;
 use k8s_openapi::api::discovery::v1::EndpointSlice as KSlice;
-use kube::api::{Api, PostParams};
+use kube::api::{Api, PostParams, WatchEvent, WatchParams};
 use serde_json::json;
 use signpost_harness::cluster::NODE_IP;
 use signpost_harness::dns::{decode_answer, encode_query, exchange_udp};
@@ -241,12 +241,15 @@ fn latency(
 }
 
 /// Service create → resolvable on both servers, for `n` new Services.
+/// Service create → resolvable on each server, and → the API server's
+/// watch event reaching a watcher of the bench's own (the floor under
+/// both servers, which learn of the Service the same way), in ms.
 fn propagation(
     cluster: &LocalCluster<Running>,
     servers: [SocketAddr; 2],
     n: u32,
-) -> Result<[Vec<f64>; 2], BoxError> {
-    let mut out = [Vec::new(), Vec::new()];
+) -> Result<[Vec<f64>; 3], BoxError> {
+    let mut out = [Vec::new(), Vec::new(), Vec::new()];
     for i in 0..n {
         let name = format!("fresh-{i}");
         let fqdn = format!("{name}.default.svc.cluster.local.");
@@ -256,7 +259,7 @@ fn propagation(
             let done = done.clone();
             let fqdn = fqdn.clone();
             let ns = cluster.node_namespace();
-            std::thread::scope(|scope| -> Result<[f64; 2], BoxError> {
+            std::thread::scope(|scope| -> Result<[f64; 3], BoxError> {
                 let h = scope.spawn(move || {
                     ns.within(move || {
                         let mut got = [f64::NAN; 2];
@@ -276,15 +279,30 @@ fn propagation(
                     })
                 });
                 let svc = service(&name, false)?;
-                cluster.block_on(|client| async move {
-                    Api::<KService>::namespaced(client, "default")
-                        .create(&PostParams::default(), &svc)
-                        .await
-                        .map(|_| ())
+                let watched = cluster.block_on(|client| {
+                    let name = name.clone();
+                    async move {
+                        let api = Api::<KService>::namespaced(client, "default");
+                        let wp = WatchParams::default().fields(&format!("metadata.name={name}"));
+                        // Established before the create: its first event is this Service.
+                        let mut events = api.watch(&wp, "0").await?.boxed();
+                        // Every time is from the create on (the poller's from t0).
+                        let created = t0.elapsed().as_secs_f64() * 1000.0;
+                        api.create(&PostParams::default(), &svc).await?;
+                        while let Some(ev) = events.try_next().await? {
+                            if matches!(ev, WatchEvent::Added(_)) {
+                                return Ok((created, t0.elapsed().as_secs_f64() * 1000.0));
+                            }
+                        }
+                        Ok::<_, kube::Error>((created, f64::NAN))
+                    }
                 })??;
-                h.join()
+                let got = h
+                    .join()
                     .map_err(|_| "poller panicked")?
-                    .map_err(|e| -> BoxError { e.to_string().into() })
+                    .map_err(|e| -> BoxError { e.to_string().into() })?;
+                let (created, watched) = watched;
+                Ok([got[0] - created, got[1] - created, watched - created])
             })?
         };
         for (k, v) in watcher.iter().enumerate() {
@@ -404,6 +422,7 @@ pub fn main(args: &[String]) -> Result<(), BoxError> {
     let prop = propagation(&cluster, [sp_addr, cd_addr], 40)?;
     let (sp_p50, sp_p99) = stats(&prop[0]);
     let (cd_p50, cd_p99) = stats(&prop[1]);
+    let (watch_p50, watch_p99) = stats(&prop[2]);
 
     let mut report: BTreeMap<&str, serde_json::Value> = BTreeMap::new();
     report.insert("services", json!(n));
@@ -420,6 +439,10 @@ pub fn main(args: &[String]) -> Result<(), BoxError> {
             "signpost_fraction": perf[0].qps / perf[2].qps,
             "coredns_fraction": perf[1].qps / perf[2].qps,
         }),
+    );
+    report.insert(
+        "create_to_watch_event_ms",
+        json!({ "what": "Service create → its watch event at a watcher of the bench's own: the floor under both servers", "p50": watch_p50, "p99": watch_p99 }),
     );
     report.insert(
         "signpost",

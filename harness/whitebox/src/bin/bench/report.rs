@@ -307,7 +307,22 @@ fn dns(dir: &Path, targets: &mut Vec<Target>, plots: &mut Vec<Plot>) {
         bound: "≤ 1".into(),
         met: all(&prog, |v| v <= 1.0),
         measured: prog,
-        note: String::new(),
+        note: runs
+            .iter()
+            .filter_map(|(n, v)| {
+                let ms = |path: &[&str]| num(v, path).map_or("–".to_owned(), |x| format!("{x:.0}"));
+                Some(format!(
+                    "{n}: p50 / p99 signpost {} / {} ms, CoreDNS {} / {} ms, the watch event itself (the floor under both) {} / {} ms",
+                    ms(&["signpost", "create_to_resolvable_ms", "p50"]),
+                    ms(&["signpost", "create_to_resolvable_ms", "p99"]),
+                    ms(&["coredns", "create_to_resolvable_ms", "p50"]),
+                    ms(&["coredns", "create_to_resolvable_ms", "p99"]),
+                    ms(&["create_to_watch_event_ms", "p50"]),
+                    ms(&["create_to_watch_event_ms", "p99"]),
+                ))
+            })
+            .collect::<Vec<_>>()
+            .join("; "),
     });
     plots.push(Plot {
         title: "DNS queries per second (one core)".into(),
