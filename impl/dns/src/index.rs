@@ -444,15 +444,7 @@ impl ZoneIndex {
             return;
         };
         let slices = held.model_slices();
-        let snap = DnsSnapshot {
-            zone: &self.zone,
-            synced: true,
-            services: vec![&**svc],
-            slices: slices.iter().collect(),
-            pods: Vec::new(),
-            namespaces: BTreeSet::new(),
-            pods_mode: PodsMode::Disabled,
-        };
+        let snap = snapshot(&self.zone, vec![&**svc], &slices);
         // Endpoint names of Services with ClusterIPs (DNS-6, for CoreDNS
         // compatibility) are rarely asked and are most of a cluster's
         // names: they are not counted or watched for change.
@@ -524,16 +516,8 @@ impl ZoneIndex {
     /// their slices only.
     fn records(&self, held: &[&Held], name: &str) -> Option<Vec<RData>> {
         let slices: Vec<EndpointSlice> = held.iter().flat_map(|h| h.model_slices()).collect();
-        let snap = DnsSnapshot {
-            zone: &self.zone,
-            synced: true,
-            services: held.iter().filter_map(|h| h.svc.as_deref()).collect(),
-            slices: slices.iter().collect(),
-            pods: Vec::new(),
-            namespaces: BTreeSet::new(),
-            pods_mode: PodsMode::Disabled,
-        };
-        name_records(&snap, name)
+        let services = held.iter().filter_map(|h| h.svc.as_deref()).collect();
+        name_records(&snapshot(&self.zone, services, &slices), name)
     }
 
     /// DNS-9: the PTR records of an address some Service holds (as a
@@ -635,5 +619,22 @@ impl ZoneIndex {
             pods_mode: self.pods_mode,
         };
         name_records(&snap, &format!("{label}.{ns}.pod.{}", self.zone))
+    }
+}
+
+/// The oracle's view of some Services and their slices alone.
+fn snapshot<'a>(
+    zone: &'a str,
+    services: Vec<&'a Service>,
+    slices: &'a [EndpointSlice],
+) -> DnsSnapshot<'a> {
+    DnsSnapshot {
+        zone,
+        synced: true,
+        services,
+        slices: slices.iter().collect(),
+        pods: Vec::new(),
+        namespaces: BTreeSet::new(),
+        pods_mode: PodsMode::Disabled,
     }
 }

@@ -47,6 +47,15 @@ fn num(v: &Value, path: &[&str]) -> Option<f64> {
 }
 
 /// Whether every measured value holds `ok`; `None` when nothing was measured.
+/// The measurements at one scale point.
+fn at(measured: &[(String, f64)], point: &str) -> Vec<(String, f64)> {
+    measured
+        .iter()
+        .filter(|(n, _)| n == point)
+        .cloned()
+        .collect()
+}
+
 fn all(measured: &[(String, f64)], ok: impl Fn(f64) -> bool) -> Option<bool> {
     (!measured.is_empty()).then(|| measured.iter().all(|(_, v)| ok(*v)))
 }
@@ -127,11 +136,7 @@ fn proxy_nft(dir: &Path, targets: &mut Vec<Target>, plots: &mut Vec<Plot>) {
         floors(&element_floor),
         floors(&small_floor)
     );
-    let at_10k: Vec<(String, f64)> = change
-        .iter()
-        .filter(|(n, _)| n.as_str() == "10000")
-        .cloned()
-        .collect();
+    let at_10k = at(&change, "10000");
     // The data plane alone (`signpost-bench nft-plane`, no API server),
     // which reaches 50k addresses.
     let plane = read(dir, "bench-nft-plane.json");
@@ -290,13 +295,7 @@ fn dns(dir: &Path, targets: &mut Vec<Target>, plots: &mut Vec<Plot>) {
         id: "3b",
         what: "DNS resident memory under load, Signpost / CoreDNS".into(),
         bound: "≤ 0.3 at 10k".into(),
-        met: all(
-            &rss.iter()
-                .filter(|(n, _)| n.as_str() == "10000")
-                .cloned()
-                .collect::<Vec<_>>(),
-            |v| v <= 0.3,
-        ),
+        met: all(&at(&rss, "10000"), |v| v <= 0.3),
         measured: rss,
         note: String::new(),
     });
@@ -309,9 +308,9 @@ fn dns(dir: &Path, targets: &mut Vec<Target>, plots: &mut Vec<Plot>) {
         measured: prog,
         note: runs
             .iter()
-            .filter_map(|(n, v)| {
+            .map(|(n, v)| {
                 let ms = |path: &[&str]| num(v, path).map_or("–".to_owned(), |x| format!("{x:.0}"));
-                Some(format!(
+                format!(
                     "{n}: p50 / p99 signpost {} / {} ms, CoreDNS {} / {} ms, the watch event itself (the floor under both) {} / {} ms",
                     ms(&["signpost", "create_to_resolvable_ms", "p50"]),
                     ms(&["signpost", "create_to_resolvable_ms", "p99"]),
@@ -319,7 +318,7 @@ fn dns(dir: &Path, targets: &mut Vec<Target>, plots: &mut Vec<Plot>) {
                     ms(&["coredns", "create_to_resolvable_ms", "p99"]),
                     ms(&["create_to_watch_event_ms", "p50"]),
                     ms(&["create_to_watch_event_ms", "p99"]),
-                ))
+                )
             })
             .collect::<Vec<_>>()
             .join("; "),
@@ -384,16 +383,11 @@ fn endpoints(dir: &Path, targets: &mut Vec<Target>, plots: &mut Vec<Plot>) {
         .join("; ");
     // The bound is the at-scale point (10k Services, 30k Pods);
     // smaller points are shown beside it.
-    let at_scale: Vec<(String, f64)> = p99
-        .iter()
-        .filter(|(n, _)| n.as_str() == "10000")
-        .cloned()
-        .collect();
     targets.push(Target {
         id: "4",
         what: "EndpointSlice controller: Pod ready → endpoint ready p99, Signpost / kube-controller-manager".into(),
         bound: "≤ 0.5 at 10k Services".into(),
-        met: all(&at_scale, |v| v <= 0.5),
+        met: all(&at(&p99, "10000"), |v| v <= 0.5),
         measured: p99,
         note: cpu,
     });
