@@ -24,7 +24,7 @@ pub mod process;
 pub mod upstream;
 pub mod vm;
 
-pub use cluster::{ApiHandle, ControlProcess, LocalCluster, Running, Stopped, Uplink};
+pub use cluster::{ApiHandle, ControlProcess, ImageSpec, LocalCluster, Running, Stopped, Uplink};
 pub use error::{Error, Result};
 pub use fabric::{PodBuilder, PodHandle};
 

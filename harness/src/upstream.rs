@@ -1,6 +1,8 @@
 //! Where the pinned upstream binaries are: `$SIGNPOST_UPSTREAM_BIN`, or the
 //! directory `ci/upstream` recorded in `$SIGNPOST_CACHE/upstream/current`
-//! (default cache `~/.cache/signpost`).
+//! (default cache `~/.cache/signpost`); the e2e suite and what it needs
+//! beside the cluster (kube-scheduler, kubectl, agnhost) in
+//! `$SIGNPOST_UPSTREAM_E2E_BIN` or where `ci/upstream-e2e` recorded them.
 
 use std::path::PathBuf;
 
@@ -11,13 +13,31 @@ pub fn bin_dir() -> PathBuf {
     if let Some(dir) = std::env::var_os("SIGNPOST_UPSTREAM_BIN") {
         return PathBuf::from(dir);
     }
+    recorded("upstream")
+}
+
+/// The directory `ci/upstream-e2e` built into.
+pub fn e2e_bin_dir() -> PathBuf {
+    if let Some(dir) = std::env::var_os("SIGNPOST_UPSTREAM_E2E_BIN") {
+        return PathBuf::from(dir);
+    }
+    recorded("upstream-e2e")
+}
+
+/// The path of one binary `ci/upstream-e2e` builds.
+pub fn e2e_binary(name: &str) -> Result<PathBuf> {
+    binary_in(&e2e_bin_dir(), name)
+}
+
+/// The bin directory a build script recorded in `$SIGNPOST_CACHE/<what>/current`.
+fn recorded(what: &str) -> PathBuf {
     let cache = std::env::var_os("SIGNPOST_CACHE")
         .map(PathBuf::from)
         .or_else(|| std::env::var_os("HOME").map(|h| PathBuf::from(h).join(".cache/signpost")))
         .unwrap_or_else(|| PathBuf::from("/root/.cache/signpost"));
-    match std::fs::read_to_string(cache.join("upstream/current")) {
+    match std::fs::read_to_string(cache.join(what).join("current")) {
         Ok(s) => PathBuf::from(s.trim()),
-        Err(_) => cache.join("upstream/not-built"),
+        Err(_) => cache.join(what).join("not-built"),
     }
 }
 

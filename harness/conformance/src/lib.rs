@@ -17,11 +17,13 @@
 //! - [`mutation`]: the mutation score over Signpost's mutants;
 //! - [`verdict`], [`rules`]: per-rule verdicts, profiles, deviations;
 //! - [`report`]: JSON, JUnit XML and a self-contained HTML page;
+//! - [`e2e`]: upstream's sig-network e2e tests against a stack on the rig's real node;
 //! - [`vm`]: IPVS proxies on a kernel without IPVS, certified in the kernel VM rig.
 
 pub mod catalogue;
 pub mod check;
 pub mod container;
+pub mod e2e;
 pub mod live;
 pub mod mutation;
 pub mod report;

@@ -5,6 +5,7 @@
 //! test panics; the work directory (certificates, logs) is kept then and its
 //! path printed.
 
+mod image;
 mod node;
 mod workdir;
 
@@ -24,6 +25,7 @@ use crate::process::Daemon;
 use crate::upstream;
 use crate::{Error, Result};
 
+pub use image::ImageSpec;
 pub use node::{BUSYBOX_IMAGE, KUBELET_POD_RANGE, KubeletNode, PAUSE_IMAGE};
 pub use workdir::WorkDir;
 
@@ -71,6 +73,7 @@ pub struct Running {
 enum ControlPlane {
     /// etcd, kube-apiserver (and kube-controller-manager) in the node namespace.
     Local {
+        scheduler: Option<Daemon>,
         kcm: Option<Daemon>,
         apiserver: Daemon,
         etcd: Daemon,
@@ -125,6 +128,9 @@ struct Options {
     upstream_dir: PathBuf,
     ready_timeout: Duration,
     node: bool,
+    /// The control plane upstream's e2e tests expect: ServiceAccount
+    /// admission, kube-scheduler, the API server on every node address.
+    full: bool,
 }
 
 /// A local cluster. Field order is drop order: processes, then the
@@ -154,6 +160,7 @@ impl LocalCluster<Stopped> {
                 upstream_dir: upstream::bin_dir(),
                 ready_timeout: Duration::from_secs(90),
                 node: false,
+                full: false,
             },
             dir,
         })
@@ -182,6 +189,25 @@ impl LocalCluster<Stopped> {
     /// address, where the rig's cluster DNS listens) into their resolv.conf.
     pub fn with_node(mut self) -> Self {
         self.opts.node = true;
+        self
+    }
+
+    /// The control plane a conformant cluster has, as upstream's e2e tests
+    /// expect it: kube-controller-manager with its default controllers
+    /// (without its EndpointSlice controller unless `endpoint_slices`, for
+    /// a cluster whose EndpointSlice controller is someone else's), the
+    /// ServiceAccount admission plugin with the token and root-CA
+    /// controllers behind it, kube-scheduler, and the API server listening
+    /// on the node address too, so Pods reach it through the `kubernetes`
+    /// Service (the node namespace has no route out).
+    pub fn with_full_control_plane(mut self, endpoint_slices: bool) -> Self {
+        self.opts.controller_manager = true;
+        self.opts.controllers = if endpoint_slices {
+            "*"
+        } else {
+            "*,-endpointslice"
+        };
+        self.opts.full = true;
         self
     }
 
@@ -216,6 +242,11 @@ impl LocalCluster<Stopped> {
         } else {
             None
         };
+        let scheduler_bin = if opts.full {
+            Some(upstream::e2e_binary("kube-scheduler")?)
+        } else {
+            None
+        };
 
         node_setup(&ns)?;
 
@@ -245,7 +276,10 @@ impl LocalCluster<Stopped> {
 
         let mut api_args = vec![
             "--etcd-servers=http://127.0.0.1:2379".into(),
-            "--bind-address=127.0.0.1".into(),
+            format!(
+                "--bind-address={}",
+                if opts.full { "0.0.0.0" } else { "127.0.0.1" }
+            ),
             "--secure-port=6443".into(),
             format!("--advertise-address={NODE_IP}"),
             format!("--cert-dir={}", s(&dir.path().join("apiserver-certs"))),
@@ -257,14 +291,20 @@ impl LocalCluster<Stopped> {
             format!("--service-account-signing-key-file={}", s(&pki.sa_key)),
             format!("--service-cluster-ip-range={SERVICE_CIDR},{SERVICE_CIDR_V6}"),
             "--authorization-mode=RBAC".into(),
-            // No kubelet or service-account controller runs: Pods are plain API objects.
-            "--disable-admission-plugins=ServiceAccount".into(),
             // As some distributions run it: setting blockOwnerDeletion needs
             // `update` on the owner's finalizers, which deploy/ must grant.
             "--enable-admission-plugins=OwnerReferencesPermissionEnforcement".into(),
             "--enable-priority-and-fairness=false".into(),
             "--profiling=false".into(),
         ];
+        if opts.full {
+            // The kubelet's node name resolves nowhere in the node namespace:
+            // exec, logs and port-forward go to its InternalIP.
+            api_args.push("--kubelet-preferred-address-types=InternalIP".into());
+        } else {
+            // No service-account controller runs: Pods are plain API objects.
+            api_args.push("--disable-admission-plugins=ServiceAccount".into());
+        }
         api_args.extend(opts.apiserver_args.iter().cloned());
         let apiserver = Daemon::spawn(
             &ns,
@@ -275,10 +315,12 @@ impl LocalCluster<Stopped> {
         )?;
 
         let kubeconfig = pki.kubeconfig.clone();
+        let (sa_key, ca) = (pki.sa_key.clone(), pki.ca.clone());
         let mut running = LocalCluster {
             state: Running {
                 node: None,
                 control: ControlPlane::Local {
+                    scheduler: None,
                     kcm: None,
                     apiserver,
                     etcd,
@@ -297,7 +339,7 @@ impl LocalCluster<Stopped> {
         if let Some(bin) = kcm_bin {
             let opts_controllers = running.opts.controllers;
             let kc = s(&running.state.kubeconfig);
-            let args = vec![
+            let mut args = vec![
                 format!("--kubeconfig={kc}"),
                 format!("--authentication-kubeconfig={kc}"),
                 format!("--authorization-kubeconfig={kc}"),
@@ -308,6 +350,10 @@ impl LocalCluster<Stopped> {
                 "--secure-port=10257".into(),
                 "--use-service-account-credentials=false".into(),
             ];
+            if running.opts.full {
+                args.push(format!("--service-account-private-key-file={}", s(&sa_key)));
+                args.push(format!("--root-ca-file={}", s(&ca)));
+            }
             let logs = running.dir.logs();
             let daemon = Daemon::spawn(
                 &running.ns,
@@ -318,6 +364,27 @@ impl LocalCluster<Stopped> {
             )?;
             if let ControlPlane::Local { kcm, .. } = &mut running.state.control {
                 *kcm = Some(daemon);
+            }
+        }
+        if let Some(bin) = scheduler_bin {
+            let kc = s(&running.state.kubeconfig);
+            let args = vec![
+                format!("--kubeconfig={kc}"),
+                format!("--authentication-kubeconfig={kc}"),
+                format!("--authorization-kubeconfig={kc}"),
+                "--leader-elect=false".into(),
+                "--bind-address=127.0.0.1".into(),
+                "--secure-port=10259".into(),
+            ];
+            let daemon = Daemon::spawn(
+                &running.ns,
+                "kube-scheduler",
+                &bin,
+                &args,
+                running.dir.logs().join("kube-scheduler.log"),
+            )?;
+            if let ControlPlane::Local { scheduler, .. } = &mut running.state.control {
+                *scheduler = Some(daemon);
             }
         }
         running.register_node()?;
@@ -615,6 +682,7 @@ impl LocalCluster<Running> {
     pub fn pids(&self) -> Vec<u32> {
         match &self.state.control {
             ControlPlane::Local {
+                scheduler,
                 kcm,
                 apiserver,
                 etcd,
@@ -622,6 +690,7 @@ impl LocalCluster<Running> {
             } => {
                 let mut p = vec![etcd.pid(), apiserver.pid()];
                 p.extend(kcm.as_ref().map(Daemon::pid));
+                p.extend(scheduler.as_ref().map(Daemon::pid));
                 p
             }
             ControlPlane::Attached => Vec::new(),

@@ -16,13 +16,11 @@
 //! namespace and veth), containerd, any shim left, and the mounts under the
 //! node's directory.
 
-use std::ffi::OsStr;
 use std::net::Ipv4Addr;
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
-use serde_json::json;
-
+use super::image::{BUSYBOX, ImageSpec};
 use crate::netns::{NetNs, run};
 use crate::process::Daemon;
 use crate::{Error, Result};
@@ -39,8 +37,6 @@ pub const KUBELET_POD_RANGE: (Ipv4Addr, Ipv4Addr) = (
     Ipv4Addr::new(10, 244, 240, 2),
     Ipv4Addr::new(10, 244, 255, 254),
 );
-/// Static busybox from Debian's busybox-static.
-const BUSYBOX: &str = "/bin/busybox";
 /// The CNI plugins from Debian's containernetworking-plugins.
 const CNI_BIN: &str = "/usr/lib/cni";
 
@@ -123,13 +119,16 @@ impl KubeletNode {
         node.wait("containerd", Duration::from_secs(30), |n| {
             n.crictl(&["info"]).is_ok()
         })?;
-        for (image, entrypoint) in [
-            (PAUSE_IMAGE, &["/bin/busybox", "sleep", "2147483647"][..]),
-            (BUSYBOX_IMAGE, &["/bin/sh"][..]),
-        ] {
-            let tar = oci_image(&dir.join("images"), image, entrypoint)?;
-            node.ctr(&["images", "import", &tar.display().to_string()])?;
-        }
+        node.import(&ImageSpec::new(PAUSE_IMAGE).busybox()?.entrypoint(&[
+            "/bin/busybox",
+            "sleep",
+            "2147483647",
+        ]))?;
+        node.import(
+            &ImageSpec::new(BUSYBOX_IMAGE)
+                .busybox()?
+                .entrypoint(&["/bin/sh"]),
+        )?;
         // No host name server reaches a Pod: kubelet copies only search
         // and options from here for dnsPolicy Default.
         write(&dir.join("host-resolv.conf"), "")?;
@@ -192,6 +191,16 @@ impl KubeletNode {
             .ok()
             .flatten()
             .is_some_and(|(code, body)| code == 200 && body.trim() == "ok")
+    }
+
+    /// Builds `image` and imports it into the node's containerd, where the
+    /// kubelet finds it without a pull.
+    pub fn import(&self, image: &ImageSpec) -> Result<()> {
+        let tar = image.build(&self.dir.join("images"))?;
+        self.ctr(&["images", "import", &tar.display().to_string()])?;
+        // The layout is unpacked into containerd's store: the tar is not needed again.
+        let _ = std::fs::remove_file(&tar);
+        Ok(())
     }
 
     /// `crictl ARGS` against this node's containerd.
@@ -365,123 +374,6 @@ serializeImagePulls: false
 "#,
         sock = socket.display(),
     )
-}
-
-/// An OCI image layout tar holding static busybox as `/bin/busybox` and
-/// `/bin/sh`, with `entrypoint`, named `name`; returns the tar's path.
-fn oci_image(dir: &Path, name: &str, entrypoint: &[&str]) -> Result<PathBuf> {
-    let slug: String = name
-        .chars()
-        .map(|c| if c.is_ascii_alphanumeric() { c } else { '-' })
-        .collect();
-    let work = dir.join(&slug);
-    let rootfs = work.join("rootfs");
-    let blobs = work.join("layout/blobs/sha256");
-    for d in [
-        rootfs.join("bin"),
-        rootfs.join("etc"),
-        rootfs.join("tmp"),
-        blobs.clone(),
-    ] {
-        std::fs::create_dir_all(&d).map_err(Error::io(format!("creating {}", d.display())))?;
-    }
-    std::fs::copy(BUSYBOX, rootfs.join("bin/busybox"))
-        .map_err(Error::io(format!("copying {BUSYBOX}")))?;
-    let sh = rootfs.join("bin/sh");
-    if !sh.exists() {
-        std::os::unix::fs::symlink("busybox", &sh)
-            .map_err(Error::io(format!("linking {}", sh.display())))?;
-    }
-    let layer = work.join("layer.tar");
-    let fixed = [
-        "--owner=0",
-        "--group=0",
-        "--numeric-owner",
-        "--sort=name",
-        "--mtime=@0",
-    ];
-    run(
-        "tar",
-        fixed.iter().map(OsStr::new).chain([
-            OsStr::new("-C"),
-            rootfs.as_os_str(),
-            OsStr::new("-cf"),
-            layer.as_os_str(),
-            OsStr::new("."),
-        ]),
-    )?;
-    let (layer_digest, layer_size) = add_blob(
-        &blobs,
-        &std::fs::read(&layer).map_err(Error::io("reading the layer"))?,
-    )?;
-    let config = json!({
-        "architecture": "amd64",
-        "os": "linux",
-        "config": { "Entrypoint": entrypoint, "Env": ["PATH=/bin"] },
-        "rootfs": { "type": "layers", "diff_ids": [format!("sha256:{layer_digest}")] },
-    });
-    let (config_digest, config_size) = add_blob(&blobs, config.to_string().as_bytes())?;
-    let manifest = json!({
-        "schemaVersion": 2,
-        "mediaType": "application/vnd.oci.image.manifest.v1+json",
-        "config": {
-            "mediaType": "application/vnd.oci.image.config.v1+json",
-            "digest": format!("sha256:{config_digest}"),
-            "size": config_size,
-        },
-        "layers": [{
-            "mediaType": "application/vnd.oci.image.layer.v1.tar",
-            "digest": format!("sha256:{layer_digest}"),
-            "size": layer_size,
-        }],
-    });
-    let (manifest_digest, manifest_size) = add_blob(&blobs, manifest.to_string().as_bytes())?;
-    let layout = work.join("layout");
-    write(
-        &layout.join("oci-layout"),
-        r#"{"imageLayoutVersion":"1.0.0"}"#,
-    )?;
-    let index = json!({
-        "schemaVersion": 2,
-        "manifests": [{
-            "mediaType": "application/vnd.oci.image.manifest.v1+json",
-            "digest": format!("sha256:{manifest_digest}"),
-            "size": manifest_size,
-            "annotations": { "org.opencontainers.image.ref.name": name },
-        }],
-    });
-    write(&layout.join("index.json"), &index.to_string())?;
-    let tar = work.join("image.tar");
-    run(
-        "tar",
-        [
-            OsStr::new("-C"),
-            layout.as_os_str(),
-            OsStr::new("-cf"),
-            tar.as_os_str(),
-        ]
-        .into_iter()
-        .chain(["oci-layout", "index.json", "blobs"].map(OsStr::new)),
-    )?;
-    Ok(tar)
-}
-
-/// Writes `data` as a content-addressed blob; its hex digest and size.
-fn add_blob(blobs: &Path, data: &[u8]) -> Result<(String, usize)> {
-    let tmp = blobs.join("incoming");
-    std::fs::write(&tmp, data).map_err(Error::io("writing a blob"))?;
-    let sum = text(run("sha256sum", [&tmp]))?;
-    let digest = sum
-        .split_whitespace()
-        .next()
-        .filter(|d| d.len() == 64)
-        .ok_or_else(|| Error::Command {
-            command: "sha256sum".into(),
-            stderr: format!("no digest in {sum:?}"),
-        })?
-        .to_owned();
-    std::fs::rename(&tmp, blobs.join(&digest)).map_err(Error::io("naming a blob"))?;
-    Ok((digest, data.len()))
 }
 
 /// Processes whose command line has `arg` as one argument.
