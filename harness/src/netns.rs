@@ -86,12 +86,47 @@ where
 /// for a signal handler, when the guards' `Drop` will not run. Names made
 /// by [`unique`] with a three-letter prefix are this process's.
 pub fn remove_all_of_this_process() {
+    // Hooks first: what they tear down (a node's Pods) needs the
+    // namespaces' processes (containerd) still running.
+    let hooks: Vec<Hook> = std::mem::take(&mut *HOOKS.lock().unwrap_or_else(|e| e.into_inner()))
+        .into_values()
+        .collect();
+    for hook in hooks {
+        hook();
+    }
     let me = format!("{}x", std::process::id() % 100_000);
     for name in list().unwrap_or_default() {
         if name.get(3..).is_some_and(|rest| rest.starts_with(&me)) {
             drop(NetNs { name });
         }
     }
+}
+
+type Hook = Box<dyn FnOnce() + Send>;
+
+static HOOKS: std::sync::Mutex<std::collections::BTreeMap<u64, Hook>> =
+    std::sync::Mutex::new(std::collections::BTreeMap::new());
+static NEXT_HOOK: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
+
+/// Registers teardown that [`remove_all_of_this_process`] runs before it
+/// removes the namespaces (for what lives outside them, such as the
+/// network namespaces a container runtime made for its Pods); the id
+/// unregisters it with [`forget_teardown`] once `Drop` has done it.
+pub fn on_teardown(hook: impl FnOnce() + Send + 'static) -> u64 {
+    let id = NEXT_HOOK.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+    HOOKS
+        .lock()
+        .unwrap_or_else(|e| e.into_inner())
+        .insert(id, Box::new(hook));
+    id
+}
+
+/// Unregisters a hook of [`on_teardown`].
+pub fn forget_teardown(id: u64) {
+    HOOKS
+        .lock()
+        .unwrap_or_else(|e| e.into_inner())
+        .remove(&id);
 }
 
 /// SIGINT and SIGTERM are caught by one thread that removes this run's

@@ -159,6 +159,18 @@ fn endpoints(ns: &str, snap: &Snapshot) -> Vec<Check> {
             format!("{want:?}"),
             format!("{got:?}"),
         ));
+        if want.is_empty() {
+            let empty = ours.iter().filter(|s| s.endpoints.is_empty()).count();
+            out.push(Check {
+                rules: vec!["EPS-14"],
+                what: format!(
+                    "{} has no endpoints: one empty placeholder slice",
+                    svc.key.name
+                ),
+                ok: ours.len() == 1 && empty == 1,
+                evidence: format!("{} slices, {empty} of them empty", ours.len()),
+            });
+        }
         let biggest = ours.iter().map(|s| s.endpoints.len()).max().unwrap_or(0);
         out.push(Check {
             rules: vec!["EPS-9"],

@@ -197,10 +197,14 @@ pub fn parse_report(json: &str) -> Result<Results> {
 /// (agnhost's pause, which exits on SIGTERM).
 pub fn images(agnhost: &Path) -> Result<Vec<ImageSpec>> {
     let hosts = "hosts: files dns\n";
+    // bash is /bin/sh: Debian's static busybox runs its own applets ahead
+    // of PATH, so under its sh `nc` would be busybox's, not netcat's.
     let tools = |image: ImageSpec| -> Result<ImageSpec> {
         Ok(image
             .busybox()?
             .text("/etc/nsswitch.conf", hosts)
+            .program("/usr/bin/bash", "/usr/bin/bash")?
+            .link("/bin/sh", "/usr/bin/bash")
             .program("/usr/bin/dig", "/usr/bin/dig")?
             .program("/usr/bin/getent", "/usr/bin/getent")?)
     };

@@ -21,7 +21,7 @@ use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
 use super::image::{BUSYBOX, ImageSpec};
-use crate::netns::{NetNs, run};
+use crate::netns::{self, NetNs, run};
 use crate::process::Daemon;
 use crate::{Error, Result};
 
@@ -48,6 +48,8 @@ pub struct KubeletNode {
     dir: PathBuf,
     socket: PathBuf,
     crictl: PathBuf,
+    /// Teardown for a signal that ends the run before `Drop` (netns::on_teardown).
+    hook: u64,
 }
 
 /// What the node needs from its cluster.
@@ -91,12 +93,28 @@ impl KubeletNode {
             }
         }
         let socket = dir.join("containerd.sock");
+        let hook = {
+            let (crictl, socket, dir) = (crictl.clone(), socket.clone(), dir.clone());
+            netns::on_teardown(move || {
+                // The kubelet first, or it starts again what is removed.
+                let root = format!("--root-dir={}", dir.join("kubelet").display());
+                for pid in pids_with_arg(&root) {
+                    let _ = nix::sys::signal::kill(
+                        nix::unistd::Pid::from_raw(pid),
+                        nix::sys::signal::Signal::SIGKILL,
+                    );
+                }
+                remove_pods(&crictl, &socket);
+                kill_shims_and_unmount(&socket, &dir);
+            })
+        };
         let mut node = KubeletNode {
             kubelet: None,
             containerd: None,
             dir: dir.clone(),
             socket: socket.clone(),
             crictl,
+            hook,
         };
         write(
             &dir.join("containerd.toml"),
@@ -238,28 +256,50 @@ impl KubeletNode {
 
 impl Drop for KubeletNode {
     fn drop(&mut self) {
+        netns::forget_teardown(self.hook);
         if let Some(mut k) = self.kubelet.take() {
             k.stop(Duration::from_secs(5));
         }
         if self.containerd.is_some() {
-            // Through CRI: each sandbox's network namespace and veth go too.
-            if let Err(e) = self.crictl(&["rmp", "--all", "--force"]) {
-                eprintln!("signpost-harness: removing the node's Pods: {e}");
-            }
+            remove_pods(&self.crictl, &self.socket);
         }
         if let Some(mut c) = self.containerd.take() {
             c.stop(Duration::from_secs(5));
         }
-        // Shims leave containerd's process group; each names our socket.
-        let sock = self.socket.display().to_string();
-        for pid in pids_with_arg(&sock) {
-            let _ = nix::sys::signal::kill(
-                nix::unistd::Pid::from_raw(pid),
-                nix::sys::signal::Signal::SIGKILL,
-            );
-        }
-        unmount_under(&self.dir);
+        kill_shims_and_unmount(&self.socket, &self.dir);
     }
+}
+
+/// Every sandbox stopped and removed through CRI: each one's network
+/// namespace and veth go too.
+fn remove_pods(crictl: &Path, socket: &Path) {
+    let endpoint = format!("unix://{}", socket.display());
+    if let Err(e) = run(
+        crictl,
+        [
+            "--runtime-endpoint",
+            &endpoint,
+            "--timeout",
+            "20s",
+            "rmp",
+            "--all",
+            "--force",
+        ],
+    ) {
+        eprintln!("signpost-harness: removing the node's Pods: {e}");
+    }
+}
+
+/// Shims leave containerd's process group (each names our socket); then
+/// the mounts under the node's directory.
+fn kill_shims_and_unmount(socket: &Path, dir: &Path) {
+    for pid in pids_with_arg(&socket.display().to_string()) {
+        let _ = nix::sys::signal::kill(
+            nix::unistd::Pid::from_raw(pid),
+            nix::sys::signal::Signal::SIGKILL,
+        );
+    }
+    unmount_under(dir);
 }
 
 fn write(path: &Path, text: &str) -> Result<()> {
@@ -369,7 +409,7 @@ evictionHard:
   imagefs.available: "0%"
 imageGCHighThresholdPercent: 100
 imageGCLowThresholdPercent: 99
-localStorageCapacityIsolation: false
+localStorageCapacityIsolation: true
 serializeImagePulls: false
 "#,
         sock = socket.display(),

@@ -26,7 +26,10 @@ pub enum SliceWrite {
 }
 
 /// Plans the writes that make `existing` (the Service's slices) hold exactly
-/// `desired`. Deterministic: existing slices are visited in key order.
+/// `desired`. A shape desired with no endpoints (EPS-14's placeholder) is
+/// one empty slice: an existing slice of that shape is kept (emptied if
+/// need be), else one is created. Deterministic: existing slices are
+/// visited in key order.
 pub fn plan_slices(
     desired: &BTreeMap<SliceShape, BTreeSet<Endpoint>>,
     existing: &[&EndpointSlice],
@@ -82,11 +85,18 @@ pub fn plan_slices_with(
     }
     for (shape, wanted) in want {
         let mut rest: Vec<Endpoint> = wanted.into_values().cloned().collect();
-        for (slice, changed) in kept.entry(shape.clone()).or_default() {
+        let slices = kept.entry(shape.clone()).or_default();
+        for (slice, changed) in slices.iter_mut() {
             while slice.endpoints.len() < max && !rest.is_empty() {
                 slice.endpoints.push(rest.remove(0));
                 *changed = true;
             }
+        }
+        if slices.is_empty() && desired[shape].is_empty() {
+            writes.push(SliceWrite::Create {
+                shape: shape.clone(),
+                endpoints: Vec::new(),
+            });
         }
         for chunk in rest.chunks(max) {
             writes.push(SliceWrite::Create {
@@ -95,11 +105,15 @@ pub fn plan_slices_with(
             });
         }
     }
-    for (slice, changed) in kept.into_values().flatten() {
-        if slice.endpoints.is_empty() {
-            deletes.push(SliceWrite::Delete(slice.key));
-        } else if changed {
-            writes.push(SliceWrite::Update(slice));
+    for (shape, slices) in kept {
+        // The placeholder: the first empty slice of a shape desired empty.
+        let mut placeholder = desired.get(&shape).is_some_and(BTreeSet::is_empty);
+        for (slice, changed) in slices {
+            if slice.endpoints.is_empty() && !std::mem::take(&mut placeholder) {
+                deletes.push(SliceWrite::Delete(slice.key));
+            } else if changed {
+                writes.push(SliceWrite::Update(slice));
+            }
         }
     }
     writes.extend(deletes);

@@ -74,8 +74,35 @@ fn endpoint(svc: &Service, pod: &Pod, address: std::net::IpAddr) -> Endpoint {
 /// The oracle for EPS: the endpoints a Service should have, grouped by slice
 /// shape. Services without a selector, and ExternalName Services, have none
 /// (EPS-1). Pods are matched in the Service's namespace only (EPS-2), one
-/// endpoint per Pod and address family (EPS-8).
+/// endpoint per Pod and address family (EPS-8). A managed Service with no
+/// endpoints has the placeholder shape with none (EPS-14): one empty slice.
 pub fn endpoints_for<'a>(
+    svc: &Service,
+    pods: impl IntoIterator<Item = &'a Pod>,
+) -> BTreeMap<SliceShape, BTreeSet<Endpoint>> {
+    let mut out = matched_endpoints(svc, pods);
+    if out.is_empty() && managed(svc) {
+        out.insert(placeholder_shape(svc), BTreeSet::new());
+    }
+    out
+}
+
+/// EPS-1: whether the controller keeps slices for `svc` at all.
+pub fn managed(svc: &Service) -> bool {
+    svc.selector.as_ref().is_some_and(|s| !s.0.is_empty())
+        && !matches!(svc.kind, ServiceKind::ExternalName(_))
+}
+
+/// EPS-14: the shape of the empty slice a managed Service with no endpoints
+/// keeps: its primary family, no ports (as kube-controller-manager writes it).
+pub fn placeholder_shape(svc: &Service) -> SliceShape {
+    SliceShape {
+        family: svc.families.first().copied().unwrap_or(AddressFamily::V4),
+        ports: Vec::new(),
+    }
+}
+
+fn matched_endpoints<'a>(
     svc: &Service,
     pods: impl IntoIterator<Item = &'a Pod>,
 ) -> BTreeMap<SliceShape, BTreeSet<Endpoint>> {
@@ -209,6 +236,26 @@ mod tests {
         no_ip.ips.clear();
         let mut done = pod("c", "10.0.0.3", true, None);
         done.phase = PodPhase::Succeeded;
-        assert!(endpoints_for(&s, [&other, &no_ip, &done]).is_empty());
+        let eps = endpoints_for(&s, [&other, &no_ip, &done]);
+        assert!(eps.values().all(BTreeSet::is_empty), "{eps:#?}");
+    }
+
+    #[test]
+    fn a_managed_service_without_endpoints_keeps_one_empty_placeholder_shape() {
+        let s = svc(TargetPort::Number(8080));
+        let eps = endpoints_for(&s, []);
+        assert_eq!(
+            eps,
+            BTreeMap::from([(placeholder_shape(&s), BTreeSet::new())])
+        );
+        assert!(placeholder_shape(&s).ports.is_empty());
+        let mut unmanaged = s.clone();
+        unmanaged.selector = None;
+        assert!(endpoints_for(&unmanaged, []).is_empty(), "EPS-1: no slices at all");
+        // With an endpoint, no placeholder.
+        let p = pod("a", "10.0.0.1", true, None);
+        let eps = endpoints_for(&s, [&p]);
+        assert_eq!(eps.len(), 1);
+        assert!(eps.values().all(|e| e.len() == 1));
     }
 }

@@ -11,6 +11,8 @@ pub use dns::{
     DEFAULT_TTL_SECS, DNS_SCHEMA_VERSION, DnsSnapshot, PodsMode, dns_answer, endpoint_dns_name,
     name_records, outcome, parse_reverse, pod_label_ip, reverse_name, service_records,
 };
-pub use endpoints::{MAX_ENDPOINTS_PER_SLICE, SliceShape, endpoints_for, pod_in_endpoints};
+pub use endpoints::{
+    MAX_ENDPOINTS_PER_SLICE, SliceShape, endpoints_for, managed, placeholder_shape, pod_in_endpoints,
+};
 pub use proxy::{proxy_table, usable_endpoints};
 pub use resolve::{Lookup, Resolution, candidates, classify, resolve};

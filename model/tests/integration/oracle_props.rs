@@ -389,7 +389,12 @@ proptest! {
         apply(&mut slices, writes);
         let got: BTreeSet<_> = slices.iter().flat_map(|s| s.endpoints.iter().cloned()).collect();
         prop_assert_eq!(&got, &desired_after[&shape]);
-        prop_assert!(slices.iter().all(|s| s.endpoints.len() <= max_after && !s.endpoints.is_empty()));
+        if after == 0 {
+            // EPS-14: the placeholder, one empty slice.
+            prop_assert!(slices.len() == 1 && slices[0].endpoints.is_empty(), "{:?}", slices);
+        } else {
+            prop_assert!(slices.iter().all(|s| s.endpoints.len() <= max_after && !s.endpoints.is_empty()));
+        }
         if max_after < max_before {
             return Ok(());
         }
@@ -524,5 +529,70 @@ fn a_port_change_creates_the_new_slice_before_deleting_the_old() {
             [SliceWrite::Create { .. }, SliceWrite::Delete(k)] if *k == old.key
         ),
         "{writes:?}"
+    );
+}
+
+/// EPS-14: a managed Service without endpoints keeps exactly one empty
+/// slice, as kube-controller-manager does (upstream's Conformance test
+/// "Services should serve a basic endpoint from pods" waits for it). It is
+/// created once, left alone while nothing changes, filled in place when
+/// endpoints come (one write), emptied in place when they go, and a second
+/// empty slice is deleted.
+#[test]
+fn a_service_without_endpoints_keeps_one_placeholder_slice() {
+    let shape = SliceShape {
+        family: AddressFamily::V4,
+        ports: Vec::new(),
+    };
+    let ep = signpost_model::cluster::Endpoint {
+        address: IpAddr::from([10, 244, 0, 5]),
+        ready: true,
+        serving: true,
+        terminating: false,
+        hostname: None,
+        node: None,
+        zone: None,
+        pod: None,
+    };
+    let empty: BTreeMap<SliceShape, BTreeSet<_>> = [(shape.clone(), BTreeSet::new())].into();
+    let writes = plan_slices(&empty, &[]);
+    assert_eq!(
+        writes,
+        vec![SliceWrite::Create {
+            shape: shape.clone(),
+            endpoints: Vec::new()
+        }]
+    );
+    let placeholder = EndpointSlice {
+        key: ObjectKey::new("default", "voy-abc"),
+        service: "voy".into(),
+        family: AddressFamily::V4,
+        ports: Vec::new(),
+        endpoints: Vec::new(),
+    };
+    assert_eq!(plan_slices(&empty, &[&placeholder]), vec![], "left alone");
+    let one: BTreeMap<SliceShape, BTreeSet<_>> = [(shape.clone(), [ep.clone()].into())].into();
+    let filled = EndpointSlice {
+        endpoints: vec![ep.clone()],
+        ..placeholder.clone()
+    };
+    assert_eq!(
+        plan_slices(&one, &[&placeholder]),
+        vec![SliceWrite::Update(filled.clone())],
+        "filled in place"
+    );
+    assert_eq!(
+        plan_slices(&empty, &[&filled]),
+        vec![SliceWrite::Update(placeholder.clone())],
+        "emptied in place"
+    );
+    let second = EndpointSlice {
+        key: ObjectKey::new("default", "voy-def"),
+        ..placeholder.clone()
+    };
+    assert_eq!(
+        plan_slices(&empty, &[&second, &placeholder]),
+        vec![SliceWrite::Delete(second.key.clone())],
+        "one placeholder, the first by name"
     );
 }

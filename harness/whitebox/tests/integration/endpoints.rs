@@ -227,8 +227,9 @@ async fn views(client: &kube::Client, ns: &str) -> Result<(View, View, View), ku
         .iter()
         .filter_map(|s| Service::try_from(s).ok())
     {
+        // A managed Service without endpoints has the placeholder shape,
+        // empty (EPS-14): both controllers must keep that one empty slice.
         let eps = endpoints_for(&s, &pods);
-        let eps: BTreeMap<_, _> = eps.into_iter().filter(|(_, e)| !e.is_empty()).collect();
         if !eps.is_empty() {
             oracle.insert(s.key.name.clone(), eps);
         }
@@ -245,9 +246,6 @@ async fn views(client: &kube::Client, ns: &str) -> Result<(View, View, View), ku
         let Ok(s) = EndpointSlice::try_from(k) else {
             continue;
         };
-        if s.endpoints.is_empty() {
-            continue; // kube-controller-manager keeps an empty placeholder slice
-        }
         let view = if manager == MANAGED_BY {
             &mut ours
         } else if manager == KCM_MANAGED_BY {
@@ -266,6 +264,24 @@ async fn views(client: &kube::Client, ns: &str) -> Result<(View, View, View), ku
             .extend(s.endpoints);
     }
     Ok((oracle, ours, kcm))
+}
+
+/// A view without empty shapes (EPS-14's placeholder). kube-controller-manager
+/// was seen without its placeholder 15 s after a Service was deleted and
+/// created again under the same name (the old one's placeholder went with
+/// it by garbage collection); spec/endpoints.md lists it.
+fn non_empty(view: &View) -> View {
+    view.iter()
+        .map(|(svc, shapes)| {
+            let shapes: BTreeMap<_, _> = shapes
+                .iter()
+                .filter(|(_, eps)| !eps.is_empty())
+                .map(|(k, v)| (k.clone(), v.clone()))
+                .collect();
+            (svc.clone(), shapes)
+        })
+        .filter(|(_, shapes)| !shapes.is_empty())
+        .collect()
 }
 
 fn start_signpost(
@@ -328,7 +344,9 @@ fn slices_equal_the_oracle_and_kube_controller_manager_over_generated_sequences(
                 let deadline = Instant::now() + Duration::from_secs(15);
                 loop {
                     let (oracle, ours, kcm) = views(&client, &ns).await.map_err(|e| e.to_string())?;
-                    if oracle == ours && oracle == kcm {
+                    // kube-controller-manager is held to EPS-14 only where it
+                    // keeps it: see non_empty.
+                    if oracle == ours && non_empty(&oracle) == non_empty(&kcm) {
                         return Ok(());
                     }
                     if Instant::now() > deadline {
