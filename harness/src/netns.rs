@@ -123,10 +123,7 @@ pub fn on_teardown(hook: impl FnOnce() + Send + 'static) -> u64 {
 
 /// Unregisters a hook of [`on_teardown`].
 pub fn forget_teardown(id: u64) {
-    HOOKS
-        .lock()
-        .unwrap_or_else(|e| e.into_inner())
-        .remove(&id);
+    HOOKS.lock().unwrap_or_else(|e| e.into_inner()).remove(&id);
 }
 
 /// SIGINT and SIGTERM are caught by one thread that removes this run's

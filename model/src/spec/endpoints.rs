@@ -251,7 +251,10 @@ mod tests {
         assert!(placeholder_shape(&s).ports.is_empty());
         let mut unmanaged = s.clone();
         unmanaged.selector = None;
-        assert!(endpoints_for(&unmanaged, []).is_empty(), "EPS-1: no slices at all");
+        assert!(
+            endpoints_for(&unmanaged, []).is_empty(),
+            "EPS-1: no slices at all"
+        );
         // With an endpoint, no placeholder.
         let p = pod("a", "10.0.0.1", true, None);
         let eps = endpoints_for(&s, [&p]);

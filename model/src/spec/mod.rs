@@ -12,7 +12,8 @@ pub use dns::{
     name_records, outcome, parse_reverse, pod_label_ip, reverse_name, service_records,
 };
 pub use endpoints::{
-    MAX_ENDPOINTS_PER_SLICE, SliceShape, endpoints_for, managed, placeholder_shape, pod_in_endpoints,
+    MAX_ENDPOINTS_PER_SLICE, SliceShape, endpoints_for, managed, placeholder_shape,
+    pod_in_endpoints,
 };
 pub use proxy::{proxy_table, usable_endpoints};
 pub use resolve::{Lookup, Resolution, candidates, classify, resolve};
