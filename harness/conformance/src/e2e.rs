@@ -192,10 +192,15 @@ pub fn parse_report(json: &str) -> Result<Results> {
 /// The images the selected tests run, under the names `e2e.test` asks
 /// for, built from this machine's files: agnhost (the static build from
 /// the pinned module) with busybox's applets and Debian's dig, curl,
-/// netcat, iproute2, socat, bash and getent, as upstream's image carries
-/// them; busybox; glibc-dns-testing (dig and glibc's getent); pause
-/// (agnhost's pause, which exits on SIGTERM).
-pub fn images(agnhost: &Path) -> Result<Vec<ImageSpec>> {
+/// netcat, wget, iproute2, socat, bash and getent, and the pinned CoreDNS
+/// as `/coredns` (a DNS test runs its own name server from it), as
+/// upstream's image carries them; busybox; glibc-dns-testing (dig and
+/// glibc's getent); pause (agnhost's pause, which exits on SIGTERM).
+///
+/// Where a glibc is in the image, Debian's programs stand in for busybox's
+/// applets that resolve names: static busybox loads the image's NSS
+/// modules and crashes (seen: `wget` exiting 139 in every attempt).
+pub fn images(agnhost: &Path, coredns: &Path) -> Result<Vec<ImageSpec>> {
     let hosts = "hosts: files dns\n";
     // bash is /bin/sh: Debian's static busybox runs its own applets ahead
     // of PATH, so under its sh `nc` would be busybox's, not netcat's.
@@ -218,7 +223,8 @@ pub fn images(agnhost: &Path) -> Result<Vec<ImageSpec>> {
     .program("/usr/bin/ip", "/usr/bin/ip")?
     .program("/usr/bin/ss", "/usr/bin/ss")?
     .program("/usr/bin/socat", "/usr/bin/socat")?
-    .program("/usr/bin/bash", "/usr/bin/bash")?
+    .program("/usr/bin/wget", "/usr/bin/wget")?
+    .program(&coredns.display().to_string(), "/coredns")?
     .entrypoint(&["/agnhost"])
     .cmd(&["pause"]);
     Ok(vec![
@@ -276,7 +282,7 @@ pub fn run_stack(stack: Stack, sel: &Selection) -> Result<Results> {
     let node = cluster
         .kubelet_node()
         .ok_or_else(|| Error::Unsupported("the cluster started without its node".into()))?;
-    for image in images(&agnhost)? {
+    for image in images(&agnhost, &upstream::binary("coredns")?)? {
         say(&format!("importing {}", image.name()));
         node.import(&image)?;
     }

@@ -301,6 +301,8 @@ impl LocalCluster<Stopped> {
             // The kubelet's node name resolves nowhere in the node namespace:
             // exec, logs and port-forward go to its InternalIP.
             api_args.push("--kubelet-preferred-address-types=InternalIP".into());
+            // As every conformant cluster: e2e's host-exec Pods are privileged.
+            api_args.push("--allow-privileged=true".into());
         } else {
             // No service-account controller runs: Pods are plain API objects.
             api_args.push("--disable-admission-plugins=ServiceAccount".into());
