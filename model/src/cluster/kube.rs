@@ -268,7 +268,14 @@ impl TryFrom<&core::Pod> for Pod {
             .flatten()
             .any(|c| c.type_ == "Ready" && c.status == "True");
         let mut ports = Vec::new();
-        for c in &spec.containers {
+        // EPS-6: a named port is looked up in the containers, then in the
+        // sidecars (init containers with restartPolicy Always), in that order.
+        let sidecars = spec
+            .init_containers
+            .iter()
+            .flatten()
+            .filter(|c| c.restart_policy.as_deref() == Some("Always"));
+        for c in spec.containers.iter().chain(sidecars) {
             for p in c.ports.iter().flatten() {
                 ports.push(ContainerPort {
                     name: p.name.clone().unwrap_or_default(),
@@ -534,6 +541,42 @@ mod tests {
             ip: "banana".into(),
         }]);
         assert!(Pod::try_from(&pod).unwrap_err().is_bad_ip());
+    }
+
+    /// ci/e2e found it: upstream's "should connect to the named ports
+    /// exposed by restartable init containers" names a sidecar's port.
+    #[test]
+    fn a_sidecars_named_port_counts_after_the_containers_ports() {
+        use k8s_openapi::api::core::v1::{Container, ContainerPort as KPort};
+        let port = |name: &str, n: i32| KPort {
+            name: Some(name.into()),
+            container_port: n,
+            ..Default::default()
+        };
+        let container = |ports: Vec<KPort>, restart: Option<&str>| Container {
+            name: "c".into(),
+            ports: Some(ports),
+            restart_policy: restart.map(str::to_owned),
+            ..Default::default()
+        };
+        let pod = core::Pod {
+            metadata: meta("voyager-0"),
+            spec: Some(PodSpec {
+                containers: vec![container(vec![port("http", 80)], None)],
+                init_containers: Some(vec![
+                    container(
+                        vec![port("sidecar", 8080), port("http", 81)],
+                        Some("Always"),
+                    ),
+                    container(vec![port("setup", 9090)], None),
+                ]),
+                ..Default::default()
+            }),
+            status: None,
+        };
+        let p = Pod::try_from(&pod).unwrap();
+        let got: Vec<(&str, u16)> = p.ports.iter().map(|p| (p.name.as_str(), p.port)).collect();
+        assert_eq!(got, vec![("http", 80), ("sidecar", 8080), ("http", 81)]);
     }
 
     #[test]
