@@ -10,8 +10,7 @@ use k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta;
 use k8s_openapi::apimachinery::pkg::util::intstr::IntOrString;
 
 use super::names::{
-    validate_dns1035_label, validate_dns1123_label, validate_dns1123_subdomain, validate_label_key,
-    validate_label_value,
+    validate_dns1123_label, validate_dns1123_subdomain, validate_label_key, validate_label_value,
 };
 use super::{
     AddressFamily, ClusterIps, ContainerPort, Endpoint, EndpointPort, EndpointSlice, Error, Node,
@@ -94,7 +93,9 @@ impl TryFrom<&core::Service> for Service {
 
     fn try_from(svc: &core::Service) -> Result<Self> {
         let (key, object) = key_of("Service", &svc.metadata)?;
-        validate_dns1035_label("Service name", &key.name)?;
+        // REG-1: a DNS-1123 label since Kubernetes 1.37 (RelaxedServiceNameValidation,
+        // GA and locked on): a Service name may start with a digit.
+        validate_dns1123_label("Service name", &key.name)?;
         let spec = svc.spec.clone().unwrap_or_default();
         let kind = match spec.type_.as_deref().unwrap_or("ClusterIP") {
             "ClusterIP" => ServiceKind::ClusterIp,
@@ -436,6 +437,20 @@ mod tests {
             protocol: proto.map(Into::into),
             ..Default::default()
         }
+    }
+
+    /// ci/e2e found it: upstream's "DNS should work with a service name that
+    /// starts with a digit" creates `1kubernetes`, which Signpost rejected.
+    #[test]
+    fn a_service_name_may_start_with_a_digit_but_not_be_upper_case() {
+        let mut k = svc(ServiceSpec {
+            cluster_ip: Some("10.96.0.10".into()),
+            ..Default::default()
+        });
+        k.metadata.name = Some("1kubernetes".into());
+        assert_eq!(Service::try_from(&k).unwrap().key.name, "1kubernetes");
+        k.metadata.name = Some("Voy".into());
+        assert!(Service::try_from(&k).is_err());
     }
 
     #[test]
