@@ -121,8 +121,6 @@ pub enum Outcome {
     Failed(String),
     /// Skipped at run time by the test itself (e.g. it needs two nodes), with its message.
     Skipped(String),
-    /// Not run: the skip list's reason.
-    Excluded(String),
 }
 
 impl Outcome {
@@ -132,14 +130,13 @@ impl Outcome {
             Outcome::Passed => "passed",
             Outcome::Failed(_) => "failed",
             Outcome::Skipped(_) => "skipped",
-            Outcome::Excluded(_) => "excluded",
         }
     }
 
     fn detail(&self) -> &str {
         match self {
             Outcome::Passed => "",
-            Outcome::Failed(m) | Outcome::Skipped(m) | Outcome::Excluded(m) => m,
+            Outcome::Failed(m) | Outcome::Skipped(m) => m,
         }
     }
 }
@@ -333,13 +330,23 @@ pub fn run_stack(stack: Stack, sel: &Selection) -> Result<Results> {
         if now != seen {
             seen = now;
             say(&format!(
-                "{} done: {} passed, {} failed",
+                "{} done: {} passed, {} failed, {} skipped",
                 now.0 + now.1 + now.2,
                 now.0,
-                now.1
+                now.1,
+                now.2
             ));
         }
     };
+    // A component that died mid-run explains the failures after it.
+    let mut components = components;
+    for c in &mut components {
+        if let Err(e) = c.check_running() {
+            say(&format!(
+                "a component of the stack exited during the run: {e}"
+            ));
+        }
+    }
     drop(components);
     let report = std::fs::read_to_string(&json_report).map_err(|e| {
         Error::Observe(format!(
@@ -475,7 +482,7 @@ pub fn compare(runs: &[(Stack, Results)], excluded: &[(String, String)]) -> (Str
                     match o {
                         Outcome::Passed => format!("passed ({secs:.0} s)"),
                         Outcome::Failed(m) => format!("**failed**: {}", escape(first_line(m))),
-                        Outcome::Skipped(m) | Outcome::Excluded(m) => {
+                        Outcome::Skipped(m) => {
                             format!("skipped: {}", escape(first_line(m)))
                         }
                     }
