@@ -489,13 +489,9 @@ mod conversion {
     }
 }
 
-/// Issue 13, finding 11: when a Service's ports change, the slice of the
-/// new shape is created before the old one is deleted — deletes used to
-/// come first, leaving a window in which the Service had no endpoints.
-#[test]
-fn a_port_change_creates_the_new_slice_before_deleting_the_old() {
-    use signpost_model::cluster::EndpointPort;
-    let ep = signpost_model::cluster::Endpoint {
+/// A ready endpoint at 10.244.0.5, for the slice-plan cases below.
+fn ready_endpoint() -> signpost_model::cluster::Endpoint {
+    signpost_model::cluster::Endpoint {
         address: IpAddr::from([10, 244, 0, 5]),
         ready: true,
         serving: true,
@@ -504,7 +500,16 @@ fn a_port_change_creates_the_new_slice_before_deleting_the_old() {
         node: None,
         zone: None,
         pod: None,
-    };
+    }
+}
+
+/// Issue 13, finding 11: when a Service's ports change, the slice of the
+/// new shape is created before the old one is deleted — deletes used to
+/// come first, leaving a window in which the Service had no endpoints.
+#[test]
+fn a_port_change_creates_the_new_slice_before_deleting_the_old() {
+    use signpost_model::cluster::EndpointPort;
+    let ep = ready_endpoint();
     let port = |p: u16| EndpointPort {
         name: "http".into(),
         port: p,
@@ -544,16 +549,7 @@ fn a_service_without_endpoints_keeps_one_placeholder_slice() {
         family: AddressFamily::V4,
         ports: Vec::new(),
     };
-    let ep = signpost_model::cluster::Endpoint {
-        address: IpAddr::from([10, 244, 0, 5]),
-        ready: true,
-        serving: true,
-        terminating: false,
-        hostname: None,
-        node: None,
-        zone: None,
-        pod: None,
-    };
+    let ep = ready_endpoint();
     let empty: BTreeMap<SliceShape, BTreeSet<_>> = [(shape.clone(), BTreeSet::new())].into();
     let writes = plan_slices(&empty, &[]);
     assert_eq!(
